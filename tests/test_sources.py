@@ -1,0 +1,112 @@
+import json
+
+import pytest
+
+from tlcache.errors import UserError
+from tlcache.sources import load_source
+from conftest import write_image_folder, write_text_csv
+
+
+def test_image_folder_with_classes(image_folder):
+    source = load_source(image_folder)
+    assert source.kind == "image-folder" and source.modality == "image"
+    assert len(source) == 12
+    assert source.class_names == ["circle", "square"]
+    assert source.ids[0] == "circle/circle-000.png"
+    assert source.label_indices[:6] == [0] * 6 and source.label_indices[6:] == [1] * 6
+
+
+def test_flat_image_folder_has_no_labels(tmp_path):
+    write_image_folder(tmp_path / "tmp")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in (tmp_path / "tmp" / "circle").iterdir():
+        image.rename(flat / image.name)
+    source = load_source(flat)
+    assert source.kind == "flat-images" and source.labels is None
+    assert source.label_indices == [-1] * 6
+
+
+def test_renaming_the_folder_keeps_the_fingerprint(image_folder, tmp_path):
+    before = load_source(image_folder).fingerprint
+    moved = image_folder.rename(tmp_path / "renamed-elsewhere")
+    assert load_source(moved).fingerprint == before
+
+
+def test_editing_one_pixel_changes_the_fingerprint(image_folder):
+    from PIL import Image
+
+    before = load_source(image_folder).fingerprint
+    target = image_folder / "square" / "square-003.png"
+    image = Image.open(target).convert("RGB")
+    image.putpixel((0, 0), (255, 255, 255))
+    image.save(target)
+    assert load_source(image_folder).fingerprint != before
+
+
+def test_relabelling_changes_the_fingerprint(image_folder):
+    before = load_source(image_folder).fingerprint
+    (image_folder / "square" / "square-000.png").rename(image_folder / "circle" / "square-000.png")
+    assert load_source(image_folder).fingerprint != before
+
+
+def test_csv_with_default_columns(text_csv):
+    source = load_source(text_csv)
+    assert source.modality == "text" and len(source) == 24
+    assert source.class_names == ["neg", "pos"]
+    assert source.items[1].startswith("the movie was very ") and source.items[1].endswith(" 1")
+    assert source.ids[:3] == ["0", "1", "2"]
+
+
+def test_csv_with_named_columns_and_ids(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("key,review,sentiment\na1,good film,pos\na2,bad film,neg\n", encoding="utf-8")
+    source = load_source(path, text_column="review", label_column="sentiment", id_column="key")
+    assert source.ids == ["a1", "a2"] and source.items == ["good film", "bad film"]
+    assert source.labels == ["pos", "neg"]
+
+
+def test_csv_without_label_column_is_unlabelled(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("text\nhello\nworld\n", encoding="utf-8")
+    source = load_source(path)
+    assert source.labels is None and source.class_names == []
+
+
+def test_jsonl(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [("a b", "x"), ("c d", "y")]) + "\n")
+    source = load_source(path)
+    assert source.kind == "jsonl" and source.items == ["a b", "c d"] and source.labels == ["x", "y"]
+
+
+def test_editing_one_text_row_changes_the_fingerprint(tmp_path):
+    path = write_text_csv(tmp_path / "a.csv")
+    before = load_source(path).fingerprint
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace("very", "quite")
+    path.write_text("\n".join(lines) + "\n")
+    assert load_source(path).fingerprint != before
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing", "does not exist"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "no images found"),
+        (lambda d: (d / "x.parquet").write_bytes(b"PAR1") and d / "x.parquet", "cannot read a '.parquet' file"),
+        (lambda d: (d / "n.csv").write_text("title,label\na,b\n") and d / "n.csv", "no column 'text'"),
+        (lambda d: (d / "h.csv").write_text("text\n") and d / "h.csv", "no data rows"),
+        (lambda d: (d / "b.jsonl").write_text('{"text": "a"}\n{oops\n') and d / "b.jsonl", "line 2: not valid JSON"),
+    ],
+)
+def test_bad_sources_raise_one_clear_line(tmp_path, make, message):
+    with pytest.raises(UserError) as caught:
+        load_source(make(tmp_path))
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_naming_a_missing_label_column_is_an_error(text_csv):
+    with pytest.raises(UserError, match="no column 'sentiment'.*--label-column"):
+        load_source(text_csv, label_column="sentiment")

@@ -1,0 +1,174 @@
+"""The contract every backbone honours, whatever library its model comes from.
+
+A backbone knows its modality, output dim, preprocessing and a digest of its weights *before* it loads the
+model, so a cache hit never pays for building one. ``load()`` builds the model; ``embed()`` turns a batch of
+items into a float32 ``(B, dim)`` array.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tlcache.errors import UserError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str = "auto") -> "torch.device":
+    """``auto`` picks CUDA when a GPU is visible, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"unknown device '{device}'; use one of {', '.join(DEVICE_CHOICES)}")
+    return torch.device(device)
+
+
+class Backbone(abc.ABC):
+    """A frozen pretrained encoder. Subclasses set the attributes below in ``__init__`` without loading weights."""
+
+    name: str  # as the user wrote it, for display
+    modality: str  # "image" or "text"
+    dim: int
+    layer: str = "penultimate"
+    pooling: str = "avg"
+
+    def __init__(self) -> None:
+        self.model = None
+        self.device = None
+
+    @property
+    @abc.abstractmethod
+    def key_name(self) -> str:
+        """The family/architecture name that enters the cache key (never a local path)."""
+
+    @property
+    @abc.abstractmethod
+    def weights_digest(self) -> str:
+        """A digest of the actual weights (file contents, or the state_dict for random weights)."""
+
+    @property
+    @abc.abstractmethod
+    def preprocessing(self) -> dict[str, Any]:
+        """Everything done to an item before the model sees it, as plain JSON."""
+
+    @property
+    @abc.abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """Keyword arguments that recreate this backbone with :func:`create_backbone`."""
+
+    def key_config(self) -> dict[str, Any]:
+        """Everything about the backbone that changes the numbers: it enters the cache key."""
+        return {
+            "backbone": self.key_name,
+            "weights_digest": self.weights_digest,
+            "preprocessing": self.preprocessing,
+            "layer": self.layer,
+            "pooling": self.pooling,
+        }
+
+    def load(self, device: str = "auto") -> "Backbone":
+        """Build the model in eval mode on ``device`` (once); returns self."""
+        target = resolve_device(device)
+        if self.model is None:
+            self.model = self._build().eval()
+            for parameter in self.model.parameters():
+                parameter.requires_grad_(False)
+        if self.device != target:
+            self.model.to(target)
+            self.device = target
+        return self
+
+    @abc.abstractmethod
+    def _build(self) -> "torch.nn.Module":
+        """Construct the model with its weights, on the CPU."""
+
+    @abc.abstractmethod
+    def embed(self, items: Sequence) -> np.ndarray:
+        """Embed a batch of items (image paths / PIL images, or texts) to a float32 (B, dim) array."""
+
+
+class ImageBackbone(Backbone):
+    modality = "image"
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], crop_ratio: float = 0.875):
+        super().__init__()
+        self.image_size = int(image_size)
+        if self.image_size < 16:
+            raise UserError(f"--image-size {image_size} is too small; use 16 or more")
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.crop_ratio = crop_ratio
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "convert": "RGB",
+            "resize_shorter": round(self.image_size / self.crop_ratio),
+            "interpolation": "bilinear",
+            "center_crop": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    def transform(self) -> Callable:
+        """PIL image -> normalised CHW float tensor; picklable, so DataLoader workers can run it."""
+        from torchvision import transforms
+
+        pre = self.preprocessing
+        return transforms.Compose(
+            [
+                transforms.Resize(pre["resize_shorter"], interpolation=transforms.InterpolationMode.BILINEAR),
+                transforms.CenterCrop(pre["center_crop"]),
+                transforms.ToTensor(),
+                transforms.Normalize(pre["mean"], pre["std"]),
+            ]
+        )
+
+    @abc.abstractmethod
+    def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """(B, 3, H, W) normalised pixels on the model's device -> (B, dim) features."""
+
+    def embed(self, items: Sequence) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        if self.model is None:
+            self.load()
+        transform = self.transform()
+        tensors = []
+        for item in items:
+            image = item if isinstance(item, Image.Image) else Image.open(item)
+            tensors.append(transform(image.convert("RGB")))
+        with torch.inference_mode():
+            out = self.forward(torch.stack(tensors).to(self.device))
+        return out.float().cpu().numpy()
+
+
+class TextBackbone(Backbone):
+    modality = "text"
+    layer = "last"
+    pooling = "mean"
+
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        """Texts -> model inputs (CPU tensors), padded to the longest text in the batch."""
+
+    @abc.abstractmethod
+    def forward(self, inputs: dict) -> "torch.Tensor":
+        """Tokenised inputs on the model's device -> (B, dim) pooled features."""
+
+    def embed(self, items: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if self.model is None:
+            self.load()
+        inputs = {k: v.to(self.device) for k, v in self.tokenize(list(items)).items()}
+        with torch.inference_mode():
+            out = self.forward(inputs)
+        return out.float().cpu().numpy()

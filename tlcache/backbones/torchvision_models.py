@@ -1,0 +1,182 @@
+"""torchvision classifiers as feature extractors: ``torchvision:<arch>``.
+
+Weights: ``--weights FILE`` (a state_dict saved with ``torch.save``), ``--weights random`` (seeded random
+initialisation, for speed tests and baselines), or, by default, torchvision's own pretrained weights, which
+download when there is network.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tlcache.backbones.base import ImageBackbone
+from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
+from tlcache.errors import UserError
+from tlcache.hashing import hash_file, new_hasher
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+RANDOM_WEIGHTS = "random"
+RANDOM_SEED = 0
+# Archs listed by `tlcache backbones` with their feature dims; any other torchvision classifier also works.
+LISTED_ARCHS = {
+    "resnet18": 512,
+    "resnet50": 2048,
+    "efficientnet_b0": 1280,
+    "mobilenet_v3_small": 1024,
+    "mobilenet_v3_large": 1280,
+    "vit_b_16": 768,
+    "vgg16": 4096,
+}
+# Archs whose position embeddings fix the input size.
+FIXED_SIZE_PREFIXES = ("vit_", "swin_", "maxvit_")
+
+
+def _strip_classifier(model) -> int:
+    """Replace the final classification layer with Identity, in place; return the feature dim.
+
+    The feature is what feeds that layer: pooled features for CNNs, the class token for ViTs, fc7 for VGG.
+    """
+    import torch.nn as nn
+
+    for attribute in ("fc", "head", "heads", "classifier"):
+        block = getattr(model, attribute, None)
+        if isinstance(block, nn.Linear):
+            setattr(model, attribute, nn.Identity())
+            return block.in_features
+        if isinstance(block, nn.Sequential):
+            # The last Linear of the block is the classifier; what comes before it (pooling, norms, fc7) stays.
+            for index in range(len(block) - 1, -1, -1):
+                if isinstance(block[index], nn.Linear):
+                    dim = block[index].in_features
+                    block[index] = nn.Identity()
+                    return dim
+    raise UserError(f"torchvision model {type(model).__name__} has no classifier layer tlcache knows how to strip")
+
+
+class TorchvisionBackbone(ImageBackbone):
+    def __init__(self, arch: str, weights: str | None = None, image_size: int | None = None):
+        import torchvision
+
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(
+                f"torchvision has no classification model '{arch}'; try one of {', '.join(LISTED_ARCHS)}"
+            )
+        if image_size and image_size != 224 and arch.startswith(FIXED_SIZE_PREFIXES):
+            raise UserError(f"torchvision:{arch} takes 224 px input only; drop --image-size")
+        super().__init__(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)
+        self.arch = arch
+        self.name = f"torchvision:{arch}"
+        self.weights = weights
+        self._digest: str | None = None
+        self._random_model = None
+        if weights is None:
+            self._hub_weights = torchvision.models.get_model_weights(arch).DEFAULT
+        elif weights != RANDOM_WEIGHTS and not Path(weights).is_file():
+            raise UserError(f"--weights {weights}: no such file; pass a state_dict file, or --weights random")
+        self.dim = LISTED_ARCHS.get(arch) or self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        import torchvision
+
+        return _strip_classifier(torchvision.models.get_model(self.arch, weights=None))
+
+    @property
+    def key_name(self) -> str:
+        return self.name
+
+    @property
+    def weights_digest(self) -> str:
+        if self._digest is None:
+            if self.weights is None:
+                # torchvision's weight files are content-addressed: the URL names the hash of the file.
+                self._digest = f"url:{self._hub_weights.url}"
+            elif self.weights == RANDOM_WEIGHTS:
+                self._digest = f"random:{_state_dict_digest(self._random_init())}"
+            else:
+                self._digest = hash_file(self.weights)
+        return self._digest
+
+    @property
+    def spec(self) -> dict:
+        weights = self.weights if self.weights in (None, RANDOM_WEIGHTS) else str(Path(self.weights).resolve())
+        return {"name": self.name, "weights": weights, "image_size": self.image_size}
+
+    def _random_init(self):
+        import torch
+        import torchvision
+
+        if self._random_model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                self._random_model = torchvision.models.get_model(self.arch, weights=None)
+        return self._random_model
+
+    def _build(self):
+        import torch
+        import torchvision
+
+        if self.weights == RANDOM_WEIGHTS:
+            model = self._random_init()
+        elif self.weights is None:
+            try:
+                model = torchvision.models.get_model(self.arch, weights=self._hub_weights)
+            except OSError as exc:  # URLError and friends: no network, or the download was cut
+                raise UserError(
+                    f"could not download torchvision weights for {self.arch} ({exc}); "
+                    "pass --weights FILE with a saved state_dict, or --weights random"
+                ) from None
+        else:
+            model = torchvision.models.get_model(self.arch, weights=None)
+            state = _unwrap_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
+            head_keys = {k for k in model.state_dict() if k.startswith(("fc.", "head.", "heads.", "classifier."))}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            # A state_dict saved without its classifier is fine: the classifier is stripped anyway.
+            if set(missing) - head_keys or unexpected:
+                raise UserError(
+                    f"--weights {self.weights} does not fit torchvision:{self.arch} (missing "
+                    f"{len(set(missing) - head_keys)} keys, unexpected {len(unexpected)}); "
+                    f"save torchvision.models.{self.arch}().state_dict() with torch.save"
+                )
+        _strip_classifier(model)
+        return model
+
+    def forward(self, pixels):
+        return self.model(pixels).flatten(1)
+
+
+def _unwrap_state_dict(state):
+    """Accept checkpoints that nest the state_dict under 'state_dict' or 'model' (Lightning, training scripts)."""
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                return state[key]
+    return state
+
+
+def _state_dict_digest(model) -> str:
+    hasher = new_hasher()
+    for key, tensor in sorted(model.state_dict().items()):
+        hasher.update(key.encode())
+        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return hasher.hexdigest()
+
+
+@register_backbone("torchvision", prefix=True)
+def _factory(arch: str, weights: str | None = None, image_size: int | None = None, **rest) -> TorchvisionBackbone:
+    reject_options(f"torchvision:{arch}", rest)
+    return TorchvisionBackbone(arch, weights=weights, image_size=image_size)
+
+
+@register_lister
+def _list() -> list[BackboneInfo]:
+    return [
+        BackboneInfo(
+            name=f"torchvision:{arch}",
+            modality="image",
+            dim=dim,
+            weights="--weights FILE | random | torchvision download",
+            offline=False,
+            note="offline with --weights FILE or --weights random",
+        )
+        for arch, dim in LISTED_ARCHS.items()
+    ]

@@ -1,0 +1,210 @@
+"""The `tlcache` command line: each command parses its options, calls one library function and says where the
+output went. Mistakes a user can fix end in one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from tlcache.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+def _emit(payload: dict, as_json: bool, line: str) -> None:
+    """JSON on stdout for programs, or one line for people."""
+    click.echo(json.dumps(payload, indent=2, default=str) if as_json else line)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="auto uses a CUDA GPU when one is visible.",
+)
+batch_option = click.option("--batch-size", type=click.IntRange(min=1), help="Items per batch [default: 64 on CPU, 128 on GPU].")
+
+
+def source_options(command):
+    for option in reversed(
+        [
+            click.option("--text-column", default="text", show_default=True, help="CSV/JSONL column with the text."),
+            click.option("--label-column", help="CSV/JSONL column with the label [default: 'label' if present]."),
+            click.option("--id-column", help="CSV/JSONL column with a unique id [default: row number]."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _source_kwargs(text_column, label_column, id_column) -> dict:
+    return {"text_column": text_column, "label_column": label_column, "id_column": id_column}
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlcache")
+def cli() -> None:
+    """tlcache: embed a dataset once with a frozen pretrained backbone, then fit heads on the cached features.
+
+    \b
+    A typical session:
+      tlcache embed data/train/ --out cache/          # image folder, one sub-folder per class
+      tlcache embed data/test/ --out cache/
+      tlcache fit-head cache/efficientnet-lite0-<key>.h5 --head logreg --test cache/efficientnet-lite0-<key2>.h5
+      tlcache predict runs/efficientnet-lite0-<key>/logreg new-images/ --out preds.csv
+    """
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--backbone", "-b", help="Backbone name (see `tlcache backbones`) [default: efficientnet-lite0 for images, minilm for text].")
+@click.option("--weights", help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision).")
+@click.option("--pool", "pooling", type=click.Choice(["mean", "cls"]), help="Token pooling for text backbones [default: mean].")
+@click.option("--image-size", type=click.IntRange(min=16), help="Input size in pixels for image backbones [default: the backbone's].")
+@click.option("--out", "-o", help="Store folder, or a .h5 file [default: $TLCACHE_HOME or ~/.cache/tlcache].")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Stored feature type; float16 halves the size.")
+@batch_option
+@device_option
+@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
+@source_options
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@json_option
+def embed(source, backbone, weights, pooling, image_size, out, dtype, batch_size, device, workers,
+          text_column, label_column, id_column, no_progress, as_json) -> None:
+    """Embed SOURCE into a feature store, or find it already in the cache.
+
+    SOURCE is an image folder (one sub-folder per class, or flat without labels), or a .csv/.tsv/.jsonl file with
+    a text column and an optional label column. The store's name is its cache key: the same data, backbone and
+    options are never embedded twice, and any change gives a new store.
+
+    \b
+    Examples:
+      tlcache embed photos/ --out cache/
+      tlcache embed reviews.csv --backbone minilm --text-column review --label-column sentiment
+      tlcache embed photos/ -b torchvision:resnet50 --weights resnet50.pth --image-size 160
+      tlcache embed notes.jsonl -b hf:./my-bert --pool cls --out notes.h5
+    """
+    from tlcache.embed import embed_source
+
+    result = embed_source(
+        source, backbone, out=out, batch_size=batch_size, device=device, dtype=dtype, num_workers=workers,
+        progress=not no_progress, source_options=_source_kwargs(text_column, label_column, id_column),
+        weights=weights, pooling=pooling, image_size=image_size,
+    )
+    _emit(dict(result.__dict__), as_json, result.summary_line())
+
+
+@cli.command("fit-head")
+@click.argument("store")
+@click.option("--head", type=click.Choice(["logreg", "linear-svm", "svm", "mlp"]), default="logreg", show_default=True)
+@click.option("--test", "test_store", help="A store of the same features to test on (instead of a held-out fraction).")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Fraction held out for testing when no --test is given.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split and the head.")
+@click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
+@json_option
+def fit_head(store, head, test_store, test_fraction, seed, out, as_json) -> None:
+    """Fit a scikit-learn head on the features in STORE and report how well it does.
+
+    Writes head.joblib, head.json (the features it needs), report.json, report.md and confusion.png.
+
+    \b
+    Examples:
+      tlcache fit-head cache/minilm-<key>.h5 --head logreg
+      tlcache fit-head train.h5 --test test.h5 --head svm --out runs/svm
+    """
+    from tlcache.heads import fit_head as fit
+
+    run = fit(store, head, test=test_store, test_fraction=test_fraction, seed=seed, out=out)
+    _emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
+
+
+@cli.command()
+@click.argument("head")
+@click.argument("source")
+@click.option("--out", "-o", default="predictions.csv", show_default=True, help="CSV to write; '-' for stdout.")
+@click.option("--cache-dir", help="Where embeddings of SOURCE are cached [default: $TLCACHE_HOME or ~/.cache/tlcache].")
+@batch_option
+@device_option
+@source_options
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def predict(head, source, out, cache_dir, batch_size, device, text_column, label_column, id_column, no_progress) -> None:
+    """Predict SOURCE with the head in the run folder HEAD.
+
+    SOURCE is embedded with the head's own backbone, through the cache (or is a store of those features). A head
+    whose backbone or dim does not match the features is refused.
+
+    \b
+    Examples:
+      tlcache predict runs/minilm-<key>/logreg new-reviews.csv --out preds.csv
+      tlcache predict runs/minilm-<key>/logreg cache/minilm-<key2>.h5 --out -
+    """
+    from tlcache.predict import predict as run_predict
+
+    result = run_predict(
+        head, source, out=None if out == "-" else out, cache_dir=cache_dir, device=device, batch_size=batch_size,
+        progress=not no_progress, source_options=_source_kwargs(text_column, label_column, id_column),
+    )
+    click.echo(result.summary_line(), err=out == "-")
+
+
+@cli.command()
+@click.argument("store")
+@json_option
+def info(store, as_json) -> None:
+    """Show what STORE holds and how it was made.
+
+    \b
+    Example:
+      tlcache info cache/minilm-<key>.h5
+    """
+    from tlcache.store import FeatureStore
+
+    summary = FeatureStore(store).summary()
+    if as_json:
+        _emit(summary, True, "")
+        return
+    width = max(len(k) for k in summary)
+    for name, value in summary.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        click.echo(f"{name:<{width}}  {value}")
+
+
+@cli.command()
+@json_option
+def backbones(as_json) -> None:
+    """List the backbones, their modality and dim, and whether their weights are available offline here.
+
+    \b
+    Example:
+      tlcache backbones --json
+    """
+    from tlcache.backbones import list_backbones
+
+    infos = list_backbones()
+    if as_json:
+        click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
+        return
+    rows = [("name", "modality", "dim", "offline", "weights", "note")] + [
+        (i.name, i.modality, str(i.dim or "model's"), "yes" if i.offline else "no", i.weights, i.note) for i in infos
+    ]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def main() -> None:
+    cli(prog_name="tlcache")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

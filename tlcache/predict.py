@@ -1,0 +1,88 @@
+"""Apply a fitted head to new data: embed it through the same cache, check the features match, write a CSV."""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlcache.backbones import create_backbone
+from tlcache.embed import embed_source
+from tlcache.heads import check_head_matches, load_head
+from tlcache.store import STORE_SUFFIX, FeatureStore
+
+
+@dataclass
+class PredictResult:
+    out: Path | None
+    rows: int
+    accuracy: float | None  # against the source's own labels, when it has them
+    store: Path
+
+    def summary_line(self) -> str:
+        scored = f", accuracy {self.accuracy:.4f} against the source's labels" if self.accuracy is not None else ""
+        return f"predicted {self.rows} rows{scored} -> {self.out or 'stdout'}"
+
+
+def predict(
+    head: str | Path,
+    source: str | Path,
+    *,
+    out: str | Path | None = "predictions.csv",
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+    source_options: dict[str, Any] | None = None,
+) -> PredictResult:
+    """Predict ``source`` (a data source, or a store of the head's features) with the head in ``head``.
+
+    The source is embedded with the backbone recorded beside the head, through the cache. ``out=None`` writes
+    the CSV to standard output. Columns: id, label (predicted), one ``prob_<class>`` per class, and
+    ``true_label`` when the source has labels.
+    """
+    pipeline, sidecar = load_head(head)
+    source = Path(source)
+    if source.suffix == STORE_SUFFIX and source.is_file():
+        store = FeatureStore(source)
+    else:
+        backbone = create_backbone(**sidecar["backbone_spec"])
+        result = embed_source(
+            source, backbone, out=cache_dir, device=device, batch_size=batch_size, progress=progress,
+            source_options=source_options,
+        )
+        store = FeatureStore(result.path)
+    check_head_matches(sidecar, store, Path(head))
+
+    classes = sidecar["classes"]
+    probabilities = pipeline.predict_proba(store.features())
+    # predict_proba's columns follow pipeline.classes_ (label indices seen in training), not range(n_classes).
+    column_names = [classes[i] for i in pipeline.classes_]
+    predicted = [column_names[i] for i in probabilities.argmax(axis=1)]
+    true_labels = store.labels()
+    has_truth = bool((true_labels >= 0).any())
+    store_classes = store.class_names
+
+    header = ["id", "label"] + [f"prob_{name}" for name in column_names] + (["true_label"] if has_truth else [])
+    handle = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row_id, label, probs, truth in zip(store.ids(), predicted, probabilities, true_labels):
+            row = [row_id, label] + [f"{p:.6f}" for p in probs]
+            if has_truth:
+                row.append(store_classes[truth] if truth >= 0 else "")
+            writer.writerow(row)
+    finally:
+        if out is not None:
+            handle.close()
+
+    accuracy = None
+    if has_truth:
+        known = true_labels >= 0
+        truth_names = np.array([store_classes[t] for t in true_labels[known]])
+        accuracy = float((np.array(predicted)[known] == truth_names).mean())
+    return PredictResult(Path(out) if out is not None else None, len(predicted), accuracy, store.path)

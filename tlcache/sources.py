@@ -1,0 +1,219 @@
+"""Readers for the data a user points tlcache at.
+
+Each reader returns a :class:`Source`: ids, items (image paths or texts), optional labels, and a content
+fingerprint per item. The fingerprints, not the paths, feed the cache key: moving or renaming the folder
+keeps the key, editing one pixel of one image changes it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tlcache.errors import UserError
+from tlcache.hashing import hash_bytes, hash_file, new_hasher
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+TABLE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
+DEFAULT_TEXT_COLUMN = "text"
+DEFAULT_LABEL_COLUMN = "label"
+
+
+@dataclass
+class Source:
+    """A dataset to embed: one entry per item, in a stable order."""
+
+    path: Path
+    kind: str  # "image-folder", "flat-images", "csv" or "jsonl"
+    modality: str  # "image" or "text"
+    ids: list[str]
+    items: list  # image paths (Path) or texts (str)
+    fingerprints: list[str]
+    labels: list[str | None] | None = None  # None: the source has no labels at all
+    options: dict = field(default_factory=dict)  # how it was read (columns), recorded in the store
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.labels is None:
+            return []
+        return sorted({label for label in self.labels if label is not None})
+
+    @property
+    def label_indices(self) -> list[int]:
+        """Labels as indices into :attr:`class_names`; -1 for an unlabelled item."""
+        if self.labels is None:
+            return [-1] * len(self.ids)
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return [index[label] if label is not None else -1 for label in self.labels]
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of every item's id, content and label: changes when any of them does, not when the folder moves."""
+        hasher = new_hasher()
+        hasher.update(f"{self.modality}\n".encode())
+        labels = self.labels if self.labels is not None else [None] * len(self.ids)
+        for item_id, item_fp, label in zip(self.ids, self.fingerprints, labels):
+            hasher.update(json.dumps([item_id, item_fp, label]).encode())
+            hasher.update(b"\n")
+        return hasher.hexdigest()
+
+
+def load_source(
+    path: str | Path,
+    text_column: str = DEFAULT_TEXT_COLUMN,
+    label_column: str | None = None,
+    id_column: str | None = None,
+) -> Source:
+    """Read an image folder (class sub-folders or flat), a CSV/TSV file or a JSONL file.
+
+    ``label_column`` defaults to ``"label"`` when that column exists; naming a column that is absent is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist: pass an image folder, a .csv/.tsv file or a .jsonl file")
+    if path.is_dir():
+        return _load_image_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        rows, columns = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
+        return _table_source(path, "csv", rows, columns, text_column, label_column, id_column)
+    if suffix in (".jsonl", ".ndjson"):
+        rows, columns = _read_jsonl(path)
+        return _table_source(path, "jsonl", rows, columns, text_column, label_column, id_column)
+    raise UserError(
+        f"{path}: cannot read a '{suffix or 'extension-less'}' file; "
+        f"pass an image folder or a file ending in {', '.join(TABLE_EXTENSIONS)}"
+    )
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _visible_subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_image_folder(root: Path) -> Source:
+    top_images = sorted(p for p in root.iterdir() if _is_image(p))
+    class_dirs = []
+    for sub in _visible_subdirs(root):
+        if any(_is_image(p) for p in sub.rglob("*")):
+            class_dirs.append(sub)
+    if top_images and class_dirs:
+        raise UserError(
+            f"{root} has both images at the top and class sub-folders ({class_dirs[0].name}/, ...); "
+            "move the top-level images into a class folder, or point at a folder of one kind"
+        )
+    if class_dirs:
+        files, labels = [], []
+        for class_dir in class_dirs:
+            for image in sorted(p for p in class_dir.rglob("*") if _is_image(p)):
+                files.append(image)
+                labels.append(class_dir.name)
+        kind = "image-folder"
+    elif top_images:
+        files, labels, kind = top_images, None, "flat-images"
+    else:
+        raise UserError(
+            f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); point at a folder "
+            "of images, or at a folder with one sub-folder of images per class"
+        )
+    ids = [p.relative_to(root).as_posix() for p in files]
+    return Source(
+        path=root,
+        kind=kind,
+        modality="image",
+        ids=ids,
+        items=files,
+        fingerprints=[hash_file(p) for p in files],
+        labels=labels,
+    )
+
+
+def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise UserError(f"{path} is not a valid CSV file ({exc}); check its quoting") from None
+    return rows, columns
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    rows, columns = [], {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}, line {line_number}: not valid JSON ({exc.msg}); fix that line") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}, line {line_number}: expected a JSON object per line")
+                rows.append(row)
+                columns.update(dict.fromkeys(row))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    return rows, list(columns)
+
+
+def _cell_text(value) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if text.strip() else None
+
+
+def _table_source(
+    path: Path,
+    kind: str,
+    rows: list[dict],
+    columns: Sequence[str],
+    text_column: str,
+    label_column: str | None,
+    id_column: str | None,
+) -> Source:
+    if not rows:
+        raise UserError(f"{path} has no data rows; add rows with a '{text_column}' column")
+    shown = ", ".join(columns) or "none"
+    if text_column not in columns:
+        raise UserError(f"{path} has no column '{text_column}' (columns: {shown}); pass --text-column NAME")
+    for option, name in (("--label-column", label_column), ("--id-column", id_column)):
+        if name is not None and name not in columns:
+            raise UserError(f"{path} has no column '{name}' (columns: {shown}); fix {option}")
+    if label_column is None and DEFAULT_LABEL_COLUMN in columns:
+        label_column = DEFAULT_LABEL_COLUMN
+    row_offset = 2 if kind == "csv" else 1  # first data row's line number, for messages
+
+    texts, ids = [], []
+    for n, row in enumerate(rows):
+        text = row.get(text_column)
+        if text is None:
+            raise UserError(f"{path}, row {n + row_offset}: no '{text_column}' value; fill it or drop the row")
+        texts.append(text if isinstance(text, str) else str(text))
+        ids.append(_cell_text(row.get(id_column)) or str(n) if id_column else str(n))
+    if id_column and len(set(ids)) != len(ids):
+        raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique")
+    labels = [_cell_text(row.get(label_column)) for row in rows] if label_column else None
+    return Source(
+        path=path,
+        kind=kind,
+        modality="text",
+        ids=ids,
+        items=texts,
+        fingerprints=[hash_bytes(text.encode()) for text in texts],
+        labels=labels,
+        options={"text_column": text_column, "label_column": label_column, "id_column": id_column},
+    )
