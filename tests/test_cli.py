@@ -1,0 +1,180 @@
+"""Every command through click's CliRunner, on tiny real models and tiny real data."""
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tlcache.cli import cli
+from tlcache.store import FeatureStore
+from conftest import write_image_folder, write_text_csv
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_user_error(result, message):
+    """One clear line on stderr, exit code 2, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def embed_json(*args):
+    result = run("embed", *args, "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def text_stores(tmp_path, tiny_bert_dir):
+    train = write_text_csv(tmp_path / "train.csv", n=40, seed=0)
+    test = write_text_csv(tmp_path / "test.csv", n=20, seed=1)
+    return [embed_json(path, "--backbone", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache") for path in (train, test)]
+
+
+def test_help_has_examples_on_every_command():
+    for command in ["embed", "fit-head", "predict", "info", "backbones"]:
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_embed_text_then_cache_hit(tmp_path, tiny_bert_dir):
+    path = write_text_csv(tmp_path / "r.csv")
+    first = run("embed", path, "-b", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache", "--no-progress")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith("embedded 24 rows with hf:") and "(32-d)" in first.stdout
+    second = run("embed", path, "-b", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache", "--no-progress")
+    assert second.exit_code == 0 and second.stdout.startswith("cache hit: 24 rows")
+    assert first.stdout.split("-> ")[1] == second.stdout.split("-> ")[1]
+
+
+def test_embed_images_json_output(tmp_path, resnet18_weights):
+    folder = write_image_folder(tmp_path / "imgs", per_class=3)
+    payload = embed_json(folder, "-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32,
+                         "--out", tmp_path / "one.h5", "--dtype", "float16", "--batch-size", 4)
+    assert payload["rows"] == 6 and payload["dim"] == 512 and payload["cached"] is False
+    assert Path(payload["path"]) == tmp_path / "one.h5"
+    with h5py.File(payload["path"]) as handle:
+        assert handle["features"].dtype == np.float16
+
+
+def test_default_cache_location_is_tlcache_home(tmp_path, tiny_bert_dir):
+    payload = embed_json(write_text_csv(tmp_path / "r.csv"), "-b", f"hf:{tiny_bert_dir}")
+    assert Path(payload["path"]).parent == tmp_path / "tlcache-home"
+
+
+def test_csv_column_options(tmp_path, tiny_bert_dir):
+    path = tmp_path / "custom.csv"
+    path.write_text("uid,review,stars\nu1,good fun,high\nu2,bad plot,low\nu3,dull,low\n", encoding="utf-8")
+    payload = embed_json(path, "-b", f"hf:{tiny_bert_dir}", "--text-column", "review", "--label-column", "stars",
+                         "--id-column", "uid")
+    store = FeatureStore(payload["path"])
+    assert store.ids() == ["u1", "u2", "u3"] and store.class_names == ["high", "low"]
+
+
+def test_fit_head_predict_round_trip(tmp_path, text_stores):
+    train, test = text_stores
+    result = run("fit-head", train["path"], "--head", "logreg", "--test", test["path"], "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("logreg: accuracy ")
+    for name in ["head.joblib", "head.json", "report.json", "report.md", "confusion.png"]:
+        assert (tmp_path / "run" / name).is_file(), name
+
+    predicted = run("predict", tmp_path / "run", tmp_path / "test.csv", "--out", tmp_path / "p.csv",
+                    "--cache-dir", tmp_path / "cache", "--no-progress")
+    assert predicted.exit_code == 0, predicted.output
+    assert "predicted 20 rows" in predicted.stdout
+    with open(tmp_path / "p.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["id", "label", "prob_neg", "prob_pos", "true_label"]
+    assert len(rows) == 20 and {r["label"] for r in rows} <= {"neg", "pos"}
+    for row in rows:
+        assert float(row["prob_neg"]) + float(row["prob_pos"]) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == ("pos" if float(row["prob_pos"]) > float(row["prob_neg"]) else "neg")
+    # The test CSV was embedded for fit-head already: predict found it in the cache, so no new store appeared.
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == 2
+
+    # The head's predictions match what the report measured on the same test store.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    accuracy = np.mean([r["label"] == r["true_label"] for r in rows])
+    assert accuracy == pytest.approx(report["metrics"]["accuracy"])
+
+
+def test_predict_from_a_store_and_to_stdout(tmp_path, text_stores):
+    train, test = text_stores
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    result = run("predict", tmp_path / "run", test["path"], "--out", "-")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("id,label,prob_neg,prob_pos") and len(lines) == 21
+
+
+def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_bert_dir):
+    train, _ = text_stores
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    cls_store = embed_json(tmp_path / "test.csv", "-b", f"hf:{tiny_bert_dir}", "--pool", "cls")
+    assert_user_error(run("predict", tmp_path / "run", cls_store["path"]), "differ in pooling")
+
+
+def test_predict_refuses_other_dim(tmp_path, text_stores, resnet18_weights):
+    train, _ = text_stores
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    images = embed_json(write_image_folder(tmp_path / "imgs", per_class=2), "-b", "torchvision:resnet18",
+                        "--weights", resnet18_weights, "--image-size", 32)
+    result = run("predict", tmp_path / "run", images["path"])
+    assert_user_error(result, "(32-d)")
+    assert "torchvision:resnet18 features (512-d)" in result.stderr
+
+
+def test_info_and_backbones(tmp_path, text_stores):
+    train, _ = text_stores
+    result = run("info", train["path"])
+    assert result.exit_code == 0 and "cache_key" in result.stdout and "complete            True" in result.stdout
+    payload = json.loads(run("info", train["path"], "--json").stdout)
+    assert payload["n_rows"] == 40 and payload["classes"] == {"neg": 20, "pos": 20}
+    listing = json.loads(run("backbones", "--json").stdout)
+    assert {"efficientnet-lite0", "minilm", "torchvision:resnet50"} <= {b["name"] for b in listing}
+    table = run("backbones").stdout
+    assert table.splitlines()[0].split()[:4] == ["name", "modality", "dim", "offline"]
+
+
+def incomplete_store(path):
+    from tlcache.store import StoreWriter
+
+    meta = {"cache_key": "k", "backbone": "b", "backbone_spec": {}, "preprocessing": {}, "source_options": {}}
+    writer = StoreWriter.create(path, meta, ["a", "b", "c", "d"], [0, 1, 0, 1], ["x", "y"], ["1", "2", "3", "4"], dim=3)
+    writer.append(np.zeros((2, 3), dtype=np.float32))
+    writer.close()  # as if the process died here
+    return path
+
+
+def test_bad_input_is_one_clear_line(tmp_path, resnet18_weights):
+    (tmp_path / "empty").mkdir()
+    write_image_folder(tmp_path / "imgs", per_class=2)
+    (tmp_path / "imgs" / "circle" / "bad.jpg").write_bytes(b"definitely not a jpeg")
+    (tmp_path / "notext.csv").write_text("title,label\nhello,a\n")
+    (tmp_path / "fake.h5").write_text("not hdf5")
+    rn = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32, "--no-progress"]
+    cases = [
+        (("embed", tmp_path / "missing"), "does not exist"),
+        (("embed", tmp_path / "empty"), "no images found"),
+        (("embed", tmp_path / "imgs", *rn), "bad.jpg is not a readable image"),
+        (("embed", tmp_path / "notext.csv"), "no column 'text'"),
+        (("fit-head", tmp_path / "fake.h5"), "not a tlcache feature store"),
+        (("info", tmp_path / "fake.h5"), "not a tlcache feature store"),
+        (("info", tmp_path / "missing.h5"), "does not exist"),
+        (("predict", tmp_path / "nohead", tmp_path / "notext.csv"), "does not exist"),
+        (("embed", write_text_csv(tmp_path / "good.csv"), "-b", "nope"), "unknown backbone 'nope'"),
+        (("fit-head", incomplete_store(tmp_path / "cut.h5")), "incomplete (2 of 4 rows)"),
+        (("embed", tmp_path / "notext.csv", "--text-column", "title", "--label-column", "stars"), "no column 'stars'"),
+    ]
+    for args, message in cases:
+        assert_user_error(run(*args), message)

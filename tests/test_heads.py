@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+
+from tlcache.errors import UserError
+from tlcache.heads import HEADS, check_head_matches, fit_head, load_head, make_head
+from tlcache.store import FeatureStore, StoreWriter
+
+
+def _store(path, X, y, class_names, backbone="test-bb", weights="w1", dim=None):
+    meta = {
+        "cache_key": f"key-{path.stem}", "backbone": backbone, "backbone_key": backbone, "weights_digest": weights,
+        "preprocessing": {"size": 8}, "layer": "penultimate", "pooling": "avg", "modality": "image",
+        "backbone_spec": {"name": backbone}, "source_options": {},
+    }
+    writer = StoreWriter.create(
+        path, meta, [str(i) for i in range(len(y))], y, class_names, [f"f{i}" for i in range(len(y))], dim=X.shape[1]
+    )
+    writer.append(X.astype(np.float32))
+    writer.finish({})
+    return path
+
+
+def _blobs(n, seed, shift=3.0, dim=6, classes=3):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.normal(size=(n, dim)) + shift * np.eye(classes, dim)[y]
+    return X, y
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_each_head_fits_saves_and_reports(tmp_path, head):
+    X, y = _blobs(150, 0)
+    store = _store(tmp_path / "train.h5", X, y, ["ant", "bee", "cat"])
+    run = fit_head(store, head, test_fraction=0.3, seed=1, out=tmp_path / "run")
+    assert run.accuracy > 0.85  # well-separated blobs: any sane head does this
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    metrics = report["metrics"]
+    assert report["n_train"] == 105 and report["n_test"] == 45
+    assert [row["class"] for row in metrics["per_class"]] == ["ant", "bee", "cat"]
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 45
+    assert np.trace(metrics["confusion_matrix"]) / 45 == pytest.approx(metrics["accuracy"])
+    assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "| accuracy |" in markdown and "| ant |" in markdown
+
+    pipeline, sidecar = load_head(tmp_path / "run")
+    assert sidecar["backbone"] == "test-bb" and sidecar["dim"] == 6 and sidecar["classes"] == ["ant", "bee", "cat"]
+    probabilities = pipeline.predict_proba(X[:5])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_same_seed_same_numbers(tmp_path):
+    X, y = _blobs(120, 0, shift=1.0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    first = fit_head(store, "mlp", seed=3, out=tmp_path / "a").report["metrics"]
+    second = fit_head(store, "mlp", seed=3, out=tmp_path / "b").report["metrics"]
+    assert first == second
+
+
+def test_separate_test_store_with_classes_in_another_order(tmp_path):
+    X, y = _blobs(90, 0)
+    train = _store(tmp_path / "train.h5", X, y, ["a", "b", "c"])
+    X_test, y_test = _blobs(30, 1)
+    # The test store only knows classes b and c, so its label indices differ from the training store's.
+    keep = y_test > 0
+    test = _store(tmp_path / "test.h5", X_test[keep], y_test[keep] - 1, ["b", "c"])
+    run = fit_head(train, "logreg", test=test, out=tmp_path / "run")
+    assert run.report["n_test"] == keep.sum() and run.accuracy > 0.9
+    supports = {row["class"]: row["support"] for row in run.report["metrics"]["per_class"]}
+    assert supports == {"a": 0, "b": 10, "c": 10}
+
+
+def test_test_store_of_other_features_is_refused(tmp_path):
+    X, y = _blobs(60, 0)
+    train = _store(tmp_path / "train.h5", X, y, ["a", "b", "c"])
+    other = _store(tmp_path / "other.h5", X, y, ["a", "b", "c"], weights="w2")
+    with pytest.raises(UserError, match="differ in weights_digest"):
+        fit_head(train, test=other, out=tmp_path / "run")
+
+
+def test_head_mismatch_is_refused(tmp_path):
+    X, y = _blobs(60, 0)
+    fit_head(_store(tmp_path / "train.h5", X, y, ["a", "b", "c"]), out=tmp_path / "run")
+    _, sidecar = load_head(tmp_path / "run")
+    X8 = np.hstack([X, X[:, :2]])
+    other = FeatureStore(_store(tmp_path / "other.h5", X8, y, ["a", "b", "c"], backbone="bigger"))
+    with pytest.raises(UserError, match=r"fitted on test-bb features \(6-d\) .* bigger features \(8-d\)"):
+        check_head_matches(sidecar, other, tmp_path / "run")
+
+
+def test_unlabelled_store_and_single_class_are_refused(tmp_path):
+    X, _ = _blobs(20, 0)
+    with pytest.raises(UserError, match="has no labels"):
+        fit_head(_store(tmp_path / "u.h5", X, np.full(20, -1), []), out=tmp_path / "r1")
+    with pytest.raises(UserError, match="single class"):
+        fit_head(_store(tmp_path / "one.h5", X, np.zeros(20, dtype=int), ["a"]), out=tmp_path / "r2")
+
+
+def test_unknown_head_and_bad_fraction(tmp_path):
+    X, y = _blobs(30, 0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    with pytest.raises(UserError, match="unknown head 'forest'"):
+        make_head("forest")
+    with pytest.raises(UserError, match="between 0 and 1"):
+        fit_head(store, test_fraction=1.5, out=tmp_path / "r")
+
+
+def test_load_head_refuses_folders_without_a_head(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no head.joblib"):
+        load_head(tmp_path / "empty")
+    with pytest.raises(UserError, match="does not exist"):
+        load_head(tmp_path / "nowhere")
