@@ -56,6 +56,45 @@ def test_embed_text_then_cache_hit(tmp_path, tiny_bert_dir):
     assert first.stdout.split("-> ")[1] == second.stdout.split("-> ")[1]
 
 
+def test_each_key_ingredient_misses_the_cache_and_a_renamed_folder_hits(
+    tmp_path, resnet18_weights, resnet18_weights_other, tiny_bert_dir
+):
+    from PIL import Image
+
+    folder = write_image_folder(tmp_path / "imgs", per_class=2)
+    base = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+
+    def embed(source, *args):
+        return embed_json(source, *args, "--out", tmp_path / "cache")
+
+    first = embed(folder, *base)
+    assert embed(folder, *base)["cached"]
+    renamed = folder.rename(tmp_path / "moved-and-renamed")
+    assert embed(renamed, *base)["key"] == first["key"]
+
+    misses = {
+        "weights": embed(renamed, *base[:2], "--weights", resnet18_weights_other, "--image-size", 32),
+        "backbone": embed(renamed, "-b", "torchvision:mobilenet_v3_small", "--weights", "random", "--image-size", 32),
+        "preprocessing": embed(renamed, *base[:4], "--image-size", 48),
+        "dtype": embed(renamed, *base, "--dtype", "float16"),
+    }
+    target = renamed / "square" / "square-001.png"
+    image = Image.open(target).convert("RGB")
+    image.putpixel((2, 2), (255, 0, 255))
+    image.save(target)
+    misses["one pixel"] = embed(renamed, *base)
+    text = write_text_csv(tmp_path / "t.csv")
+    mean = embed(text, "-b", f"hf:{tiny_bert_dir}", "--pool", "mean")
+    misses["pooling"] = embed(text, "-b", f"hf:{tiny_bert_dir}", "--pool", "cls")
+    assert misses["pooling"]["key"] != mean["key"]
+
+    for ingredient, payload in misses.items():
+        assert not payload["cached"] and payload["embedded"] == payload["rows"], ingredient
+    keys = [first["key"], mean["key"]] + [p["key"] for p in misses.values()]
+    assert len(set(keys)) == len(keys)
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == len(keys)
+
+
 def test_embed_images_json_output(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=3)
     payload = embed_json(folder, "-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32,

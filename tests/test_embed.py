@@ -40,41 +40,6 @@ def test_same_embed_twice_is_a_cache_hit_without_loading_the_model(text_csv, tin
     assert first.path.stat().st_mtime_ns == mtime
 
 
-def test_each_key_ingredient_gives_a_new_store(tmp_path, resnet18_weights, resnet18_weights_other):
-    folder = write_image_folder(tmp_path / "imgs", per_class=2)
-    cache = tmp_path / "cache"
-
-    def key(**kw):
-        options = {**_resnet(resnet18_weights), **kw}
-        return embed_source(folder, out=cache, progress=False, **options).key
-
-    base = key()
-    variants = {
-        "weights": key(weights=str(resnet18_weights_other)),
-        "backbone": key(backbone="torchvision:mobilenet_v3_small", weights="random"),
-        "preprocessing": key(image_size=48),
-        "dtype": key(dtype="float16"),
-    }
-    from PIL import Image
-
-    target = folder / "circle" / "circle-000.png"
-    image = Image.open(target).convert("RGB")
-    image.putpixel((1, 1), (0, 0, 0) if image.getpixel((1, 1)) != (0, 0, 0) else (9, 9, 9))
-    image.save(target)
-    variants["source content"] = key()
-    assert base not in variants.values() and len(set(variants.values())) == len(variants)
-    assert len(list(cache.glob("*.h5"))) == 1 + len(variants)
-
-
-def test_pooling_is_in_the_key_and_renaming_the_source_is_not(tmp_path, tiny_bert_dir):
-    path = write_text_csv(tmp_path / "a.csv")
-    mean = embed_source(path, f"hf:{tiny_bert_dir}", pooling="mean", progress=False)
-    cls = embed_source(path, f"hf:{tiny_bert_dir}", pooling="cls", progress=False)
-    assert mean.key != cls.key
-    moved = path.rename(tmp_path / "renamed.csv")
-    assert embed_source(moved, f"hf:{tiny_bert_dir}", pooling="mean", progress=False).cached
-
-
 def test_explicit_h5_out_is_replaced_when_the_key_changes(tmp_path, tiny_bert_dir):
     out = tmp_path / "mine.h5"
     first = embed_source(write_text_csv(tmp_path / "a.csv", n=8), f"hf:{tiny_bert_dir}", out=out, progress=False)

@@ -66,6 +66,15 @@ def test_csv_with_named_columns_and_ids(tmp_path):
     assert source.labels == ["pos", "neg"]
 
 
+def test_id_column_is_used_when_present_and_must_be_unique(tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_text("id,text\nr7,a\nr9,b\n", encoding="utf-8")
+    assert load_source(path).ids == ["r7", "r9"]
+    path.write_text("id,text\nr7,a\nr7,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match="repeated ids"):
+        load_source(path)
+
+
 def test_csv_without_label_column_is_unlabelled(tmp_path):
     path = tmp_path / "u.csv"
     path.write_text("text\nhello\nworld\n", encoding="utf-8")

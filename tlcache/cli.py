@@ -39,7 +39,7 @@ def source_options(command):
         [
             click.option("--text-column", default="text", show_default=True, help="CSV/JSONL column with the text."),
             click.option("--label-column", help="CSV/JSONL column with the label [default: 'label' if present]."),
-            click.option("--id-column", help="CSV/JSONL column with a unique id [default: row number]."),
+            click.option("--id-column", help="CSV/JSONL column with a unique id [default: 'id' if present, else the row number]."),
         ]
     ):
         command = option(command)

@@ -19,6 +19,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 TABLE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
+DEFAULT_ID_COLUMN = "id"
 
 
 @dataclass
@@ -71,7 +72,8 @@ def load_source(
 ) -> Source:
     """Read an image folder (class sub-folders or flat), a CSV/TSV file or a JSONL file.
 
-    ``label_column`` defaults to ``"label"`` when that column exists; naming a column that is absent is an error.
+    ``label_column`` and ``id_column`` default to ``"label"`` and ``"id"`` when those columns exist (ids are row
+    numbers otherwise); naming a column that is absent is an error.
     """
     path = Path(path)
     if not path.exists():
@@ -195,6 +197,8 @@ def _table_source(
             raise UserError(f"{path} has no column '{name}' (columns: {shown}); fix {option}")
     if label_column is None and DEFAULT_LABEL_COLUMN in columns:
         label_column = DEFAULT_LABEL_COLUMN
+    if id_column is None and DEFAULT_ID_COLUMN in columns:
+        id_column = DEFAULT_ID_COLUMN
     row_offset = 2 if kind == "csv" else 1  # first data row's line number, for messages
 
     texts, ids = [], []
@@ -203,9 +207,15 @@ def _table_source(
         if text is None:
             raise UserError(f"{path}, row {n + row_offset}: no '{text_column}' value; fill it or drop the row")
         texts.append(text if isinstance(text, str) else str(text))
-        ids.append(_cell_text(row.get(id_column)) or str(n) if id_column else str(n))
-    if id_column and len(set(ids)) != len(ids):
-        raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique")
+        if id_column:
+            item_id = _cell_text(row.get(id_column))
+            if item_id is None:
+                raise UserError(f"{path}, row {n + row_offset}: no '{id_column}' value; ids must be filled in")
+            ids.append(item_id)
+        else:
+            ids.append(str(n))
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique (or use --id-column)")
     labels = [_cell_text(row.get(label_column)) for row in rows] if label_column else None
     return Source(
         path=path,

@@ -167,6 +167,15 @@ def _factory(arch: str, weights: str | None = None, image_size: int | None = Non
     return TorchvisionBackbone(arch, weights=weights, image_size=image_size)
 
 
+def _downloaded(arch: str) -> bool:
+    """Whether torchvision's default weights for ``arch`` are already in the local torch hub cache."""
+    import torch
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
 @register_lister
 def _list() -> list[BackboneInfo]:
     return [
@@ -174,9 +183,9 @@ def _list() -> list[BackboneInfo]:
             name=f"torchvision:{arch}",
             modality="image",
             dim=dim,
-            weights="--weights FILE | random | torchvision download",
-            offline=False,
-            note="offline with --weights FILE or --weights random",
+            weights="torchvision download, --weights FILE, or --weights random",
+            offline=_downloaded(arch),
+            note="offline with --weights FILE (or once downloaded)",
         )
         for arch, dim in LISTED_ARCHS.items()
     ]
