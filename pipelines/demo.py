@@ -7,6 +7,7 @@ logistic regression (text) and raw pixels + logistic regression (images). A seco
 
 Everything lands in demo-output/ (data, feature stores, runs); `rm -r demo-output` starts afresh.
 """
+
 from __future__ import annotations
 
 import sys
@@ -63,9 +64,7 @@ def run_task(task: str, train, test, backbone: str, baseline, **backbone_options
         embedded.append(result)
     rows = []
     for head in HEADS:
-        run = tlcache.fit_head(
-            embedded[0].path, head, test=embedded[1].path, seed=SEED, out=OUT / "runs" / task / head
-        )
+        run = tlcache.fit_head(embedded[0].path, head, test=embedded[1].path, seed=SEED, out=OUT / "runs" / task / head)
         rows.append((task, f"{backbone} features", head, run.accuracy, run.report["fit_seconds"]))
     accuracy, seconds = baseline(train, test)
     rows.append((task, baseline.__doc__ or baseline.__name__, "logreg", accuracy, seconds))
@@ -95,13 +94,17 @@ def main() -> int:
         print("  ".join(cell.ljust(w) if c < 3 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"\nreports in {OUT / 'runs'}; feature stores in {OUT / 'cache'}; total {time.perf_counter() - started:.0f} s")
+    print(
+        f"\nreports in {OUT / 'runs'}; feature stores in {OUT / 'cache'}; total {time.perf_counter() - started:.0f} s"
+    )
 
     best = {}
     for task, features, _, accuracy, _ in rows:
         kind = "baseline" if "no pretraining" in features else "pretrained"
         best[(task, kind)] = max(best.get((task, kind), 0.0), accuracy)
-    losers = [task for task in ("rotten-tomatoes", "mnist-5k") if best[(task, "pretrained")] <= best[(task, "baseline")]]
+    losers = [
+        task for task in ("rotten-tomatoes", "mnist-5k") if best[(task, "pretrained")] <= best[(task, "baseline")]
+    ]
     if losers:
         print(f"pretrained features did not beat the baseline on: {', '.join(losers)}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
 """Fixtures that build tiny real models and tiny real data in temporary folders; nothing is downloaded."""
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,12 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     vocab += ["##" + c for c in string.ascii_lowercase] + list(".,!?0123456789")
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
@@ -58,7 +63,9 @@ def resnet18_weights_other(tmp_path_factory) -> Path:
     return _save_resnet18(tmp_path_factory.mktemp("weights-other") / "resnet18-other.pt", seed=1)
 
 
-def write_image_folder(root: Path, per_class: int = 6, classes=("circle", "square"), size: int = 40, seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path, per_class: int = 6, classes=("circle", "square"), size: int = 40, seed: int = 0
+) -> Path:
     """Class folders of small PNGs: bright circles or squares on noise, so classes are easy to tell apart."""
     from PIL import Image, ImageDraw
 

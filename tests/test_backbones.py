@@ -1,4 +1,5 @@
 """One contract over every registered backbone family, on tiny or random-weight models (no downloads)."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -91,8 +92,16 @@ def test_recreate_from_spec(tiny_bert_dir, resnet18_weights):
 
 def test_listing_covers_the_promised_backbones():
     names = {info.name for info in list_backbones()}
-    for name in ["efficientnet-lite0", "minilm", "torchvision:resnet18", "torchvision:resnet50",
-                 "torchvision:efficientnet_b0", "torchvision:vit_b_16", "torchvision:vgg16", "hf:<dir-or-id>"]:
+    for name in [
+        "efficientnet-lite0",
+        "minilm",
+        "torchvision:resnet18",
+        "torchvision:resnet50",
+        "torchvision:efficientnet_b0",
+        "torchvision:vit_b_16",
+        "torchvision:vgg16",
+        "hf:<dir-or-id>",
+    ]:
         assert name in names
     assert any(n.startswith("torchvision:mobilenet_v3") for n in names)
 

@@ -1,4 +1,5 @@
 """Every command through click's CliRunner, on tiny real models and tiny real data."""
+
 import csv
 import json
 from pathlib import Path
@@ -7,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_image_folder, write_text_csv
 
 from tlcache.cli import cli
 from tlcache.store import FeatureStore
-from conftest import write_image_folder, write_text_csv
 
 
 def run(*args):
@@ -37,7 +38,9 @@ def embed_json(*args):
 def text_stores(tmp_path, tiny_bert_dir):
     train = write_text_csv(tmp_path / "train.csv", n=40, seed=0)
     test = write_text_csv(tmp_path / "test.csv", n=20, seed=1)
-    return [embed_json(path, "--backbone", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache") for path in (train, test)]
+    return [
+        embed_json(path, "--backbone", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache") for path in (train, test)
+    ]
 
 
 def test_help_has_examples_on_every_command():
@@ -97,8 +100,21 @@ def test_each_key_ingredient_misses_the_cache_and_a_renamed_folder_hits(
 
 def test_embed_images_json_output(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=3)
-    payload = embed_json(folder, "-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32,
-                         "--out", tmp_path / "one.h5", "--dtype", "float16", "--batch-size", 4)
+    payload = embed_json(
+        folder,
+        "-b",
+        "torchvision:resnet18",
+        "--weights",
+        resnet18_weights,
+        "--image-size",
+        32,
+        "--out",
+        tmp_path / "one.h5",
+        "--dtype",
+        "float16",
+        "--batch-size",
+        4,
+    )
     assert payload["rows"] == 6 and payload["dim"] == 512 and payload["cached"] is False
     assert Path(payload["path"]) == tmp_path / "one.h5"
     with h5py.File(payload["path"]) as handle:
@@ -113,8 +129,9 @@ def test_default_cache_location_is_tlcache_home(tmp_path, tiny_bert_dir):
 def test_csv_column_options(tmp_path, tiny_bert_dir):
     path = tmp_path / "custom.csv"
     path.write_text("uid,review,stars\nu1,good fun,high\nu2,bad plot,low\nu3,dull,low\n", encoding="utf-8")
-    payload = embed_json(path, "-b", f"hf:{tiny_bert_dir}", "--text-column", "review", "--label-column", "stars",
-                         "--id-column", "uid")
+    payload = embed_json(
+        path, "-b", f"hf:{tiny_bert_dir}", "--text-column", "review", "--label-column", "stars", "--id-column", "uid"
+    )
     store = FeatureStore(payload["path"])
     assert store.ids() == ["u1", "u2", "u3"] and store.class_names == ["high", "low"]
 
@@ -127,8 +144,16 @@ def test_fit_head_predict_round_trip(tmp_path, text_stores):
     for name in ["head.joblib", "head.json", "report.json", "report.md", "confusion.png"]:
         assert (tmp_path / "run" / name).is_file(), name
 
-    predicted = run("predict", tmp_path / "run", tmp_path / "test.csv", "--out", tmp_path / "p.csv",
-                    "--cache-dir", tmp_path / "cache", "--no-progress")
+    predicted = run(
+        "predict",
+        tmp_path / "run",
+        tmp_path / "test.csv",
+        "--out",
+        tmp_path / "p.csv",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--no-progress",
+    )
     assert predicted.exit_code == 0, predicted.output
     assert "predicted 20 rows" in predicted.stdout
     with open(tmp_path / "p.csv", newline="") as handle:
@@ -166,8 +191,15 @@ def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_be
 def test_predict_refuses_other_dim(tmp_path, text_stores, resnet18_weights):
     train, _ = text_stores
     assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
-    images = embed_json(write_image_folder(tmp_path / "imgs", per_class=2), "-b", "torchvision:resnet18",
-                        "--weights", resnet18_weights, "--image-size", 32)
+    images = embed_json(
+        write_image_folder(tmp_path / "imgs", per_class=2),
+        "-b",
+        "torchvision:resnet18",
+        "--weights",
+        resnet18_weights,
+        "--image-size",
+        32,
+    )
     result = run("predict", tmp_path / "run", images["path"])
     assert_user_error(result, "(32-d)")
     assert "torchvision:resnet18 features (512-d)" in result.stderr

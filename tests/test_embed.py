@@ -1,12 +1,12 @@
 import h5py
 import numpy as np
 import pytest
+from conftest import write_image_folder, write_text_csv
 
 from tlcache.backbones import Backbone, create_backbone
 from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.store import FeatureStore, StoreWriter
-from conftest import write_image_folder, write_text_csv
 
 
 def _resnet(weights, **kw):
@@ -106,6 +106,10 @@ def test_truncated_image_is_caught_while_decoding(image_folder, resnet18_weights
 
 def test_decoding_in_worker_processes_gives_the_same_rows(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=8)
-    single = embed_source(folder, out=tmp_path / "a", num_workers=0, batch_size=5, progress=False, **_resnet(resnet18_weights))
-    workers = embed_source(folder, out=tmp_path / "b", num_workers=2, batch_size=5, progress=False, **_resnet(resnet18_weights))
+    single = embed_source(
+        folder, out=tmp_path / "a", num_workers=0, batch_size=5, progress=False, **_resnet(resnet18_weights)
+    )
+    workers = embed_source(
+        folder, out=tmp_path / "b", num_workers=2, batch_size=5, progress=False, **_resnet(resnet18_weights)
+    )
     np.testing.assert_allclose(FeatureStore(single.path).features(), FeatureStore(workers.path).features(), atol=1e-5)

@@ -10,9 +10,16 @@ from tlcache.store import FeatureStore, StoreWriter
 
 def _store(path, X, y, class_names, backbone="test-bb", weights="w1", dim=None):
     meta = {
-        "cache_key": f"key-{path.stem}", "backbone": backbone, "backbone_key": backbone, "weights_digest": weights,
-        "preprocessing": {"size": 8}, "layer": "penultimate", "pooling": "avg", "modality": "image",
-        "backbone_spec": {"name": backbone}, "source_options": {},
+        "cache_key": f"key-{path.stem}",
+        "backbone": backbone,
+        "backbone_key": backbone,
+        "weights_digest": weights,
+        "preprocessing": {"size": 8},
+        "layer": "penultimate",
+        "pooling": "avg",
+        "modality": "image",
+        "backbone_spec": {"name": backbone},
+        "source_options": {},
     }
     writer = StoreWriter.create(
         path, meta, [str(i) for i in range(len(y))], y, class_names, [f"f{i}" for i in range(len(y))], dim=X.shape[1]

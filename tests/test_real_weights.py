@@ -1,4 +1,5 @@
 """The packaged pretrained backbones load offline and behave like pretrained models, not random ones."""
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps

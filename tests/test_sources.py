@@ -1,10 +1,10 @@
 import json
 
 import pytest
+from conftest import write_image_folder, write_text_csv
 
 from tlcache.errors import UserError
 from tlcache.sources import load_source
-from conftest import write_image_folder, write_text_csv
 
 
 def test_image_folder_with_classes(image_folder):
@@ -84,7 +84,7 @@ def test_csv_without_label_column_is_unlabelled(tmp_path):
 
 def test_jsonl(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [("a b", "x"), ("c d", "y")]) + "\n")
+    path.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in [("a b", "x"), ("c d", "y")]) + "\n")
     source = load_source(path)
     assert source.kind == "jsonl" and source.items == ["a b", "c d"] and source.labels == ["x", "y"]
 

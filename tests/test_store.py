@@ -10,8 +10,15 @@ def _write(path, rows, dtype="float32", finish=True, labels=None, class_names=("
     n = len(rows)
     writer = StoreWriter.create(
         path,
-        {"cache_key": "k" * 32, "backbone": "test", "backbone_key": "test", "modality": "text",
-         "preprocessing": {"x": 1}, "backbone_spec": {"name": "test"}, "source_options": {}},
+        {
+            "cache_key": "k" * 32,
+            "backbone": "test",
+            "backbone_key": "test",
+            "modality": "text",
+            "preprocessing": {"x": 1},
+            "backbone_spec": {"name": "test"},
+            "source_options": {},
+        },
         ids=[f"id{i}" for i in range(n)],
         labels=labels if labels is not None else [i % 2 for i in range(n)],
         class_names=list(class_names),
@@ -90,8 +97,13 @@ def test_cache_key_changes_with_each_ingredient():
     key = cache_key("src", base, "float32")
     assert key == cache_key("src", dict(reversed(list(base.items()))), "float32")  # order does not matter
     variants = [cache_key("src2", base, "float32"), cache_key("src", base, "float16")]
-    for name, value in [("backbone", "c"), ("weights_digest", "v"), ("preprocessing", {"size": 96}),
-                        ("layer", "m"), ("pooling", "q")]:
+    for name, value in [
+        ("backbone", "c"),
+        ("weights_digest", "v"),
+        ("preprocessing", {"size": 96}),
+        ("layer", "m"),
+        ("pooling", "q"),
+    ]:
         variants.append(cache_key("src", {**base, name: value}, "float32"))
     assert key not in variants and len(set(variants)) == len(variants)
 

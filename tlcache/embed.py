@@ -1,9 +1,12 @@
 """The embedding loop: source + backbone -> a complete feature store, computed at most once per cache key."""
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,10 @@ class EmbedResult:
 
     def summary_line(self) -> str:
         if self.cached:
-            return f"cache hit: {self.rows} rows of {self.backbone} ({self.dim}-d) already embedded, nothing computed -> {self.path}"
+            return (
+                f"cache hit: {self.rows} rows of {self.backbone} ({self.dim}-d) already embedded, "
+                f"nothing computed -> {self.path}"
+            )
         rate = self.embedded / self.seconds if self.seconds > 0 else float("inf")
         resumed = f" (resumed at row {self.rows - self.embedded})" if self.embedded < self.rows else ""
         return (
@@ -72,6 +78,35 @@ def embed_source(
     if _is_hit(path, key):
         return result(0, cached=True)
 
+    with _write_lock(path):
+        if _is_hit(path, key):  # another process finished it while we waited
+            return result(0, cached=True)
+        torch_device = resolve_device(device)
+        size = batch_size or _default_batch_size(torch_device)
+        writer = _open_writer(path, key, src, bb, dtype)
+        start_row = writer.rows_done
+        try:
+            if start_row < len(src):
+                if src.modality == "image":
+                    _check_images(src.items[start_row:])
+                bb.load(str(torch_device))
+                _run_batches(src, bb, writer, size, num_workers, progress)
+            writer.finish(
+                {
+                    "embed_seconds": round(time.perf_counter() - started, 3),
+                    "device": str(torch_device),
+                    "batch_size": size,
+                    "torch_version": _torch_version(),
+                }
+            )
+        finally:
+            writer.close()
+    return result(len(src) - start_row, cached=False)
+
+
+@contextmanager
+def _write_lock(path: Path) -> Iterator[None]:
+    """One writer per store: a second process waits (and says so) until the first is done."""
     from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,29 +117,7 @@ def embed_source(
         print(f"waiting for another tlcache process that is writing {path} ...", file=sys.stderr)
         lock.acquire()
     try:
-        if _is_hit(path, key):  # the other process finished it while we waited
-            return result(0, cached=True)
-        torch_device = resolve_device(device)
-        writer = _open_writer(path, key, src, bb, dtype)
-        start_row = writer.rows_done
-        try:
-            if start_row < len(src):
-                if src.modality == "image":
-                    _check_images(src.items[start_row:])
-                bb.load(str(torch_device))
-                size = batch_size or _default_batch_size(src.modality, torch_device)
-                _run_batches(src, bb, writer, size, num_workers, progress)
-            writer.finish(
-                {
-                    "embed_seconds": round(time.perf_counter() - started, 3),
-                    "device": str(torch_device),
-                    "batch_size": int(batch_size or _default_batch_size(src.modality, torch_device)),
-                    "torch_version": _torch_version(),
-                }
-            )
-        finally:
-            writer.close()
-        return result(len(src) - start_row, cached=False)
+        yield
     finally:
         lock.release()
 
@@ -157,7 +170,7 @@ def _open_writer(path: Path, key: str, src: Source, bb: Backbone, dtype: str) ->
     )
 
 
-def _default_batch_size(modality: str, device) -> int:
+def _default_batch_size(device) -> int:
     return 128 if device.type == "cuda" else 64
 
 
@@ -202,8 +215,13 @@ def _run_batches(src: Source, bb: Backbone, writer: StoreWriter, batch_size: int
 
     start = writer.rows_done
     bar = tqdm(
-        total=len(src), initial=start, unit="item", desc=f"embed {bb.name}", disable=None if progress else True,
-        file=sys.stderr, dynamic_ncols=True,
+        total=len(src),
+        initial=start,
+        unit="item",
+        desc=f"embed {bb.name}",
+        disable=None if progress else True,
+        file=sys.stderr,
+        dynamic_ncols=True,
     )
     on_cuda = bb.device.type == "cuda"
     with bar, torch.inference_mode():
@@ -252,4 +270,3 @@ def _tlcache_version() -> str:
     from tlcache import __version__
 
     return __version__
-

@@ -1,16 +1,18 @@
 """Content hashing for cache keys and fingerprints (one hash function, one place)."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 DIGEST_SIZE = 16  # bytes; 128-bit BLAKE2b digests, printed as 32 hex characters
 _READ_CHUNK = 1 << 20
 
 
-def new_hasher() -> "hashlib._Hash":
+def new_hasher() -> hashlib._Hash:
     return hashlib.blake2b(digest_size=DIGEST_SIZE)
 
 

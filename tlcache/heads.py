@@ -1,4 +1,5 @@
 """scikit-learn heads on cached features: fit, evaluate, save with a sidecar that names the features they need."""
+
 from __future__ import annotations
 
 import json
@@ -146,7 +147,9 @@ def load_head(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run folder written by `tlcache fit-head`")
     if not head_file.is_file() or not sidecar_file.is_file():
-        raise UserError(f"{folder} holds no {HEAD_FILE} with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`")
+        raise UserError(
+            f"{folder} holds no {HEAD_FILE} with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`"
+        )
     try:
         sidecar = json.loads(sidecar_file.read_text(encoding="utf-8"))
         pipeline = joblib.load(head_file)
@@ -174,7 +177,9 @@ def _labelled(store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
     labels = store.labels()
     keep = labels >= 0
     if not keep.any():
-        raise UserError(f"{store.path} has no labels; fit-head needs a labelled source (class folders or a label column)")
+        raise UserError(
+            f"{store.path} has no labels; fit-head needs a labelled source (class folders or a label column)"
+        )
     return store.features()[keep], labels[keep]
 
 

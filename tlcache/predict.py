@@ -1,4 +1,5 @@
 """Apply a fitted head to new data: embed it through the same cache, check the features match, write a CSV."""
+
 from __future__ import annotations
 
 import csv
@@ -51,7 +52,12 @@ def predict(
     else:
         backbone = create_backbone(**sidecar["backbone_spec"])
         result = embed_source(
-            source, backbone, out=cache_dir, device=device, batch_size=batch_size, progress=progress,
+            source,
+            backbone,
+            out=cache_dir,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
             source_options=source_options,
         )
         store = FeatureStore(result.path)

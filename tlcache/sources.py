@@ -4,13 +4,14 @@ Each reader returns a :class:`Source`: ids, items (image paths or texts), option
 fingerprint per item. The fingerprints, not the paths, feed the cache key: moving or renaming the folder
 keeps the key, editing one pixel of one image changes it.
 """
+
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from tlcache.errors import UserError
 from tlcache.hashing import hash_bytes, hash_file, new_hasher

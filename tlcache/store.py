@@ -5,19 +5,24 @@ names in an attribute, ``fingerprints`` (N,) per-item content digests; the attri
 made. ``rows_done`` counts the rows flushed so far and ``complete`` is set last, so a store cut short is never
 read as a finished one.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tlcache.errors import UserError
+
+if TYPE_CHECKING:
+    import h5py
 from tlcache.hashing import hash_json
 
 SCHEMA_VERSION = 1
@@ -90,7 +95,7 @@ def probe_store(path: Path) -> StoreStatus:
 class StoreWriter:
     """Fills a store batch by batch; ``finish()`` marks it complete. Make one with ``create`` or ``resume``."""
 
-    def __init__(self, handle: "h5py.File"):
+    def __init__(self, handle: h5py.File):
         self.path = Path(handle.filename)
         self._file = handle
         self._features = handle["features"]
@@ -107,7 +112,7 @@ class StoreWriter:
         fingerprints: Sequence[str],
         dim: int,
         dtype: str = "float32",
-    ) -> "StoreWriter":
+    ) -> StoreWriter:
         import h5py
 
         if dtype not in DTYPES:
@@ -136,7 +141,7 @@ class StoreWriter:
         return cls(handle)
 
     @classmethod
-    def resume(cls, path: Path) -> "StoreWriter":
+    def resume(cls, path: Path) -> StoreWriter:
         """Reopen an interrupted store; writing continues after the last flushed row."""
         import h5py
 

@@ -4,19 +4,24 @@ A backbone knows its modality, output dim, preprocessing and a digest of its wei
 model, so a cache hit never pays for building one. ``load()`` builds the model; ``embed()`` turns a batch of
 items into a float32 ``(B, dim)`` array.
 """
+
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tlcache.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(device: str = "auto") -> "torch.device":
+def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when a GPU is visible, else the CPU."""
     import torch
 
@@ -72,7 +77,7 @@ class Backbone(abc.ABC):
             "pooling": self.pooling,
         }
 
-    def load(self, device: str = "auto") -> "Backbone":
+    def load(self, device: str = "auto") -> Backbone:
         """Build the model in eval mode on ``device`` (once); returns self."""
         target = resolve_device(device)
         if self.model is None:
@@ -85,7 +90,7 @@ class Backbone(abc.ABC):
         return self
 
     @abc.abstractmethod
-    def _build(self) -> "torch.nn.Module":
+    def _build(self) -> torch.nn.Module:
         """Construct the model with its weights, on the CPU."""
 
     @abc.abstractmethod
@@ -131,7 +136,7 @@ class ImageBackbone(Backbone):
         )
 
     @abc.abstractmethod
-    def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels on the model's device -> (B, dim) features."""
 
     def embed(self, items: Sequence) -> np.ndarray:
@@ -160,7 +165,7 @@ class TextBackbone(Backbone):
         """Texts -> model inputs (CPU tensors), padded to the longest text in the batch."""
 
     @abc.abstractmethod
-    def forward(self, inputs: dict) -> "torch.Tensor":
+    def forward(self, inputs: dict) -> torch.Tensor:
         """Tokenised inputs on the model's device -> (B, dim) pooled features."""
 
     def embed(self, items: Sequence[str]) -> np.ndarray:

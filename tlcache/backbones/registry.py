@@ -1,8 +1,9 @@
 """The backbone registry: one decorated factory per name, one public constructor (in the manner of timm)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tlcache.backbones.base import Backbone
 from tlcache.errors import UserError
@@ -42,7 +43,7 @@ def register_lister(lister: Callable[[], list[BackboneInfo]]) -> Callable[[], li
 
 
 def create_backbone(name: str, **options) -> Backbone:
-    """The one constructor: ``create_backbone("minilm")``, ``create_backbone("torchvision:resnet50", weights="r50.pt")``.
+    """The one constructor, e.g. ``create_backbone("torchvision:resnet50", weights="r50.pt")``.
 
     Options a backbone does not take (``pooling`` on an image model, say) are refused with a clear message; ``None``
     values mean "the backbone's default".

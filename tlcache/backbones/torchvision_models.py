@@ -4,6 +4,7 @@ Weights: ``--weights FILE`` (a state_dict saved with ``torch.save``), ``--weight
 initialisation, for speed tests and baselines), or, by default, torchvision's own pretrained weights, which
 download when there is network.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,9 +59,7 @@ class TorchvisionBackbone(ImageBackbone):
         import torchvision
 
         if arch not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(
-                f"torchvision has no classification model '{arch}'; try one of {', '.join(LISTED_ARCHS)}"
-            )
+            raise UserError(f"torchvision has no classification model '{arch}'; try one of {', '.join(LISTED_ARCHS)}")
         if image_size and image_size != 224 and arch.startswith(FIXED_SIZE_PREFIXES):
             raise UserError(f"torchvision:{arch} takes 224 px input only; drop --image-size")
         super().__init__(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)

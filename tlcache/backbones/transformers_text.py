@@ -1,4 +1,5 @@
 """Hugging Face transformers text encoders: ``minilm`` (packaged, the offline text default) and ``hf:<dir-or-id>``."""
+
 from __future__ import annotations
 
 import importlib.util
