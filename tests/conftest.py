@@ -104,3 +104,43 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture
 def text_csv(tmp_path) -> Path:
     return write_text_csv(tmp_path / "reviews.csv")
+
+
+def make_store(path: Path, X, y, class_names, finish: bool = True, **meta) -> Path:
+    """A real store written through StoreWriter, with made-up provenance (``meta`` overrides it)."""
+    from tlcache.store import StoreWriter
+
+    X = np.asarray(X, dtype=np.float32)
+    backbone = meta.pop("backbone", "test-bb")
+    meta = {
+        "cache_key": f"key-{path.stem}",
+        "config_key": "config",
+        "backbone": backbone,
+        "backbone_key": backbone,
+        "weights_digest": "w1",
+        "preprocessing": {"size": 8},
+        "layer": "penultimate",
+        "pooling": "mean",
+        "modality": "image",
+        "backbone_spec": {"name": backbone},
+        "source_options": {},
+        **meta,
+    }
+    n = len(y)
+    writer = StoreWriter.create(
+        path,
+        meta,
+        [f"id{i}" for i in range(n)],
+        list(y),
+        list(class_names),
+        [f"fp{i}" for i in range(n)],
+        dim=X.shape[1],
+    )
+    for start in range(0, n, 4):
+        rows = np.arange(start, min(start + 4, n))
+        if finish or start == 0:
+            writer.write(rows, X[rows])
+    if finish:
+        writer.finish({"device": "cpu"})
+    writer.close()
+    return path

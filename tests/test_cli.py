@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_image_folder, write_text_csv
 
+from conftest import make_store, write_image_folder, write_text_csv
 from tlcache.cli import cli
 from tlcache.store import FeatureStore
 
@@ -53,7 +53,7 @@ def test_embed_text_then_cache_hit(tmp_path, tiny_bert_dir):
     path = write_text_csv(tmp_path / "r.csv")
     first = run("embed", path, "-b", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache", "--no-progress")
     assert first.exit_code == 0, first.output
-    assert first.stdout.startswith("embedded 24 rows with hf:") and "(32-d)" in first.stdout
+    assert first.stdout.startswith("embedded 24 of 24 rows with hf:") and "(32-d)" in first.stdout
     second = run("embed", path, "-b", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache", "--no-progress")
     assert second.exit_code == 0 and second.stdout.startswith("cache hit: 24 rows")
     assert first.stdout.split("-> ")[1] == second.stdout.split("-> ")[1]
@@ -92,7 +92,10 @@ def test_each_key_ingredient_misses_the_cache_and_a_renamed_folder_hits(
     assert misses["pooling"]["key"] != mean["key"]
 
     for ingredient, payload in misses.items():
-        assert not payload["cached"] and payload["embedded"] == payload["rows"], ingredient
+        assert not payload["cached"], ingredient
+        # Another config recomputes every row; an edited image is the only row recomputed (the incremental path).
+        expected = 1 if ingredient == "one pixel" else payload["rows"]
+        assert payload["embedded"] == expected and payload["reused"] == payload["rows"] - expected, ingredient
     keys = [first["key"], mean["key"]] + [p["key"] for p in misses.values()]
     assert len(set(keys)) == len(keys)
     assert len(list((tmp_path / "cache").glob("*.h5"))) == len(keys)
@@ -218,13 +221,7 @@ def test_info_and_backbones(tmp_path, text_stores):
 
 
 def incomplete_store(path):
-    from tlcache.store import StoreWriter
-
-    meta = {"cache_key": "k", "backbone": "b", "backbone_spec": {}, "preprocessing": {}, "source_options": {}}
-    writer = StoreWriter.create(path, meta, ["a", "b", "c", "d"], [0, 1, 0, 1], ["x", "y"], ["1", "2", "3", "4"], dim=3)
-    writer.append(np.zeros((2, 3), dtype=np.float32))
-    writer.close()  # as if the process died here
-    return path
+    return make_store(path, np.zeros((5, 3)), [0, 1, 0, 1, 0], ["x", "y"], finish=False)
 
 
 def test_bad_input_is_one_clear_line(tmp_path, resnet18_weights):
@@ -244,7 +241,7 @@ def test_bad_input_is_one_clear_line(tmp_path, resnet18_weights):
         (("info", tmp_path / "missing.h5"), "does not exist"),
         (("predict", tmp_path / "nohead", tmp_path / "notext.csv"), "does not exist"),
         (("embed", write_text_csv(tmp_path / "good.csv"), "-b", "nope"), "unknown backbone 'nope'"),
-        (("fit-head", incomplete_store(tmp_path / "cut.h5")), "incomplete (2 of 4 rows)"),
+        (("fit-head", incomplete_store(tmp_path / "cut.h5")), "incomplete (4 of 5 rows)"),
         (("embed", tmp_path / "notext.csv", "--text-column", "title", "--label-column", "stars"), "no column 'stars'"),
     ]
     for args, message in cases:

@@ -1,12 +1,12 @@
 import h5py
 import numpy as np
 import pytest
-from conftest import write_image_folder, write_text_csv
 
+from conftest import write_image_folder, write_text_csv
 from tlcache.backbones import Backbone, create_backbone
 from tlcache.embed import embed_source
 from tlcache.errors import UserError
-from tlcache.store import FeatureStore, StoreWriter
+from tlcache.store import FeatureStore, StoreWriter, probe_store
 
 
 def _resnet(weights, **kw):
@@ -20,7 +20,7 @@ def test_embed_writes_a_complete_store(image_folder, resnet18_weights, tmp_path)
     assert store.meta["complete"] and store.n_rows == 12 and store.dim == 512
     assert store.meta["backbone"] == "torchvision:resnet18" and store.meta["modality"] == "image"
     assert store.class_names == ["circle", "square"]
-    assert store.key == result.key and result.key[:24] in result.path.name
+    assert store.key == result.key and result.key[:20] in result.path.name
     # The stored rows are exactly what the backbone gives for those files.
     backbone = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32)
     expected = backbone.embed([image_folder / i for i in store.ids()[:3]])
@@ -29,7 +29,7 @@ def test_embed_writes_a_complete_store(image_folder, resnet18_weights, tmp_path)
 
 def test_same_embed_twice_is_a_cache_hit_without_loading_the_model(text_csv, tiny_bert_dir, monkeypatch):
     first = embed_source(text_csv, f"hf:{tiny_bert_dir}", progress=False)
-    mtime = first.path.stat().st_mtime_ns
+    written = FeatureStore(first.path).meta["finished"]
 
     def no_loading(self, device="auto"):
         raise AssertionError("a cache hit must not load the model")
@@ -37,7 +37,7 @@ def test_same_embed_twice_is_a_cache_hit_without_loading_the_model(text_csv, tin
     monkeypatch.setattr(Backbone, "load", no_loading)
     second = embed_source(text_csv, f"hf:{tiny_bert_dir}", progress=False)
     assert second.cached and second.embedded == 0 and second.path == first.path
-    assert first.path.stat().st_mtime_ns == mtime
+    assert FeatureStore(first.path).meta["finished"] == written
 
 
 def test_explicit_h5_out_is_replaced_when_the_key_changes(tmp_path, tiny_bert_dir):
@@ -52,28 +52,32 @@ def test_interrupted_embed_resumes_to_the_same_features(tmp_path, resnet18_weigh
     folder = write_image_folder(tmp_path / "imgs", per_class=10)
     reference = embed_source(folder, out=tmp_path / "ref", batch_size=4, progress=False, **_resnet(resnet18_weights))
 
-    original_append = StoreWriter.append
+    original_write = StoreWriter.write
     calls = {"n": 0}
 
-    def append_then_die(self, rows):
+    def write_then_die(self, rows, features, views=None):
         if calls["n"] == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the third batch
         calls["n"] += 1
-        original_append(self, rows)
+        original_write(self, rows, features, views)
 
-    monkeypatch.setattr(StoreWriter, "append", append_then_die)
+    monkeypatch.setattr(StoreWriter, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         embed_source(folder, out=tmp_path / "cut", batch_size=4, progress=False, **_resnet(resnet18_weights))
-    [path] = (tmp_path / "cut").glob("*.h5")
-    with h5py.File(path) as handle:
-        assert handle.attrs["rows_done"] == 8 and not handle.attrs["complete"]
-    with pytest.raises(UserError, match="incomplete"):
-        FeatureStore(path)
+    assert not list((tmp_path / "cut").glob("*.h5")), "an interrupted store must not appear under its final name"
+    [partial] = (tmp_path / "cut").glob("*.h5.partial")
+    with h5py.File(partial) as handle:
+        assert handle["done"][()].sum() == 8 and not handle.attrs["complete"]
+    with pytest.raises(UserError, match=r"incomplete \(8 of 20 rows\)"):
+        FeatureStore(partial)
+    with pytest.raises(UserError, match=r"incomplete \(8 of 20 rows\)"):
+        FeatureStore(str(partial).removesuffix(".partial"))  # the name the user expects points at the partial
 
-    monkeypatch.setattr(StoreWriter, "append", original_append)
+    monkeypatch.setattr(StoreWriter, "write", original_write)
     resumed = embed_source(folder, out=tmp_path / "cut", batch_size=4, progress=False, **_resnet(resnet18_weights))
-    assert resumed.embedded == 12 and resumed.rows == 20 and resumed.path == path
-    np.testing.assert_allclose(FeatureStore(path).features(), FeatureStore(reference.path).features(), atol=1e-5)
+    assert resumed.embedded == 12 and resumed.rows == 20 and resumed.reused == 0
+    assert not partial.exists() and resumed.path.name == reference.path.name
+    np.testing.assert_array_equal(FeatureStore(resumed.path).features(), FeatureStore(reference.path).features())
 
 
 def test_unlabelled_text_and_float16(tmp_path, tiny_bert_dir):
@@ -113,3 +117,150 @@ def test_decoding_in_worker_processes_gives_the_same_rows(tmp_path, resnet18_wei
         folder, out=tmp_path / "b", num_workers=2, batch_size=5, progress=False, **_resnet(resnet18_weights)
     )
     np.testing.assert_allclose(FeatureStore(single.path).features(), FeatureStore(workers.path).features(), atol=1e-5)
+
+
+def test_adding_items_embeds_only_the_new_ones(tmp_path, tiny_bert_dir):
+    path = write_text_csv(tmp_path / "grow.csv", n=30)
+    first = embed_source(path, f"hf:{tiny_bert_dir}", batch_size=8, progress=False)
+    with open(path, "a", encoding="utf-8") as handle:
+        for i in range(10):
+            handle.write(f"an added review number {i},pos\n")
+    grown = embed_source(path, f"hf:{tiny_bert_dir}", batch_size=8, progress=False)
+    assert grown.key != first.key and grown.rows == 40
+    assert grown.embedded == 10 and grown.reused == 30
+    fresh = embed_source(path, f"hf:{tiny_bert_dir}", batch_size=8, out=tmp_path / "fresh", progress=False)
+    assert fresh.embedded == 40
+    np.testing.assert_allclose(FeatureStore(grown.path).features(), FeatureStore(fresh.path).features(), atol=1e-5)
+
+
+def test_added_images_reuse_rows_and_views(tmp_path, resnet18_weights):
+    folder = write_image_folder(tmp_path / "imgs", per_class=4)
+    options = dict(out=tmp_path / "cache", views=2, progress=False, **_resnet(resnet18_weights))
+    first = embed_source(folder, **options)
+    write_image_folder(tmp_path / "more", per_class=1, seed=5)
+    for image in (tmp_path / "more").rglob("*.png"):
+        image.rename(folder / image.parent.name / f"added-{image.name}")
+    grown = embed_source(folder, **options)
+    assert grown.embedded == 2 and grown.reused == 8
+    fresh = embed_source(folder, **{**options, "out": tmp_path / "fresh"})
+    grown_store, fresh_store = FeatureStore(grown.path), FeatureStore(fresh.path)
+    np.testing.assert_allclose(grown_store.features(), fresh_store.features(), atol=1e-5)
+    np.testing.assert_allclose(grown_store.views(), fresh_store.views(), atol=1e-5)
+    assert FeatureStore(first.path).n_views == 2
+
+
+def test_views_are_augmented_and_reproducible(tmp_path, resnet18_weights):
+    folder = write_image_folder(tmp_path / "imgs", per_class=3)
+    one = FeatureStore(embed_source(folder, out=tmp_path / "a", views=3, **_resnet(resnet18_weights)).path)
+    two = FeatureStore(
+        embed_source(folder, out=tmp_path / "b", views=3, num_workers=2, **_resnet(resnet18_weights)).path
+    )
+    views, features = one.views(), one.features()
+    assert views.shape == (6, 3, 512)
+    np.testing.assert_allclose(views, two.views(), atol=1e-5)  # seeded per item: same views in workers or not
+    assert not np.allclose(views[:, 0], features, atol=1e-3)  # a view is not the plain image
+    assert not np.allclose(views[:, 0], views[:, 1], atol=1e-3)  # nor a copy of another view
+    assert one.meta["views_config"]["n"] == 3
+
+
+def test_views_refused_for_text(text_csv, tiny_bert_dir):
+    with pytest.raises(UserError, match="--views applies to image backbones"):
+        embed_source(text_csv, f"hf:{tiny_bert_dir}", views=2)
+
+
+SLOW_EMBED = """
+import sys, time
+from tlcache.backbones.transformers_text import TransformersText
+forward = TransformersText.forward
+def slow_forward(self, inputs):
+    time.sleep(0.1)
+    return forward(self, inputs)
+TransformersText.forward = slow_forward
+from tlcache.cli import main
+sys.argv = ["tlcache", "embed", *sys.argv[1:]]
+main()
+"""
+
+
+def _slow_embed(args, env_home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TLCACHE_HOME": str(env_home)}
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_EMBED, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for(predicate, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _rows_done_while_writing(folder):
+    """Peek at a partial store that another process is writing (its rows are raw writes at fixed offsets)."""
+    partials = list(folder.glob("*.partial"))
+    if not partials:
+        return 0
+    try:
+        with h5py.File(partials[0], "r", locking=False) as handle:
+            return int(handle["done"][()].sum())
+    except (OSError, KeyError):  # still being created
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_features(tmp_path, tiny_bert_dir):
+    import signal
+
+    from click.testing import CliRunner
+
+    from tlcache.cli import cli
+
+    path = write_text_csv(tmp_path / "many.csv", n=160)
+    args = [path, "-b", f"hf:{tiny_bert_dir}", "--batch-size", "4", "--out", tmp_path / "cache", "--no-progress"]
+    process = _slow_embed(args, tmp_path / "home")
+    _wait_for(lambda: _rows_done_while_writing(tmp_path / "cache") >= 8)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [partial] = (tmp_path / "cache").glob("*.h5.partial")
+    assert not list((tmp_path / "cache").glob("*.h5")), "a killed run must not publish a store"
+    with pytest.raises(UserError, match="incomplete"):
+        FeatureStore(partial)
+    done = probe_store(partial).rows_done
+    assert 0 < done < 160 and done % 4 == 0
+
+    result = CliRunner().invoke(cli, ["embed", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    payload = json.loads(result.stdout)
+    assert payload["embedded"] == 160 - done and not partial.exists()
+    uninterrupted = embed_source(path, f"hf:{tiny_bert_dir}", batch_size=4, out=tmp_path / "ref", progress=False)
+    np.testing.assert_allclose(
+        FeatureStore(payload["path"]).features(), FeatureStore(uninterrupted.path).features(), atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_a_second_writer_waits_and_then_hits_the_cache(tmp_path, tiny_bert_dir):
+    path = write_text_csv(tmp_path / "some.csv", n=40)
+    args = [path, "-b", f"hf:{tiny_bert_dir}", "--batch-size", "4", "--out", tmp_path / "cache", "--no-progress"]
+    first = _slow_embed(args, tmp_path / "home")
+    _wait_for(lambda: any((tmp_path / "cache").glob("*.partial")))
+    second = _slow_embed(args, tmp_path / "home")
+    out_first, _ = first.communicate(timeout=60)
+    out_second, err_second = second.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0
+    assert out_first.startswith("embedded 40 of 40 rows")
+    assert "waiting for another tlcache process" in err_second
+    assert out_second.startswith("cache hit: 40 rows")

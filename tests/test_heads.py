@@ -3,30 +3,14 @@ import json
 import numpy as np
 import pytest
 
+from conftest import make_store
 from tlcache.errors import UserError
 from tlcache.heads import HEADS, check_head_matches, fit_head, load_head, make_head
-from tlcache.store import FeatureStore, StoreWriter
+from tlcache.store import FeatureStore
 
 
-def _store(path, X, y, class_names, backbone="test-bb", weights="w1", dim=None):
-    meta = {
-        "cache_key": f"key-{path.stem}",
-        "backbone": backbone,
-        "backbone_key": backbone,
-        "weights_digest": weights,
-        "preprocessing": {"size": 8},
-        "layer": "penultimate",
-        "pooling": "avg",
-        "modality": "image",
-        "backbone_spec": {"name": backbone},
-        "source_options": {},
-    }
-    writer = StoreWriter.create(
-        path, meta, [str(i) for i in range(len(y))], y, class_names, [f"f{i}" for i in range(len(y))], dim=X.shape[1]
-    )
-    writer.append(X.astype(np.float32))
-    writer.finish({})
-    return path
+def _store(path, X, y, class_names, backbone="test-bb", weights="w1"):
+    return make_store(path, X, y, class_names, backbone=backbone, weights_digest=weights)
 
 
 def _blobs(n, seed, shift=3.0, dim=6, classes=3):

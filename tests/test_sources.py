@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from conftest import write_image_folder, write_text_csv
 
+from conftest import write_image_folder, write_text_csv
 from tlcache.errors import UserError
 from tlcache.sources import load_source
 

@@ -1,4 +1,9 @@
-"""The embedding loop: source + backbone -> a complete feature store, computed at most once per cache key."""
+"""The embedding loop: source + backbone -> a complete feature store, computed at most once per cache key.
+
+A miss first reuses rows of identical items from stores of the same config beside the target (the incremental
+path: add 10 images to a folder and only those 10 are embedded), then resumes whatever an interrupted run left,
+then embeds the rest in batches.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlcache.backbones import Backbone, create_backbone, resolve_device
+import numpy as np
+
+from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
 from tlcache.errors import UserError
+from tlcache.hashing import hash_bytes
 from tlcache.sources import Source, load_source
-from tlcache.store import StoreWriter, cache_key, probe_store, resolve_store_path
+from tlcache.store import (
+    COMPRESSIONS,
+    FeatureStore,
+    StoreWriter,
+    cache_key,
+    config_key,
+    lock_path,
+    partial_path,
+    probe_store,
+    resolve_store_path,
+    sibling_stores,
+)
 
 DEFAULT_BACKBONES = {"image": "efficientnet-lite0", "text": "minilm"}
+VIEWS_SEED = 0
+_COPY_BATCH = 4096
 
 
 @dataclass
@@ -27,6 +48,7 @@ class EmbedResult:
     dim: int
     rows: int
     embedded: int  # rows computed by this call: 0 on a cache hit
+    reused: int  # rows copied from other stores of the same config (identical items)
     seconds: float
     cached: bool
 
@@ -36,11 +58,14 @@ class EmbedResult:
                 f"cache hit: {self.rows} rows of {self.backbone} ({self.dim}-d) already embedded, "
                 f"nothing computed -> {self.path}"
             )
-        rate = self.embedded / self.seconds if self.seconds > 0 else float("inf")
-        resumed = f" (resumed at row {self.rows - self.embedded})" if self.embedded < self.rows else ""
+        rate = f" ({self.embedded / self.seconds:.0f}/s)" if self.embedded and self.seconds > 0 else ""
+        kept = self.rows - self.embedded - self.reused
+        notes = [f"{self.reused} reused from other stores"] if self.reused else []
+        notes += [f"{kept} kept from an interrupted run"] if kept else []
+        extra = f" ({'; '.join(notes)})" if notes else ""
         return (
-            f"embedded {self.embedded} rows with {self.backbone} ({self.dim}-d) in {self.seconds:.1f} s "
-            f"({rate:.0f}/s){resumed} -> {self.path}"
+            f"embedded {self.embedded} of {self.rows} rows with {self.backbone} ({self.dim}-d) in "
+            f"{self.seconds:.1f} s{rate}{extra} -> {self.path}"
         )
 
 
@@ -52,6 +77,8 @@ def embed_source(
     batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    compression: str = "none",
+    views: int = 0,
     num_workers: int | None = None,
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
@@ -60,71 +87,62 @@ def embed_source(
     """Embed every item of ``source`` into a feature store, unless a complete store with the same key exists.
 
     ``backbone`` defaults to ``efficientnet-lite0`` for images and ``minilm`` for texts. ``out`` is a folder
-    (default ``$TLCACHE_HOME``) or a ``.h5`` file. ``source_options`` go to :func:`load_source` (column names);
-    other keyword arguments go to :func:`create_backbone` (``weights``, ``pooling``, ``image_size``).
+    (default ``$TLCACHE_HOME``) or a ``.h5`` file. ``views`` caches that many augmented embeddings per image.
+    ``source_options`` go to :func:`load_source` (column names); other keyword arguments go to
+    :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``).
 
     >>> result = embed_source("reviews.csv", "minilm")      # doctest: +SKIP
     >>> result.path, result.cached                          # doctest: +SKIP
     """
     started = time.perf_counter()
+    if compression not in COMPRESSIONS:
+        raise UserError(f"--compression {compression} is not supported; use one of {', '.join(COMPRESSIONS)}")
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
     bb = _resolve_backbone(backbone, src, backbone_options)
-    key = cache_key(src.fingerprint, bb.key_config(), dtype)
-    path = resolve_store_path(out, bb.name, key)
+    views_config = _views_config(bb, views)
+    config = config_key(bb.key_config(), dtype, views_config)
+    key = cache_key(src.fingerprint, config)
+    path = resolve_store_path(out, bb.name, config, key)
 
-    def result(embedded: int, cached: bool) -> EmbedResult:
-        return EmbedResult(path, key, bb.name, bb.dim, len(src), embedded, time.perf_counter() - started, cached)
+    def result(embedded: int, reused: int, dim: int, cached: bool) -> EmbedResult:
+        seconds = time.perf_counter() - started
+        return EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached)
 
-    if _is_hit(path, key):
-        return result(0, cached=True)
-
+    hit = _hit(path, key)
+    if hit:
+        return result(0, 0, hit.dim, cached=True)
     with _write_lock(path):
-        if _is_hit(path, key):  # another process finished it while we waited
-            return result(0, cached=True)
+        hit = _hit(path, key)  # another process may have finished it while we waited
+        if hit:
+            return result(0, 0, hit.dim, cached=True)
         torch_device = resolve_device(device)
         size = batch_size or _default_batch_size(torch_device)
-        writer = _open_writer(path, key, src, bb, dtype)
-        start_row = writer.rows_done
+        writer, reused = _open_writer(path, key, config, src, bb, dtype, views_config)
         try:
-            if start_row < len(src):
+            pending = writer.pending()
+            if len(pending):
                 if src.modality == "image":
-                    _check_images(src.items[start_row:])
+                    _check_images([src.items[i] for i in pending])
                 bb.load(str(torch_device))
-                _run_batches(src, bb, writer, size, num_workers, progress)
+                _run_batches(src, bb, writer, pending, size, views_config, num_workers, progress)
             writer.finish(
                 {
                     "embed_seconds": round(time.perf_counter() - started, 3),
                     "device": str(torch_device),
                     "batch_size": size,
                     "torch_version": _torch_version(),
-                }
+                    "rows_reused": reused,
+                },
+                compression=compression,
             )
         finally:
             writer.close()
-    return result(len(src) - start_row, cached=False)
-
-
-@contextmanager
-def _write_lock(path: Path) -> Iterator[None]:
-    """One writer per store: a second process waits (and says so) until the first is done."""
-    from filelock import FileLock, Timeout
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"waiting for another tlcache process that is writing {path} ...", file=sys.stderr)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+    return result(len(pending), reused, bb.dim, cached=False)
 
 
 def _resolve_backbone(backbone: str | Backbone | None, src: Source, options: dict) -> Backbone:
     if isinstance(backbone, Backbone):
-        if options:
+        if any(v is not None for v in options.values()):
             raise TypeError("backbone options go to create_backbone(), not with a Backbone instance")
         bb = backbone
     else:
@@ -137,20 +155,61 @@ def _resolve_backbone(backbone: str | Backbone | None, src: Source, options: dic
     return bb
 
 
-def _is_hit(path: Path, key: str) -> bool:
-    status = probe_store(path)
-    return status.complete and status.key == key
+def _views_config(bb: Backbone, views: int) -> dict[str, Any] | None:
+    if not views:
+        return None
+    if views < 0:
+        raise UserError(f"--views {views} must be 0 or more")
+    if not isinstance(bb, ImageBackbone):
+        raise UserError(f"--views applies to image backbones; {bb.name} embeds {bb.modality}")
+    return {"n": int(views), "augment": bb.augmentation, "seed": VIEWS_SEED}
 
 
-def _open_writer(path: Path, key: str, src: Source, bb: Backbone, dtype: str) -> StoreWriter:
-    """Resume an interrupted store with the same key; otherwise (nothing there, another key, corrupt) start anew."""
+def _hit(path: Path, key: str):
+    """The store's status when ``path`` holds the complete store for ``key``, else None. A hit counts as a use
+    (the file's mtime is what `tlcache gc --unused-days` goes by)."""
     status = probe_store(path)
+    if status.complete and status.key == key:
+        try:
+            os.utime(path)
+        except OSError:  # a read-only cache still serves hits
+            pass
+        return status
+    return None
+
+
+@contextmanager
+def _write_lock(path: Path) -> Iterator[None]:
+    """One writer per store: a second process waits (and says so) until the first is done."""
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path(path)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another tlcache process that is writing {path} ...", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _open_writer(
+    path: Path, key: str, config: str, src: Source, bb: Backbone, dtype: str, views_config: dict | None
+) -> tuple[StoreWriter, int]:
+    """Resume an interrupted run of the same key, or start a partial store and fill it with reusable rows."""
+    partial = partial_path(path)
+    status = probe_store(partial)
     if status.readable and status.key == key and not status.complete:
-        return StoreWriter.resume(path)
+        return StoreWriter.resume(path), 0
     if status.exists:
-        path.unlink()
+        partial.unlink()  # another key's leftovers, or a file cut short at creation
+    donors = _donors(path, bb, config)  # before anything at `path` can change
     meta = {
         "cache_key": key,
+        "config_key": config,
         "tlcache_version": _tlcache_version(),
         "modality": src.modality,
         "backbone": bb.name,
@@ -160,14 +219,60 @@ def _open_writer(path: Path, key: str, src: Source, bb: Backbone, dtype: str) ->
         "preprocessing": bb.preprocessing,
         "layer": bb.layer,
         "pooling": bb.pooling,
+        "views_config": views_config,
         "source_path": str(Path(src.path).resolve()),
         "source_kind": src.kind,
         "source_options": src.options,
         "source_fingerprint": src.fingerprint,
     }
-    return StoreWriter.create(
-        path, meta, src.ids, src.label_indices, src.class_names, src.fingerprints, dim=bb.dim, dtype=dtype
+    writer = StoreWriter.create(
+        path,
+        meta,
+        src.ids,
+        src.label_indices,
+        src.class_names,
+        src.fingerprints,
+        dim=bb.dim,
+        dtype=dtype,
+        views=views_config["n"] if views_config else 0,
     )
+    return writer, _reuse_rows(writer, src, donors)
+
+
+def _donors(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
+    donors = []
+    for candidate in sibling_stores(path, bb.name, config):
+        status = probe_store(candidate)
+        if status.complete and status.config == config:
+            donors.append(FeatureStore(candidate))
+    return donors
+
+
+def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) -> int:
+    """Copy the rows of items (by content fingerprint) that a store of the same config already holds."""
+    wanted: dict[str, list[int]] = {}
+    for row, fingerprint in enumerate(src.fingerprints):
+        wanted.setdefault(fingerprint, []).append(row)
+    reused = 0
+    for donor in donors:
+        if not wanted:
+            break
+        pairs = [
+            (target, source_row) for source_row, fp in enumerate(donor.fingerprints()) for target in wanted.pop(fp, ())
+        ]
+        pairs.sort()
+        for start in range(0, len(pairs), _COPY_BATCH):
+            chunk = pairs[start : start + _COPY_BATCH]
+            targets = np.array([t for t, _ in chunk])
+            sources = np.array([s for _, s in chunk])
+            order = np.argsort(sources, kind="stable")  # HDF5 reads want increasing indices
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            features = donor.features(sources[order])[inverse]
+            views = donor.views(sources[order])
+            writer.write(targets, features, None if views is None else views[inverse])
+            reused += len(chunk)
+    return reused
 
 
 def _default_batch_size(device) -> int:
@@ -180,72 +285,110 @@ def _default_workers(n_items: int) -> int:
     return 0 if n_items < 256 or cores < 2 else min(4, cores - 1)
 
 
+def view_seed(fingerprint: str, view: int, seed: int = VIEWS_SEED) -> int:
+    """The random seed of one augmented view of one item: fixed by its content, so views are reproducible and
+    identical items share them."""
+    return int(hash_bytes(f"{fingerprint}:{view}:{seed}".encode())[:15], 16)
+
+
 class _ImageFiles:
     """Decodes and preprocesses images (in DataLoader workers); a failure travels back as a message."""
 
-    def __init__(self, paths: list[Path], transform):
+    def __init__(self, paths: list[Path], transform, fingerprints: list[str], view_transform=None, views: int = 0):
         self.paths = paths
         self.transform = transform
+        self.fingerprints = fingerprints
+        self.view_transform = view_transform
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        import torch
         from PIL import Image
 
         try:
             with Image.open(self.paths[index]) as image:
-                return self.transform(image.convert("RGB")), None
+                rgb = image.convert("RGB")
+                views = []
+                for view in range(self.views):
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(view_seed(self.fingerprints[index], view))
+                        views.append(self.view_transform(rgb))
+                return self.transform(rgb), torch.stack(views) if views else None, None
         except Exception as exc:  # PIL raises many types for damaged files
-            return None, f"{self.paths[index]} could not be decoded ({exc}); fix or remove it"
+            return None, None, f"{self.paths[index]} could not be decoded ({exc}); fix or remove it"
 
 
 def _collate_images(batch):
     import torch
 
-    for _, error in batch:
+    for _, _, error in batch:
         if error:
-            return None, error
-    return torch.stack([tensor for tensor, _ in batch]), None
+            return None, None, error
+    pixels = torch.stack([tensor for tensor, _, _ in batch])
+    views = torch.stack([v for _, v, _ in batch]) if batch[0][1] is not None else None
+    return pixels, views, None
 
 
-def _run_batches(src: Source, bb: Backbone, writer: StoreWriter, batch_size: int, workers, progress: bool) -> None:
+def _run_batches(
+    src: Source,
+    bb: Backbone,
+    writer: StoreWriter,
+    pending: np.ndarray,
+    batch_size: int,
+    views_config: dict | None,
+    workers: int | None,
+    progress: bool,
+) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    start = writer.rows_done
     bar = tqdm(
         total=len(src),
-        initial=start,
+        initial=len(src) - len(pending),
         unit="item",
         desc=f"embed {bb.name}",
         disable=None if progress else True,
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     on_cuda = bb.device.type == "cuda"
     with bar, torch.inference_mode():
         if src.modality == "image":
+            n_views = views_config["n"] if views_config else 0
+            dataset = _ImageFiles(
+                [src.items[i] for i in pending],
+                bb.transform(),
+                [src.fingerprints[i] for i in pending],
+                bb.view_transform() if n_views else None,
+                n_views,
+            )
             loader = torch.utils.data.DataLoader(
-                _ImageFiles(src.items[start:], bb.transform()),
+                dataset,
                 batch_size=batch_size,
                 shuffle=False,
-                num_workers=_default_workers(len(src) - start) if workers is None else workers,
+                num_workers=_default_workers(len(pending)) if workers is None else workers,
                 collate_fn=_collate_images,
                 pin_memory=on_cuda,
             )
-            for pixels, error in loader:
+            for rows, (pixels, views, error) in zip(batches, loader):
                 if error:
                     raise UserError(error)
-                features = bb.forward(pixels.to(bb.device, non_blocking=on_cuda))
-                writer.append(features.float().cpu().numpy())
-                bar.update(len(pixels))
+                features = bb.forward(pixels.to(bb.device, non_blocking=on_cuda)).float().cpu().numpy()
+                view_features = None
+                if views is not None:
+                    flat = bb.forward(views.flatten(0, 1).to(bb.device, non_blocking=on_cuda))
+                    view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
+                writer.write(rows, features, view_features)
+                bar.update(len(rows))
         else:
-            for begin in range(start, len(src), batch_size):
-                texts = src.items[begin : begin + batch_size]
-                inputs = {k: v.to(bb.device) for k, v in bb.tokenize(texts).items()}
-                writer.append(bb.forward(inputs).float().cpu().numpy())
-                bar.update(len(texts))
+            for rows in batches:
+                inputs = {k: v.to(bb.device) for k, v in bb.tokenize([src.items[i] for i in rows]).items()}
+                writer.write(rows, bb.forward(inputs).float().cpu().numpy())
+                bar.update(len(rows))
 
 
 def _check_images(paths: list[Path]) -> None:

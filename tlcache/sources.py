@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlcache.errors import UserError
-from tlcache.hashing import hash_bytes, hash_file, new_hasher
+from tlcache.fingerprints import file_digests
+from tlcache.hashing import hash_bytes, new_hasher
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -70,17 +72,23 @@ def load_source(
     text_column: str = DEFAULT_TEXT_COLUMN,
     label_column: str | None = None,
     id_column: str | None = None,
+    fingerprint_index: Path | None | str = "default",
 ) -> Source:
     """Read an image folder (class sub-folders or flat), a CSV/TSV file or a JSONL file.
 
     ``label_column`` and ``id_column`` default to ``"label"`` and ``"id"`` when those columns exist (ids are row
-    numbers otherwise); naming a column that is absent is an error.
+    numbers otherwise); naming a column that is absent is an error. Image digests are remembered in
+    ``fingerprint_index`` (default: ``fingerprints.sqlite`` in the cache folder; None: re-read every file).
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist: pass an image folder, a .csv/.tsv file or a .jsonl file")
     if path.is_dir():
-        return _load_image_folder(path)
+        if fingerprint_index == "default":
+            from tlcache.store import default_cache_dir
+
+            fingerprint_index = default_cache_dir() / "fingerprints.sqlite"
+        return _load_image_folder(path, fingerprint_index)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         rows, columns = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
@@ -94,31 +102,36 @@ def load_source(
     )
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _visible_subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath, name) for name in filenames if _is_image_name(name))
+    return sorted(found)
 
 
-def _load_image_folder(root: Path) -> Source:
-    top_images = sorted(p for p in root.iterdir() if _is_image(p))
-    class_dirs = []
-    for sub in _visible_subdirs(root):
-        if any(_is_image(p) for p in sub.rglob("*")):
-            class_dirs.append(sub)
-    if top_images and class_dirs:
+def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    top_images = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
+    class_files = {}
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith("."):
+            files = _image_files(Path(entry.path))
+            if files:
+                class_files[entry.name] = files
+    if top_images and class_files:
         raise UserError(
-            f"{root} has both images at the top and class sub-folders ({class_dirs[0].name}/, ...); "
+            f"{root} has both images at the top and class sub-folders ({next(iter(class_files))}/, ...); "
             "move the top-level images into a class folder, or point at a folder of one kind"
         )
-    if class_dirs:
-        files, labels = [], []
-        for class_dir in class_dirs:
-            for image in sorted(p for p in class_dir.rglob("*") if _is_image(p)):
-                files.append(image)
-                labels.append(class_dir.name)
+    if class_files:
+        files = [f for class_name in class_files for f in class_files[class_name]]
+        labels = [class_name for class_name in class_files for _ in class_files[class_name]]
         kind = "image-folder"
     elif top_images:
         files, labels, kind = top_images, None, "flat-images"
@@ -127,14 +140,17 @@ def _load_image_folder(root: Path) -> Source:
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); point at a folder "
             "of images, or at a folder with one sub-folder of images per class"
         )
-    ids = [p.relative_to(root).as_posix() for p in files]
+    try:
+        fingerprints = file_digests(files, fingerprint_index)
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename}: {exc.strerror}; fix its permissions or remove it") from None
     return Source(
         path=root,
         kind=kind,
         modality="image",
-        ids=ids,
+        ids=[p.relative_to(root).as_posix() for p in files],
         items=files,
-        fingerprints=[hash_file(p) for p in files],
+        fingerprints=fingerprints,
         labels=labels,
     )
 

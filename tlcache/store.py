@@ -1,9 +1,14 @@
 """The HDF5 feature store: one file per (source content, backbone config), named by its cache key.
 
-Layout: datasets ``features`` (N, D), ``ids`` (N,), ``labels`` (N,) int (-1 = unlabelled) with the class
-names in an attribute, ``fingerprints`` (N,) per-item content digests; the attributes record how the store was
-made. ``rows_done`` counts the rows flushed so far and ``complete`` is set last, so a store cut short is never
-read as a finished one.
+Layout: datasets ``features`` (N, D), optional ``views`` (N, V, D) of augmented copies, ``ids`` (N,), ``labels``
+(N,) int (-1 = unlabelled) with the class names in an attribute, ``fingerprints`` (N,) per-item content digests,
+and ``done`` (N,) marking the rows written; the attributes record how the store was made.
+
+Crash safety: a store is written as ``<name>.h5.partial``. Its metadata is written once, at creation, and every
+dataset is contiguous and allocated up front, so writing rows changes no HDF5 metadata: a process killed at any
+point (``kill -9`` included) leaves a partial file whose ``done`` rows are valid. Each batch is flushed before
+its ``done`` marks are, and the marks are flushed too. Only a finished store is renamed to ``<name>.h5``, so a
+complete-looking name always holds a complete store.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,16 +25,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tlcache.errors import UserError
+from tlcache.hashing import hash_json
 
 if TYPE_CHECKING:
     import h5py
-from tlcache.hashing import hash_json
 
 SCHEMA_VERSION = 1
 STORE_SUFFIX = ".h5"
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
 DTYPES = ("float32", "float16")
-_CHUNK_BYTES = 1 << 20  # ~1 MiB chunks of whole rows: cheap appends, fast row-batch reads
-_JSON_ATTRS = ("backbone_spec", "preprocessing", "source_options")
+COMPRESSIONS = ("none", "gzip", "lzf")
+_COMPRESSED_CHUNK_BYTES = 1 << 20  # compressed stores: ~1 MiB chunks of whole rows, for fast row-batch reads
+_JSON_ATTRS = ("backbone_spec", "preprocessing", "source_options", "views_config")
 
 
 def default_cache_dir() -> Path:
@@ -37,74 +45,119 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TLCACHE_HOME") or Path.home() / ".cache" / "tlcache")
 
 
-def cache_key(source_fingerprint: str, backbone_config: dict[str, Any], dtype: str) -> str:
-    """Hash of everything that changes the stored numbers, and nothing else (not paths, devices or batch sizes)."""
-    return hash_json(
-        {"schema": SCHEMA_VERSION, "source": source_fingerprint, "backbone": backbone_config, "dtype": dtype}
-    )
+def config_key(backbone_config: dict[str, Any], dtype: str, views_config: dict[str, Any] | None = None) -> str:
+    """Hash of everything but the data that changes the stored numbers: stores with equal config keys can share
+    rows of identical items (the incremental path)."""
+    return hash_json({"schema": SCHEMA_VERSION, "backbone": backbone_config, "dtype": dtype, "views": views_config})
 
 
-def store_filename(backbone_name: str, key: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", backbone_name).strip("-")[:40] or "store"
-    return f"{slug}-{key[:24]}{STORE_SUFFIX}"
+def cache_key(source_fingerprint: str, config: str) -> str:
+    """The store's identity: the data's fingerprint and the config key. Paths, devices and batch sizes are not in it."""
+    return hash_json({"config": config, "source": source_fingerprint})
 
 
-def resolve_store_path(out: str | Path | None, backbone_name: str, key: str) -> Path:
+def _slug(backbone_name: str) -> str:
+    """A file-name-safe short name: ``hf:/models/my-bert`` becomes ``hf-my-bert``."""
+    family, sep, rest = backbone_name.partition(":")
+    short = f"{family}-{Path(rest.rstrip('/')).name}" if sep else family
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", short).strip("-")[:40] or "store"
+
+
+def store_filename(backbone_name: str, config: str, key: str) -> str:
+    return f"{_slug(backbone_name)}-{config[:8]}-{key[:20]}{STORE_SUFFIX}"
+
+
+def resolve_store_path(out: str | Path | None, backbone_name: str, config: str, key: str) -> Path:
     """``--out`` ending in .h5 is the file itself; any other ``--out`` (or none: the cache dir) is a folder."""
     if out is not None and str(out).endswith(STORE_SUFFIX):
         return Path(out)
     folder = Path(out) if out is not None else default_cache_dir()
-    return folder / store_filename(backbone_name, key)
+    return folder / store_filename(backbone_name, config, key)
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def sibling_stores(path: Path, backbone_name: str, config: str) -> list[Path]:
+    """Complete stores beside ``path`` that were made with the same config (candidates to reuse rows from)."""
+    pattern = f"{_slug(backbone_name)}-{config[:8]}-*{STORE_SUFFIX}"
+    found = sorted(p for p in path.parent.glob(pattern) if p != path)
+    return ([path] if path.is_file() else []) + found
 
 
 @dataclass
 class StoreStatus:
-    """What is at a path: nothing, something unreadable, or a store with its key and progress."""
+    """What is at a path: nothing, something unreadable, or a store with its keys and progress."""
 
     exists: bool
     readable: bool = False
     key: str | None = None
+    config: str | None = None
     rows_done: int = 0
     n_rows: int = 0
+    dim: int = 0
     complete: bool = False
 
 
 def probe_store(path: Path) -> StoreStatus:
-    """Look at a path without raising: used to decide between a cache hit, a resume and a fresh write."""
+    """Look at a file without raising: used to decide between a cache hit, a resume and a fresh write."""
     import h5py
 
-    if not path.exists():
-        return StoreStatus(exists=False)
+    if not path.is_file():
+        return StoreStatus(exists=path.exists())
     try:
         with h5py.File(path, "r") as handle:
             attrs = handle.attrs
             if "tlcache_schema" not in attrs:
                 return StoreStatus(exists=True)
+            complete = bool(attrs["complete"])
             return StoreStatus(
                 exists=True,
                 readable=True,
                 key=str(attrs["cache_key"]),
-                rows_done=int(attrs["rows_done"]),
+                config=str(attrs.get("config_key", "")),
+                rows_done=int(attrs["n_rows"]) if complete else int(np.count_nonzero(handle["done"][()])),
                 n_rows=int(attrs["n_rows"]),
-                complete=bool(attrs["complete"]),
+                dim=int(attrs["dim"]),
+                complete=complete,
             )
-    except (OSError, KeyError):  # truncated or corrupt: a process died mid-write
+    except (OSError, KeyError, ValueError):  # truncated, corrupt, or being written by another process
         return StoreStatus(exists=True)
 
 
-class StoreWriter:
-    """Fills a store batch by batch; ``finish()`` marks it complete. Make one with ``create`` or ``resume``."""
+def _preallocated(handle: h5py.File, name: str, shape: tuple, dtype: str) -> h5py.Dataset:
+    """A contiguous dataset whose space is allocated now (sparse on disk): later writes change no metadata."""
+    import h5py
 
-    def __init__(self, handle: h5py.File):
-        self.path = Path(handle.filename)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return handle.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+class StoreWriter:
+    """Fills a partial store row batch by row batch, in any order; ``finish()`` publishes it under its final name.
+
+    Make one with :meth:`create` or :meth:`resume`.
+    """
+
+    def __init__(self, handle: h5py.File, final_path: Path):
+        self.final_path = final_path
         self._file = handle
         self._features = handle["features"]
-        self.rows_done = int(handle.attrs["rows_done"])
+        self._views = handle["views"] if "views" in handle else None
+        self._done = handle["done"]
+        self.done = self._done[()].astype(bool)
 
     @classmethod
     def create(
         cls,
-        path: Path,
+        final_path: Path,
         meta: dict[str, Any],
         ids: Sequence[str],
         labels: Sequence[int],
@@ -112,16 +165,20 @@ class StoreWriter:
         fingerprints: Sequence[str],
         dim: int,
         dtype: str = "float32",
+        views: int = 0,
     ) -> StoreWriter:
         import h5py
 
         if dtype not in DTYPES:
             raise UserError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        final_path.parent.mkdir(parents=True, exist_ok=True)
         n = len(ids)
-        handle = h5py.File(path, "w")
-        rows_per_chunk = max(1, min(n, _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
-        handle.create_dataset("features", shape=(n, dim), dtype=dtype, chunks=(rows_per_chunk, dim))
+        handle = h5py.File(partial_path(final_path), "w")
+        _preallocated(handle, "features", (n, dim), dtype)
+        if views:
+            _preallocated(handle, "views", (n, views, dim), dtype)
+        done = _preallocated(handle, "done", (n,), "uint8")
+        done[...] = 0
         strings = h5py.string_dtype()
         handle.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=strings)
         handle.create_dataset("fingerprints", data=np.array(list(fingerprints), dtype=object), dtype=strings)
@@ -134,41 +191,95 @@ class StoreWriter:
         attrs["n_rows"] = n
         attrs["dim"] = dim
         attrs["dtype"] = dtype
-        attrs["rows_done"] = 0
+        attrs["views"] = views
         attrs["complete"] = False
         attrs["created"] = _now()
         handle.flush()
-        return cls(handle)
+        return cls(handle, final_path)
 
     @classmethod
-    def resume(cls, path: Path) -> StoreWriter:
-        """Reopen an interrupted store; writing continues after the last flushed row."""
+    def resume(cls, final_path: Path) -> StoreWriter:
+        """Reopen an interrupted partial store; its ``done`` rows are kept."""
         import h5py
 
-        return cls(h5py.File(path, "r+"))
+        return cls(h5py.File(partial_path(final_path), "r+"), final_path)
 
-    def append(self, rows: np.ndarray) -> None:
-        """Write the next rows and flush them, then count them as done."""
-        end = self.rows_done + len(rows)
-        self._features[self.rows_done : end] = rows
-        self._file.flush()
-        self.rows_done = end
-        self._file.attrs["rows_done"] = end
-        self._file.flush()
+    @property
+    def rows_done(self) -> int:
+        return int(self.done.sum())
 
-    def finish(self, extra: dict[str, Any]) -> None:
-        if self.rows_done != self._features.shape[0]:
-            raise RuntimeError(f"finish() after {self.rows_done} of {self._features.shape[0]} rows")
+    def pending(self) -> np.ndarray:
+        """Indices of the rows still to write, in order."""
+        return np.flatnonzero(~self.done)
+
+    def write(self, rows: np.ndarray, features: np.ndarray, views: np.ndarray | None = None) -> None:
+        """Write features (and views) for the row indices ``rows`` (increasing), flush them, then mark them done."""
+        index = _as_index(rows)
+        self._features[index] = features
+        if self._views is not None:
+            self._views[index] = views
+        self._file.flush()
+        self._done[index] = 1
+        self._file.flush()
+        self.done[rows] = True
+
+    def finish(self, extra: dict[str, Any], compression: str = "none") -> Path:
+        """Mark the store complete and move it to its final name (repacked with compression if asked)."""
+        if not self.done.all():
+            raise RuntimeError(f"finish() with {int((~self.done).sum())} rows not written")
         for name, value in extra.items():
             self._file.attrs[name] = _encode_attr(name, value)
         self._file.attrs["finished"] = _now()
         self._file.attrs["complete"] = True
         self._file.flush()
+        source = Path(self._file.filename)
         self.close()
+        if compression != "none":
+            source = _repack(source, compression)
+        os.replace(source, self.final_path)
+        return self.final_path
 
     def close(self) -> None:
         if self._file.id.valid:
             self._file.close()
+
+
+def _as_index(rows: np.ndarray) -> slice | np.ndarray:
+    """A slice for a contiguous run of rows (fast in HDF5), else the index array."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def _repack(path: Path, compression: str) -> Path:
+    """Copy a finished store into a compressed file with row chunks; returns the new file's path."""
+    import h5py
+
+    if compression not in COMPRESSIONS:
+        raise UserError(f"--compression {compression} is not supported; use one of {', '.join(COMPRESSIONS)}")
+    target = path.with_name(path.name + ".repack")
+    with h5py.File(path, "r") as src, h5py.File(target, "w") as dst:
+        for name, value in src.attrs.items():
+            dst.attrs[name] = value
+        dst.attrs["compression"] = compression
+        for name, dataset in src.items():
+            if name in ("features", "views"):
+                row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+                rows_per_chunk = max(1, min(dataset.shape[0], _COMPRESSED_CHUNK_BYTES // row_bytes))
+                out = dst.create_dataset(
+                    name,
+                    shape=dataset.shape,
+                    dtype=dataset.dtype,
+                    chunks=(rows_per_chunk, *dataset.shape[1:]),
+                    compression=compression,
+                    shuffle=True,
+                )
+                for start in range(0, dataset.shape[0], rows_per_chunk * 16):
+                    out[start : start + rows_per_chunk * 16] = dataset[start : start + rows_per_chunk * 16]
+            else:
+                src.copy(dataset, dst, name=name)
+    path.unlink()
+    return target
 
 
 class FeatureStore:
@@ -183,7 +294,11 @@ class FeatureStore:
 
         self.path = Path(path)
         if not self.path.exists():
-            raise UserError(f"{self.path} does not exist; pass a .h5 store written by `tlcache embed`")
+            partial = partial_path(self.path)
+            if partial.exists():
+                self.path = partial  # say how far the interrupted run got
+            else:
+                raise UserError(f"{self.path} does not exist; pass a .h5 store written by `tlcache embed`")
         if self.path.is_dir():
             raise UserError(f"{self.path} is a folder; pass a .h5 store written by `tlcache embed`")
         try:
@@ -195,6 +310,8 @@ class FeatureStore:
                     )
                 self.meta = {name: _decode_attr(name, value) for name, value in handle.attrs.items()}
                 self.class_names: list[str] = json.loads(handle["labels"].attrs["class_names"])
+                if not self.meta["complete"]:
+                    rows_done = int(np.count_nonzero(handle["done"][()]))
         except OSError as exc:
             if "unable to lock" in str(exc).lower():
                 raise UserError(f"{self.path} is being written by another process; wait for it to finish") from None
@@ -209,8 +326,8 @@ class FeatureStore:
             )
         if not self.meta["complete"]:
             raise UserError(
-                f"{self.path} is incomplete ({self.meta['rows_done']} of {self.meta['n_rows']} rows): the embed "
-                "that wrote it was interrupted; run the same `tlcache embed` again to finish it"
+                f"{self.path} is incomplete ({rows_done} of {self.meta['n_rows']} rows): the embed that wrote it "
+                "was interrupted; run the same `tlcache embed` again to finish it"
             )
 
     @property
@@ -222,18 +339,28 @@ class FeatureStore:
         return int(self.meta["dim"])
 
     @property
+    def n_views(self) -> int:
+        return int(self.meta.get("views", 0))
+
+    @property
     def key(self) -> str:
         return str(self.meta["cache_key"])
 
-    def _read(self, name: str) -> np.ndarray:
+    def _read(self, name: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         import h5py
 
         with h5py.File(self.path, "r") as handle:
-            return handle[name][()]
+            return handle[name][rows]
 
-    def features(self) -> np.ndarray:
-        """All features as float32 (stores may hold float16)."""
-        return self._read("features").astype(np.float32, copy=False)
+    def features(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Features as float32 (stores may hold float16); ``rows`` selects a slice or increasing indices."""
+        return self._read("features", rows).astype(np.float32, copy=False)
+
+    def views(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray | None:
+        """Augmented views (N, V, D) as float32, or None for a store without views."""
+        if not self.n_views:
+            return None
+        return self._read("views", rows).astype(np.float32, copy=False)
 
     def labels(self) -> np.ndarray:
         """Label indices into :attr:`class_names`; -1 marks an unlabelled item."""
@@ -245,6 +372,16 @@ class FeatureStore:
     def fingerprints(self) -> list[str]:
         return [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("fingerprints")]
 
+    def iter_batches(self, batch_size: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
+        """Features in row batches, for stores larger than memory: yields (row slice, float32 array)."""
+        import h5py
+
+        with h5py.File(self.path, "r") as handle:
+            features = handle["features"]
+            for start in range(0, self.n_rows, batch_size):
+                rows = slice(start, min(start + batch_size, self.n_rows))
+                yield rows, features[rows].astype(np.float32, copy=False)
+
     def summary(self) -> dict[str, Any]:
         """What the store holds and how it was made, as plain JSON."""
         labels = self.labels()
@@ -252,7 +389,7 @@ class FeatureStore:
         return {
             "path": str(self.path),
             "size_bytes": self.path.stat().st_size,
-            **{k: v for k, v in self.meta.items()},
+            **self.meta,
             "classes": {name: int(c) for name, c in zip(self.class_names, counts)},
             "unlabelled": int((labels < 0).sum()),
         }

@@ -135,6 +135,30 @@ class ImageBackbone(Backbone):
             ]
         )
 
+    @property
+    def augmentation(self) -> dict[str, Any]:
+        """How an augmented view is made (recorded in the cache key of stores with views)."""
+        return {"random_resized_crop": {"scale": [0.35, 1.0], "ratio": [0.75, 4 / 3]}, "horizontal_flip": 0.5}
+
+    def view_transform(self) -> Callable:
+        """PIL image -> one randomly augmented, normalised view (seed the torch RNG first for a fixed view)."""
+        from torchvision import transforms
+
+        crop = self.augmentation["random_resized_crop"]
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    self.image_size,
+                    scale=tuple(crop["scale"]),
+                    ratio=tuple(crop["ratio"]),
+                    interpolation=transforms.InterpolationMode.BILINEAR,
+                ),
+                transforms.RandomHorizontalFlip(self.augmentation["horizontal_flip"]),
+                transforms.ToTensor(),
+                transforms.Normalize(self.mean, self.std),
+            ]
+        )
+
     @abc.abstractmethod
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels on the model's device -> (B, dim) features."""
