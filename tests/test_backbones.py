@@ -68,6 +68,73 @@ def test_hf_text_contract(tiny_bert_dir, pooling):
     _check_contract(backbone, ["the movie was good", "a very bad plot!", "fun"])
 
 
+@pytest.mark.parametrize("layer", ["0", "1", "-2", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_hf_layers_and_poolings(tiny_bert_dir, layer, pooling):
+    backbone = create_backbone(f"hf:{tiny_bert_dir}", layer=layer, pooling=pooling)
+    _check_contract(backbone, ["the movie was good", "a very bad plot!"])
+    assert backbone.key_config()["layer"] == layer and backbone.key_config()["pooling"] == pooling
+
+
+def test_hf_layers_are_the_hidden_states(tiny_bert_dir):
+    import torch
+
+    last = create_backbone(f"hf:{tiny_bert_dir}", layer="last", pooling="cls")
+    minus_one = create_backbone(f"hf:{tiny_bert_dir}", layer="-1", pooling="cls")
+    first = create_backbone(f"hf:{tiny_bert_dir}", layer="1", pooling="cls")
+    texts = ["good fun", "a dull plot"]
+    np.testing.assert_allclose(last.embed(texts), minus_one.embed(texts), atol=1e-6)
+    assert not np.allclose(first.embed(texts), last.embed(texts), atol=1e-3)
+    inputs = first.tokenize(texts)
+    with torch.inference_mode():
+        hidden = first.model(**inputs, output_hidden_states=True).hidden_states[1][:, 0]
+    np.testing.assert_allclose(first.embed(texts), hidden.numpy(), atol=1e-6)
+
+
+def test_max_pooling_ignores_padding(tiny_bert_dir):
+    backbone = create_backbone(f"hf:{tiny_bert_dir}", pooling="max")
+    alone = backbone.embed(["good"])
+    padded = backbone.embed(["good", "the movie was not very good and the plot was dull"])[:1]
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer, pooling, dim", [("layer3", "mean", 256), ("layer2", "max", 128), ("layer4", None, 512)]
+)
+def test_torchvision_intermediate_layers(layer, pooling, dim):
+    backbone = create_backbone("torchvision:resnet18", weights="random", image_size=32, layer=layer, pooling=pooling)
+    assert backbone.dim == dim and backbone.pooling == (pooling or "mean")
+    _check_contract(backbone, _images())
+
+
+def test_torchvision_layer4_mean_is_the_penultimate_features():
+    images = _images()
+    layer4 = create_backbone("torchvision:resnet18", weights="random", image_size=32, layer="layer4", pooling="mean")
+    penultimate = create_backbone("torchvision:resnet18", weights="random", image_size=32)
+    np.testing.assert_allclose(layer4.embed(images), penultimate.embed(images), atol=1e-5)
+
+
+def test_vit_intermediate_block_with_cls_pooling():
+    backbone = create_backbone(
+        "torchvision:vit_b_16", weights="random", layer="encoder.layers.encoder_layer_3", pooling="cls"
+    )
+    assert backbone.dim == 768
+    _check_contract(backbone, _images(n=1))
+
+
+@pytest.mark.parametrize("layer, pooling, dim", [("blocks.3", "mean", 40), ("blocks.15", "max", 320)])
+def test_efficientnet_lite_blocks(efficientnet_lite0_random_weights, layer, pooling, dim):
+    backbone = create_backbone(
+        "efficientnet-lite0",
+        weights=str(efficientnet_lite0_random_weights),
+        image_size=64,
+        layer=layer,
+        pooling=pooling,
+    )
+    assert backbone.dim == dim
+    _check_contract(backbone, _images())
+
+
 def test_mean_pooling_ignores_padding(tiny_bert_dir):
     backbone = create_backbone(f"hf:{tiny_bert_dir}")
     alone = backbone.embed(["good"])
@@ -119,7 +186,13 @@ def test_listed_dims_are_true():
         ("nope", {}, "unknown backbone 'nope'"),
         ("torchvision:resnet9000", {"weights": "random"}, "torchvision has no classification model"),
         ("torchvision:resnet18", {"weights": "missing.pt"}, "no such file"),
-        ("torchvision:resnet18", {"pooling": "cls"}, "does not take --pooling"),
+        ("torchvision:resnet18", {"weights": "random", "pooling": "max"}, "--pool applies with --layer"),
+        ("torchvision:resnet18", {"weights": "random", "layer": "layer9"}, "has no such node; try penultimate"),
+        ("torchvision:resnet18", {"weights": "random", "layer": "layer3", "pooling": "cls"}, "does not apply to a"),
+        ("efficientnet-lite0", {"layer": "blocks.99"}, "blocks.0 .. blocks.15"),
+        ("efficientnet-lite0", {"pooling": "cls"}, "use mean or max"),
+        ("minilm", {"layer": "12"}, "has layers last and -7 .. 6"),
+        ("efficientnet-lite0", {"max_length": 5}, "does not take --max-length"),
         ("torchvision:vit_b_16", {"weights": "random", "image_size": 96}, "224 px input only"),
         ("hf:./no-such-dir", {}, "not a model folder"),
         ("minilm", {"image_size": 96}, "does not take --image-size"),

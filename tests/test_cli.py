@@ -246,3 +246,45 @@ def test_bad_input_is_one_clear_line(tmp_path, resnet18_weights):
     ]
     for args, message in cases:
         assert_user_error(run(*args), message)
+
+
+def test_ls_and_gc(tmp_path, tiny_bert_dir):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    done = embed_json(write_text_csv(tmp_path / "a.csv"), "-b", f"hf:{tiny_bert_dir}", "--out", cache)
+    cut = make_store(cache / "hf-cut-00000000-11111111111111111111.h5", np.zeros((5, 3)), [0] * 5, ["x"], finish=False)
+    listing = json.loads(run("ls", cache, "--json").stdout)
+    states = {Path(e["path"]).name: e["state"] for e in listing}
+    assert states == {Path(done["path"]).name: "complete", cut.name + ".partial": "partial"}
+    table = run("ls", cache).stdout
+    assert "4/5" in table and "partial" in table and "complete" in table
+
+    dry = run("gc", cache, "--dry-run")
+    assert dry.exit_code == 0 and "would remove 1 stores" in dry.stdout
+    assert (cache / (cut.name + ".partial")).exists()
+    assert "removed 1 stores" in run("gc", cache).stdout
+    assert not (cache / (cut.name + ".partial")).exists() and Path(done["path"]).exists()
+
+    old = time.time() - 40 * 86400
+    os.utime(done["path"], (old, old))
+    assert "removed 0 stores" in run("gc", cache, "--unused-days", 60).stdout
+    # A cache hit counts as a use: the store is young again and survives a 30-day gc.
+    embed_json(tmp_path / "a.csv", "-b", f"hf:{tiny_bert_dir}", "--out", cache)
+    assert "removed 0 stores" in run("gc", cache, "--unused-days", 30).stdout
+    os.utime(done["path"], (old, old))
+    assert "removed 1 stores" in run("gc", cache, "--unused-days", 30).stdout
+    assert json.loads(run("ls", cache, "--json").stdout) == []
+
+
+def test_embed_layer_pool_views_and_compression_options(tmp_path, resnet18_weights):
+    folder = write_image_folder(tmp_path / "imgs", per_class=3)
+    base = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+    payload = embed_json(folder, *base, "--layer", "layer3", "--pool", "max", "--views", 2, "--compression", "gzip")
+    store = FeatureStore(payload["path"])
+    assert store.dim == 256 and store.n_views == 2 and store.meta["compression"] == "gzip"
+    assert store.meta["layer"] == "layer3" and store.meta["pooling"] == "max"
+    fitted = run("fit-head", payload["path"], "--test-fraction", 0.5, "--out", tmp_path / "run", "--json")
+    assert json.loads(fitted.stdout)["views_per_item"] == 2
+    assert_user_error(run("embed", write_text_csv(tmp_path / "t.csv"), "--views", 2), "--views applies to image")

@@ -104,3 +104,74 @@ def test_load_head_refuses_folders_without_a_head(tmp_path):
         load_head(tmp_path / "empty")
     with pytest.raises(UserError, match="does not exist"):
         load_head(tmp_path / "nowhere")
+
+
+def test_sgd_head_streams_and_matches_in_memory_accuracy(tmp_path, monkeypatch):
+    import tlcache.heads as heads
+
+    X, y = _blobs(600, 0, shift=2.0)
+    store = _store(tmp_path / "big.h5", X, y, ["a", "b", "c"])
+    monkeypatch.setattr(heads, "STREAM_BATCH", 64)  # many batches, as for a store larger than memory
+    streamed = fit_head(store, "sgd", seed=0, out=tmp_path / "sgd")
+    in_memory = fit_head(store, "logreg", seed=0, out=tmp_path / "logreg")
+    assert abs(streamed.accuracy - in_memory.accuracy) <= 0.03
+    pipeline, _ = load_head(tmp_path / "sgd")
+    assert pipeline.steps[0][1].n_samples_seen_ == streamed.report["n_train"]
+
+
+def test_sgd_head_never_reads_the_whole_store(tmp_path, monkeypatch):
+    X, y = _blobs(200, 0)
+    store = FeatureStore(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]))
+
+    def no_full_read(rows=slice(None)):
+        raise AssertionError("the sgd head must read in row batches")
+
+    monkeypatch.setattr(store, "features", no_full_read)
+    assert fit_head(store, "sgd", out=tmp_path / "run").accuracy > 0.85
+
+
+def _store_with_views(path, X, y, views, class_names):
+    from tlcache.store import StoreWriter
+
+    meta = {
+        "cache_key": "k",
+        "config_key": "c",
+        "backbone": "bb",
+        "backbone_key": "bb",
+        "weights_digest": "w",
+        "preprocessing": {},
+        "layer": "l",
+        "pooling": "mean",
+        "backbone_spec": {},
+        "source_options": {},
+    }
+    writer = StoreWriter.create(
+        path,
+        meta,
+        [str(i) for i in range(len(y))],
+        list(y),
+        class_names,
+        [f"f{i}" for i in range(len(y))],
+        dim=X.shape[1],
+        views=views.shape[1],
+    )
+    writer.write(np.arange(len(y)), X, views)
+    writer.finish({})
+    return path
+
+
+@pytest.mark.parametrize("head", ["logreg", "sgd"])
+def test_views_join_the_training_set_only(tmp_path, head):
+    X, y = _blobs(90, 0)
+    # Views that hold the class signal much more strongly: training on them changes the fitted head.
+    views = np.stack([X + 5 * np.eye(3, 6)[y], X - 0.1], axis=1)
+    store = _store_with_views(tmp_path / "v.h5", X, y, views, ["a", "b", "c"])
+    with_views = fit_head(store, head, test_fraction=0.3, out=tmp_path / "with")
+    without = fit_head(store, head, test_fraction=0.3, out=tmp_path / "without", use_views=False)
+    assert with_views.report["views_per_item"] == 2 and without.report["views_per_item"] == 0
+    assert with_views.report["n_train"] == without.report["n_train"] == 63
+    assert with_views.report["n_test"] == without.report["n_test"] == 27  # test items are never augmented
+    pipeline, _ = load_head(tmp_path / "with")
+    assert pipeline.steps[0][1].n_samples_seen_ == 63 * 3
+    plain, _ = load_head(tmp_path / "without")
+    assert plain.steps[0][1].n_samples_seen_ == 63

@@ -9,6 +9,7 @@ import sys
 import click
 
 from tlcache.errors import UserError
+from tlcache.heads import HEADS
 
 EXIT_USER_ERROR = 2
 
@@ -83,7 +84,16 @@ def cli() -> None:
     "--weights", help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision)."
 )
 @click.option(
-    "--pool", "pooling", type=click.Choice(["mean", "cls"]), help="Token pooling for text backbones [default: mean]."
+    "--layer",
+    help="Layer to take features from: penultimate (images) / last (text) by default; a torchvision node such as "
+    "layer3, blocks.N for efficientnet-lite, a hidden-layer index for text.",
+)
+@click.option(
+    "--pool",
+    "pooling",
+    type=click.Choice(["mean", "max", "cls"]),
+    help="How a layer's output becomes one vector: mean or max over space or tokens, cls for the first token "
+    "[default: mean].",
 )
 @click.option(
     "--image-size",
@@ -98,6 +108,20 @@ def cli() -> None:
     show_default=True,
     help="Stored feature type; float16 halves the size.",
 )
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip", "lzf"]),
+    default="none",
+    show_default=True,
+    help="Compress the finished store (row-chunked).",
+)
+@click.option(
+    "--views",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also cache this many augmented views per image (random resized crop + flip); fit-head trains on them.",
+)
 @batch_option
 @device_option
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
@@ -108,10 +132,13 @@ def embed(
     source,
     backbone,
     weights,
+    layer,
     pooling,
     image_size,
     out,
     dtype,
+    compression,
+    views,
     batch_size,
     device,
     workers,
@@ -132,7 +159,8 @@ def embed(
       tlcache embed photos/ --out cache/
       tlcache embed reviews.csv --backbone minilm --text-column review --label-column sentiment
       tlcache embed photos/ -b torchvision:resnet50 --weights resnet50.pth --image-size 160
-      tlcache embed notes.jsonl -b hf:./my-bert --pool cls --out notes.h5
+      tlcache embed notes.jsonl -b hf:./my-bert --pool cls --layer -2 --out notes.h5
+      tlcache embed photos/ --views 4 --dtype float16   # 4 augmented views per image, half-size store
     """
     from tlcache.embed import embed_source
 
@@ -143,10 +171,13 @@ def embed(
         batch_size=batch_size,
         device=device,
         dtype=dtype,
+        compression=compression,
+        views=views,
         num_workers=workers,
         progress=not no_progress,
         source_options=_source_kwargs(text_column, label_column, id_column),
         weights=weights,
+        layer=layer,
         pooling=pooling,
         image_size=image_size,
     )
@@ -155,7 +186,7 @@ def embed(
 
 @cli.command("fit-head")
 @click.argument("store")
-@click.option("--head", type=click.Choice(["logreg", "linear-svm", "svm", "mlp"]), default="logreg", show_default=True)
+@click.option("--head", type=click.Choice(HEADS), default="logreg", show_default=True, help="sgd streams the store.")
 @click.option("--test", "test_store", help="A store of the same features to test on (instead of a held-out fraction).")
 @click.option(
     "--test-fraction",
@@ -166,8 +197,9 @@ def embed(
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split and the head.")
 @click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
+@click.option("--no-views", is_flag=True, help="Ignore the store's augmented views (train on plain items only).")
 @json_option
-def fit_head(store, head, test_store, test_fraction, seed, out, as_json) -> None:
+def fit_head(store, head, test_store, test_fraction, seed, out, no_views, as_json) -> None:
     """Fit a scikit-learn head on the features in STORE and report how well it does.
 
     Writes head.joblib, head.json (the features it needs), report.json, report.md and confusion.png.
@@ -176,10 +208,11 @@ def fit_head(store, head, test_store, test_fraction, seed, out, as_json) -> None
     Examples:
       tlcache fit-head cache/minilm-<key>.h5 --head logreg
       tlcache fit-head train.h5 --test test.h5 --head svm --out runs/svm
+      tlcache fit-head big.h5 --head sgd              # reads the store in row batches: any size fits
     """
     from tlcache.heads import fit_head as fit
 
-    run = fit(store, head, test=test_store, test_fraction=test_fraction, seed=seed, out=out)
+    run = fit(store, head, test=test_store, test_fraction=test_fraction, seed=seed, out=out, use_views=not no_views)
     _emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
 
 
@@ -261,6 +294,77 @@ def backbones(as_json) -> None:
     rows = [("name", "modality", "dim", "offline", "weights", "note")] + [
         (i.name, i.modality, str(i.dim or "model's"), "yes" if i.offline else "no", i.weights, i.note) for i in infos
     ]
+    _table(rows)
+
+
+@cli.command("ls")
+@click.argument("folder", required=False)
+@json_option
+def ls(folder, as_json) -> None:
+    """List the stores in FOLDER (default: the cache folder): key, backbone, rows, size, state, source.
+
+    \b
+    Example:
+      tlcache ls
+      tlcache ls cache/ --json
+    """
+    from tlcache.cache import list_stores
+
+    entries = list_stores(folder)
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+        return
+    rows = [("key", "backbone", "rows", "size", "state", "last used", "source")] + [
+        (
+            (e.key or "?")[:12],
+            e.backbone or "?",
+            f"{e.rows_done}/{e.n_rows}" if e.state == "partial" else str(e.n_rows),
+            _size(e.size_bytes),
+            e.state,
+            e.last_used.replace("+00:00", "Z"),
+            e.source or e.path.name,
+        )
+        for e in entries
+    ]
+    _table(rows)
+
+
+@cli.command()
+@click.argument("folder", required=False)
+@click.option("--unused-days", type=click.FloatRange(min=0), help="Also remove complete stores unused for this long.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@json_option
+def gc(folder, unused_days, dry_run, as_json) -> None:
+    """Remove incomplete stores in FOLDER (default: the cache folder) that no embed is writing, and, with
+    --unused-days, complete stores not written or hit for that many days.
+
+    \b
+    Examples:
+      tlcache gc --dry-run
+      tlcache gc --unused-days 30
+    """
+    from tlcache.cache import collect_garbage
+
+    removed = collect_garbage(folder, unused_days=unused_days, dry_run=dry_run)
+    freed = sum(e.size_bytes for e in removed)
+    verb = "would remove" if dry_run else "removed"
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "removed": [e.as_dict() for e in removed], "freed_bytes": freed}))
+        return
+    for entry in removed:
+        click.echo(f"{verb} {entry.path} ({entry.state}, {_size(entry.size_bytes)})")
+    click.echo(f"{verb} {len(removed)} stores, {_size(freed)}")
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} TiB"
+
+
+def _table(rows: list[tuple]) -> None:
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

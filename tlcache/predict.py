@@ -12,7 +12,7 @@ import numpy as np
 
 from tlcache.backbones import create_backbone
 from tlcache.embed import embed_source
-from tlcache.heads import check_head_matches, load_head
+from tlcache.heads import check_head_matches, load_head, predict_rows
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -64,7 +64,7 @@ def predict(
     check_head_matches(sidecar, store, Path(head))
 
     classes = sidecar["classes"]
-    probabilities = pipeline.predict_proba(store.features())
+    probabilities = predict_rows(pipeline, store, proba=True)
     # predict_proba's columns follow pipeline.classes_ (label indices seen in training), not range(n_classes).
     column_names = [classes[i] for i in pipeline.classes_]
     predicted = [column_names[i] for i in probabilities.argmax(axis=1)]

@@ -19,6 +19,33 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+POOLINGS = ("mean", "max", "cls")
+
+
+def pool(output: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a layer's output to one vector per item.
+
+    Feature maps (B, C, H, W) take ``mean`` or ``max`` over H and W; token sequences (B, T, D) take ``cls`` (the
+    first token), ``mean`` or ``max`` over the tokens that ``mask`` (B, T) marks as real; (B, D) passes through.
+    """
+    if output.dim() == 2:
+        return output
+    if output.dim() == 4:
+        if pooling not in ("mean", "max"):
+            raise UserError(f"--pool {pooling} does not apply to a feature map; use mean or max")
+        return output.mean(dim=(2, 3)) if pooling == "mean" else output.amax(dim=(2, 3))
+    if output.dim() == 3:
+        if pooling == "cls":
+            return output[:, 0]
+        if mask is None:
+            mask = output.new_ones(output.shape[:2])
+        mask = mask.unsqueeze(-1).to(output.dtype)
+        if pooling == "mean":
+            return (output * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if pooling == "max":
+            return output.masked_fill(mask == 0, float("-inf")).amax(dim=1)
+        raise UserError(f"--pool {pooling} is not supported; use one of {', '.join(POOLINGS)}")
+    raise UserError(f"cannot pool a layer output of shape {tuple(output.shape)}; pick another --layer")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -41,7 +68,7 @@ class Backbone(abc.ABC):
     modality: str  # "image" or "text"
     dim: int
     layer: str = "penultimate"
-    pooling: str = "avg"
+    pooling: str = "mean"
 
     def __init__(self) -> None:
         self.model = None

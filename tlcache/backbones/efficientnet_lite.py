@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tlcache.backbones.base import ImageBackbone
+from tlcache.backbones.base import ImageBackbone, pool
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file
@@ -33,11 +33,26 @@ def packaged_weights(name: str) -> Path | None:
 
 
 class EfficientNetLite(ImageBackbone):
-    def __init__(self, name: str, weights: str | None = None, image_size: int | None = None):
+    """Features after the 1280-channel head convolution (``penultimate``) or after MBConv block N (``blocks.N``),
+    pooled over space by ``mean`` or ``max``."""
+
+    def __init__(
+        self,
+        name: str,
+        weights: str | None = None,
+        image_size: int | None = None,
+        layer: str | None = None,
+        pooling: str | None = None,
+    ):
         default_size = VARIANTS[name][0]
         super().__init__(image_size or default_size, TF_MEAN, TF_STD)
         self.name = name
-        self.dim = FEATURE_DIM
+        self.layer = layer or "penultimate"
+        self.pooling = pooling or "mean"
+        if self.pooling not in ("mean", "max"):
+            raise UserError(f"--pool {self.pooling} does not apply to {name}; use mean or max")
+        self._block = self._parse_layer(self.layer)
+        self.dim = FEATURE_DIM if self._block is None else self._block_channels(self._block)
         if weights is not None:
             self.weights_path = Path(weights)
             if not self.weights_path.is_file():
@@ -53,6 +68,30 @@ class EfficientNetLite(ImageBackbone):
             self.weights_path = found
         self._digest: str | None = None
 
+    def _parse_layer(self, layer: str) -> int | None:
+        if layer == "penultimate":
+            return None
+        n_blocks = len(self._skeleton()._blocks)
+        prefix, _, number = layer.partition(".")
+        if prefix != "blocks" or not number.isdigit() or int(number) >= n_blocks:
+            raise UserError(
+                f"--layer {layer}: {self.name} has layers penultimate and blocks.0 .. blocks.{n_blocks - 1}"
+            )
+        return int(number)
+
+    def _skeleton(self):
+        """The architecture without weights (cheap): enough to know its blocks and their widths."""
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise UserError(
+                f"{self.name} needs the package efficientnet-lite-pytorch: pip install 'tlcache[models]'"
+            ) from None
+        return EfficientNet.from_name(self.name, image_size=self.image_size)
+
+    def _block_channels(self, block: int) -> int:
+        return int(self._skeleton()._blocks[block]._bn2.num_features)
+
     @property
     def key_name(self) -> str:
         return self.name
@@ -65,19 +104,19 @@ class EfficientNetLite(ImageBackbone):
 
     @property
     def spec(self) -> dict:
-        return {"name": self.name, "weights": str(self.weights_path.resolve()), "image_size": self.image_size}
+        return {
+            "name": self.name,
+            "weights": str(self.weights_path.resolve()),
+            "image_size": self.image_size,
+            "layer": self.layer,
+            "pooling": self.pooling,
+        }
 
     def _build(self):
         import torch
 
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError:
-            raise UserError(
-                f"{self.name} needs the package efficientnet-lite-pytorch: pip install 'tlcache[models]'"
-            ) from None
         # image_size sizes the static "same" padding of every convolution for the input actually used.
-        model = EfficientNet.from_name(self.name, image_size=self.image_size)
+        model = self._skeleton()
         state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -88,12 +127,19 @@ class EfficientNetLite(ImageBackbone):
         return model
 
     def forward(self, pixels):
-        return self.model.extract_features(pixels).mean(dim=(2, 3))
+        if self._block is None:
+            return pool(self.model.extract_features(pixels), self.pooling)
+        model = self.model
+        x = model._swish(model._bn0(model._conv_stem(pixels)))
+        for block in model._blocks[: self._block + 1]:
+            x = block(x)  # inference: no drop-connect
+        return pool(x, self.pooling)
 
 
-def _factory(name: str, weights: str | None = None, image_size: int | None = None, **rest) -> EfficientNetLite:
-    reject_options(name, rest)
-    return EfficientNetLite(name, weights=weights, image_size=image_size)
+def _factory(name: str, **options) -> EfficientNetLite:
+    known = {k: options.pop(k) for k in ("weights", "image_size", "layer", "pooling") if k in options}
+    reject_options(name, options)
+    return EfficientNetLite(name, **known)
 
 
 for _name in VARIANTS:

@@ -22,6 +22,7 @@ class BackboneInfo:
         return dict(self.__dict__)
 
 
+_FLAGS = {"pooling": "--pool"}  # keyword arguments whose CLI flag has another name
 _FACTORIES: dict[str, Callable[..., Backbone]] = {}
 _PREFIX_FACTORIES: dict[str, Callable[..., Backbone]] = {}
 _LISTERS: list[Callable[[], list[BackboneInfo]]] = []
@@ -69,7 +70,7 @@ def list_backbones() -> list[BackboneInfo]:
 def reject_options(backbone_name: str, options: dict) -> None:
     """Refuse options a backbone does not understand, naming them as CLI flags."""
     if options:
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+        flags = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in sorted(options))
         raise UserError(f"backbone '{backbone_name}' does not take {flags}; see `tlcache embed --help`")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlcache.backbones.base import ImageBackbone
+from tlcache.backbones.base import ImageBackbone, pool
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file, new_hasher
@@ -55,7 +55,17 @@ def _strip_classifier(model) -> int:
 
 
 class TorchvisionBackbone(ImageBackbone):
-    def __init__(self, arch: str, weights: str | None = None, image_size: int | None = None):
+    """A torchvision classifier without its classifier (``penultimate``, pooled as the model pools), or any node of
+    its graph (``--layer layer3``, ``--layer features.6``), pooled by ``--pool``."""
+
+    def __init__(
+        self,
+        arch: str,
+        weights: str | None = None,
+        image_size: int | None = None,
+        layer: str | None = None,
+        pooling: str | None = None,
+    ):
         import torchvision
 
         if arch not in torchvision.models.list_models(module=torchvision.models):
@@ -72,12 +82,44 @@ class TorchvisionBackbone(ImageBackbone):
             self._hub_weights = torchvision.models.get_model_weights(arch).DEFAULT
         elif weights != RANDOM_WEIGHTS and not Path(weights).is_file():
             raise UserError(f"--weights {weights}: no such file; pass a state_dict file, or --weights random")
-        self.dim = LISTED_ARCHS.get(arch) or self._probe_dim()
+        self.layer = layer or "penultimate"
+        if self.layer == "penultimate":
+            if pooling not in (None, "model"):
+                raise UserError(f"--pool applies with --layer; the penultimate layer of {arch} is pooled by the model")
+            self.pooling = "model"
+            self.dim = LISTED_ARCHS.get(arch) or self._probe_dim()
+        else:
+            self.pooling = pooling or "mean"
+            self.dim = self._probe_layer_dim()
 
     def _probe_dim(self) -> int:
         import torchvision
 
         return _strip_classifier(torchvision.models.get_model(self.arch, weights=None))
+
+    def _probe_layer_dim(self) -> int:
+        """Check the layer exists and find its pooled width with one forward pass of the bare architecture."""
+        import torch
+        import torchvision
+        from torchvision.models.feature_extraction import get_graph_node_names
+
+        skeleton = torchvision.models.get_model(self.arch, weights=None).eval()
+        nodes = get_graph_node_names(skeleton)[1]
+        # A module's name stands for its last node (create_feature_extractor's rule): "layer3", "features.6".
+        if self.layer not in nodes and not any(n.startswith(self.layer + ".") for n in nodes):
+            blocks = list(dict.fromkeys(".".join(n.split(".")[:2]) for n in nodes if "." in n))
+            raise UserError(
+                f"--layer {self.layer}: torchvision:{self.arch} has no such node; try penultimate or one of "
+                f"{', '.join(blocks[-8:])} (torchvision's get_graph_node_names lists them all)"
+            )
+        with torch.inference_mode():
+            probe = self._extractor(skeleton)(torch.zeros(1, 3, self.image_size, self.image_size))
+        return int(pool(probe["features"], self.pooling).shape[1])
+
+    def _extractor(self, model):
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        return create_feature_extractor(model, return_nodes={self.layer: "features"})
 
     @property
     def key_name(self) -> str:
@@ -98,7 +140,8 @@ class TorchvisionBackbone(ImageBackbone):
     @property
     def spec(self) -> dict:
         weights = self.weights if self.weights in (None, RANDOM_WEIGHTS) else str(Path(self.weights).resolve())
-        return {"name": self.name, "weights": weights, "image_size": self.image_size}
+        spec = {"name": self.name, "weights": weights, "image_size": self.image_size, "layer": self.layer}
+        return spec if self.layer == "penultimate" else {**spec, "pooling": self.pooling}
 
     def _random_init(self):
         import torch
@@ -136,11 +179,15 @@ class TorchvisionBackbone(ImageBackbone):
                     f"{len(set(missing) - head_keys)} keys, unexpected {len(unexpected)}); "
                     f"save torchvision.models.{self.arch}().state_dict() with torch.save"
                 )
+        if self.layer != "penultimate":
+            return self._extractor(model.eval())
         _strip_classifier(model)
         return model
 
     def forward(self, pixels):
-        return self.model(pixels).flatten(1)
+        if self.layer == "penultimate":
+            return self.model(pixels).flatten(1)
+        return pool(self.model(pixels)["features"], self.pooling)
 
 
 def _unwrap_state_dict(state):
@@ -161,9 +208,10 @@ def _state_dict_digest(model) -> str:
 
 
 @register_backbone("torchvision", prefix=True)
-def _factory(arch: str, weights: str | None = None, image_size: int | None = None, **rest) -> TorchvisionBackbone:
-    reject_options(f"torchvision:{arch}", rest)
-    return TorchvisionBackbone(arch, weights=weights, image_size=image_size)
+def _factory(arch: str, **options) -> TorchvisionBackbone:
+    known = {k: options.pop(k) for k in ("weights", "image_size", "layer", "pooling") if k in options}
+    reject_options(f"torchvision:{arch}", options)
+    return TorchvisionBackbone(arch, **known)
 
 
 def _downloaded(arch: str) -> bool:

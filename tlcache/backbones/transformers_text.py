@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from tlcache.backbones.base import TextBackbone
+from tlcache.backbones.base import POOLINGS, TextBackbone, pool
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_files
 
-POOLINGS = ("mean", "cls")
 # Files whose contents change the numbers: config, weights, tokenizer. READMEs and the like do not.
 _DIGESTED_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
 _DIGEST_SKIP = ("README.md", "training_args.bin")
@@ -47,6 +46,9 @@ def resolve_model_dir(ref: str) -> Path:
 
 
 class TransformersText(TextBackbone):
+    """A transformers encoder: the last hidden layer (``last``) or hidden layer N (``--layer N``, 0 is the
+    embedding output, negative counts from the end), pooled over real tokens by ``mean``, ``cls`` or ``max``."""
+
     def __init__(
         self,
         name: str,
@@ -55,6 +57,7 @@ class TransformersText(TextBackbone):
         normalize: bool = False,
         max_length: int | None = None,
         key_name: str = "hf",
+        layer: str | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -65,6 +68,7 @@ class TransformersText(TextBackbone):
         self.normalize = normalize
         self._key_name = key_name
         config = _read_json(self.model_dir / "config.json")
+        self.layer, self._hidden_index = _parse_layer(layer, int(config.get("num_hidden_layers") or 0), name)
         self.dim = int(config.get("hidden_size") or config.get("d_model") or config.get("dim") or 0)
         if not self.dim:
             raise UserError(f"{self.model_dir}/config.json names no hidden_size; is it a text encoder?")
@@ -94,9 +98,8 @@ class TransformersText(TextBackbone):
 
     @property
     def spec(self) -> dict:
-        if self._key_name == "minilm":
-            return {"name": "minilm", "pooling": self.pooling}
-        return {"name": f"hf:{self.model_dir}", "pooling": self.pooling}
+        name = "minilm" if self._key_name == "minilm" else f"hf:{self.model_dir}"
+        return {"name": name, "pooling": self.pooling, "layer": self.layer}
 
     def _build(self):
         from transformers import AutoModel, AutoTokenizer
@@ -123,15 +126,29 @@ class TransformersText(TextBackbone):
     def forward(self, inputs):
         import torch
 
-        hidden = self.model(**inputs).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
+        if self._hidden_index is None:
+            hidden = self.model(**inputs).last_hidden_state
         else:
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[self._hidden_index]
+        pooled = pool(hidden, self.pooling, inputs["attention_mask"])
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled
+
+
+def _parse_layer(layer: str | None, n_layers: int, name: str) -> tuple[str, int | None]:
+    """``last`` (or None) -> the last hidden state; an integer -> that entry of ``hidden_states``."""
+    if layer in (None, "last"):
+        return "last", None
+    try:
+        index = int(layer)
+    except ValueError:
+        index = None
+    if index is None or not -(n_layers + 1) <= index <= n_layers:
+        raise UserError(
+            f"--layer {layer}: {name} has layers last and -{n_layers + 1} .. {n_layers} (0 is the embedding output)"
+        )
+    return str(index), index
 
 
 def _read_json(path: Path) -> dict:
@@ -144,7 +161,7 @@ def _read_json(path: Path) -> dict:
 
 
 @register_backbone("minilm")
-def _minilm(name: str, pooling: str | None = None, **rest) -> TransformersText:
+def _minilm(name: str, pooling: str | None = None, layer: str | None = None, **rest) -> TransformersText:
     reject_options(name, rest)
     model_dir = minilm_dir()
     if model_dir is None:
@@ -152,14 +169,14 @@ def _minilm(name: str, pooling: str | None = None, **rest) -> TransformersText:
     # As all-MiniLM-L6-v2 is meant to be used (its sentence-transformers config): mean pooling, L2-normalised,
     # 256 tokens.
     return TransformersText(
-        "minilm", model_dir, pooling=pooling or "mean", normalize=True, max_length=256, key_name="minilm"
+        "minilm", model_dir, pooling=pooling or "mean", normalize=True, max_length=256, key_name="minilm", layer=layer
     )
 
 
 @register_backbone("hf", prefix=True)
-def _hf(ref: str, pooling: str | None = None, **rest) -> TransformersText:
+def _hf(ref: str, pooling: str | None = None, layer: str | None = None, **rest) -> TransformersText:
     reject_options(f"hf:{ref}", rest)
-    return TransformersText(f"hf:{ref}", resolve_model_dir(ref), pooling=pooling or "mean")
+    return TransformersText(f"hf:{ref}", resolve_model_dir(ref), pooling=pooling or "mean", layer=layer)
 
 
 @register_lister
@@ -179,6 +196,6 @@ def _list() -> list[BackboneInfo]:
             dim=None,
             weights="a save_pretrained() folder, or a Hub id when online",
             offline=False,
-            note="--pool mean|cls; offline with a local folder",
+            note="--pool mean|cls|max, --layer; offline with a local folder",
         ),
     ]

@@ -1,0 +1,91 @@
+"""Looking after a cache folder: list its stores (`tlcache ls`) and remove the ones not worth keeping (`tlcache gc`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tlcache.errors import UserError
+from tlcache.store import PARTIAL_SUFFIX, STORE_SUFFIX, default_cache_dir, lock_path, probe_store
+
+
+@dataclass
+class StoreEntry:
+    path: Path
+    key: str | None
+    backbone: str | None
+    source: str | None
+    rows_done: int
+    n_rows: int
+    size_bytes: int
+    state: str  # "complete", "partial" (an interrupted or running embed) or "unreadable"
+    last_used: str  # ISO time of the last write or cache hit
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
+    """Every store and partial store in ``folder`` (default: the cache folder), oldest use first."""
+    import h5py
+
+    folder = Path(folder) if folder is not None else default_cache_dir()
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; pass a cache folder (default $TLCACHE_HOME or ~/.cache/tlcache)")
+    entries = []
+    for path in folder.iterdir():
+        if not path.name.endswith((STORE_SUFFIX, STORE_SUFFIX + PARTIAL_SUFFIX)) or not path.is_file():
+            continue
+        status = probe_store(path)
+        backbone = source = None
+        if status.readable:
+            with h5py.File(path, "r") as handle:
+                backbone = str(handle.attrs.get("backbone", ""))
+                source = str(handle.attrs.get("source_path", ""))
+        state = "unreadable" if not status.readable else "complete" if status.complete else "partial"
+        stat = path.stat()
+        entries.append(
+            StoreEntry(
+                path=path,
+                key=status.key,
+                backbone=backbone,
+                source=source,
+                rows_done=status.rows_done,
+                n_rows=status.n_rows,
+                size_bytes=stat.st_blocks * 512,  # partial stores are sparse: count what is really on disk
+                state=state,
+                last_used=datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds"),
+            )
+        )
+    return sorted(entries, key=lambda e: (e.last_used, e.path.name))
+
+
+def collect_garbage(
+    folder: str | Path | None = None, unused_days: float | None = None, dry_run: bool = False
+) -> list[StoreEntry]:
+    """Remove partial and unreadable stores that no process is writing, and, with ``unused_days``, complete
+    stores not written or hit for that long. Returns what was (or, with ``dry_run``, would be) removed."""
+    from filelock import FileLock, Timeout
+
+    cutoff = time.time() - unused_days * 86400 if unused_days is not None else None
+    removed = []
+    for entry in list_stores(folder):
+        stale = entry.state != "complete"
+        unused = cutoff is not None and entry.path.stat().st_mtime < cutoff
+        if not (stale or unused):
+            continue
+        final = entry.path.with_name(entry.path.name.removesuffix(PARTIAL_SUFFIX))
+        lock = FileLock(str(lock_path(final)))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # an embed is writing it right now
+        try:
+            if not dry_run:
+                entry.path.unlink(missing_ok=True)
+            removed.append(entry)
+        finally:
+            lock.release()
+    return removed
