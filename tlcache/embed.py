@@ -249,7 +249,10 @@ def _donors(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
 
 
 def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) -> int:
-    """Copy the rows of items (by content fingerprint) that a store of the same config already holds."""
+    """Copy the rows of items (matched by content fingerprint) that a store of the same config already holds.
+
+    Each donor is read once, front to back, in row batches: sequential reads, and memory bounded by the batch.
+    """
     wanted: dict[str, list[int]] = {}
     for row, fingerprint in enumerate(src.fingerprints):
         wanted.setdefault(fingerprint, []).append(row)
@@ -257,21 +260,22 @@ def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) ->
     for donor in donors:
         if not wanted:
             break
-        pairs = [
-            (target, source_row) for source_row, fp in enumerate(donor.fingerprints()) for target in wanted.pop(fp, ())
-        ]
-        pairs.sort()
-        for start in range(0, len(pairs), _COPY_BATCH):
-            chunk = pairs[start : start + _COPY_BATCH]
-            targets = np.array([t for t, _ in chunk])
-            sources = np.array([s for _, s in chunk])
-            order = np.argsort(sources, kind="stable")  # HDF5 reads want increasing indices
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            features = donor.features(sources[order])[inverse]
-            views = donor.views(sources[order])
-            writer.write(targets, features, None if views is None else views[inverse])
-            reused += len(chunk)
+        pairs = sorted(
+            (donor_row, target) for donor_row, fp in enumerate(donor.fingerprints()) for target in wanted.pop(fp, ())
+        )
+        if not pairs:
+            continue
+        donor_rows = np.array([p[0] for p in pairs])
+        targets = np.array([p[1] for p in pairs])
+        for rows, features in donor.iter_batches(_COPY_BATCH):
+            inside = (donor_rows >= rows.start) & (donor_rows < rows.stop)
+            if not inside.any():
+                continue
+            local, batch_targets = donor_rows[inside] - rows.start, targets[inside]
+            order = np.argsort(batch_targets)  # writes want increasing row indices
+            views = donor.views(rows)
+            writer.write(batch_targets[order], features[local][order], None if views is None else views[local][order])
+            reused += len(local)
     return reused
 
 
