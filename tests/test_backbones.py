@@ -193,6 +193,7 @@ def test_listed_dims_are_true():
         ("efficientnet-lite0", {"pooling": "cls"}, "use mean or max"),
         ("minilm", {"layer": "12"}, "has layers last and -7 .. 6"),
         ("efficientnet-lite0", {"max_length": 5}, "does not take --max-length"),
+        ("efficientnet-lite0", {"crop_ratio": 1.5}, r"must be in \(0, 1\]"),
         ("torchvision:vit_b_16", {"weights": "random", "image_size": 96}, "224 px input only"),
         ("hf:./no-such-dir", {}, "not a model folder"),
         ("minilm", {"image_size": 96}, "does not take --image-size"),

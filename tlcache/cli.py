@@ -84,6 +84,12 @@ def cli() -> None:
     "--weights", help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision)."
 )
 @click.option(
+    "--crop-ratio",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="Image backbones: resize the shorter side to size / ratio, keep the central square [default: 0.875, "
+    "the ImageNet evaluation crop]; 1 keeps whole square images (small full-frame items such as digits).",
+)
+@click.option(
     "--layer",
     help="Layer to take features from: penultimate (images) / last (text) by default; a torchvision node such as "
     "layer3, blocks.N for efficientnet-lite, a hidden-layer index for text.",
@@ -132,6 +138,7 @@ def embed(
     source,
     backbone,
     weights,
+    crop_ratio,
     layer,
     pooling,
     image_size,
@@ -180,6 +187,7 @@ def embed(
         layer=layer,
         pooling=pooling,
         image_size=image_size,
+        crop_ratio=crop_ratio,
     )
     _emit(dict(result.__dict__), as_json, result.summary_line())
 

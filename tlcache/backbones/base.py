@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 POOLINGS = ("mean", "max", "cls")
+# The ImageNet evaluation crop: resize the shorter side to size / 0.875, keep the central size x size.
+DEFAULT_CROP_RATIO = 0.875
+IMAGE_OPTIONS = ("weights", "image_size", "crop_ratio", "layer", "pooling")  # what image backbones take
 
 
 def pool(output: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,11 +131,14 @@ class Backbone(abc.ABC):
 class ImageBackbone(Backbone):
     modality = "image"
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], crop_ratio: float = 0.875):
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], crop_ratio: float | None = None):
         super().__init__()
         self.image_size = int(image_size)
         if self.image_size < 16:
             raise UserError(f"--image-size {image_size} is too small; use 16 or more")
+        crop_ratio = DEFAULT_CROP_RATIO if crop_ratio is None else float(crop_ratio)
+        if not 0.0 < crop_ratio <= 1.0:
+            raise UserError(f"--crop-ratio {crop_ratio} must be in (0, 1]; 1 keeps the whole (square) image")
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.crop_ratio = crop_ratio
@@ -141,6 +147,7 @@ class ImageBackbone(Backbone):
     def preprocessing(self) -> dict[str, Any]:
         return {
             "convert": "RGB",
+            "crop_ratio": self.crop_ratio,
             "resize_shorter": round(self.image_size / self.crop_ratio),
             "interpolation": "bilinear",
             "center_crop": self.image_size,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tlcache.backbones.base import ImageBackbone, pool
-from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
+from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, pool
+from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file
 
@@ -41,11 +41,12 @@ class EfficientNetLite(ImageBackbone):
         name: str,
         weights: str | None = None,
         image_size: int | None = None,
+        crop_ratio: float | None = None,
         layer: str | None = None,
         pooling: str | None = None,
     ):
         default_size = VARIANTS[name][0]
-        super().__init__(image_size or default_size, TF_MEAN, TF_STD)
+        super().__init__(image_size or default_size, TF_MEAN, TF_STD, crop_ratio)
         self.name = name
         self.layer = layer or "penultimate"
         self.pooling = pooling or "mean"
@@ -108,6 +109,7 @@ class EfficientNetLite(ImageBackbone):
             "name": self.name,
             "weights": str(self.weights_path.resolve()),
             "image_size": self.image_size,
+            "crop_ratio": self.crop_ratio,
             "layer": self.layer,
             "pooling": self.pooling,
         }
@@ -137,8 +139,7 @@ class EfficientNetLite(ImageBackbone):
 
 
 def _factory(name: str, **options) -> EfficientNetLite:
-    known = {k: options.pop(k) for k in ("weights", "image_size", "layer", "pooling") if k in options}
-    reject_options(name, options)
+    known = take_options(name, options, IMAGE_OPTIONS)
     return EfficientNetLite(name, **known)
 
 

@@ -67,6 +67,12 @@ def list_backbones() -> list[BackboneInfo]:
     return [info for lister in _LISTERS for info in lister()]
 
 
+def take_options(backbone_name: str, options: dict, allowed: tuple[str, ...]) -> dict:
+    """The options a backbone takes; any other is refused with a clear message."""
+    reject_options(backbone_name, {k: v for k, v in options.items() if k not in allowed})
+    return {k: v for k, v in options.items() if k in allowed}
+
+
 def reject_options(backbone_name: str, options: dict) -> None:
     """Refuse options a backbone does not understand, naming them as CLI flags."""
     if options:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlcache.backbones.base import ImageBackbone, pool
-from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
+from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, pool
+from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file, new_hasher
 
@@ -63,6 +63,7 @@ class TorchvisionBackbone(ImageBackbone):
         arch: str,
         weights: str | None = None,
         image_size: int | None = None,
+        crop_ratio: float | None = None,
         layer: str | None = None,
         pooling: str | None = None,
     ):
@@ -72,7 +73,7 @@ class TorchvisionBackbone(ImageBackbone):
             raise UserError(f"torchvision has no classification model '{arch}'; try one of {', '.join(LISTED_ARCHS)}")
         if image_size and image_size != 224 and arch.startswith(FIXED_SIZE_PREFIXES):
             raise UserError(f"torchvision:{arch} takes 224 px input only; drop --image-size")
-        super().__init__(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)
+        super().__init__(image_size or 224, IMAGENET_MEAN, IMAGENET_STD, crop_ratio)
         self.arch = arch
         self.name = f"torchvision:{arch}"
         self.weights = weights
@@ -140,7 +141,13 @@ class TorchvisionBackbone(ImageBackbone):
     @property
     def spec(self) -> dict:
         weights = self.weights if self.weights in (None, RANDOM_WEIGHTS) else str(Path(self.weights).resolve())
-        spec = {"name": self.name, "weights": weights, "image_size": self.image_size, "layer": self.layer}
+        spec = {
+            "name": self.name,
+            "weights": weights,
+            "image_size": self.image_size,
+            "crop_ratio": self.crop_ratio,
+            "layer": self.layer,
+        }
         return spec if self.layer == "penultimate" else {**spec, "pooling": self.pooling}
 
     def _random_init(self):
@@ -209,8 +216,7 @@ def _state_dict_digest(model) -> str:
 
 @register_backbone("torchvision", prefix=True)
 def _factory(arch: str, **options) -> TorchvisionBackbone:
-    known = {k: options.pop(k) for k in ("weights", "image_size", "layer", "pooling") if k in options}
-    reject_options(f"torchvision:{arch}", options)
+    known = take_options(f"torchvision:{arch}", options, IMAGE_OPTIONS)
     return TorchvisionBackbone(arch, **known)
 
 
