@@ -23,12 +23,15 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
-def file_digests(paths: Sequence[Path], index_path: Path | None) -> list[str]:
-    """Digest of each file's bytes, reusing remembered digests from the index at ``index_path`` (None: no index)."""
+def file_digests(paths: Sequence[str], index_path: Path | None) -> list[str]:
+    """Digest of each file's bytes, reusing remembered digests from the index at ``index_path`` (None: no index).
+
+    ``paths`` are absolute paths: they are the index's keys.
+    """
     if index_path is None:
         return [hash_file(p) for p in paths]
     stats = [os.stat(p) for p in paths]
-    names = [os.path.abspath(p) for p in paths]
+    names = list(paths)
     try:
         known = _lookup(index_path, names)
     except sqlite3.Error:  # an unwritable or damaged index only costs speed

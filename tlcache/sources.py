@@ -33,7 +33,7 @@ class Source:
     kind: str  # "image-folder", "flat-images", "csv" or "jsonl"
     modality: str  # "image" or "text"
     ids: list[str]
-    items: list  # image paths (Path) or texts (str)
+    items: list[str]  # absolute image paths, or texts
     fingerprints: list[str]
     labels: list[str | None] | None = None  # None: the source has no labels at all
     options: dict = field(default_factory=dict)  # how it was read (columns), recorded in the store
@@ -106,22 +106,26 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped."""
+def _image_files(folder: str) -> list[str]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped.
+
+    Plain strings, not Path objects: on a 10k-file folder pathlib alone would cost more than the whole look-up.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath, name) for name in filenames if _is_image_name(name))
+        found.extend(os.path.join(dirpath, name) for name in filenames if _is_image_name(name))
     return sorted(found)
 
 
 def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    top_images = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
+    root_name = os.path.abspath(root)
+    entries = sorted(os.scandir(root_name), key=lambda e: e.name)
+    top_images = [e.path for e in entries if e.is_file() and _is_image_name(e.name)]
     class_files = {}
     for entry in entries:
         if entry.is_dir() and not entry.name.startswith("."):
-            files = _image_files(Path(entry.path))
+            files = _image_files(entry.path)
             if files:
                 class_files[entry.name] = files
     if top_images and class_files:
@@ -144,11 +148,15 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
         fingerprints = file_digests(files, fingerprint_index)
     except OSError as exc:
         raise UserError(f"cannot read {exc.filename}: {exc.strerror}; fix its permissions or remove it") from None
+    start = len(root_name) + 1
+    ids = [name[start:] for name in files]
+    if os.sep != "/":
+        ids = [i.replace(os.sep, "/") for i in ids]
     return Source(
         path=root,
         kind=kind,
         modality="image",
-        ids=[p.relative_to(root).as_posix() for p in files],
+        ids=ids,
         items=files,
         fingerprints=fingerprints,
         labels=labels,
