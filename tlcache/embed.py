@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,14 @@ import numpy as np
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
 from tlcache.errors import UserError
 from tlcache.hashing import hash_bytes
-from tlcache.sources import Source, load_source
+from tlcache.sources import Source, load_source, source_from_items
 from tlcache.store import (
     COMPRESSIONS,
     FeatureStore,
     StoreWriter,
     cache_key,
     config_key,
+    default_cache_dir,
     lock_path,
     partial_path,
     probe_store,
@@ -249,14 +250,22 @@ def _donors(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
 
 
 def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) -> int:
-    """Copy the rows of items (matched by content fingerprint) that a store of the same config already holds.
-
-    Each donor is read once, front to back, in row batches: sequential reads, and memory bounded by the batch.
-    """
-    wanted: dict[str, list[int]] = {}
-    for row, fingerprint in enumerate(src.fingerprints):
-        wanted.setdefault(fingerprint, []).append(row)
+    """Copy the rows of items (matched by content fingerprint) that a store of the same config already holds."""
     reused = 0
+    for targets, features, views in _rows_from_donors(src.fingerprints, donors):
+        writer.write(targets, features, views)
+        reused += len(targets)
+    return reused
+
+
+def _rows_from_donors(
+    fingerprints: list[str], donors: list[FeatureStore]
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(target rows, features, views) for every item whose fingerprint a donor store holds, targets increasing
+    within each piece. Each donor is read once, front to back, in row batches: sequential reads, bounded memory."""
+    wanted: dict[str, list[int]] = {}
+    for row, fingerprint in enumerate(fingerprints):
+        wanted.setdefault(fingerprint, []).append(row)
     for donor in donors:
         if not wanted:
             break
@@ -272,11 +281,51 @@ def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) ->
             if not inside.any():
                 continue
             local, batch_targets = donor_rows[inside] - rows.start, targets[inside]
-            order = np.argsort(batch_targets)  # writes want increasing row indices
+            order = np.argsort(batch_targets)
             views = donor.views(rows)
-            writer.write(batch_targets[order], features[local][order], None if views is None else views[local][order])
-            reused += len(local)
-    return reused
+            yield batch_targets[order], features[local][order], None if views is None else views[local][order]
+
+
+def embed_items(
+    items: Sequence,
+    backbone: str | Backbone,
+    *,
+    out: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    progress: bool = False,
+    **backbone_options,
+) -> np.ndarray:
+    """Features (float32, one row per item, in order) for items in memory: texts, or paths of image files.
+
+    Items that a store of the same config in ``out`` (default ``$TLCACHE_HOME``) already holds are read from it;
+    only the others are embedded, into a store of their own. When every item is cached nothing is written.
+    """
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **backbone_options)
+    src = source_from_items(items, bb.modality)
+    config = config_key(bb.key_config(), dtype, None)
+    folder = Path(out) if out is not None else default_cache_dir()
+    probe = resolve_store_path(folder, bb.name, config, cache_key(src.fingerprint, config))
+    features = np.zeros((len(src), bb.dim), dtype=np.float32)
+    found = np.zeros(len(src), dtype=bool)
+    donors = _donors(probe, bb, config) if folder.is_dir() else []
+    for targets, rows, _ in _rows_from_donors(src.fingerprints, donors):
+        features[targets] = rows
+        found[targets] = True
+    if not found.all():
+        first_of_each = {}
+        for row in np.flatnonzero(~found):
+            first_of_each.setdefault(src.fingerprints[row], row)  # identical items are embedded once
+        missing = src.subset(sorted(first_of_each.values()))
+        result = embed_source(
+            missing, bb, out=folder, batch_size=batch_size, device=device, dtype=dtype, progress=progress
+        )
+        store = FeatureStore(result.path)
+        computed = dict(zip(store.fingerprints(), store.features()))
+        for row in np.flatnonzero(~found):
+            features[row] = computed[src.fingerprints[row]]
+    return features
 
 
 def _default_batch_size(device) -> int:

@@ -41,6 +41,20 @@ class Source:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, rows: Sequence[int]) -> Source:
+        """The items at ``rows``, in that order."""
+        pick = list(rows)
+        return Source(
+            path=self.path,
+            kind=self.kind,
+            modality=self.modality,
+            ids=[self.ids[i] for i in pick],
+            items=[self.items[i] for i in pick],
+            fingerprints=[self.fingerprints[i] for i in pick],
+            labels=None if self.labels is None else [self.labels[i] for i in pick],
+            options=self.options,
+        )
+
     @property
     def class_names(self) -> list[str]:
         if self.labels is None:
@@ -99,6 +113,37 @@ def load_source(
     raise UserError(
         f"{path}: cannot read a '{suffix or 'extension-less'}' file; "
         f"pass an image folder or a file ending in {', '.join(TABLE_EXTENSIONS)}"
+    )
+
+
+def source_from_items(
+    items: Sequence, modality: str, labels: Sequence | None = None, fingerprint_index: Path | None | str = "default"
+) -> Source:
+    """A source made of items in memory: texts, or paths of image files. Ids are positions."""
+    if modality == "text":
+        texts = [item if isinstance(item, str) else str(item) for item in items]
+        fingerprints = [hash_bytes(text.encode()) for text in texts]
+    elif modality == "image":
+        texts = [os.path.abspath(item) for item in items]
+        missing = next((p for p in texts if not os.path.isfile(p)), None)
+        if missing is not None:
+            raise UserError(f"{missing} is not a file; an image backbone takes paths of image files")
+        if fingerprint_index == "default":
+            from tlcache.store import default_cache_dir
+
+            fingerprint_index = default_cache_dir() / "fingerprints.sqlite"
+        fingerprints = file_digests(texts, fingerprint_index)
+    else:
+        raise ValueError(f"modality must be 'text' or 'image', not {modality!r}")
+    labels = [None if label is None else str(label) for label in labels] if labels is not None else None
+    return Source(
+        path=Path("<memory>"),
+        kind="items",
+        modality=modality,
+        ids=[str(i) for i in range(len(texts))],
+        items=texts,
+        fingerprints=fingerprints,
+        labels=labels,
     )
 
 
