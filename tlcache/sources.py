@@ -36,6 +36,7 @@ class Source:
     items: list[str]  # absolute image paths, or texts
     fingerprints: list[str]
     labels: list[str | None] | None = None  # None: the source has no labels at all
+    groups: list[str | None] | None = None  # a group per item (region, device, ...) for per-group metrics
     options: dict = field(default_factory=dict)  # how it was read (columns), recorded in the store
 
     def __len__(self) -> int:
@@ -52,6 +53,7 @@ class Source:
             items=[self.items[i] for i in pick],
             fingerprints=[self.fingerprints[i] for i in pick],
             labels=None if self.labels is None else [self.labels[i] for i in pick],
+            groups=None if self.groups is None else [self.groups[i] for i in pick],
             options=self.options,
         )
 
@@ -75,8 +77,10 @@ class Source:
         hasher = new_hasher()
         hasher.update(f"{self.modality}\n".encode())
         labels = self.labels if self.labels is not None else [None] * len(self.ids)
-        for item_id, item_fp, label in zip(self.ids, self.fingerprints, labels):
-            hasher.update(json.dumps([item_id, item_fp, label]).encode())
+        groups = self.groups if self.groups is not None else [None] * len(self.ids)
+        for item_id, item_fp, label, group in zip(self.ids, self.fingerprints, labels, groups):
+            record = [item_id, item_fp, label] if group is None else [item_id, item_fp, label, group]
+            hasher.update(json.dumps(record).encode())
             hasher.update(b"\n")
         return hasher.hexdigest()
 
@@ -87,6 +91,7 @@ def load_source(
     label_column: str | None = None,
     id_column: str | None = None,
     fingerprint_index: Path | None | str = "default",
+    group_column: str | None = None,
 ) -> Source:
     """Read an image folder (class sub-folders or flat), a CSV/TSV file or a JSONL file.
 
@@ -98,6 +103,8 @@ def load_source(
     if not path.exists():
         raise UserError(f"{path} does not exist: pass an image folder, a .csv/.tsv file or a .jsonl file")
     if path.is_dir():
+        if group_column is not None:
+            raise UserError(f"--group-column applies to CSV/JSONL sources; {path} is an image folder")
         if fingerprint_index == "default":
             from tlcache.store import default_cache_dir
 
@@ -106,10 +113,10 @@ def load_source(
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         rows, columns = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
-        return _table_source(path, "csv", rows, columns, text_column, label_column, id_column)
+        return _table_source(path, "csv", rows, columns, text_column, label_column, id_column, group_column)
     if suffix in (".jsonl", ".ndjson"):
         rows, columns = _read_jsonl(path)
-        return _table_source(path, "jsonl", rows, columns, text_column, label_column, id_column)
+        return _table_source(path, "jsonl", rows, columns, text_column, label_column, id_column, group_column)
     raise UserError(
         f"{path}: cannot read a '{suffix or 'extension-less'}' file; "
         f"pass an image folder or a file ending in {', '.join(TABLE_EXTENSIONS)}"
@@ -256,13 +263,18 @@ def _table_source(
     text_column: str,
     label_column: str | None,
     id_column: str | None,
+    group_column: str | None = None,
 ) -> Source:
     if not rows:
         raise UserError(f"{path} has no data rows; add rows with a '{text_column}' column")
     shown = ", ".join(columns) or "none"
     if text_column not in columns:
         raise UserError(f"{path} has no column '{text_column}' (columns: {shown}); pass --text-column NAME")
-    for option, name in (("--label-column", label_column), ("--id-column", id_column)):
+    for option, name in (
+        ("--label-column", label_column),
+        ("--id-column", id_column),
+        ("--group-column", group_column),
+    ):
         if name is not None and name not in columns:
             raise UserError(f"{path} has no column '{name}' (columns: {shown}); fix {option}")
     if label_column is None and DEFAULT_LABEL_COLUMN in columns:
@@ -287,6 +299,7 @@ def _table_source(
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique (or use --id-column)")
     labels = [_cell_text(row.get(label_column)) for row in rows] if label_column else None
+    groups = [_cell_text(row.get(group_column)) or "(none)" for row in rows] if group_column else None
     return Source(
         path=path,
         kind=kind,
@@ -295,5 +308,11 @@ def _table_source(
         items=texts,
         fingerprints=[hash_bytes(text.encode()) for text in texts],
         labels=labels,
-        options={"text_column": text_column, "label_column": label_column, "id_column": id_column},
+        groups=groups,
+        options={
+            "text_column": text_column,
+            "label_column": label_column,
+            "id_column": id_column,
+            "group_column": group_column,
+        },
     )

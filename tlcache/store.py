@@ -166,6 +166,7 @@ class StoreWriter:
         dim: int,
         dtype: str = "float32",
         views: int = 0,
+        groups: Sequence[str] | None = None,
     ) -> StoreWriter:
         import h5py
 
@@ -182,6 +183,8 @@ class StoreWriter:
         strings = h5py.string_dtype()
         handle.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=strings)
         handle.create_dataset("fingerprints", data=np.array(list(fingerprints), dtype=object), dtype=strings)
+        if groups is not None:
+            handle.create_dataset("groups", data=np.array(list(groups), dtype=object), dtype=strings)
         label_set = handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
         label_set.attrs["class_names"] = json.dumps(list(class_names))
         attrs = handle.attrs
@@ -371,6 +374,15 @@ class FeatureStore:
 
     def fingerprints(self) -> list[str]:
         return [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("fingerprints")]
+
+    def groups(self) -> list[str] | None:
+        """The group of each item (from the source's group column), or None when the store has none."""
+        import h5py
+
+        with h5py.File(self.path, "r") as handle:
+            if "groups" not in handle:
+                return None
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in handle["groups"][()]]
 
     def iter_batches(self, batch_size: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
         """Features in row batches, for stores larger than memory: yields (row slice, float32 array)."""

@@ -1,0 +1,98 @@
+"""The regularisation sweep: it picks the value that is best, and its estimators follow scikit-learn's rules."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from tlcache.linear import SweptLogisticRegression, fit_multinomial
+from tlcache.sweep import SweptClassifier
+
+
+def _expected_failures(estimator):
+    # The sweep splits rows to choose C: a row of weight 2 and two copies of it can land in different folds.
+    return {"check_sample_weight_equivalence_on_dense_data": "the validation split sees rows, not weights"}
+
+
+@parametrize_with_checks(
+    [
+        SweptLogisticRegression(Cs=(0.01, 1.0)),
+        SweptClassifier(LogisticRegression(max_iter=500), "C", (0.01, 1.0)),
+    ],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_estimator_contract(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_fast_solver_matches_scikit_learn(n_classes, C):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 12))
+    y = np.argmax(X[:, :n_classes] + 0.5 * rng.normal(size=(300, n_classes)), axis=1)
+    ours = fit_multinomial(X, y, n_classes, C, tol=1e-9)
+    theirs = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    probabilities = np.exp(X @ ours[:-1] + ours[-1])
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, theirs.predict_proba(X), atol=1e-4)
+
+
+def _noisy_xor(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, size=(n, 2))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    flip = rng.random(n) < 0.2
+    return X, np.where(flip, 1 - y, y)
+
+
+def test_sweep_picks_the_depth_that_the_data_was_built_for():
+    # Noisy XOR: depth 1 cannot fit it (50%), depth 2 is the Bayes rule (80%), deep trees fit the 20% noise.
+    X, y = _noisy_xor(2000, 0)
+    model = SweptClassifier(DecisionTreeClassifier(random_state=0), "max_depth", (1, 2, 12, 30)).fit(X, y)
+    assert model.best_ == 2
+    scores = dict(model.curve_)
+    assert scores[2] > scores[1] + 0.2 and scores[2] > scores[30] + 0.02
+    assert model.selection_ == "a stratified validation split"
+
+
+def test_logreg_sweep_picks_a_c_as_good_as_the_best_on_fresh_data():
+    rng = np.random.default_rng(1)
+    w = np.zeros(150)
+    w[:4] = 1.5
+
+    def sample(n):
+        X = rng.normal(size=(n, 150))
+        return X, (X @ w + rng.logistic(size=n) > 0).astype(int)
+
+    X, y = sample(200)  # few samples, many useless features: regularisation matters
+    X_fresh, y_fresh = sample(20_000)
+    grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    model = SweptLogisticRegression(Cs=grid, random_state=0).fit(X, y)
+    fresh = {}
+    for C in grid:
+        W = fit_multinomial(X, y, 2, C)
+        fresh[C] = np.mean(np.argmax(X_fresh @ W[:-1] + W[-1], axis=1) == y_fresh)
+    assert fresh[model.C_] >= max(fresh.values()) - 0.01
+    assert fresh[model.C_] > fresh[100.0] + 0.02  # the weakest regularisation overfits here
+    assert fresh[model.C_] > fresh[1e-4] + 0.1  # and the strongest underfits
+    assert [c for c, _ in model.curve_] == list(grid) and model.selection_ == "5-fold cross-validation"
+
+
+def test_small_data_uses_folds_and_large_data_a_split():
+    X, y = _noisy_xor(1500, 2)
+    assert SweptLogisticRegression(Cs=(1.0,), cv_below=1000).fit(X, y).selection_ == "a stratified validation split"
+    assert SweptLogisticRegression(Cs=(1.0,), cv_below=2000).fit(X, y).selection_ == "5-fold cross-validation"
+
+
+def test_probability_columns_follow_classes():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 5))
+    y = np.array(["zebra", "ant", "moth"])[np.argmax(X[:, :3], axis=1)]
+    for model in (SweptLogisticRegression(), SweptClassifier(LogisticRegression(), "C", (1.0,))):
+        model.fit(X, y)
+        assert list(model.classes_) == ["ant", "moth", "zebra"]
+        proba = model.predict_proba(X)
+        assert (model.classes_[proba.argmax(axis=1)] == model.predict(X)).all()
+        assert np.mean(model.predict(X) == y) > 0.8
