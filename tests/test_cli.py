@@ -288,3 +288,51 @@ def test_embed_layer_pool_views_and_compression_options(tmp_path, resnet18_weigh
     fitted = run("fit-head", payload["path"], "--test-fraction", 0.5, "--out", tmp_path / "run", "--json")
     assert json.loads(fitted.stdout)["views_per_item"] == 2
     assert_user_error(run("embed", write_text_csv(tmp_path / "t.csv"), "--views", 2), "--views applies to image")
+
+
+def test_head_all_prints_a_leaderboard(tmp_path, text_stores):
+    train, test = text_stores
+    result = run("fit-head", train["path"], "--test", test["path"], "--head", "all", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    board = json.loads((tmp_path / "runs" / "leaderboard.json").read_text())
+    assert {row["head"] for row in board} == {"logreg", "linear-svm", "svm", "mlp", "knn"}
+    accuracies = [row["accuracy"] for row in board]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert "leaderboard ->" in result.stdout and (tmp_path / "runs" / "leaderboard.md").exists()
+
+
+def test_report_renders_again_from_json(tmp_path, text_stores):
+    train, _ = text_stores
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    (tmp_path / "run" / "report.md").unlink()
+    (tmp_path / "run" / "sweep.png").unlink()
+    result = run("report", tmp_path / "run")
+    assert result.exit_code == 0 and (tmp_path / "run" / "report.md").exists()
+    assert (tmp_path / "run" / "sweep.png").exists() and (tmp_path / "run" / "confusion.png").exists()
+    assert_user_error(run("report", tmp_path), "holds no report.json")
+
+
+def test_group_column_gives_per_group_metrics(tmp_path, tiny_bert_dir):
+    path = tmp_path / "grouped.csv"
+    rows = ["text,label,region"]
+    for i in range(60):
+        word, label, region = ("good", "pos", "north") if i % 2 else ("bad", "neg", "south")
+        region = "north" if i % 3 else "south"
+        rows.append(f"the movie was very {word} {i},{label},{region}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    store = embed_json(path, "-b", f"hf:{tiny_bert_dir}", "--group-column", "region")
+    assert FeatureStore(store["path"]).groups()[:3] == ["south", "north", "north"]
+    plain = embed_json(path, "-b", f"hf:{tiny_bert_dir}")
+    assert plain["key"] != store["key"]  # groups are part of the data, so part of the key
+    payload = json.loads(run("fit-head", store["path"], "--test-fraction", 0.5, "--json").stdout)
+    groups = payload["groups"]
+    assert groups["column"] == "region" and {g["group"] for g in groups["per_group"]} == {"north", "south"}
+    assert sum(g["support"] for g in groups["per_group"]) == payload["n_test"]
+    assert groups["worst_group_gap"] >= 0
+
+
+def test_fit_head_option_errors(tmp_path, text_stores):
+    train, _ = text_stores
+    assert_user_error(run("fit-head", train["path"], "--grid", "1,abc"), "not a comma-separated list")
+    assert_user_error(run("fit-head", train["path"], "--grid", "0,1"), "needs positive values")
+    assert_user_error(run("fit-head", train["path"], "--head", "mlp", "--class-weight", "balanced"), "not supported")

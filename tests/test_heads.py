@@ -175,3 +175,102 @@ def test_views_join_the_training_set_only(tmp_path, head):
     assert pipeline.steps[0][1].n_samples_seen_ == 63 * 3
     plain, _ = load_head(tmp_path / "without")
     assert plain.steps[0][1].n_samples_seen_ == 63
+
+
+def _overlapping(n, seed):
+    """Two heavily overlapping classes in 80 dims: a weakly regularised head is over-confident here."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, 80)) + 0.35 * y[:, None] * (np.arange(80) < 3)
+    return X, y
+
+
+def test_calibration_lowers_the_ece_of_an_over_confident_head(tmp_path):
+    X, y = _overlapping(300, 0)
+    X_test, y_test = _overlapping(2000, 1)
+    train = _store(tmp_path / "train.h5", X, y, ["a", "b"])
+    test = _store(tmp_path / "test.h5", X_test, y_test, ["a", "b"])
+    # C=1000: almost no regularisation on few noisy samples, so probabilities are far too extreme.
+    run = fit_head(train, "logreg", test=test, grid=[1000.0], calibrate="sigmoid", out=tmp_path / "run")
+    calibration = run.report["calibration"]
+    assert calibration["method"] == "sigmoid"
+    assert calibration["before"]["ece"] > 0.1
+    assert calibration["after"]["ece"] < 0.5 * calibration["before"]["ece"]
+    assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000
+    assert "ECE" in (tmp_path / "run" / "report.md").read_text()
+    pipeline, _ = load_head(tmp_path / "run")
+    assert hasattr(pipeline.steps[-1][1], "calibrated_classifiers_")
+
+
+def test_sweep_is_reported_with_its_curve(tmp_path):
+    X, y = _blobs(150, 0, shift=1.0)
+    run = fit_head(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]), "logreg", out=tmp_path / "run")
+    sweep = run.report["sweep"]
+    assert sweep["param"] == "C" and len(sweep["curve"]) == 11 and sweep["selection"] == "5-fold cross-validation"
+    assert sweep["best"] in [c for c, _ in sweep["curve"]]
+    assert (tmp_path / "run" / "sweep.png").stat().st_size > 1000
+    custom = fit_head(tmp_path / "s.h5", "knn", grid=[1, 5, 9], out=tmp_path / "knn").report["sweep"]
+    assert [v for v, _ in custom["curve"]] == [1, 5, 9] and custom["param"] == "n_neighbors"
+
+
+def test_few_shot_sampling_is_reproducible_from_its_seed(tmp_path):
+    X, y = _blobs(300, 0, shift=1.5)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    first = fit_head(store, "logreg", shots=4, repeats=3, seed=7, out=tmp_path / "a").report["few_shot"]
+    again = fit_head(store, "logreg", shots=4, repeats=3, seed=7, out=tmp_path / "b").report["few_shot"]
+    other = fit_head(store, "logreg", shots=4, repeats=3, seed=8, out=tmp_path / "c").report["few_shot"]
+    assert first == again
+    assert first["seeds"] == [7, 8, 9] and first["shots"] == 4 and len(first["accuracy"]["values"]) == 3
+    assert first["accuracy"]["values"] != other["accuracy"]["values"]
+    assert first["accuracy"]["mean"] == pytest.approx(np.mean(first["accuracy"]["values"]))
+    assert not (tmp_path / "a" / "head.joblib").exists()  # an evaluation protocol: no head to keep
+
+
+def test_few_shot_rows_are_k_per_class():
+    from tlcache.heads import _sample_shots
+
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    rows = np.arange(30)
+    picked = _sample_shots(rows, labels, 3, seed=5, path=None)
+    assert np.bincount(labels[picked]).tolist() == [3, 3, 3]
+    np.testing.assert_array_equal(picked, _sample_shots(rows, labels, 3, seed=5, path=None))
+    with pytest.raises(UserError, match="fewer than --shots 11"):
+        _sample_shots(rows, labels, 11, seed=5, path="x")
+
+
+def test_group_metrics_on_a_hand_made_example():
+    from tlcache.report import group_metrics
+
+    y_true = np.array([0, 1, 0, 1, 0, 1, 1, 0])
+    y_pred = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    groups = ["north", "north", "north", "north", "south", "south", "south", "south"]
+    result = group_metrics(y_true, y_pred, groups, "region")
+    by_name = {g["group"]: g for g in result["per_group"]}
+    assert by_name["north"]["accuracy"] == 1.0 and by_name["south"]["accuracy"] == 0.5
+    assert by_name["south"]["macro_f1"] == pytest.approx(0.5) and by_name["south"]["support"] == 4
+    assert result["worst_group"] == "south" and result["worst_group_gap"] == pytest.approx(0.5)
+
+
+def test_class_weight_balanced_helps_the_rare_class(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 570 + [1] * 30)
+    X = rng.normal(size=(600, 5)) + 0.9 * y[:, None] * np.array([1, 1, 0, 0, 0])
+    store = _store(tmp_path / "s.h5", X, y, ["common", "rare"])
+    plain = fit_head(store, "logreg", out=tmp_path / "plain").report["metrics"]["per_class"][1]
+    balanced = fit_head(store, "logreg", class_weight="balanced", out=tmp_path / "bal").report
+    assert balanced["class_weight"] == "balanced"
+    assert balanced["metrics"]["per_class"][1]["recall"] > plain["recall"] + 0.2
+
+
+@pytest.mark.parametrize(
+    "head, options, message",
+    [
+        ("mlp", {"class_weight": "balanced"}, "not supported by the mlp head"),
+        ("sgd", {"calibrate": "sigmoid"}, "not supported by the sgd head"),
+        ("sgd", {"shots": 2}, "--shots does not apply to the sgd head"),
+    ],
+)
+def test_refused_combinations(tmp_path, head, options, message):
+    X, y = _blobs(60, 0)
+    with pytest.raises(UserError, match=message):
+        fit_head(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]), head, out=tmp_path / "r", **options)
