@@ -81,7 +81,8 @@ def make_head(
             classifier = CalibratedClassifierCV(classifier, method=calibration, cv=3)
         return make_pipeline(StandardScaler(), classifier)
     if name == "linear-svm":
-        base = LinearSVC(class_weight=class_weight, random_state=seed)
+        # The dual solver: at the grid's weak end the primal one took 50 s instead of 4 on 2400 x 1280 features.
+        base = LinearSVC(dual=True, max_iter=2000, class_weight=class_weight, random_state=seed)
     elif name == "svm":
         base = SVC(kernel="rbf", class_weight=class_weight, random_state=seed)
     elif name == "mlp":
