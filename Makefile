@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint fashion-mnist bench-store clean-venv
+.PHONY: setup demo test lint fashion-mnist bench-store bench-heads clean-venv
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,9 @@ fashion-mnist:
 
 bench-store: setup fashion-mnist
 	$(PY) benchmarks/store_benchmark.py
+
+bench-heads: setup fashion-mnist
+	$(PY) benchmarks/heads_benchmark.py
 
 clean-venv:
 	rm -rf $(VENV)
