@@ -109,7 +109,8 @@ def render(results: dict, command: str) -> str:
         "## The sweep against one default fit, on the same cached features",
         "",
         "`LogisticRegression(max_iter=1000)` on the raw features, against tlcache's logreg head (standardise, "
-        "sweep C over 11 log-spaced values on held-out training data, refit on all of it); best of 3 runs each.",
+        "sweep C over 11 log-spaced values, pick the lowest log-loss on held-out training data, refit on all of it); "
+        "best of 3 runs each.",
         "",
         "| data | default: s | default: accuracy | sweep: s | sweep: accuracy | chosen C | time ratio |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -96,3 +96,17 @@ def test_probability_columns_follow_classes():
         proba = model.predict_proba(X)
         assert (model.classes_[proba.argmax(axis=1)] == model.predict(X)).all()
         assert np.mean(model.predict(X) == y) > 0.8
+
+
+def test_log_loss_selection_ignores_float16_rounding():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1500, 40)).astype(np.float32)
+    y = (X[:, :3].sum(axis=1) + rng.logistic(size=1500) > 0).astype(int)
+    rounded = X.astype(np.float16).astype(np.float32)
+    chosen = [
+        SweptLogisticRegression(random_state=seed).fit(features, y).C_ for features in (X, rounded) for seed in (0, 1)
+    ]
+    assert chosen[0] == chosen[2] and chosen[1] == chosen[3]
+    model = SweptLogisticRegression().fit(X, y)
+    assert model.score_name_ == "log-loss" and len(model.accuracy_curve_) == len(model.curve_)
+    assert model.C_ == min(model.curve_, key=lambda point: point[1])[0]

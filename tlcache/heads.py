@@ -111,6 +111,7 @@ def sweep_summary(pipeline) -> dict[str, Any] | None:
     return {
         "param": model.param_,
         "best": model.best_,
+        "score": model.score_name_,
         "selection": model.selection_,
         "curve": [[value, score] for value, score in model.curve_],
     }

@@ -78,7 +78,9 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
 
     ``Cs`` are tried from strongest to weakest regularisation on a stratified validation split
     (``validation_fraction``), or on ``cv`` folds when there are fewer than ``cv_below`` samples; the best C is
-    refitted on all the data. ``curve_`` records (C, mean validation accuracy) for every value.
+    refitted on all the data. ``scoring`` picks it by the lowest validation log-loss (default: a smooth criterion,
+    so a tiny change in the features does not flip the choice, as accuracy's ties and plateaus can) or the highest
+    accuracy. ``curve_`` records (C, validation score) for every value, ``accuracy_curve_`` the accuracy.
     """
 
     def __init__(
@@ -91,7 +93,9 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         tol: float = 1e-4,
         max_iter: int = 1000,
         random_state: int | None = 0,
+        scoring: str = "log_loss",
     ):
+        self.scoring = scoring
         self.Cs = Cs
         self.validation_fraction = validation_fraction
         self.cv = cv
@@ -119,20 +123,29 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
             weight = weight * compute_sample_weight(self.class_weight, codes)
         Cs = sorted(float(c) for c in np.atleast_1d(self.Cs))
         scores = np.zeros(len(Cs))
+        losses = np.zeros(len(Cs))
         starts: list[np.ndarray | None] = [None] * len(Cs)
         splits = validation_splits(codes, self.validation_fraction, self.cv, self.cv_below, self.random_state)
         for train, valid in splits:
             W = None
             for i, C in enumerate(Cs):  # strong to weak regularisation: each fit starts from the last
                 W = self._solve(X[train], codes[train], C, weight[train], W)
-                predicted = np.argmax(X[valid] @ W[:-1] + W[-1], axis=1)
-                scores[i] += np.average(predicted == codes[valid], weights=weight[valid])
+                logits = X[valid] @ W[:-1] + W[-1]
+                scores[i] += np.average(np.argmax(logits, axis=1) == codes[valid], weights=weight[valid])
+                log_p = log_softmax(logits, axis=1)[np.arange(len(valid)), codes[valid]]
+                losses[i] += -np.average(log_p, weights=weight[valid])
                 starts[i] = W
         scores /= len(splits)
-        best = int(np.argmax(scores))  # ties go to the stronger regularisation
+        losses /= len(splits)
+        if self.scoring not in ("log_loss", "accuracy"):
+            raise ValueError(f"scoring must be 'log_loss' or 'accuracy', not {self.scoring!r}")
+        # Ties go to the stronger regularisation (the first of the grid).
+        best = int(np.argmin(losses)) if self.scoring == "log_loss" else int(np.argmax(scores))
         self.C_ = self.best_ = Cs[best]
         self.param_ = "C"
-        self.curve_ = [(C, float(s)) for C, s in zip(Cs, scores)]
+        self.score_name_ = "log-loss" if self.scoring == "log_loss" else "accuracy"
+        self.curve_ = [(C, float(v)) for C, v in zip(Cs, losses if self.scoring == "log_loss" else scores)]
+        self.accuracy_curve_ = [(C, float(v)) for C, v in zip(Cs, scores)]
         self.selection_ = describe_selection(splits)
         W = self._solve(X, codes, self.C_, weight, starts[best])
         self.n_iter_ = np.array([fit_multinomial.last_iterations])

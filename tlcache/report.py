@@ -152,9 +152,11 @@ def _markdown_extras(report: dict[str, Any]) -> list[str]:
     if sweep:
         lines += [
             "",
-            f"## {sweep['param']} sweep, chosen by {sweep['selection']}: {sweep['best']:g}",
+            f"## {sweep['param']} sweep, chosen on {sweep['selection']} "
+            f"({'lowest' if sweep.get('score') == 'log-loss' else 'highest'} {sweep.get('score', 'accuracy')}): "
+            f"{sweep['best']:g}",
             "",
-            f"| {sweep['param']} | validation accuracy |",
+            f"| {sweep['param']} | validation {sweep.get('score', 'accuracy')} |",
             "|---:|---:|",
         ]
         lines += [f"| {value:g} | {score:.4f} |" for value, score in sweep["curve"]]
@@ -255,7 +257,7 @@ def plot_sweep(sweep: dict[str, Any], head: str, path: Path) -> None:
     if sweep["param"] != "n_neighbors":
         ax.set_xscale("log")
     ax.set_xlabel(sweep["param"])
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"validation {sweep.get('score', 'accuracy')}")
     ax.set_title(f"{head}: {sweep['param']} sweep ({sweep['selection']})")
     ax.legend()
     fig.tight_layout()

@@ -84,6 +84,7 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
         best = int(np.argmax(scores))
         self.best_ = values[best]
         self.param_ = self.param
+        self.score_name_ = "accuracy"
         self.curve_ = [(_plain(v), float(s)) for v, s in zip(values, scores)]
         self.selection_ = describe_selection(splits)
         model = self._with(self.best_, n_train=len(codes))
