@@ -110,29 +110,10 @@ def image_section(work: Path, n_images: int) -> dict:
     }
 
 
-def build_tiny_bert(folder: Path) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase)
-    vocab += ["##" + c for c in string.ascii_lowercase] + list("0123456789 .,")
-    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def memory_section(work: Path, sizes: list[int]) -> dict:
-    model = build_tiny_bert(work / "tiny-bert")
+    from tlcache.backbones.tiny import save_tiny_bert
+
+    model = save_tiny_bert(work / "tiny-bert")
     rng = np.random.default_rng(0)
     words = ["".join(rng.choice(list(string.ascii_lowercase), 5)) for _ in range(500)]
     results = {}

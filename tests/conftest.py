@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import csv
-import string
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-WORDS = "the a movie film good bad great awful is was not very and plot actor fun dull".split()
 
 
 @pytest.fixture(autouse=True)
@@ -22,25 +19,9 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with a word-piece tokenizer, saved with save_pretrained."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from tlcache.backbones.tiny import save_tiny_bert
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(string.ascii_lowercase)
-    vocab += ["##" + c for c in string.ascii_lowercase] + list(".,!?0123456789")
-    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def _save_resnet18(path: Path, seed: int) -> Path:

@@ -28,6 +28,10 @@ def assert_user_error(result, message):
     assert "Traceback" not in result.output
 
 
+def resnet_args(weights):
+    return ["-b", "torchvision:resnet18", "--weights", weights, "--image-size", 32]
+
+
 def embed_json(*args):
     result = run("embed", *args, "--no-progress", "--json")
     assert result.exit_code == 0, result.output
@@ -65,7 +69,7 @@ def test_each_key_ingredient_misses_the_cache_and_a_renamed_folder_hits(
     from PIL import Image
 
     folder = write_image_folder(tmp_path / "imgs", per_class=2)
-    base = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+    base = resnet_args(resnet18_weights)
 
     def embed(source, *args):
         return embed_json(source, *args, "--out", tmp_path / "cache")
@@ -105,12 +109,7 @@ def test_embed_images_json_output(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=3)
     payload = embed_json(
         folder,
-        "-b",
-        "torchvision:resnet18",
-        "--weights",
-        resnet18_weights,
-        "--image-size",
-        32,
+        *resnet_args(resnet18_weights),
         "--out",
         tmp_path / "one.h5",
         "--dtype",
@@ -196,12 +195,7 @@ def test_predict_refuses_other_dim(tmp_path, text_stores, resnet18_weights):
     assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
     images = embed_json(
         write_image_folder(tmp_path / "imgs", per_class=2),
-        "-b",
-        "torchvision:resnet18",
-        "--weights",
-        resnet18_weights,
-        "--image-size",
-        32,
+        *resnet_args(resnet18_weights),
     )
     result = run("predict", tmp_path / "run", images["path"])
     assert_user_error(result, "(32-d)")
@@ -230,7 +224,7 @@ def test_bad_input_is_one_clear_line(tmp_path, resnet18_weights):
     (tmp_path / "imgs" / "circle" / "bad.jpg").write_bytes(b"definitely not a jpeg")
     (tmp_path / "notext.csv").write_text("title,label\nhello,a\n")
     (tmp_path / "fake.h5").write_text("not hdf5")
-    rn = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32, "--no-progress"]
+    rn = [*resnet_args(resnet18_weights), "--no-progress"]
     cases = [
         (("embed", tmp_path / "missing"), "does not exist"),
         (("embed", tmp_path / "empty"), "no images found"),
@@ -280,7 +274,7 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
 
 def test_embed_layer_pool_views_and_compression_options(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=3)
-    base = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+    base = resnet_args(resnet18_weights)
     payload = embed_json(folder, *base, "--layer", "layer3", "--pool", "max", "--views", 2, "--compression", "gzip")
     store = FeatureStore(payload["path"])
     assert store.dim == 256 and store.n_views == 2 and store.meta["compression"] == "gzip"
