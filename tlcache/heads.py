@@ -445,14 +445,14 @@ def load_head(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def check_head_matches(sidecar: dict[str, Any], store: FeatureStore, head_path: Path) -> None:
     """Refuse features a head was not fitted on: another backbone, other weights, other preprocessing or dim."""
-    _check_same_features(sidecar, store.meta, f"store {store.path}", subject=f"head {head_path}")
+    _check_same_features(sidecar, store.meta, f"store {store.path}", subject=f"head {head_path} was fitted on")
 
 
-def _check_same_features(expected: dict, actual: dict, what: str, subject: str = "the training store") -> None:
+def _check_same_features(expected: dict, actual: dict, what: str, subject: str = "the training store holds") -> None:
     for name in FEATURE_IDENTITY:
         if expected.get(name) != actual.get(name):
             raise UserError(
-                f"{subject} was fitted on {expected['backbone']} features ({expected['dim']}-d) but {what} holds "
+                f"{subject} {expected['backbone']} features ({expected['dim']}-d) but {what} holds "
                 f"{actual['backbone']} features ({actual['dim']}-d) that differ in {name}; "
                 f"embed with the same backbone and options"
             )
