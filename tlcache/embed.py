@@ -118,8 +118,9 @@ def embed_source(
             return result(0, 0, hit.dim, cached=True)
         torch_device = resolve_device(device)
         size = batch_size or _default_batch_size(torch_device)
-        writer, reused = _open_writer(path, key, config, src, bb, dtype, views_config)
+        writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
         try:
+            reused = _reuse_rows(writer, src, donors)
             pending = writer.pending()
             if len(pending):
                 if src.modality == "image":
@@ -199,12 +200,13 @@ def _write_lock(path: Path) -> Iterator[None]:
 
 def _open_writer(
     path: Path, key: str, config: str, src: Source, bb: Backbone, dtype: str, views_config: dict | None
-) -> tuple[StoreWriter, int]:
-    """Resume an interrupted run of the same key, or start a partial store and fill it with reusable rows."""
+) -> tuple[StoreWriter, list[FeatureStore]]:
+    """Resume an interrupted run of the same key (no donors: its rows are there), or start a partial store and
+    name the stores of the same config it can copy identical items from."""
     partial = partial_path(path)
     status = probe_store(partial)
     if status.readable and status.key == key and not status.complete:
-        return StoreWriter.resume(path), 0
+        return StoreWriter.resume(path), []
     if status.exists:
         partial.unlink()  # another key's leftovers, or a file cut short at creation
     donors = _donors(path, bb, config)  # before anything at `path` can change
@@ -238,7 +240,7 @@ def _open_writer(
         views=views_config["n"] if views_config else 0,
         groups=src.groups,
     )
-    return writer, _reuse_rows(writer, src, donors)
+    return writer, donors
 
 
 def _donors(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
