@@ -264,3 +264,23 @@ def test_a_second_writer_waits_and_then_hits_the_cache(tmp_path, tiny_bert_dir):
     assert out_first.startswith("embedded 40 of 40 rows")
     assert "waiting for another tlcache process" in err_second
     assert out_second.startswith("cache hit: 40 rows")
+
+
+def test_texts_are_batched_by_length_without_changing_their_features(tmp_path, tiny_bert_dir):
+    from tlcache.backbones import create_backbone
+    from tlcache.embed import _length_sorted_batches
+    from tlcache.sources import load_source
+
+    path = tmp_path / "mixed.csv"
+    texts = ["good", "the movie was not very good and the plot was dull and the actor was bad", "fun", "a bad plot"]
+    path.write_text("text\n" + "\n".join(texts * 3) + "\n", encoding="utf-8")
+    result = embed_source(path, f"hf:{tiny_bert_dir}", batch_size=4, progress=False)
+    backbone = create_backbone(f"hf:{tiny_bert_dir}")
+    one_by_one = np.vstack([backbone.embed([text]) for text in texts * 3])
+    np.testing.assert_allclose(FeatureStore(result.path).features(), one_by_one, atol=1e-5)
+
+    batches = _length_sorted_batches(backbone, load_source(path), np.arange(12), 4)
+    assert all((np.diff(rows) > 0).all() for rows in batches)  # increasing rows, as writes want
+    lengths = backbone.token_lengths(texts * 3)
+    spans = [max(lengths[i] for i in rows) - min(lengths[i] for i in rows) for rows in batches]
+    assert max(spans) < max(lengths) - min(lengths)  # batches group texts of similar length

@@ -410,7 +410,6 @@ def _run_batches(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     on_cuda = bb.device.type == "cuda"
     with bar, torch.inference_mode():
         if src.modality == "image":
@@ -430,6 +429,7 @@ def _run_batches(
                 collate_fn=_collate_images,
                 pin_memory=on_cuda,
             )
+            batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
             for rows, (pixels, views, error) in zip(batches, loader):
                 if error:
                     raise UserError(error)
@@ -441,10 +441,19 @@ def _run_batches(
                 writer.write(rows, features, view_features)
                 bar.update(len(rows))
         else:
-            for rows in batches:
+            for rows in _length_sorted_batches(bb, src, pending, batch_size):
                 inputs = {k: v.to(bb.device) for k, v in bb.tokenize([src.items[i] for i in rows]).items()}
                 writer.write(rows, bb.forward(inputs).float().cpu().numpy())
                 bar.update(len(rows))
+
+
+def _length_sorted_batches(bb, src: Source, pending: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Batches of texts of similar token length, so little of each batch is padding (2x the texts per second on
+    Rotten Tomatoes with minilm). Each batch's rows are in increasing order, as writes want; the features of a
+    text do not depend on its batch beyond float rounding (2e-7 measured)."""
+    lengths = bb.token_lengths([src.items[i] for i in pending])
+    by_length = pending[np.argsort(lengths, kind="stable")]
+    return [np.sort(by_length[i : i + batch_size]) for i in range(0, len(by_length), batch_size)]
 
 
 def _check_images(paths: list[Path]) -> None:

@@ -222,6 +222,11 @@ class TextBackbone(Backbone):
     def tokenize(self, texts: Sequence[str]) -> dict:
         """Texts -> model inputs (CPU tensors), padded to the longest text in the batch."""
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """How long each text is for the model, to batch texts of similar length together; characters stand in
+        for tokens unless a backbone knows better."""
+        return [len(text) for text in texts]
+
     @abc.abstractmethod
     def forward(self, inputs: dict) -> torch.Tensor:
         """Tokenised inputs on the model's device -> (B, dim) pooled features."""

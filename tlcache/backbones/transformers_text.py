@@ -123,6 +123,10 @@ class TransformersText(TextBackbone):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
+    def token_lengths(self, texts):
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def forward(self, inputs):
         import torch
 
