@@ -26,7 +26,7 @@ def _images(n=3, size=48):
 
 def _check_contract(backbone, items):
     key = backbone.key_config()
-    assert set(key) == {"backbone", "weights_digest", "preprocessing", "layer", "pooling"}
+    assert set(key) == {"backbone", "weights_digest", "preprocessing", "layer", "pooling", "precision"}
     assert backbone.model is None, "a backbone must not load its model before it is asked to embed"
     features = backbone.embed(items)
     assert features.dtype == np.float32

@@ -330,3 +330,13 @@ def test_fit_head_option_errors(tmp_path, text_stores):
     assert_user_error(run("fit-head", train["path"], "--grid", "1,abc"), "not a comma-separated list")
     assert_user_error(run("fit-head", train["path"], "--grid", "0,1"), "needs positive values")
     assert_user_error(run("fit-head", train["path"], "--head", "mlp", "--class-weight", "balanced"), "not supported")
+
+
+def test_predict_embeds_with_the_heads_precision(tmp_path, tiny_bert_dir):
+    train = embed_json(write_text_csv(tmp_path / "train.csv", n=40), "-b", f"hf:{tiny_bert_dir}", "--precision", "bf16")
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    assert json.loads((tmp_path / "run" / "head.json").read_text())["precision"] == "bf16"
+    result = run("predict", tmp_path / "run", write_text_csv(tmp_path / "new.csv", n=6, seed=3), "--no-progress")
+    assert result.exit_code == 0, result.output
+    fp32 = embed_json(tmp_path / "new.csv", "-b", f"hf:{tiny_bert_dir}")
+    assert_user_error(run("predict", tmp_path / "run", fp32["path"]), "differ in precision")

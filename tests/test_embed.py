@@ -284,3 +284,30 @@ def test_texts_are_batched_by_length_without_changing_their_features(tmp_path, t
     lengths = backbone.token_lengths(texts * 3)
     spans = [max(lengths[i] for i in rows) - min(lengths[i] for i in rows) for rows in batches]
     assert max(spans) < max(lengths) - min(lengths)  # batches group texts of similar length
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_agrees_with_fp32_and_has_its_own_key(tmp_path, tiny_bert_dir, resnet18_weights, precision):
+    text = write_text_csv(tmp_path / "t.csv", n=16)
+    images = write_image_folder(tmp_path / "imgs", per_class=4)
+    for source, options in ((text, {"backbone": f"hf:{tiny_bert_dir}"}), (images, _resnet(resnet18_weights))):
+        full = embed_source(source, out=tmp_path / "c", progress=False, **options)
+        mixed = embed_source(source, out=tmp_path / "c", precision=precision, progress=False, **options)
+        assert mixed.key != full.key and not mixed.cached
+        a, b = FeatureStore(full.path).features(), FeatureStore(mixed.path).features()
+        cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine.mean() > 0.99 and not np.array_equal(a, b)
+        assert FeatureStore(mixed.path).meta["precision"] == precision
+
+
+def test_auto_precision_follows_the_hardware(tmp_path, tiny_bert_dir):
+    import torch
+
+    from tlcache.backbones.base import cpu_has_bf16, resolve_precision
+
+    expected = "bf16" if cpu_has_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    result = embed_source(write_text_csv(tmp_path / "t.csv"), f"hf:{tiny_bert_dir}", precision="auto", progress=False)
+    assert FeatureStore(result.path).meta["precision"] == expected
+    with pytest.raises(UserError, match="--precision int8 is not supported"):
+        resolve_precision("int8", torch.device("cpu"))

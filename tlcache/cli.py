@@ -121,6 +121,13 @@ def cli() -> None:
     help="Stored feature type; float16 halves the size.",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+    default="fp32",
+    show_default=True,
+    help="Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions. In the cache key.",
+)
+@click.option(
     "--compression",
     type=click.Choice(["none", "gzip", "lzf"]),
     default="none",
@@ -150,6 +157,7 @@ def embed(
     image_size,
     out,
     dtype,
+    precision,
     compression,
     views,
     batch_size,
@@ -185,6 +193,7 @@ def embed(
         batch_size=batch_size,
         device=device,
         dtype=dtype,
+        precision=precision,
         compression=compression,
         views=views,
         num_workers=workers,

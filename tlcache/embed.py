@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
+from tlcache.backbones.base import resolve_precision
 from tlcache.errors import UserError
 from tlcache.hashing import hash_bytes
 from tlcache.sources import Source, load_source, source_from_items
@@ -78,6 +79,7 @@ def embed_source(
     batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    precision: str = "fp32",
     compression: str = "none",
     views: int = 0,
     num_workers: int | None = None,
@@ -89,6 +91,8 @@ def embed_source(
 
     ``backbone`` defaults to ``efficientnet-lite0`` for images and ``minilm`` for texts. ``out`` is a folder
     (default ``$TLCACHE_HOME``) or a ``.h5`` file. ``views`` caches that many augmented embeddings per image.
+    ``precision`` is the compute type (fp32, bf16, fp16, or auto: bf16 where the hardware has it); it is in the
+    cache key, and is set on the backbone.
     ``source_options`` go to :func:`load_source` (column names); other keyword arguments go to
     :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``).
 
@@ -100,6 +104,8 @@ def embed_source(
         raise UserError(f"--compression {compression} is not supported; use one of {', '.join(COMPRESSIONS)}")
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
     bb = _resolve_backbone(backbone, src, backbone_options)
+    torch_device = resolve_device(device)
+    bb.precision = resolve_precision(precision, torch_device)
     views_config = _views_config(bb, views)
     config = config_key(bb.key_config(), dtype, views_config)
     key = cache_key(src.fingerprint, config)
@@ -116,7 +122,6 @@ def embed_source(
         hit = _hit(path, key)  # another process may have finished it while we waited
         if hit:
             return result(0, 0, hit.dim, cached=True)
-        torch_device = resolve_device(device)
         size = batch_size or _default_batch_size(torch_device)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
         try:
@@ -131,6 +136,7 @@ def embed_source(
                 {
                     "embed_seconds": round(time.perf_counter() - started, 3),
                     "device": str(torch_device),
+                    "precision": bb.precision,
                     "batch_size": size,
                     "torch_version": _torch_version(),
                     "rows_reused": reused,
@@ -297,6 +303,7 @@ def embed_items(
     batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    precision: str = "fp32",
     progress: bool = False,
     **backbone_options,
 ) -> np.ndarray:
@@ -306,6 +313,7 @@ def embed_items(
     only the others are embedded, into a store of their own. When every item is cached nothing is written.
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **backbone_options)
+    bb.precision = resolve_precision(precision, resolve_device(device))
     src = source_from_items(items, bb.modality)
     config = config_key(bb.key_config(), dtype, None)
     folder = Path(out) if out is not None else default_cache_dir()
@@ -322,7 +330,14 @@ def embed_items(
             first_of_each.setdefault(src.fingerprints[row], row)  # identical items are embedded once
         missing = src.subset(sorted(first_of_each.values()))
         result = embed_source(
-            missing, bb, out=folder, batch_size=batch_size, device=device, dtype=dtype, progress=progress
+            missing,
+            bb,
+            out=folder,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            precision=bb.precision,
+            progress=progress,
         )
         store = FeatureStore(result.path)
         computed = dict(zip(store.fingerprints(), store.features()))
@@ -411,7 +426,7 @@ def _run_batches(
         dynamic_ncols=True,
     )
     on_cuda = bb.device.type == "cuda"
-    with bar, torch.inference_mode():
+    with bar, torch.inference_mode(), bb.autocast():
         if src.modality == "image":
             n_views = views_config["n"] if views_config else 0
             dataset = _ImageFiles(

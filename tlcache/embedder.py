@@ -26,7 +26,8 @@ class Embedder(TransformerMixin, BaseEstimator):
     is not pickled: a pickled pipeline stays small and reloads the weights where it is unpickled.
 
     Parameters mirror ``tlcache embed``: ``backbone`` (default ``minilm``), ``weights``, ``layer``, ``pooling``,
-    ``image_size``, ``crop_ratio``, ``cache_dir`` (default ``$TLCACHE_HOME``), ``batch_size``, ``device``, ``dtype``.
+    ``image_size``, ``crop_ratio``, ``cache_dir`` (default ``$TLCACHE_HOME``), ``batch_size``, ``device``, ``dtype``,
+    ``precision``.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         batch_size: int | None = None,
         device: str = "auto",
         dtype: str = "float32",
+        precision: str = "fp32",
     ):
         self.backbone = backbone
         self.weights = weights
@@ -53,6 +55,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.precision = precision
 
     def _backbone_options(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class Embedder(TransformerMixin, BaseEstimator):
             batch_size=self.batch_size,
             device=self.device,
             dtype=self.dtype,
+            precision=self.precision,
         )
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:

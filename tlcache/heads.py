@@ -23,7 +23,7 @@ HEAD_FILE = "head.joblib"
 SIDECAR_FILE = "head.json"
 CALIBRATIONS = ("sigmoid", "isotonic")
 # What must agree between the features a head was fitted on and the features it is given.
-FEATURE_IDENTITY = ("backbone_key", "weights_digest", "preprocessing", "layer", "pooling", "dim")
+FEATURE_IDENTITY = ("backbone_key", "weights_digest", "preprocessing", "layer", "pooling", "precision", "dim")
 # The hyperparameter each head sweeps, and its default grid (log-spaced for regularisation strengths).
 GRIDS: dict[str, tuple[str, tuple]] = {
     "logreg": ("C", tuple(np.logspace(-5, 0, 11).tolist())),
@@ -248,7 +248,7 @@ def fit_head(
             "store_key": train_store.key,
             "backbone": meta["backbone"],
             "backbone_spec": meta["backbone_spec"],
-            **{name: meta[name] for name in FEATURE_IDENTITY},
+            **{name: meta.get(name) for name in FEATURE_IDENTITY},
             "tlcache_version": meta.get("tlcache_version"),
         }
         (out_dir / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")

@@ -54,6 +54,7 @@ def predict(
         result = embed_source(
             source,
             backbone,
+            precision=sidecar.get("precision") or "fp32",
             out=cache_dir,
             device=device,
             batch_size=batch_size,

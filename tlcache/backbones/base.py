@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 POOLINGS = ("mean", "max", "cls")
 # The ImageNet evaluation crop: resize the shorter side to size / 0.875, keep the central size x size.
 DEFAULT_CROP_RATIO = 0.875
@@ -64,6 +66,29 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs that support it (else fp16) and on CPUs with bf16 instructions, else fp32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision} is not supported; use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
 class Backbone(abc.ABC):
     """A frozen pretrained encoder. Subclasses set the attributes below in ``__init__`` without loading weights."""
 
@@ -72,6 +97,7 @@ class Backbone(abc.ABC):
     dim: int
     layer: str = "penultimate"
     pooling: str = "mean"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (resolved, never "auto"): the compute type of forward passes
 
     def __init__(self) -> None:
         self.model = None
@@ -105,7 +131,19 @@ class Backbone(abc.ABC):
             "preprocessing": self.preprocessing,
             "layer": self.layer,
             "pooling": self.pooling,
+            "precision": self.precision,
         }
+
+    def autocast(self):
+        """The context forward passes run in: mixed precision when ``precision`` asks for it."""
+        import contextlib
+
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device_type = self.device.type if self.device is not None else "cpu"
+        return torch.autocast(device_type, dtype=getattr(torch, _AUTOCAST_DTYPES[self.precision]))
 
     def load(self, device: str = "auto") -> Backbone:
         """Build the model in eval mode on ``device`` (once); returns self."""
@@ -208,7 +246,7 @@ class ImageBackbone(Backbone):
         for item in items:
             image = item if isinstance(item, Image.Image) else Image.open(item)
             tensors.append(transform(image.convert("RGB")))
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             out = self.forward(torch.stack(tensors).to(self.device))
         return out.float().cpu().numpy()
 
@@ -237,6 +275,6 @@ class TextBackbone(Backbone):
         if self.model is None:
             self.load()
         inputs = {k: v.to(self.device) for k, v in self.tokenize(list(items)).items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             out = self.forward(inputs)
         return out.float().cpu().numpy()
