@@ -102,10 +102,9 @@ def make_head(
 
 
 def sweep_summary(pipeline) -> dict[str, Any] | None:
-    """The sweep a fitted head ran (parameter, curve, best value, how it selected), or None."""
+    """The sweep a fitted head ran (parameter, curve, best value, how it selected), or None. A calibrated head
+    wraps its sweep in calibration folds; fit_head reports the sweep of its uncalibrated twin instead."""
     model = pipeline.steps[-1][1]
-    if hasattr(model, "calibrated_classifiers_"):  # calibrated logreg: the first fold's sweep stands for all
-        model = model.calibrated_classifiers_[0].estimator
     if not hasattr(model, "curve_"):
         return None
     return {
