@@ -122,7 +122,11 @@ def test_vit_intermediate_block_with_cls_pooling():
     _check_contract(backbone, _images(n=1))
 
 
-@pytest.mark.parametrize("layer, pooling, dim", [("blocks.3", "mean", 40), ("blocks.15", "max", 320)])
+@pytest.mark.parametrize(
+    "layer, pooling, dim",
+    # at 64 px, blocks.3 is a 40 x 8 x 8 map and the 1280-channel head a 2 x 2 one
+    [("blocks.3", "mean", 40), ("blocks.15", "max", 320), ("blocks.3", "flatten", 40 * 8 * 8), (None, "flatten", 5120)],
+)
 def test_efficientnet_lite_blocks(efficientnet_lite0_random_weights, layer, pooling, dim):
     backbone = create_backbone(
         "efficientnet-lite0",
@@ -132,6 +136,23 @@ def test_efficientnet_lite_blocks(efficientnet_lite0_random_weights, layer, pool
         pooling=pooling,
     )
     assert backbone.dim == dim
+    _check_contract(backbone, _images())
+
+
+def test_flatten_keeps_every_position_whose_mean_is_mean_pooling(efficientnet_lite0_random_weights):
+    images = _images()
+    options = {"weights": str(efficientnet_lite0_random_weights), "image_size": 64, "layer": "blocks.5"}
+    flat = create_backbone("efficientnet-lite0", pooling="flatten", **options).embed(images)
+    mean = create_backbone("efficientnet-lite0", pooling="mean", **options).embed(images)
+    channels = mean.shape[1]
+    np.testing.assert_allclose(flat.reshape(len(images), channels, -1).mean(axis=2), mean, atol=1e-5)
+
+
+def test_torchvision_layer_flatten():
+    backbone = create_backbone(
+        "torchvision:resnet18", weights="random", image_size=64, layer="layer4", pooling="flatten"
+    )
+    assert backbone.dim == 512 * 2 * 2
     _check_contract(backbone, _images())
 
 
@@ -190,7 +211,8 @@ def test_listed_dims_are_true():
         ("torchvision:resnet18", {"weights": "random", "layer": "layer9"}, "has no such node; try penultimate"),
         ("torchvision:resnet18", {"weights": "random", "layer": "layer3", "pooling": "cls"}, "does not apply to a"),
         ("efficientnet-lite0", {"layer": "blocks.99"}, "blocks.0 .. blocks.15"),
-        ("efficientnet-lite0", {"pooling": "cls"}, "use mean or max"),
+        ("efficientnet-lite0", {"pooling": "cls"}, "use one of mean, max, flatten"),
+        ("minilm", {"pooling": "flatten"}, "not supported for text"),
         ("minilm", {"layer": "12"}, "has layers last and -7 .. 6"),
         ("efficientnet-lite0", {"max_length": 5}, "does not take --max-length"),
         ("efficientnet-lite0", {"crop_ratio": 1.5}, r"must be in \(0, 1\]"),

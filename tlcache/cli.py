@@ -103,9 +103,9 @@ def cli() -> None:
 @click.option(
     "--pool",
     "pooling",
-    type=click.Choice(["mean", "max", "cls"]),
-    help="How a layer's output becomes one vector: mean or max over space or tokens, cls for the first token "
-    "[default: mean].",
+    type=click.Choice(["mean", "max", "cls", "flatten"]),
+    help="How a layer's output becomes one vector: mean or max over space or tokens, cls for the first token, "
+    "flatten to keep every position of a feature map (C*H*W values) [default: mean].",
 )
 @click.option(
     "--image-size",

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
-POOLINGS = ("mean", "max", "cls")
+POOLINGS = ("mean", "max", "cls")  # for token sequences
+MAP_POOLINGS = ("mean", "max", "flatten")  # for feature maps
 # The ImageNet evaluation crop: resize the shorter side to size / 0.875, keep the central size x size.
 DEFAULT_CROP_RATIO = 0.875
 IMAGE_OPTIONS = ("weights", "image_size", "crop_ratio", "layer", "pooling")  # what image backbones take
@@ -30,14 +31,18 @@ IMAGE_OPTIONS = ("weights", "image_size", "crop_ratio", "layer", "pooling")  # w
 def pool(output: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a layer's output to one vector per item.
 
-    Feature maps (B, C, H, W) take ``mean`` or ``max`` over H and W; token sequences (B, T, D) take ``cls`` (the
-    first token), ``mean`` or ``max`` over the tokens that ``mask`` (B, T) marks as real; (B, D) passes through.
+    Feature maps (B, C, H, W) take ``mean`` or ``max`` over H and W, or ``flatten`` keeps every position (C*H*W
+    values: where things are survives, which small centred images such as Fashion-MNIST reward); token sequences
+    (B, T, D) take ``cls`` (the first token), ``mean`` or ``max`` over the tokens that ``mask`` (B, T) marks as
+    real; (B, D) passes through.
     """
     if output.dim() == 2:
         return output
     if output.dim() == 4:
-        if pooling not in ("mean", "max"):
-            raise UserError(f"--pool {pooling} does not apply to a feature map; use mean or max")
+        if pooling == "flatten":
+            return output.flatten(1)
+        if pooling not in MAP_POOLINGS:
+            raise UserError(f"--pool {pooling} does not apply to a feature map; use one of {', '.join(MAP_POOLINGS)}")
         return output.mean(dim=(2, 3)) if pooling == "mean" else output.amax(dim=(2, 3))
     if output.dim() == 3:
         if pooling == "cls":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, pool
+from tlcache.backbones.base import IMAGE_OPTIONS, MAP_POOLINGS, ImageBackbone, pool
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file
@@ -34,7 +34,7 @@ def packaged_weights(name: str) -> Path | None:
 
 class EfficientNetLite(ImageBackbone):
     """Features after the 1280-channel head convolution (``penultimate``) or after MBConv block N (``blocks.N``),
-    pooled over space by ``mean`` or ``max``."""
+    pooled over space by ``mean`` or ``max``, or kept whole by ``flatten``."""
 
     def __init__(
         self,
@@ -50,10 +50,13 @@ class EfficientNetLite(ImageBackbone):
         self.name = name
         self.layer = layer or "penultimate"
         self.pooling = pooling or "mean"
-        if self.pooling not in ("mean", "max"):
-            raise UserError(f"--pool {self.pooling} does not apply to {name}; use mean or max")
+        if self.pooling not in MAP_POOLINGS:
+            raise UserError(f"--pool {self.pooling} does not apply to {name}; use one of {', '.join(MAP_POOLINGS)}")
         self._block = self._parse_layer(self.layer)
-        self.dim = FEATURE_DIM if self._block is None else self._block_channels(self._block)
+        if self.pooling == "flatten":
+            self.dim = self._probe_flat_dim()
+        else:
+            self.dim = FEATURE_DIM if self._block is None else self._block_channels(self._block)
         if weights is not None:
             self.weights_path = Path(weights)
             if not self.weights_path.is_file():
@@ -93,6 +96,14 @@ class EfficientNetLite(ImageBackbone):
     def _block_channels(self, block: int) -> int:
         return int(self._skeleton()._blocks[block]._bn2.num_features)
 
+    def _probe_flat_dim(self) -> int:
+        """Channels x height x width of the layer at this image size, from one pass of the bare architecture."""
+        import torch
+
+        with torch.inference_mode():
+            probe = self._features(self._skeleton().eval(), torch.zeros(1, 3, self.image_size, self.image_size))
+        return int(probe[0].numel())
+
     @property
     def key_name(self) -> str:
         return self.name
@@ -129,13 +140,16 @@ class EfficientNetLite(ImageBackbone):
         return model
 
     def forward(self, pixels):
+        return pool(self._features(self.model, pixels), self.pooling)
+
+    def _features(self, model, pixels):
+        """The feature map of the chosen layer."""
         if self._block is None:
-            return pool(self.model.extract_features(pixels), self.pooling)
-        model = self.model
+            return model.extract_features(pixels)
         x = model._swish(model._bn0(model._conv_stem(pixels)))
         for block in model._blocks[: self._block + 1]:
             x = block(x)  # inference: no drop-connect
-        return pool(x, self.pooling)
+        return x
 
 
 def _factory(name: str, **options) -> EfficientNetLite:
