@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint fashion-mnist bench-store bench-heads clean-venv
+.PHONY: setup demo test lint fashion-mnist bench-store bench-heads bench-embed clean-venv
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ bench-store: setup fashion-mnist
 
 bench-heads: setup fashion-mnist
 	$(PY) benchmarks/heads_benchmark.py
+
+bench-embed: setup fashion-mnist
+	$(PIP) install --quiet 'sentence-transformers>=3.0'
+	$(PY) benchmarks/embed_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

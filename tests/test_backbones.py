@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tlcache.backbones import create_backbone, list_backbones
@@ -258,3 +259,64 @@ def test_cuda_request_without_gpu_is_refused():
     backbone = create_backbone("torchvision:resnet18", weights="random")
     with pytest.raises(UserError, match="no CUDA GPU"):
         backbone.load("cuda")
+
+
+class _ConvNorms(torch.nn.Module):
+    """conv -> norm twice; with ``shared``, the first convolution's output also feeds the sum (folding its norm
+    would then change the result)."""
+
+    def __init__(self, shared: bool):
+        super().__init__()
+        self.shared = shared
+        self.conv1, self.norm1 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.conv2, self.norm2 = torch.nn.Conv2d(4, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4)
+        for norm in (self.norm1, self.norm2):  # statistics far from the identity, so folding is visible
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.data.uniform_(0.5, 2)
+            norm.bias.data.uniform_(-1, 1)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        z = self.norm2(self.conv2(torch.relu(self.norm1(y))))
+        return (z + y if self.shared else z).mean(dim=(2, 3))
+
+
+def test_batch_norms_fold_into_their_convolutions():
+    from tlcache.backbones.optimize import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = _ConvNorms(shared=False).eval()
+    x = torch.randn(2, 3, 8, 8)
+    folded = fold_batch_norms(model, lambda m, pixels: m(pixels), x)
+    assert folded is not model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2  # the original is untouched
+    other = torch.randn(5, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(other), model(other), rtol=1e-5, atol=1e-5)
+
+
+def test_a_convolution_feeding_more_than_its_norm_is_left_alone():
+    from tlcache.backbones.optimize import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = _ConvNorms(shared=True).eval()
+    assert fold_batch_norms(model, lambda m, pixels: m(pixels), torch.randn(2, 3, 8, 8)) is model
+
+
+def test_loaded_image_backbones_are_folded_and_channels_last(resnet18_weights):
+    backbone = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32).load("cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    assert backbone.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_agrees_with_the_cpu(resnet18_weights, tiny_bert_dir):
+    for name, options, items in (
+        ("torchvision:resnet18", {"weights": str(resnet18_weights), "image_size": 32}, _images()),
+        (f"hf:{tiny_bert_dir}", {}, ["a good film", "a dull and very long film"]),
+    ):
+        cpu = create_backbone(name, **options).load("cpu").embed(items)
+        gpu_backbone = create_backbone(name, **options).load("cuda")
+        assert next(gpu_backbone.model.parameters()).is_cuda
+        np.testing.assert_allclose(gpu_backbone.embed(items), cpu, rtol=1e-3, atol=1e-3)

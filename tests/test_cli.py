@@ -338,5 +338,5 @@ def test_predict_embeds_with_the_heads_precision(tmp_path, tiny_bert_dir):
     assert json.loads((tmp_path / "run" / "head.json").read_text())["precision"] == "bf16"
     result = run("predict", tmp_path / "run", write_text_csv(tmp_path / "new.csv", n=6, seed=3), "--no-progress")
     assert result.exit_code == 0, result.output
-    fp32 = embed_json(tmp_path / "new.csv", "-b", f"hf:{tiny_bert_dir}")
+    fp32 = embed_json(tmp_path / "new.csv", "-b", f"hf:{tiny_bert_dir}", "--precision", "fp32")
     assert_user_error(run("predict", tmp_path / "run", fp32["path"]), "differ in precision")

@@ -123,9 +123,10 @@ def cli() -> None:
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
-    default="fp32",
+    default="auto",
     show_default=True,
-    help="Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions. In the cache key.",
+    help="Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions (2-3x faster than fp32 there, "
+    "features at cosine 0.998 or more to fp32), else fp32. In the cache key.",
 )
 @click.option(
     "--compression",

@@ -79,7 +79,7 @@ def embed_source(
     batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
-    precision: str = "fp32",
+    precision: str = "auto",
     compression: str = "none",
     views: int = 0,
     num_workers: int | None = None,
@@ -122,7 +122,7 @@ def embed_source(
         hit = _hit(path, key)  # another process may have finished it while we waited
         if hit:
             return result(0, 0, hit.dim, cached=True)
-        size = batch_size or _default_batch_size(torch_device)
+        size = batch_size or _default_batch_size(torch_device, bb)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
         try:
             reused = _reuse_rows(writer, src, donors)
@@ -303,7 +303,7 @@ def embed_items(
     batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
-    precision: str = "fp32",
+    precision: str = "auto",
     progress: bool = False,
     **backbone_options,
 ) -> np.ndarray:
@@ -346,8 +346,14 @@ def embed_items(
     return features
 
 
-def _default_batch_size(device) -> int:
-    return 128 if device.type == "cuda" else 64
+def _default_batch_size(device, bb: Backbone) -> int:
+    """128 on a GPU. On a CPU, small batches keep the activations in cache: for images about 16 of 224 px
+    (ResNet-50 in bf16 on 2 cores: 81 images/s at 16, 63 at 64), more for smaller ones; 64 texts."""
+    if device.type == "cuda":
+        return 128
+    if bb.modality == "image":
+        return int(min(64, max(8, 16 * (224 / bb.image_size) ** 2)))
+    return 64
 
 
 def _default_workers(n_items: int) -> int:
@@ -448,10 +454,10 @@ def _run_batches(
             for rows, (pixels, views, error) in zip(batches, loader):
                 if error:
                     raise UserError(error)
-                features = bb.forward(pixels.to(bb.device, non_blocking=on_cuda)).float().cpu().numpy()
+                features = bb.forward(bb.to_device(pixels, on_cuda)).float().cpu().numpy()
                 view_features = None
                 if views is not None:
-                    flat = bb.forward(views.flatten(0, 1).to(bb.device, non_blocking=on_cuda))
+                    flat = bb.forward(bb.to_device(views.flatten(0, 1), on_cuda))
                     view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
                 writer.write(rows, features, view_features)
                 bar.update(len(rows))

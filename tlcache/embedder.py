@@ -43,7 +43,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         batch_size: int | None = None,
         device: str = "auto",
         dtype: str = "float32",
-        precision: str = "fp32",
+        precision: str = "auto",
     ):
         self.backbone = backbone
         self.weights = weights
