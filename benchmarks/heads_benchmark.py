@@ -39,8 +39,9 @@ HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn")
 def embed_pair(train_src, test_src, backbone: str, cache: Path, **options):
     import tlcache
 
-    train = tlcache.embed_source(train_src, backbone, out=cache, progress=False, **options)
-    test = tlcache.embed_source(test_src, backbone, out=cache, progress=False, **options)
+    # fp32 features, as when the committed results were made (before --precision auto became the default).
+    train = tlcache.embed_source(train_src, backbone, out=cache, precision="fp32", progress=False, **options)
+    test = tlcache.embed_source(test_src, backbone, out=cache, precision="fp32", progress=False, **options)
     return train.path, test.path
 
 

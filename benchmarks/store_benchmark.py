@@ -1,6 +1,6 @@
 """Feature-store benchmark: what the cache saves, what an incremental run costs, and how memory scales.
 
-Measured in one run, on this machine:
+Measured in one run, on this machine (every embedding in fp32, as when the committed results were made):
 1. Images (efficientnet-lite0 at 96 px, the demo's setting) on a folder of small PNG files: the first embed, a
    cache-hit re-run, and an incremental run after adding 1% more images; then what fingerprinting the folder
    costs, cold (every file read) and warm (remembered digests), against embedding one batch.
@@ -36,7 +36,7 @@ CHILD_CODE = """
 import json, resource, sys, time
 from tlcache.embed import embed_source
 started = time.perf_counter()
-result = embed_source(sys.argv[1], "hf:" + sys.argv[2], out=sys.argv[3], progress=False)
+result = embed_source(sys.argv[1], "hf:" + sys.argv[2], out=sys.argv[3], precision="fp32", progress=False)
 with open("/proc/self/status") as status:
     rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": result.rows, "embedded": result.embedded,
@@ -72,7 +72,9 @@ def image_section(work: Path, n_images: int) -> dict:
 
     def embed():
         started = time.perf_counter()
-        result = tlcache.embed_source(folder, "efficientnet-lite0", image_size=96, out=cache, progress=False)
+        result = tlcache.embed_source(
+            folder, "efficientnet-lite0", image_size=96, out=cache, precision="fp32", progress=False
+        )
         return result, time.perf_counter() - started
 
     first, first_s = embed()
@@ -164,7 +166,9 @@ def float16_section(work: Path) -> dict:
         data, default_head = {}, {}
         for dtype in ("float32", "float16"):
             train, test = (
-                tlcache.embed_source(src, backbone, dtype=dtype, out=work / "f16-cache", progress=False, **options)
+                tlcache.embed_source(
+                    src, backbone, dtype=dtype, out=work / "f16-cache", precision="fp32", progress=False, **options
+                )
                 for src in (train_src, test_src)
             )
             run = tlcache.fit_head(train.path, "logreg", test=test.path, seed=0, out=work / f"f16-{dtype}")
