@@ -38,8 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from _results import save_results
 
-RESULTS = Path(__file__).parent / "results"
 TUTORIAL_BATCH = 32
 TEXT_MAX_LENGTH = 128
 IMAGE_MODELS = {  # name -> (create_backbone options, mean, std)
@@ -400,11 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["text"], indent=1), flush=True)
         print("agreement on Fashion-MNIST ...", flush=True)
         results["agreement"] = agreement_section(work)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "embed_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = render(results, command.strip())
-    (RESULTS / "embed_throughput.md").write_text(report)
-    print(report)
+    save_results("embed_throughput", results, render(results, command.strip()))
     return 0
 
 

@@ -19,7 +19,6 @@ Writes benchmarks/results/heads.md and heads.json.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -30,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from _results import save_results
 
-RESULTS = Path(__file__).parent / "results"
 SEEDS = (0, 1, 2)
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn")
 
@@ -191,11 +190,7 @@ def main() -> int:
             "target": 0.88,
             "heads": accuracy_table(*fm_tuned, work / "fm-tuned-runs"),
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "heads.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = render(results, command.strip())
-    (RESULTS / "heads.md").write_text(report)
-    print(report)
+    save_results("heads", results, render(results, command.strip()))
     return 0
 
 

@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from _results import save_results
 
-RESULTS = Path(__file__).parent / "results"
 CHILD_CODE = """
 import json, resource, sys, time
 from tlcache.embed import embed_source
@@ -306,11 +306,7 @@ def main() -> int:
         results["memory"] = memory_section(work, args.text_sizes)
         print("float16 ...", flush=True)
         results["float16"] = float16_section(work)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "store.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = render(results, command.strip())
-    (RESULTS / "store.md").write_text(report)
-    print(report)
+    save_results("store", results, render(results, command.strip()))
     return 0
 
 
