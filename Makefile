@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint fashion-mnist bench-store bench-heads bench-embed clean-venv
+.PHONY: setup demo test lint compiler fashion-mnist bench-store bench-heads bench-embed clean-venv
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,14 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 demo: setup
 	$(PY) pipelines/demo.py
 
-test: setup
+test: setup compiler
 	$(PY) -m pytest
+
+# torch.compile (`tlcache embed --compile`) builds its CPU kernels with a C++ compiler; the tests compile a model.
+compiler:
+	@command -v g++ >/dev/null || test "$$(id -u)" != 0 || \
+		(apt-get update -qq && apt-get install -y -qq g++ >/dev/null)
+	@command -v g++ >/dev/null || echo "note: no g++ found; tlcache embed --compile falls back to eager, its test fails"
 
 lint: setup
 	$(VENV)/bin/ruff check tlcache tests pipelines benchmarks

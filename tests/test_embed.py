@@ -321,3 +321,36 @@ def test_auto_precision_follows_the_hardware(tmp_path, tiny_bert_dir):
     assert FeatureStore(result.path).meta["precision"] == expected
     with pytest.raises(UserError, match="--precision int8 is not supported"):
         resolve_precision("int8", torch.device("cpu"))
+
+
+def test_compiled_model_gives_the_eager_features_with_a_ragged_last_batch_and_views(tmp_path, resnet18_weights):
+    folder = write_image_folder(tmp_path / "imgs", per_class=4)  # 8 images in batches of 3: the last one holds 2
+    common = dict(batch_size=3, precision="fp32", views=2, progress=False, **_resnet(resnet18_weights))
+    eager = FeatureStore(embed_source(folder, out=tmp_path / "eager", compile="off", **common).path)
+    compiled = FeatureStore(embed_source(folder, out=tmp_path / "compiled", compile="on", **common).path)
+    assert compiled.meta["compiled"] and not eager.meta["compiled"]
+    assert compiled.key == eager.key  # same features to float rounding: compiling is not in the key
+    np.testing.assert_allclose(compiled.features(), eager.features(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(compiled.views(), eager.views(), rtol=1e-4, atol=1e-4)
+
+
+def test_compile_auto_leaves_small_runs_eager_and_on_refuses_texts(image_folder, resnet18_weights, tmp_path):
+    store = FeatureStore(embed_source(image_folder, out=tmp_path, progress=False, **_resnet(resnet18_weights)).path)
+    assert not store.meta["compiled"]  # 12 images: compiling would cost more than it saves
+    with pytest.raises(UserError, match="--compile on applies to image backbones"):
+        embed_source(write_text_csv(tmp_path / "t.csv"), "minilm", compile="on", out=tmp_path)
+    with pytest.raises(UserError, match="--compile sometimes is not supported"):
+        embed_source(image_folder, compile="sometimes", out=tmp_path, **_resnet(resnet18_weights))
+
+
+def test_a_failed_compilation_falls_back_to_the_eager_model(tmp_path, resnet18_weights, monkeypatch, capsys):
+    import torch._inductor.config as inductor_config
+
+    # A real failure: inductor cannot build its kernels without a C++ compiler (and may not reuse cached ones).
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    folder = write_image_folder(tmp_path / "imgs", per_class=2)
+    result = embed_source(folder, out=tmp_path, compile="on", batch_size=3, **_resnet(resnet18_weights))
+    store = FeatureStore(result.path)
+    assert not store.meta["compiled"] and store.meta["complete"]
+    assert "torch.compile failed" in capsys.readouterr().err

@@ -142,6 +142,15 @@ def cli() -> None:
     show_default=True,
     help="Also cache this many augmented views per image (random resized crop + flip); fit-head trains on them.",
 )
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Run image models through torch.compile: 1.04-1.2x faster on CPU after a one-time compile of 5-25 s; "
+    "auto compiles for 20000 images or more. Same features to float rounding; not in the cache key.",
+)
 @batch_option
 @device_option
 @click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
@@ -161,6 +170,7 @@ def embed(
     precision,
     compression,
     views,
+    compile_mode,
     batch_size,
     device,
     workers,
@@ -198,6 +208,7 @@ def embed(
         compression=compression,
         views=views,
         num_workers=workers,
+        compile=compile_mode,
         progress=not no_progress,
         source_options=_source_kwargs(text_column, label_column, id_column, group_column),
         weights=weights,
@@ -309,6 +320,182 @@ def _parse_grid(text: str | None) -> list[float] | None:
     if not values or any(v <= 0 for v in values):
         raise UserError(f"--grid {text!r} needs positive values, e.g. 0.001,0.01,0.1")
     return values
+
+
+@cli.command()
+@click.argument("source")
+@click.option(
+    "--backbone",
+    "-b",
+    help="Backbone to fine-tune: torchvision:<arch>, efficientnet-lite0..2, minilm, hf:<dir> "
+    "[default: efficientnet-lite0 for images, minilm for text].",
+)
+@click.option("--weights", help="Image backbones: a state_dict file, or 'random' (torchvision).")
+@click.option("--image-size", type=click.IntRange(min=16), help="Image backbones: input size [default: the model's].")
+@click.option(
+    "--crop-ratio",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="Image backbones: evaluation crop, as for embed [default: 0.875].",
+)
+@click.option("--test", "test_source", help="A labelled source with the same classes to test on.")
+@click.option(
+    "--test-fraction", type=float, default=0.2, show_default=True, help="Held out for testing when no --test."
+)
+@click.option(
+    "--strategy",
+    default="full",
+    show_default=True,
+    help="What trains: head (the classifier only), top-K (the body's last K blocks too, e.g. top-2), full.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Epochs of the main stage.")
+@click.option(
+    "--head-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Two-stage schedule: train the classifier alone this many epochs first.",
+)
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the body's top block.")
+@click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the classifier.")
+@click.option(
+    "--layer-decay",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Discriminative rates: each block further down learns at this times the rate of the one above (e.g. 0.8).",
+)
+@click.option("--warmup", type=float, default=0.1, show_default=True, help="Fraction of steps of linear warmup.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient norm clipping (0: off).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Items per batch.")
+@click.option(
+    "--accumulate", type=click.IntRange(min=1), default=1, show_default=True, help="Batches per optimiser step."
+)
+@click.option("--lp-ft", is_flag=True, help="Start the classifier from fit-head's logistic regression (LP-FT).")
+@click.option(
+    "--augment",
+    default="crop,flip",
+    show_default=True,
+    help="Image augmentations, comma-separated: crop, flip, color, rotate, erase; or none.",
+)
+@click.option(
+    "--val-fraction", type=float, default=0.1, show_default=True, help="Training items held out for early stopping."
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Stop after this many epochs without a better validation accuracy (0: never); the best epoch is kept.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Mixed precision: auto takes bf16 on capable CPUs and GPUs (fp16 with loss scaling on older GPUs).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling, augmentation.")
+@device_option
+@click.option("--out", "-o", help="Folder for the model and its report [default: runs/finetune-<backbone>-<strategy>].")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last epoch.")
+@click.option("--cache", help="Where --lp-ft caches the frozen features [default: $TLCACHE_HOME].")
+@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
+@source_options
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@json_option
+def finetune(
+    source,
+    backbone,
+    weights,
+    image_size,
+    crop_ratio,
+    test_source,
+    test_fraction,
+    strategy,
+    epochs,
+    head_epochs,
+    lr,
+    head_lr,
+    layer_decay,
+    warmup,
+    weight_decay,
+    clip,
+    batch_size,
+    accumulate,
+    lp_ft,
+    augment,
+    val_fraction,
+    patience,
+    precision,
+    seed,
+    device,
+    out,
+    resume,
+    cache,
+    workers,
+    text_column,
+    label_column,
+    id_column,
+    group_column,
+    no_progress,
+    as_json,
+) -> None:
+    """Fine-tune a backbone with a linear classifier on the labelled items of SOURCE.
+
+    For when frozen features fall short: trains what --strategy says, with warmup and cosine decay, AdamW,
+    gradient clipping, mixed precision, and early stopping on a validation split (the best epoch is kept). Every
+    epoch ends in a checkpoint (--resume continues it). Writes the model (safetensors, usable as the backbone
+    finetuned:<out> by embed, fit-head and predict), finetune.json, and the report of fit-head.
+
+    \b
+    Examples:
+      tlcache finetune reviews.csv -b minilm --test test.csv --strategy full --epochs 3 --lr 5e-5
+      tlcache finetune reviews.csv -b minilm --test test.csv --lp-ft --out runs/ft-lp
+      tlcache finetune photos/ --strategy top-3 --head-epochs 1 --layer-decay 0.8 --augment crop,flip,color
+      tlcache finetune photos/ --out runs/ft --resume                  # continue after an interruption
+      tlcache embed photos/ -b finetuned:runs/ft                       # its features, for any head
+    """
+    from tlcache.finetune import FinetuneConfig
+    from tlcache.finetune import finetune as run_finetune
+
+    config = FinetuneConfig(
+        strategy=strategy,
+        epochs=epochs,
+        head_epochs=head_epochs,
+        lr=lr,
+        head_lr=head_lr,
+        layer_decay=layer_decay,
+        warmup=warmup,
+        weight_decay=weight_decay,
+        clip=clip,
+        batch_size=batch_size,
+        accumulate=accumulate,
+        lp_ft=lp_ft,
+        augment=[] if augment.strip() == "none" else [a.strip() for a in augment.split(",") if a.strip()],
+        val_fraction=val_fraction,
+        patience=patience,
+        precision=precision,
+        seed=seed,
+    )
+    run = run_finetune(
+        source,
+        backbone,
+        out=out,
+        test=test_source,
+        test_fraction=test_fraction,
+        config=config,
+        device=device,
+        resume=resume,
+        cache=cache,
+        num_workers=workers,
+        progress=not no_progress,
+        source_options=_source_kwargs(text_column, label_column, id_column, group_column),
+        weights=weights,
+        image_size=image_size,
+        crop_ratio=crop_ratio,
+    )
+    _emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,11 @@ from tlcache.store import (
 )
 
 DEFAULT_BACKBONES = {"image": "efficientnet-lite0", "text": "minilm"}
+COMPILE_CHOICES = ("auto", "on", "off")
+# Compiling an image model costs 12-23 s on 2 cores (3-5 s once inductor's on-disk cache holds it) and makes
+# ResNet-50 from JPEG files 1.04-1.2x faster (benchmarks/results/embed_throughput.md): it pays from 10000-40000
+# images, so auto waits for runs that long.
+COMPILE_AUTO_MIN_ITEMS = 20000
 VIEWS_SEED = 0
 _COPY_BATCH = 4096
 
@@ -83,6 +89,7 @@ def embed_source(
     compression: str = "none",
     views: int = 0,
     num_workers: int | None = None,
+    compile: str = "auto",
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
     **backbone_options,
@@ -92,7 +99,9 @@ def embed_source(
     ``backbone`` defaults to ``efficientnet-lite0`` for images and ``minilm`` for texts. ``out`` is a folder
     (default ``$TLCACHE_HOME``) or a ``.h5`` file. ``views`` caches that many augmented embeddings per image.
     ``precision`` is the compute type (fp32, bf16, fp16, or auto: bf16 where the hardware has it); it is in the
-    cache key, and is set on the backbone.
+    cache key, and is set on the backbone. ``compile`` runs image models through ``torch.compile`` (``auto``: when
+    at least ``COMPILE_AUTO_MIN_ITEMS`` images are to be embedded; it falls back to eager where compiling fails);
+    the features agree to float rounding, so it is not in the key.
     ``source_options`` go to :func:`load_source` (column names); other keyword arguments go to
     :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``).
 
@@ -102,6 +111,8 @@ def embed_source(
     started = time.perf_counter()
     if compression not in COMPRESSIONS:
         raise UserError(f"--compression {compression} is not supported; use one of {', '.join(COMPRESSIONS)}")
+    if compile not in COMPILE_CHOICES:
+        raise UserError(f"--compile {compile} is not supported; use one of {', '.join(COMPILE_CHOICES)}")
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
     bb = _resolve_backbone(backbone, src, backbone_options)
     torch_device = resolve_device(device)
@@ -124,20 +135,25 @@ def embed_source(
             return result(0, 0, hit.dim, cached=True)
         size = batch_size or _default_batch_size(torch_device, bb)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
+        compiled = False
         try:
             reused = _reuse_rows(writer, src, donors)
             pending = writer.pending()
             if len(pending):
                 if src.modality == "image":
-                    _check_images([src.items[i] for i in pending])
+                    check_images([src.items[i] for i in pending])
                 bb.load(str(torch_device))
-                _run_batches(src, bb, writer, pending, size, views_config, num_workers, progress)
+                size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
+                forward = _image_forward(bb, compile, len(pending), size, progress)
+                compiled = forward is not None
+                _run_batches(src, bb, writer, pending, size, views_config, num_workers, progress, forward)
             writer.finish(
                 {
                     "embed_seconds": round(time.perf_counter() - started, 3),
                     "device": str(torch_device),
                     "precision": bb.precision,
                     "batch_size": size,
+                    "compiled": compiled,
                     "torch_version": _torch_version(),
                     "rows_reused": reused,
                 },
@@ -356,10 +372,48 @@ def _default_batch_size(device, bb: Backbone) -> int:
     return 64
 
 
-def _default_workers(n_items: int) -> int:
-    # Decoding in worker processes pays once there is enough to decode; keep one core for the model.
+def _image_forward(bb: Backbone, compile: str, n_items: int, batch_size: int, progress: bool):
+    """The compiled forward of an image backbone for batches of ``batch_size``, or None to run eagerly: texts
+    (their shapes vary batch to batch), ``--compile off``, ``auto`` below ``COMPILE_AUTO_MIN_ITEMS``, or a
+    compilation that failed (said in one line; eager gives the same features)."""
+    if not isinstance(bb, ImageBackbone):
+        if compile == "on":
+            raise UserError(f"--compile on applies to image backbones; {bb.name} embeds texts (use auto or off)")
+        return None
+    if compile == "off" or (compile == "auto" and n_items < COMPILE_AUTO_MIN_ITEMS):
+        return None
+    if progress:
+        print(f"compiling {bb.name} for batches of {batch_size} (once per process) ...", file=sys.stderr)
+    try:
+        return bb.compiled_forward(batch_size)
+    except RuntimeError as exc:
+        print(f"warning: torch.compile failed ({exc}); embedding without it", file=sys.stderr)
+        return None
+
+
+def _forward_fixed(forward, bb: ImageBackbone, pixels, batch_size: int, non_blocking: bool):
+    """``forward`` (compiled for exactly ``batch_size`` items) over any number of pixels: in slices of that
+    size, the last one padded with zeros, so no odd shape sets off a recompilation."""
+    import torch
+
+    outputs = []
+    for start in range(0, len(pixels), batch_size):
+        chunk = pixels[start : start + batch_size]
+        short = batch_size - len(chunk)
+        if short:
+            chunk = torch.cat([chunk, chunk.new_zeros((short, *chunk.shape[1:]))])
+        outputs.append(forward(bb.to_device(chunk, non_blocking))[: batch_size - short])
+    return torch.cat(outputs)
+
+
+def default_workers(n_items: int, device) -> int:
+    """Decoding processes that run beside the model: on a GPU, up to 4 once there is enough to decode. On a CPU
+    none: the model already keeps every core busy, and a decoder beside it makes it wait (ResNet-50 on 2 cores:
+    57-62 images/s with one worker process, 65-74 decoding each batch on all cores before its forward pass)."""
     cores = os.cpu_count() or 1
-    return 0 if n_items < 256 or cores < 2 else min(4, cores - 1)
+    if device.type != "cuda" or n_items < 256 or cores < 2:
+        return 0
+    return min(4, cores - 1)
 
 
 def view_seed(fingerprint: str, view: int, seed: int = VIEWS_SEED) -> int:
@@ -368,8 +422,11 @@ def view_seed(fingerprint: str, view: int, seed: int = VIEWS_SEED) -> int:
     return int(hash_bytes(f"{fingerprint}:{view}:{seed}".encode())[:15], 16)
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
 class _ImageFiles:
-    """Decodes and preprocesses images (in DataLoader workers); a failure travels back as a message."""
+    """Decodes and preprocesses images (in threads or DataLoader workers); a failure travels back as a message."""
 
     def __init__(self, paths: list[Path], transform, fingerprints: list[str], view_transform=None, views: int = 0):
         self.paths = paths
@@ -390,12 +447,24 @@ class _ImageFiles:
                 rgb = image.convert("RGB")
                 views = []
                 for view in range(self.views):
-                    with torch.random.fork_rng(devices=[]):
+                    # The seeded views draw from torch's global generator, which decoding threads share.
+                    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
                         torch.manual_seed(view_seed(self.fingerprints[index], view))
                         views.append(self.view_transform(rgb))
                 return self.transform(rgb), torch.stack(views) if views else None, None
         except Exception as exc:  # PIL raises many types for damaged files
             return None, None, f"{self.paths[index]} could not be decoded ({exc}); fix or remove it"
+
+
+def _decode_in_threads(dataset: _ImageFiles, batch_size: int) -> Iterator:
+    """Batches as the DataLoader gives them, each decoded on all cores (PIL releases the GIL) just before the
+    model needs it, so decoding never competes with the model for the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(dataset), batch_size):
+            indices = range(start, min(start + batch_size, len(dataset)))
+            yield _collate_images(list(pool.map(dataset.__getitem__, indices)))
 
 
 def _collate_images(batch):
@@ -418,6 +487,7 @@ def _run_batches(
     views_config: dict | None,
     workers: int | None,
     progress: bool,
+    compiled_forward=None,
 ) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -442,22 +512,35 @@ def _run_batches(
                 bb.view_transform() if n_views else None,
                 n_views,
             )
-            loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_size=batch_size,
-                shuffle=False,
-                num_workers=_default_workers(len(pending)) if workers is None else workers,
-                collate_fn=_collate_images,
-                pin_memory=on_cuda,
-            )
+            workers = default_workers(len(pending), bb.device) if workers is None else workers
+            if workers:
+                loader = torch.utils.data.DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=workers,
+                    collate_fn=_collate_images,
+                    pin_memory=on_cuda,
+                )
+            else:
+                loader = _decode_in_threads(dataset, batch_size)
+            if compiled_forward is None:
+
+                def forward(pixels):
+                    return bb.forward(bb.to_device(pixels, on_cuda))
+            else:
+
+                def forward(pixels):
+                    return _forward_fixed(compiled_forward, bb, pixels, batch_size, on_cuda)
+
             batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
             for rows, (pixels, views, error) in zip(batches, loader):
                 if error:
                     raise UserError(error)
-                features = bb.forward(bb.to_device(pixels, on_cuda)).float().cpu().numpy()
+                features = forward(pixels).float().cpu().numpy()
                 view_features = None
                 if views is not None:
-                    flat = bb.forward(bb.to_device(views.flatten(0, 1), on_cuda))
+                    flat = forward(views.flatten(0, 1))
                     view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
                 writer.write(rows, features, view_features)
                 bar.update(len(rows))
@@ -477,7 +560,7 @@ def _length_sorted_batches(bb, src: Source, pending: np.ndarray, batch_size: int
     return [np.sort(by_length[i : i + batch_size]) for i in range(0, len(by_length), batch_size)]
 
 
-def _check_images(paths: list[Path]) -> None:
+def check_images(paths: list[Path]) -> None:
     """Read every header before the long run, so a bad file stops it at once rather than at 90%."""
     from PIL import Image
 

@@ -105,8 +105,13 @@ def rerender(run_dir: str | Path) -> dict[str, Path]:
 def render_markdown(report: dict[str, Any]) -> str:
     metrics = report["metrics"]
     classes = report["classes"]
+    tune = report.get("finetune")
+    if tune:
+        title = f"{report['backbone']} fine-tuned ({tune['strategy']})"
+    else:
+        title = f"{report['head']} head on {report['backbone']} features"
     lines = [
-        f"# {report['head']} head on {report['backbone']} features",
+        f"# {title}",
         "",
         "| | |",
         "|---|---|",
@@ -116,7 +121,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| test rows | {report['n_test']} ({report['test']}) |",
         f"| fit time | {report['fit_seconds']:.2f} s |",
         f"| seed | {report['seed']} |",
-        f"| store | `{report['store']}` |",
+        f"| store | `{report['store']}` |" if "store" in report else f"| source | `{report['source']}` |",
         "",
         "## Per class",
         "",
@@ -138,6 +143,26 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _markdown_extras(report: dict[str, Any]) -> list[str]:
     lines = []
+    tune = report.get("finetune")
+    if tune:
+        config = tune["config"]
+        lines += [
+            "",
+            f"## Fine-tuning: {tune['strategy']}{', LP-FT' if tune['lp_ft'] else ''}, best epoch "
+            f"{tune['best_epoch']} of {tune['epochs_run']} restored",
+            "",
+            f"lr {config['lr']:g} (body top), head lr {config['head_lr']:g}, layer decay {config['layer_decay']:g}, "
+            f"head-only epochs {config['head_epochs']}, warmup {config['warmup']:g}, weight decay "
+            f"{config['weight_decay']:g}, clip {config['clip']:g}, batch {config['batch_size']} x "
+            f"{config['accumulate']}, {tune['precision']} on {tune['device']}, {report['n_val']} validation items.",
+            "",
+            "| epoch | stage | train loss | val loss | val accuracy |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {h['epoch']} | {h['stage']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['val_accuracy']:.4f} |"
+            for h in tune["history"]
+        ]
     few = report.get("few_shot")
     if few:
         acc, f1 = few["accuracy"], few["macro_f1"]

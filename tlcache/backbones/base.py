@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,6 +57,48 @@ def pool(output: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -
             return output.masked_fill(mask == 0, float("-inf")).amax(dim=1)
         raise UserError(f"--pool {pooling} is not supported; use one of {', '.join(POOLINGS)}")
     raise UserError(f"cannot pool a layer output of shape {tuple(output.shape)}; pick another --layer")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a ``.safetensors`` file or a ``torch.save`` file (tensors only: nothing is executed);
+    Lightning-style checkpoints that nest it under ``state_dict`` or ``model`` are unwrapped."""
+    import torch
+
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                return state[key]
+    return state
+
+
+def parameter_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's parameterised blocks from input to output, for fine-tuning the top K of them and for learning
+    rates that decay with depth: containers (``Sequential``, ``ModuleList``, or a module whose one such child holds
+    nearly all its parameters, as a ViT's encoder) are opened, anything else with parameters is one block."""
+    import torch
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    blocks = []
+    for child in model.children():
+        total = count(child)
+        if not total:
+            continue
+        if isinstance(child, (torch.nn.Sequential, torch.nn.ModuleList)) and len(child) > 1:
+            blocks += parameter_blocks(child)
+            continue
+        lists = [c for c in child.children() if isinstance(c, (torch.nn.Sequential, torch.nn.ModuleList))]
+        if lists and len(lists[0]) > 1 and count(lists[0]) >= 0.9 * total:
+            blocks += parameter_blocks(child)
+        else:
+            blocks.append(child)
+    return blocks
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -107,6 +150,7 @@ class Backbone(abc.ABC):
     def __init__(self) -> None:
         self.model = None
         self.device = None
+        self._compiled: dict[tuple, Callable] = {}
 
     @property
     @abc.abstractmethod
@@ -166,6 +210,11 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def _build(self) -> torch.nn.Module:
         """Construct the model with its weights, on the CPU."""
+
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The blocks of ``model`` (as ``_build`` makes it) that feed the features, from input to output: what
+        ``tlcache finetune --strategy top-K`` unfreezes the last K of."""
+        return parameter_blocks(model)
 
     def _optimize(self) -> None:  # noqa: B027 (a hook: most backbones have nothing to rewrite)
         """Rewrite the loaded, frozen model for faster inference without changing its numbers."""
@@ -264,6 +313,31 @@ class ImageBackbone(Backbone):
         import torch
 
         return pixels.to(self.device, memory_format=torch.channels_last, non_blocking=non_blocking)
+
+    def compiled_forward(self, batch_size: int) -> Callable:
+        """:meth:`forward` compiled by ``torch.compile`` (inductor, weights frozen into the graph) for batches of
+        exactly ``batch_size`` at the current device and precision, compiled once per process and warmed up here.
+
+        Raises ``RuntimeError`` where compiling fails (no C++ compiler, an operator inductor cannot lower); the
+        caller falls back to :meth:`forward`. The features agree with :meth:`forward` to float rounding (mean
+        cosine 0.9999996 on ResNet-50 in bf16), so compiling does not enter the cache key.
+        """
+        import torch
+
+        if self.model is None:
+            self.load()
+        key = (batch_size, str(self.device), self.precision)
+        if key not in self._compiled:
+            compiled = torch.compile(self.forward, dynamic=False, options={"freezing": True})
+            probe = self.to_device(torch.zeros(batch_size, 3, self.image_size, self.image_size))
+            try:
+                with torch.inference_mode(), self.autocast():
+                    compiled(probe)
+            # inductor fails in many ways (a missing compiler, a lowering it lacks); each one means "run eagerly".
+            except Exception as exc:  # noqa: BLE001
+                raise RuntimeError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            self._compiled[key] = compiled
+        return self._compiled[key]
 
     def embed(self, items: Sequence) -> np.ndarray:
         import torch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tlcache.backbones.base import IMAGE_OPTIONS, MAP_POOLINGS, ImageBackbone, pool
+from tlcache.backbones.base import IMAGE_OPTIONS, MAP_POOLINGS, ImageBackbone, pool, read_state_dict
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file
@@ -126,11 +126,10 @@ class EfficientNetLite(ImageBackbone):
         }
 
     def _build(self):
-        import torch
 
         # image_size sizes the static "same" padding of every convolution for the input actually used.
         model = self._skeleton()
-        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        state = read_state_dict(self.weights_path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(
@@ -138,6 +137,14 @@ class EfficientNetLite(ImageBackbone):
                 f"(missing {len(missing)} keys, unexpected {len(unexpected)}); pass a state_dict of that model"
             )
         return model
+
+    def blocks(self, model):
+        import torch
+
+        stem = torch.nn.ModuleList([model._conv_stem, model._bn0])
+        used = model._blocks if self._block is None else model._blocks[: self._block + 1]
+        head = [torch.nn.ModuleList([model._conv_head, model._bn1])] if self._block is None else []
+        return [stem, *used, *head]
 
     def forward(self, pixels):
         return pool(self._features(self.model, pixels), self.pooling)

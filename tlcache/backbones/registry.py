@@ -82,4 +82,4 @@ def reject_options(backbone_name: str, options: dict) -> None:
 
 def _load_builtin_backbones() -> None:
     # Imported for their registration side effect; kept lazy so `import tlcache` stays light.
-    from tlcache.backbones import efficientnet_lite, torchvision_models, transformers_text  # noqa: F401
+    from tlcache.backbones import efficientnet_lite, finetuned, torchvision_models, transformers_text  # noqa: F401

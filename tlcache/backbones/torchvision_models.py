@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, pool
+from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, pool, read_state_dict
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file, new_hasher
@@ -161,7 +161,6 @@ class TorchvisionBackbone(ImageBackbone):
         return self._random_model
 
     def _build(self):
-        import torch
         import torchvision
 
         if self.weights == RANDOM_WEIGHTS:
@@ -176,7 +175,7 @@ class TorchvisionBackbone(ImageBackbone):
                 ) from None
         else:
             model = torchvision.models.get_model(self.arch, weights=None)
-            state = _unwrap_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
+            state = read_state_dict(self.weights)
             head_keys = {k for k in model.state_dict() if k.startswith(("fc.", "head.", "heads.", "classifier."))}
             missing, unexpected = model.load_state_dict(state, strict=False)
             # A state_dict saved without its classifier is fine: the classifier is stripped anyway.
@@ -195,15 +194,6 @@ class TorchvisionBackbone(ImageBackbone):
         if self.layer == "penultimate":
             return self.model(pixels).flatten(1)
         return pool(self.model(pixels)["features"], self.pooling)
-
-
-def _unwrap_state_dict(state):
-    """Accept checkpoints that nest the state_dict under 'state_dict' or 'model' (Lightning, training scripts)."""
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                return state[key]
-    return state
 
 
 def _state_dict_digest(model) -> str:

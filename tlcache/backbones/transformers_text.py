@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tlcache.backbones.base import POOLINGS, TextBackbone, pool
@@ -98,25 +100,22 @@ class TransformersText(TextBackbone):
 
     @property
     def spec(self) -> dict:
-        name = "minilm" if self._key_name == "minilm" else f"hf:{self.model_dir}"
+        if self.name.startswith("finetuned:"):
+            name = self.name
+        else:
+            name = "minilm" if self._key_name == "minilm" else f"hf:{self.model_dir}"
         return {"name": name, "pooling": self.pooling, "layer": self.layer}
 
     def _build(self):
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        # tlcache shows its own progress; transformers' per-load bar would only add noise. Restore it after.
-        bar_was_on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            return AutoModel.from_pretrained(self.model_dir)
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+                return AutoModel.from_pretrained(self.model_dir)
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0]
             raise UserError(f"could not load a transformers encoder from {self.model_dir}: {reason}") from None
-        finally:
-            if bar_was_on:
-                hf_logging.enable_progress_bar()
 
     def tokenize(self, texts):
         return self.tokenizer(
@@ -126,6 +125,13 @@ class TransformersText(TextBackbone):
     def token_lengths(self, texts):
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [len(ids) for ids in encoded["input_ids"]]
+
+    def blocks(self, model):
+        """The embeddings, then each transformer layer (BERT-style encoders); other layouts by the generic rule."""
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        if hasattr(model, "embeddings") and layers is not None:
+            return [model.embeddings, *layers]
+        return super().blocks(model)
 
     def forward(self, inputs):
         import torch
@@ -138,6 +144,20 @@ class TransformersText(TextBackbone):
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Without transformers' own progress bars (tlcache shows its own), restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _parse_layer(layer: str | None, n_layers: int, name: str) -> tuple[str, int | None]:

@@ -1,0 +1,242 @@
+"""The fine-tune stage on tiny real models: what each strategy trains, LP-FT, resume, early stopping, and the
+fine-tuned model as a backbone."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_image_folder, write_text_csv
+from tlcache.backbones import create_backbone
+from tlcache.embed import embed_source
+from tlcache.errors import UserError
+from tlcache.finetune import Classifier, FinetuneConfig, _Trainer, finetune
+from tlcache.heads import fit_head
+from tlcache.predict import predict
+from tlcache.store import FeatureStore
+
+
+def _classifier(backbone: str, n_classes: int = 2, **options) -> Classifier:
+    bb = create_backbone(backbone, **options)
+    bb.model, bb.device = bb._build(), torch.device("cpu")
+    return Classifier(bb, n_classes)
+
+
+def _count(parameters) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+def _trainable(model: Classifier) -> int:
+    return _count(p for p in model.module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_each_strategy_trains_exactly_what_it_says(kind, tiny_bert_dir, resnet18_weights):
+    if kind == "text":
+        model = _classifier(f"hf:{tiny_bert_dir}")
+        body = model.module["body"]
+        expected_blocks = [body.embeddings, *body.encoder.layer]  # embeddings, then 2 transformer layers
+    else:
+        model = _classifier("torchvision:resnet18", weights=str(resnet18_weights), image_size=32)
+        body = model.module["body"]
+        bottlenecks = [block for layer in (body.layer1, body.layer2, body.layer3, body.layer4) for block in layer]
+        expected_blocks = [body.conv1, body.bn1, *bottlenecks]
+    assert [id(b) for b in model.blocks] == [id(b) for b in expected_blocks]
+    head = _count(model.module["head"].parameters())
+    assert head == 2 * model.bb.dim + 2
+    expected = {
+        "head": head,
+        "top-1": head + _count(expected_blocks[-1].parameters()),
+        "top-2": head + _count(expected_blocks[-1].parameters()) + _count(expected_blocks[-2].parameters()),
+        "full": head + _count(body.parameters()),
+    }
+    config = FinetuneConfig()
+    for strategy, count in expected.items():
+        model.freeze(strategy)
+        assert _trainable(model) == count, strategy
+        grouped = [p for group in model.param_groups(strategy, config) for p in group["params"]]
+        assert _count(grouped) == count and len({id(p) for p in grouped}) == len(grouped)
+        model.train_mode(strategy)
+        # Frozen blocks stay in eval mode: their norms keep running statistics, their dropout stays off.
+        frozen = [b for b in model.blocks if b not in model.trainable_blocks(strategy)]
+        assert not any(m.training for b in frozen for m in b.modules())
+
+
+def test_layer_decay_gives_lower_rates_further_down(tiny_bert_dir):
+    model = _classifier(f"hf:{tiny_bert_dir}")
+    model.freeze("full")
+    config = FinetuneConfig(lr=1e-4, head_lr=1e-2, layer_decay=0.5)
+    groups = model.param_groups("full", config)
+    rate_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    top, below, embeddings = model.blocks[-1], model.blocks[-2], model.blocks[0]
+    assert {rate_of[id(p)] for p in model.module["head"].parameters()} == {1e-2}
+    assert {rate_of[id(p)] for p in top.parameters()} == {1e-4}
+    assert {rate_of[id(p)] for p in below.parameters()} == {5e-5}
+    assert {rate_of[id(p)] for p in embeddings.parameters()} == {1e-4 * 0.5**2}
+    decays = {id(p): group["weight_decay"] for group in groups for p in group["params"]}
+    assert all(decays[id(p)] == 0 for p in model.module.parameters() if p.ndim == 1)
+    assert all(decays[id(p)] == config.weight_decay for p in model.module.parameters() if p.ndim > 1)
+
+
+def test_unknown_strategy_and_k_beyond_the_blocks_are_refused(tiny_bert_dir, text_csv):
+    with pytest.raises(UserError, match="--strategy middle is not known"):
+        finetune(text_csv, f"hf:{tiny_bert_dir}", config=FinetuneConfig(strategy="middle"), progress=False)
+    with pytest.raises(UserError, match="has 3 blocks; use full"):
+        finetune(text_csv, f"hf:{tiny_bert_dir}", config=FinetuneConfig(strategy="top-4"), progress=False)
+
+
+def _fast(**overrides) -> FinetuneConfig:
+    defaults = dict(epochs=2, batch_size=8, precision="fp32", lr=1e-3, head_lr=1e-2, patience=0, val_fraction=0.25)
+    return FinetuneConfig(**{**defaults, **overrides})
+
+
+def test_lp_ft_starts_from_the_logistic_regression_probe(tmp_path, tiny_bert_dir):
+    from tlcache.finetune import _Data, _splits, _warm_start
+    from tlcache.heads import make_head
+    from tlcache.sources import load_source
+
+    src = load_source(write_text_csv(tmp_path / "t.csv", n=40))
+    config = _fast(lp_ft=True)
+    splits = _splits(src, None, 0.2, config, None)
+    model = _classifier(f"hf:{tiny_bert_dir}")
+    model.bb.precision = "fp32"
+    _warm_start(model, src, splits, model.bb, config, tmp_path / "cache", "cpu")
+    # The classifier now gives the probabilities of fit-head's logistic regression on the frozen features.
+    frozen = create_backbone(f"hf:{tiny_bert_dir}")
+    features = frozen.embed([src.items[i] for i in splits.rows["train"]])
+    probe = make_head("logreg", config.seed).fit(features, splits.labels["train"])
+    model.module.eval()
+    data = _Data(src, splits, model.bb, config, 0)
+    probabilities = np.zeros((len(features), 2))
+    with torch.inference_mode():
+        for inputs, _, positions in data.batches("train"):
+            probabilities[positions] = torch.softmax(model(inputs), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, probe.predict_proba(features), atol=1e-4)
+
+
+def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
+    original = _Trainer._checkpoint
+
+    def checkpoint_then_stop(self, identity, done, *args):
+        original(self, identity, done, *args)
+        if done == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Trainer, "_checkpoint", checkpoint_then_stop)
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_resume_continues_from_the_saved_epoch_with_the_uninterrupted_result(
+    kind, tmp_path, tiny_bert_dir, resnet18_weights, monkeypatch
+):
+    if kind == "text":
+        source, backbone, options = write_text_csv(tmp_path / "t.csv", n=40), f"hf:{tiny_bert_dir}", {}
+    else:
+        source = write_image_folder(tmp_path / "imgs", per_class=8)
+        backbone, options = "torchvision:resnet18", {"weights": str(resnet18_weights), "image_size": 32}
+    # Two stages (head first, then top-1), dropout and augmentation on: every source of randomness is involved.
+    config = _fast(head_epochs=1, epochs=2, strategy="top-1", augment=["crop", "flip", "erase"])
+    common = dict(config=config, progress=False, num_workers=0, **options)
+    whole = finetune(source, backbone, out=tmp_path / "whole", **common)
+
+    _interrupt_after_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(source, backbone, out=tmp_path / "cut", **common)
+    checkpoint = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
+    with pytest.raises(UserError, match="holds an interrupted fine-tune; add --resume"):
+        finetune(source, backbone, out=tmp_path / "cut", **common)
+    monkeypatch.undo()
+    resumed = finetune(source, backbone, out=tmp_path / "cut", resume=True, **common)
+
+    assert resumed.report["finetune"]["history"] == whole.report["finetune"]["history"]
+    assert resumed.report["metrics"] == whole.report["metrics"]
+    from safetensors.torch import load_file
+
+    for name in ("head.safetensors",) + (("body.safetensors",) if kind == "image" else ("body/model.safetensors",)):
+        a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "cut" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # a finished run keeps its model, not the checkpoint
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_bert_dir, monkeypatch):
+    source = write_text_csv(tmp_path / "t.csv", n=40)
+    _interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "run", config=_fast(), progress=False)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="other settings \\(config differ"):
+        finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "run", config=_fast(lr=1e-4), resume=True)
+    with pytest.raises(UserError, match="nothing to resume"):
+        finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "other", config=_fast(), resume=True)
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, tiny_bert_dir):
+    source = write_text_csv(tmp_path / "t.csv", n=80)
+    # Two epochs train the classifier alone; then a destructive learning rate wrecks the body, so validation
+    # accuracy falls, training stops after `patience` stale epochs, and the best epoch must come back.
+    config = _fast(head_epochs=2, epochs=5, strategy="full", lr=1.0, head_lr=0.1, warmup=0, clip=0, patience=2)
+    run = finetune(source, f"hf:{tiny_bert_dir}", config=config, out=tmp_path / "run", progress=False)
+    history = run.report["finetune"]["history"]
+    best = max(history, key=lambda h: h["val_accuracy"])
+    assert run.report["finetune"]["best_epoch"] == best["epoch"] == 2
+    assert len(history) == 2 + 2  # stopped after two stale epochs, not after all five of the main stage
+    assert all(h["val_accuracy"] < best["val_accuracy"] for h in history[2:])
+    # The saved model is the best epoch's: re-evaluating it on the validation split gives that epoch's accuracy.
+    from safetensors.torch import load_file
+
+    from tlcache.finetune import _splits
+    from tlcache.sources import load_source
+
+    src = load_source(source)
+    splits = _splits(src, None, 0.2, config, None)
+    features = create_backbone(f"finetuned:{run.out_dir}").embed([src.items[i] for i in splits.rows["val"]])
+    head = load_file(run.out_dir / "head.safetensors")
+    logits = features @ head["weight"].numpy().T + head["bias"].numpy()
+    assert float((logits.argmax(axis=1) == splits.labels["val"]).mean()) == pytest.approx(best["val_accuracy"])
+
+
+def test_finetuned_model_is_a_backbone_for_embed_fit_head_and_predict(tmp_path, tiny_bert_dir):
+    train = write_text_csv(tmp_path / "train.csv", n=40)
+    test = write_text_csv(tmp_path / "test.csv", n=16, seed=1)
+    run = finetune(train, f"hf:{tiny_bert_dir}", test=test, out=tmp_path / "ft", config=_fast(epochs=3), progress=False)
+    saved = json.loads((run.out_dir / "finetune.json").read_text())
+    assert saved["classes"] == ["neg", "pos"] and saved["modality"] == "text"
+    assert (run.out_dir / "report.md").read_text().startswith(f"# hf:{tiny_bert_dir} fine-tuned (full)")
+
+    name = f"finetuned:{run.out_dir}"
+    tuned = FeatureStore(embed_source(test, name, precision="fp32", out=tmp_path / "cache", progress=False).path)
+    plain = FeatureStore(embed_source(test, f"hf:{tiny_bert_dir}", precision="fp32", out=tmp_path / "cache").path)
+    assert tuned.key != plain.key and not np.allclose(tuned.features(), plain.features(), atol=1e-3)
+    # The fine-tuned classifier on these features reproduces the fine-tune's own test accuracy.
+    from safetensors.torch import load_file
+
+    head = load_file(run.out_dir / "head.safetensors")
+    logits = tuned.features() @ head["weight"].numpy().T + head["bias"].numpy()
+    assert float((logits.argmax(axis=1) == tuned.labels()).mean()) == pytest.approx(run.accuracy)
+
+    train_store = embed_source(train, name, precision="fp32", out=tmp_path / "cache", progress=False).path
+    head_run = fit_head(train_store, "logreg", test=tuned.path, out=tmp_path / "head")
+    predictions = predict(head_run.out_dir, test, out=tmp_path / "p.csv", cache_dir=tmp_path / "cache", progress=False)
+    assert predictions.rows == 16
+
+
+def test_finetune_on_images_writes_a_model_that_embeds(tmp_path, resnet18_weights):
+    source = write_image_folder(tmp_path / "imgs", per_class=6)
+    run = finetune(
+        source, "torchvision:resnet18", weights=str(resnet18_weights), image_size=32, out=tmp_path / "ft",
+        config=_fast(strategy="top-2", lp_ft=True), progress=False, num_workers=0,
+    )  # fmt: skip
+    assert run.report["finetune"]["lp_ft"] and run.report["n_train"] + run.report["n_val"] + run.report["n_test"] == 12
+    bb = create_backbone(f"finetuned:{run.out_dir}")
+    assert bb.spec["weights"].endswith("body.safetensors") and bb.dim == 512
+    features = bb.embed(sorted(source.rglob("*.png"))[:3])
+    assert features.shape == (3, 512) and np.isfinite(features).all()
+
+
+def test_finetuned_backbone_needs_a_finetune_folder(tmp_path):
+    with pytest.raises(UserError, match="holds no finetune.json"):
+        create_backbone(f"finetuned:{tmp_path}")
