@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint compiler fashion-mnist bench-store bench-heads bench-embed clean-venv
+.PHONY: setup demo test lint compiler fashion-mnist bench-store bench-heads bench-embed bench-finetune clean-venv
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,9 @@ bench-heads: setup fashion-mnist
 bench-embed: setup fashion-mnist
 	$(PIP) install --quiet 'sentence-transformers>=3.0'
 	$(PY) benchmarks/embed_throughput.py
+
+bench-finetune: setup fashion-mnist
+	$(PY) benchmarks/finetune_benchmark.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -340,3 +340,19 @@ def test_predict_embeds_with_the_heads_precision(tmp_path, tiny_bert_dir):
     assert result.exit_code == 0, result.output
     fp32 = embed_json(tmp_path / "new.csv", "-b", f"hf:{tiny_bert_dir}", "--precision", "fp32")
     assert_user_error(run("predict", tmp_path / "run", fp32["path"]), "differ in precision")
+
+
+def test_finetune_trains_saves_and_the_result_embeds(tmp_path, tiny_bert_dir):
+    train = write_text_csv(tmp_path / "train.csv", n=40)
+    test = write_text_csv(tmp_path / "test.csv", n=12, seed=1)
+    args = ["finetune", train, "-b", f"hf:{tiny_bert_dir}", "--test", test, "--epochs", 2, "--batch-size", 8]
+    result = run(*args, "--strategy", "top-1", "--lp-ft", "--precision", "fp32", "--out", tmp_path / "ft", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["finetune"]["strategy"] == "top-1" and report["finetune"]["lp_ft"] and report["n_test"] == 12
+    assert (tmp_path / "ft" / "report.md").is_file() and (tmp_path / "ft" / "body" / "model.safetensors").is_file()
+    stored = embed_json(test, "-b", f"finetuned:{tmp_path / 'ft'}", "--out", tmp_path / "cache")
+    assert stored["dim"] == 32 and stored["rows"] == 12
+    assert_user_error(run(*args, "--out", tmp_path / "ft", "--resume"), "a finished fine-tune; nothing to resume")
+    assert_user_error(run(*args, "--strategy", "top-9"), "has 3 blocks; use full")
+    assert_user_error(run(*args, "--augment", "crop,twirl"), "--augment twirl is not known")

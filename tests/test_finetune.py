@@ -240,3 +240,17 @@ def test_finetune_on_images_writes_a_model_that_embeds(tmp_path, resnet18_weight
 def test_finetuned_backbone_needs_a_finetune_folder(tmp_path):
     with pytest.raises(UserError, match="holds no finetune.json"):
         create_backbone(f"finetuned:{tmp_path}")
+
+
+def test_blocks_of_a_vit_are_its_encoder_layers():
+    import torchvision
+
+    from tlcache.backbones.base import parameter_blocks
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    blocks = parameter_blocks(vit)
+    # The patch projection, each encoder layer (the encoder is opened: its layers hold nearly all of it), the
+    # final norm, then the classifier.
+    assert blocks == [vit.conv_proj, *vit.encoder.layers, vit.encoder.ln, vit.heads]

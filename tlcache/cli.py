@@ -389,6 +389,13 @@ def _parse_grid(text: str | None) -> list[float] | None:
     help="Stop after this many epochs without a better validation accuracy (0: never); the best epoch is kept.",
 )
 @click.option(
+    "--norm-stats",
+    type=click.Choice(["frozen", "train"]),
+    default="frozen",
+    show_default=True,
+    help="Batch norms keep their pretrained statistics (frozen; their scales still train) or update them (train).",
+)
+@click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
     default="auto",
@@ -427,6 +434,7 @@ def finetune(
     augment,
     val_fraction,
     patience,
+    norm_stats,
     precision,
     seed,
     device,
@@ -475,6 +483,7 @@ def finetune(
         augment=[] if augment.strip() == "none" else [a.strip() for a in augment.split(",") if a.strip()],
         val_fraction=val_fraction,
         patience=patience,
+        norm_stats=norm_stats,
         precision=precision,
         seed=seed,
     )

@@ -456,6 +456,22 @@ class _ImageFiles:
             return None, None, f"{self.paths[index]} could not be decoded ({exc}); fix or remove it"
 
 
+def _image_loader(dataset: _ImageFiles, batch_size: int, workers: int, pin_memory: bool):
+    """(pixels, views, error) per batch: from DataLoader worker processes, or with no workers decoded in threads."""
+    import torch
+
+    if not workers:
+        return _decode_in_threads(dataset, batch_size)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate_images,
+        pin_memory=pin_memory,
+    )
+
+
 def _decode_in_threads(dataset: _ImageFiles, batch_size: int) -> Iterator:
     """Batches as the DataLoader gives them, each decoded on all cores (PIL releases the GIL) just before the
     model needs it, so decoding never competes with the model for the cores."""
@@ -513,25 +529,12 @@ def _run_batches(
                 n_views,
             )
             workers = default_workers(len(pending), bb.device) if workers is None else workers
-            if workers:
-                loader = torch.utils.data.DataLoader(
-                    dataset,
-                    batch_size=batch_size,
-                    shuffle=False,
-                    num_workers=workers,
-                    collate_fn=_collate_images,
-                    pin_memory=on_cuda,
-                )
-            else:
-                loader = _decode_in_threads(dataset, batch_size)
-            if compiled_forward is None:
+            loader = _image_loader(dataset, batch_size, workers, on_cuda)
 
-                def forward(pixels):
+            def forward(pixels):
+                if compiled_forward is None:
                     return bb.forward(bb.to_device(pixels, on_cuda))
-            else:
-
-                def forward(pixels):
-                    return _forward_fixed(compiled_forward, bb, pixels, batch_size, on_cuda)
+                return _forward_fixed(compiled_forward, bb, pixels, batch_size, on_cuda)
 
             batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
             for rows, (pixels, views, error) in zip(batches, loader):

@@ -35,6 +35,7 @@ from tlcache.sources import Source, load_source
 CHECKPOINT_FILE = "checkpoint.pt"
 AUGMENTATIONS = ("crop", "flip", "color", "rotate", "erase")
 DEFAULT_AUGMENT = ("crop", "flip")
+NORM_STATS = ("frozen", "train")
 TEXT_BUCKET = 50  # batches whose texts are sorted by length together: little padding, still shuffled
 
 
@@ -57,6 +58,7 @@ class FinetuneConfig:
     augment: list[str] = field(default_factory=lambda: list(DEFAULT_AUGMENT))  # images only
     val_fraction: float = 0.1  # of the training items, stratified, for early stopping
     patience: int = 2  # epochs of the main stage without a better validation accuracy before stopping (0: never)
+    norm_stats: str = "frozen"  # frozen: batch norms keep their pretrained statistics (their scales still train)
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on capable hardware)
     seed: int = 0
 
@@ -71,6 +73,8 @@ class FinetuneConfig:
             raise UserError("--lr and --head-lr must be positive, --layer-decay in (0, 1]")
         if not 0 <= self.warmup < 1 or self.weight_decay < 0 or self.clip < 0:
             raise UserError("--warmup must be in [0, 1), --weight-decay and --clip 0 or more")
+        if self.norm_stats not in NORM_STATS:
+            raise UserError(f"--norm-stats {self.norm_stats} is not known; use one of {', '.join(NORM_STATS)}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1 (exclusive)")
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
@@ -132,7 +136,9 @@ class Classifier:
 
     def trainable_blocks(self, strategy: str) -> list:
         k = top_k(strategy)
-        return self.blocks if k is None else self.blocks[len(self.blocks) - k :] if k else []
+        if k is None:
+            return list(self.blocks)
+        return self.blocks[len(self.blocks) - k :] if k else []
 
     def freeze(self, strategy: str) -> None:
         """Make exactly the strategy's parameters trainable: the classifier, and the body's top K blocks (all of
@@ -146,14 +152,22 @@ class Classifier:
         for parameter in self.module["head"].parameters():
             parameter.requires_grad_(True)
 
-    def train_mode(self, strategy: str) -> None:
+    def train_mode(self, strategy: str, norm_stats: str = "frozen") -> None:
         """Training mode for what trains; frozen blocks stay in eval mode (their norms keep running statistics,
-        their dropout stays off)."""
+        their dropout stays off). With ``norm_stats="frozen"`` every batch norm keeps its pretrained statistics,
+        as Keras' fine-tuning guide advises for small data: batch statistics of a few dozen items are noisy, and
+        slow running averages (momentum 0.01 in the EfficientNet-Lite ports) lag behind the weights."""
+        import torch
+
         self.module.train()
         if top_k(strategy) is not None:
             self.module["body"].eval()
             for block in self.trainable_blocks(strategy):
                 block.train()
+        if norm_stats == "frozen":
+            for module in self.module["body"].modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def param_groups(self, strategy: str, config: FinetuneConfig) -> list[dict]:
         """AdamW groups: the classifier at ``head_lr``; body block i from the top at ``lr * layer_decay ** i``
@@ -212,8 +226,8 @@ def finetune(
     bb = create_backbone(backbone or DEFAULT_BACKBONES[src.modality], **backbone_options)
     if bb.modality != src.modality:
         raise UserError(f"backbone {bb.name} embeds {bb.modality}s but {src.path} holds {src.modality}s")
-    if isinstance(bb, ImageBackbone) and bb.layer != "penultimate":
-        raise UserError(f"finetune trains the whole feature path of {bb.name}; drop --layer (penultimate is used)")
+    if bb.name.startswith("torchvision:") and bb.layer != "penultimate":
+        raise UserError(f"finetune takes {bb.name}'s penultimate layer only; drop --layer")
     splits = _splits(src, test, test_fraction, config, source_options)
     if src.modality == "image":
         test_items = (splits.test_source or src).items
@@ -558,7 +572,7 @@ class _Trainer:
         from tqdm.auto import tqdm
 
         torch.manual_seed(int(np.random.SeedSequence([self.config.seed, epoch, 2]).generate_state(1)[0]))  # dropout
-        self.model.train_mode(strategy)
+        self.model.train_mode(strategy, self.config.norm_stats)
         trainable = [p for group in optimizer.param_groups for p in group["params"]]
         n_batches = self.data.n_batches("train")
         losses = []

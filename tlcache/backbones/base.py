@@ -150,7 +150,6 @@ class Backbone(abc.ABC):
     def __init__(self) -> None:
         self.model = None
         self.device = None
-        self._compiled: dict[tuple, Callable] = {}
 
     @property
     @abc.abstractmethod
@@ -238,6 +237,7 @@ class ImageBackbone(Backbone):
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.crop_ratio = crop_ratio
+        self._compiled: dict[tuple, Callable] = {}  # (batch size, device, precision) -> compiled forward
 
     @property
     def preprocessing(self) -> dict[str, Any]:
