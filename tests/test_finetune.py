@@ -254,3 +254,13 @@ def test_blocks_of_a_vit_are_its_encoder_layers():
     # The patch projection, each encoder layer (the encoder is opened: its layers hold nearly all of it), the
     # final norm, then the classifier.
     assert blocks == [vit.conv_proj, *vit.encoder.layers, vit.encoder.ln, vit.heads]
+
+
+def test_gradient_accumulation_steps_once_per_group_of_batches(tmp_path, tiny_bert_dir, monkeypatch):
+    source = write_text_csv(tmp_path / "t.csv", n=40)  # 32 after the test split, 24 after validation: 3 batches
+    _interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "run", config=_fast(accumulate=2), progress=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["scheduler"]["last_epoch"] == 2  # batches 1+2 make one step, batch 3 (the last) another
+    assert all(state["step"] == 2 for state in checkpoint["optimizer"]["state"].values())

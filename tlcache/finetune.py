@@ -546,7 +546,7 @@ class _Trainer:
                 epoch += 1
                 self._say(record, total, improved)
                 self._checkpoint(identity, epoch, stage, history, best, stale, optimizer, scheduler)
-                if main_stage and self.config.patience and stale >= self.config.patience:
+                if main_stage and self.config.patience and stale >= self.config.patience and epoch < total:
                     self._say_stop(epoch, best)
                     break
         self.model.module.load_state_dict(best["state"])
