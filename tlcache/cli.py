@@ -41,6 +41,44 @@ batch_option = click.option(
 )
 
 
+def backbone_options(command):
+    """--weights, --crop-ratio, --layer, --pool and --image-size: what create_backbone takes besides the name."""
+    for option in reversed(
+        [
+            click.option(
+                "--weights",
+                help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision).",
+            ),
+            click.option(
+                "--crop-ratio",
+                type=click.FloatRange(min=0, max=1, min_open=True),
+                help="Image backbones: resize the shorter side to size / ratio, keep the central square [default: "
+                "0.875, the ImageNet evaluation crop]; 1 keeps whole square images (small full-frame items such as "
+                "digits).",
+            ),
+            click.option(
+                "--layer",
+                help="Layer to take features from: penultimate (images) / last (text) by default; a torchvision "
+                "node such as layer3, blocks.N for efficientnet-lite, a hidden-layer index for text.",
+            ),
+            click.option(
+                "--pool",
+                "pooling",
+                type=click.Choice(["mean", "max", "cls", "flatten"]),
+                help="How a layer's output becomes one vector: mean or max over space or tokens, cls for the first "
+                "token, flatten to keep every position of a feature map (C*H*W values) [default: mean].",
+            ),
+            click.option(
+                "--image-size",
+                type=click.IntRange(min=16),
+                help="Input size in pixels for image backbones [default: the backbone's].",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 def source_options(command):
     for option in reversed(
         [
@@ -86,32 +124,7 @@ def cli() -> None:
     "-b",
     help="Backbone name (see `tlcache backbones`) [default: efficientnet-lite0 for images, minilm for text].",
 )
-@click.option(
-    "--weights", help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision)."
-)
-@click.option(
-    "--crop-ratio",
-    type=click.FloatRange(min=0, max=1, min_open=True),
-    help="Image backbones: resize the shorter side to size / ratio, keep the central square [default: 0.875, "
-    "the ImageNet evaluation crop]; 1 keeps whole square images (small full-frame items such as digits).",
-)
-@click.option(
-    "--layer",
-    help="Layer to take features from: penultimate (images) / last (text) by default; a torchvision node such as "
-    "layer3, blocks.N for efficientnet-lite, a hidden-layer index for text.",
-)
-@click.option(
-    "--pool",
-    "pooling",
-    type=click.Choice(["mean", "max", "cls", "flatten"]),
-    help="How a layer's output becomes one vector: mean or max over space or tokens, cls for the first token, "
-    "flatten to keep every position of a feature map (C*H*W values) [default: mean].",
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(min=16),
-    help="Input size in pixels for image backbones [default: the backbone's].",
-)
+@backbone_options
 @click.option("--out", "-o", help="Store folder, or a .h5 file [default: $TLCACHE_HOME or ~/.cache/tlcache].")
 @click.option(
     "--dtype",
@@ -330,13 +343,7 @@ def _parse_grid(text: str | None) -> list[float] | None:
     help="Backbone to fine-tune: torchvision:<arch>, efficientnet-lite0..2, minilm, hf:<dir> "
     "[default: efficientnet-lite0 for images, minilm for text].",
 )
-@click.option("--weights", help="Image backbones: a state_dict file, or 'random' (torchvision).")
-@click.option("--image-size", type=click.IntRange(min=16), help="Image backbones: input size [default: the model's].")
-@click.option(
-    "--crop-ratio",
-    type=click.FloatRange(min=0, max=1, min_open=True),
-    help="Image backbones: evaluation crop, as for embed [default: 0.875].",
-)
+@backbone_options
 @click.option("--test", "test_source", help="A labelled source with the same classes to test on.")
 @click.option(
     "--test-fraction", type=float, default=0.2, show_default=True, help="Held out for testing when no --test."
@@ -415,8 +422,10 @@ def finetune(
     source,
     backbone,
     weights,
-    image_size,
     crop_ratio,
+    layer,
+    pooling,
+    image_size,
     test_source,
     test_fraction,
     strategy,
@@ -461,6 +470,7 @@ def finetune(
       tlcache finetune reviews.csv -b minilm --test test.csv --strategy full --epochs 3 --lr 5e-5
       tlcache finetune reviews.csv -b minilm --test test.csv --lp-ft --out runs/ft-lp
       tlcache finetune photos/ --strategy top-3 --head-epochs 1 --layer-decay 0.8 --augment crop,flip,color
+      tlcache finetune fmnist/ --image-size 96 --crop-ratio 1 --layer blocks.13 --pool flatten --lp-ft
       tlcache finetune photos/ --out runs/ft --resume                  # continue after an interruption
       tlcache embed photos/ -b finetuned:runs/ft                       # its features, for any head
     """
@@ -501,8 +511,10 @@ def finetune(
         progress=not no_progress,
         source_options=_source_kwargs(text_column, label_column, id_column, group_column),
         weights=weights,
-        image_size=image_size,
         crop_ratio=crop_ratio,
+        layer=layer,
+        pooling=pooling,
+        image_size=image_size,
     )
     _emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
 

@@ -29,6 +29,7 @@ from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_
 from tlcache.backbones.base import resolve_precision
 from tlcache.backbones.finetuned import CONFIG_FILE, FORMAT, HEAD_FILE, IMAGE_BODY, TEXT_BODY
 from tlcache.errors import UserError
+from tlcache.heads import HeadRun
 from tlcache.report import classification_metrics, write_report
 from tlcache.sources import Source, load_source
 
@@ -94,14 +95,8 @@ def top_k(strategy: str) -> int | None:
     return int(k)
 
 
-@dataclass
-class FinetuneRun:
-    out_dir: Path
-    report: dict[str, Any]
-
-    @property
-    def accuracy(self) -> float:
-        return self.report["metrics"]["accuracy"]
+class FinetuneRun(HeadRun):
+    """Where a fine-tune wrote its model and report, and the report itself."""
 
     def summary_line(self) -> str:
         tune = self.report["finetune"]
