@@ -354,5 +354,6 @@ def test_finetune_trains_saves_and_the_result_embeds(tmp_path, tiny_bert_dir):
     stored = embed_json(test, "-b", f"finetuned:{tmp_path / 'ft'}", "--out", tmp_path / "cache")
     assert stored["dim"] == 32 and stored["rows"] == 12
     assert_user_error(run(*args, "--out", tmp_path / "ft", "--resume"), "a finished fine-tune; nothing to resume")
+    assert_user_error(run(*args, "--out", tmp_path / "ft"), "holds a finished fine-tune; pick another --out")
     assert_user_error(run(*args, "--strategy", "top-9"), "has 3 blocks; use full")
     assert_user_error(run(*args, "--augment", "crop,twirl"), "--augment twirl is not known")

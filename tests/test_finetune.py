@@ -264,3 +264,14 @@ def test_gradient_accumulation_steps_once_per_group_of_batches(tmp_path, tiny_be
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert checkpoint["scheduler"]["last_epoch"] == 2  # batches 1+2 make one step, batch 3 (the last) another
     assert all(state["step"] == 2 for state in checkpoint["optimizer"]["state"].values())
+
+
+def test_a_damaged_image_stops_the_fine_tune_with_its_name(tmp_path, resnet18_weights):
+    source = write_image_folder(tmp_path / "imgs", per_class=6)
+    victim = source / "square" / "square-002.png"
+    victim.write_bytes(victim.read_bytes()[:-60])  # the header survives, the pixel data does not
+    with pytest.raises(UserError, match=r"square-002\.png could not be decoded"):
+        finetune(
+            source, "torchvision:resnet18", weights=str(resnet18_weights), image_size=32, config=_fast(),
+            out=tmp_path / "ft", progress=False, num_workers=0,
+        )  # fmt: skip

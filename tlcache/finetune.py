@@ -344,8 +344,8 @@ def _stratified(rows: np.ndarray, y: np.ndarray, fraction: float, seed: int, src
 
 
 class _Data:
-    """Batches of (inputs on the device, labels) for each split: images decoded and augmented in DataLoader
-    workers, texts tokenised per batch in buckets of similar length."""
+    """Batches of (inputs on the device, labels, positions) for each split: images decoded and augmented (in
+    DataLoader workers on a GPU), texts tokenised per batch in buckets of similar length."""
 
     def __init__(self, src: Source, splits: _Splits, bb: Backbone, config: FinetuneConfig, workers: int | None):
         self.src, self.splits, self.bb, self.config = src, splits, bb, config
@@ -434,8 +434,11 @@ class _Images:
         import torch
         from PIL import Image
 
-        with Image.open(self.paths[index]) as image:
-            rgb = image.convert("RGB")
+        try:
+            with Image.open(self.paths[index]) as image:
+                rgb = image.convert("RGB")
+        except Exception as exc:  # PIL raises many types for damaged files
+            raise UserError(f"{self.paths[index]} could not be decoded ({exc}); fix or remove it") from None
         if self.epoch is None:
             return self.transform(rgb)
         with torch.random.fork_rng(devices=[]):
@@ -665,6 +668,8 @@ def _start_or_resume(out_dir: Path, identity: dict, resume: bool) -> dict | None
 
     checkpoint = out_dir / CHECKPOINT_FILE
     if not resume:
+        if (out_dir / CONFIG_FILE).exists():
+            raise UserError(f"{out_dir} holds a finished fine-tune; pick another --out, or delete it to redo it")
         if checkpoint.exists():
             raise UserError(
                 f"{out_dir} holds an interrupted fine-tune; add --resume to continue it or pick another --out"
