@@ -378,7 +378,12 @@ def _parse_grid(text: str | None) -> list[float] | None:
 @click.option(
     "--accumulate", type=click.IntRange(min=1), default=1, show_default=True, help="Batches per optimiser step."
 )
-@click.option("--lp-ft", is_flag=True, help="Start the classifier from fit-head's logistic regression (LP-FT).")
+@click.option(
+    "--lp-ft",
+    is_flag=True,
+    help="Start the classifier from fit-head's logistic regression (LP-FT). Its confident start can make the "
+    "gradient norm large: on Rotten Tomatoes it trained only with --clip 0.",
+)
 @click.option(
     "--augment",
     default="crop,flip",
