@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from tlcache.backbones.base import PRECISIONS
 from tlcache.errors import UserError
 from tlcache.heads import HEADS
 
@@ -79,6 +80,10 @@ def backbone_options(command):
     return command
 
 
+def precision_option(text: str):
+    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=text)
+
+
 def source_options(command):
     for option in reversed(
         [
@@ -133,13 +138,9 @@ def cli() -> None:
     show_default=True,
     help="Stored feature type; float16 halves the size.",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
-    default="auto",
-    show_default=True,
-    help="Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions (2-3x faster than fp32 there, "
-    "features at cosine 0.998 or more to fp32), else fp32. In the cache key.",
+@precision_option(
+    "Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions (2-3x faster than fp32 there, "
+    "features at cosine 0.998 or more to fp32), else fp32. In the cache key."
 )
 @click.option(
     "--compression",
@@ -407,13 +408,7 @@ def _parse_grid(text: str | None) -> list[float] | None:
     show_default=True,
     help="Batch norms keep their pretrained statistics (frozen; their scales still train) or update them (train).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
-    default="auto",
-    show_default=True,
-    help="Mixed precision: auto takes bf16 on capable CPUs and GPUs (fp16 with loss scaling on older GPUs).",
-)
+@precision_option("Mixed precision: auto takes bf16 on capable CPUs and GPUs (fp16 with loss scaling on older GPUs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling, augmentation.")
 @device_option
 @click.option("--out", "-o", help="Folder for the model and its report [default: runs/finetune-<backbone>-<strategy>].")

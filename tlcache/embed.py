@@ -440,20 +440,29 @@ class _ImageFiles:
 
     def __getitem__(self, index: int):
         import torch
-        from PIL import Image
 
         try:
-            with Image.open(self.paths[index]) as image:
-                rgb = image.convert("RGB")
-                views = []
-                for view in range(self.views):
-                    # The seeded views draw from torch's global generator, which decoding threads share.
-                    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(view_seed(self.fingerprints[index], view))
-                        views.append(self.view_transform(rgb))
-                return self.transform(rgb), torch.stack(views) if views else None, None
-        except Exception as exc:  # PIL raises many types for damaged files
-            return None, None, f"{self.paths[index]} could not be decoded ({exc}); fix or remove it"
+            rgb = read_rgb(self.paths[index])
+        except UserError as exc:  # a message crosses from a worker process as one line; an exception would not
+            return None, None, str(exc)
+        views = []
+        for view in range(self.views):
+            # The seeded views draw from torch's global generator, which decoding threads share.
+            with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(view_seed(self.fingerprints[index], view))
+                views.append(self.view_transform(rgb))
+        return self.transform(rgb), torch.stack(views) if views else None, None
+
+
+def read_rgb(path: Path):
+    """An image file decoded to an RGB PIL image; a damaged file is a UserError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types for damaged files
+        raise UserError(f"{path} could not be decoded ({exc}); fix or remove it") from None
 
 
 def _image_loader(dataset: _ImageFiles, batch_size: int, workers: int, pin_memory: bool):

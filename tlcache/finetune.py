@@ -350,6 +350,7 @@ class _Data:
     def __init__(self, src: Source, splits: _Splits, bb: Backbone, config: FinetuneConfig, workers: int | None):
         self.src, self.splits, self.bb, self.config = src, splits, bb, config
         self.workers = workers
+        self._lengths: dict[str, np.ndarray] = {}  # token lengths per split, tokenised once for all epochs
 
     def n_batches(self, split: str) -> int:
         n = len(self.splits.rows[split]) - (self._dropped() if split == "train" else 0)
@@ -367,7 +368,9 @@ class _Data:
         if self.src.modality == "image":
             yield from self._image_batches(items, labels, epoch)
         else:
-            yield from self._text_batches(items, labels, epoch)
+            if split not in self._lengths:
+                self._lengths[split] = np.asarray(self.bb.token_lengths(items))
+            yield from self._text_batches(items, labels, self._lengths[split], epoch)
 
     def _items(self, split: str) -> list:
         source = self.splits.test_source if split == "test" and self.splits.test_source is not None else self.src
@@ -399,9 +402,8 @@ class _Data:
             start += len(pixels)
             yield self.bb.to_device(pixels, non_blocking=True), labels[positions], positions
 
-    def _text_batches(self, texts: list[str], labels: np.ndarray, epoch: int | None):
+    def _text_batches(self, texts: list[str], labels: np.ndarray, lengths: np.ndarray, epoch: int | None):
         size = self.config.batch_size
-        lengths = np.asarray(self.bb.token_lengths(texts))
         if epoch is None:
             by_length = np.argsort(lengths, kind="stable")
             batches = [by_length[i : i + size] for i in range(0, len(texts), size)]
@@ -432,13 +434,10 @@ class _Images:
 
     def __getitem__(self, index: int):
         import torch
-        from PIL import Image
 
-        try:
-            with Image.open(self.paths[index]) as image:
-                rgb = image.convert("RGB")
-        except Exception as exc:  # PIL raises many types for damaged files
-            raise UserError(f"{self.paths[index]} could not be decoded ({exc}); fix or remove it") from None
+        from tlcache.embed import read_rgb
+
+        rgb = read_rgb(self.paths[index])
         if self.epoch is None:
             return self.transform(rgb)
         with torch.random.fork_rng(devices=[]):
