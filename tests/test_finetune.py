@@ -135,8 +135,10 @@ def test_resume_continues_from_the_saved_epoch_with_the_uninterrupted_result(
     else:
         source = write_image_folder(tmp_path / "imgs", per_class=8)
         backbone, options = "torchvision:resnet18", {"weights": str(resnet18_weights), "image_size": 32}
-    # Two stages (head first, then top-1), dropout and augmentation on: every source of randomness is involved.
-    config = _fast(head_epochs=1, epochs=2, strategy="top-1", augment=["crop", "flip", "erase"])
+    # Two stages (head first, then top-1), dropout, augmentation and mixup on: every source of randomness.
+    config = _fast(
+        head_epochs=1, epochs=2, strategy="top-1", augment=["crop", "flip", "erase"], mixup=0.4, label_smoothing=0.1
+    )
     common = dict(config=config, progress=False, num_workers=0, **options)
     whole = finetune(source, backbone, out=tmp_path / "whole", **common)
 
@@ -160,6 +162,26 @@ def test_resume_continues_from_the_saved_epoch_with_the_uninterrupted_result(
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # a finished run keeps its model, not the checkpoint
+
+
+def test_mixup_blends_each_image_with_its_neighbour_at_a_seeded_weight(tmp_path, resnet18_weights):
+    from tlcache.finetune import _Data, _splits
+    from tlcache.sources import load_source
+
+    src = load_source(write_image_folder(tmp_path / "imgs", per_class=8))
+    config = _fast(mixup=0.4)
+    model = _classifier("torchvision:resnet18", weights=str(resnet18_weights), image_size=32)
+    trainer = _Trainer(
+        model, _Data(src, _splits(src, None, 0.2, config, None), model.bb, config, 0), config, tmp_path, False
+    )
+    pixels = torch.randn(4, 3, 32, 32)
+    mixed, weight = trainer._mix(pixels, epoch=1, index=3)
+    assert 0 < weight < 1
+    torch.testing.assert_close(mixed, weight * pixels + (1 - weight) * pixels[[3, 0, 1, 2]])
+    assert trainer._mix(pixels, epoch=1, index=3)[1] == weight  # the same batch of the same epoch: the same mix
+    assert trainer._mix(pixels, epoch=1, index=4)[1] != weight
+    trainer.config = _fast(mixup=0.0)
+    assert trainer._mix(pixels, epoch=1, index=3) == (pixels, 1.0)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_bert_dir, monkeypatch):

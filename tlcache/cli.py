@@ -392,6 +392,17 @@ def _parse_grid(text: str | None) -> list[float] | None:
     help="Image augmentations, comma-separated: crop, flip, color, rotate, erase; or none.",
 )
 @click.option(
+    "--mixup",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Images: mix pairs of training items and their labels at a Beta(alpha, alpha) weight; alpha, e.g. 0.2 "
+    "(0: off).",
+)
+@click.option(
+    "--label-smoothing", type=float, default=0.0, show_default=True, help="Label smoothing of the loss, e.g. 0.1."
+)
+@click.option(
     "--val-fraction", type=float, default=0.1, show_default=True, help="Training items held out for early stopping."
 )
 @click.option(
@@ -441,6 +452,8 @@ def finetune(
     accumulate,
     lp_ft,
     augment,
+    mixup,
+    label_smoothing,
     val_fraction,
     patience,
     norm_stats,
@@ -491,6 +504,8 @@ def finetune(
         accumulate=accumulate,
         lp_ft=lp_ft,
         augment=[] if augment.strip() == "none" else [a.strip() for a in augment.split(",") if a.strip()],
+        mixup=mixup,
+        label_smoothing=label_smoothing,
         val_fraction=val_fraction,
         patience=patience,
         norm_stats=norm_stats,

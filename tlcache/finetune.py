@@ -57,6 +57,8 @@ class FinetuneConfig:
     accumulate: int = 1  # batches whose gradients add up to one optimiser step
     lp_ft: bool = False  # start the classifier from the logistic-regression probe
     augment: list[str] = field(default_factory=lambda: list(DEFAULT_AUGMENT))  # images only
+    mixup: float = 0.0  # images only: alpha of the Beta distribution that mixes pairs of a batch (0: off)
+    label_smoothing: float = 0.0  # of the cross-entropy targets
     val_fraction: float = 0.1  # of the training items, stratified, for early stopping
     patience: int = 2  # epochs of the main stage without a better validation accuracy before stopping (0: never)
     norm_stats: str = "frozen"  # frozen: batch norms keep their pretrained statistics (their scales still train)
@@ -76,6 +78,8 @@ class FinetuneConfig:
             raise UserError("--warmup must be in [0, 1), --weight-decay and --clip 0 or more")
         if self.norm_stats not in NORM_STATS:
             raise UserError(f"--norm-stats {self.norm_stats} is not known; use one of {', '.join(NORM_STATS)}")
+        if self.mixup < 0 or not 0 <= self.label_smoothing < 1:
+            raise UserError("--mixup must be 0 or more, --label-smoothing in [0, 1)")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1 (exclusive)")
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
@@ -584,9 +588,13 @@ class _Trainer:
         )
         with bar:
             for index, (inputs, labels, _) in enumerate(self.data.batches("train", epoch)):
+                targets = torch.as_tensor(labels, device=self.model.bb.device)
+                inputs, weight = self._mix(inputs, epoch, index)
                 with self.model.bb.autocast():
-                    logits = self.model(inputs)
-                loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(labels, device=logits.device))
+                    logits = self.model(inputs).float()
+                loss = weight * self._loss(logits, targets)
+                if weight < 1:
+                    loss = loss + (1 - weight) * self._loss(logits, targets.roll(1))
                 scaler.scale(loss / self.config.accumulate).backward()
                 if (index + 1) % self.config.accumulate == 0 or index + 1 == n_batches:
                     if self.config.clip:
@@ -600,6 +608,21 @@ class _Trainer:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                 bar.update()
         return float(np.mean(losses))
+
+    def _loss(self, logits, targets):
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
+
+    def _mix(self, inputs, epoch: int, index: int):
+        """Mixup (Zhang et al. 2018) for images: each item of the batch blends with its neighbour (the batch is
+        already shuffled) at a weight drawn from Beta(alpha, alpha), seeded by (seed, epoch, batch); the loss
+        blends their labels at the same weight. Without mixup, the batch as it is at weight 1."""
+        if not self.config.mixup or self.data.src.modality != "image":
+            return inputs, 1.0
+        rng = np.random.default_rng([self.config.seed, epoch, index, 3])
+        weight = float(rng.beta(self.config.mixup, self.config.mixup))
+        return weight * inputs + (1 - weight) * inputs.roll(1, dims=0), weight
 
     def _evaluate(self) -> dict[str, float]:
         import torch
