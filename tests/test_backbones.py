@@ -149,6 +149,27 @@ def test_flatten_keeps_every_position_whose_mean_is_mean_pooling(efficientnet_li
     np.testing.assert_allclose(flat.reshape(len(images), channels, -1).mean(axis=2), mean, atol=1e-5)
 
 
+def test_efficientnet_lite_block_layers_drop_blocks_only_in_training(efficientnet_lite0_random_weights):
+    # Fine-tuning along a block layer gets the stochastic depth of the full network; embedding never does.
+    bb = create_backbone(
+        "efficientnet-lite0", weights=str(efficientnet_lite0_random_weights), image_size=64, layer="blocks.13"
+    )
+    bb.model = model = bb._build()
+    pixels = torch.randn(4, 3, 64, 64)
+    model.train()
+    torch.manual_seed(0)
+    first = bb.forward(pixels)
+    assert not torch.allclose(first, bb.forward(pixels))  # blocks dropped at random, per item
+    torch.manual_seed(0)
+    torch.testing.assert_close(bb.forward(pixels), first)
+    model.eval()
+    with torch.no_grad():
+        x = model._swish(model._bn0(model._conv_stem(pixels)))
+        for block in model._blocks[:14]:
+            x = block(x)
+        torch.testing.assert_close(bb.forward(pixels), x.mean(dim=(2, 3)))
+
+
 def test_torchvision_layer_flatten():
     backbone = create_backbone(
         "torchvision:resnet18", weights="random", image_size=64, layer="layer4", pooling="flatten"

@@ -184,6 +184,23 @@ def test_mixup_blends_each_image_with_its_neighbour_at_a_seeded_weight(tmp_path,
     assert trainer._mix(pixels, epoch=1, index=3) == (pixels, 1.0)
 
 
+def test_shift_moves_the_image_and_fills_the_border_black(resnet18_weights):
+    from PIL import Image
+
+    from tlcache.finetune import _train_transform
+
+    bb = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32, crop_ratio=1.0)
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    plain = _train_transform(bb, [])(white)
+    torch.manual_seed(0)
+    shifted = [_train_transform(bb, ["shift"])(white) for _ in range(8)]
+    assert all(s.shape == plain.shape for s in shifted)
+    black = (torch.zeros(3) - torch.tensor(bb.mean)) / torch.tensor(bb.std)
+    # Every shifted image keeps most of the white and gains black borders of at most 10% of a side.
+    border = [int(torch.isclose(s, black[:, None, None], atol=1e-4).all(dim=0).sum()) for s in shifted]
+    assert any(n > 0 for n in border) and all(n <= 32 * 32 - 29 * 29 for n in border)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_bert_dir, monkeypatch):
     source = write_text_csv(tmp_path / "t.csv", n=40)
     _interrupt_after_epoch(monkeypatch, 1)

@@ -389,7 +389,7 @@ def _parse_grid(text: str | None) -> list[float] | None:
     "--augment",
     default="crop,flip",
     show_default=True,
-    help="Image augmentations, comma-separated: crop, flip, color, rotate, erase; or none.",
+    help="Image augmentations, comma-separated: crop, shift, flip, color, rotate, erase; or none.",
 )
 @click.option(
     "--mixup",

@@ -34,7 +34,7 @@ from tlcache.report import classification_metrics, write_report
 from tlcache.sources import Source, load_source
 
 CHECKPOINT_FILE = "checkpoint.pt"
-AUGMENTATIONS = ("crop", "flip", "color", "rotate", "erase")
+AUGMENTATIONS = ("crop", "shift", "flip", "color", "rotate", "erase")
 DEFAULT_AUGMENT = ("crop", "flip")
 NORM_STATS = ("frozen", "train")
 TEXT_BUCKET = 50  # batches whose texts are sorted by length together: little padding, still shuffled
@@ -451,8 +451,9 @@ class _Images:
 
 def _train_transform(bb: ImageBackbone, augment: list[str]):
     """The backbone's preprocessing with the chosen augmentations: ``crop`` (random resized crop, 60-100% of the
-    area), ``flip`` (horizontal), ``color`` (brightness, contrast, saturation 0.2), ``rotate`` (up to 10
-    degrees), ``erase`` (random erasing of a patch, p 0.25)."""
+    area), ``shift`` (a translation of up to 10% of the side, the border filled black: for centred items that a
+    crop would cut into), ``flip`` (horizontal), ``color`` (brightness, contrast, saturation 0.2), ``rotate`` (up
+    to 10 degrees), ``erase`` (random erasing of a patch, p 0.25)."""
     from torchvision import transforms
 
     size = bb.image_size
@@ -461,6 +462,8 @@ def _train_transform(bb: ImageBackbone, augment: list[str]):
         steps.append(transforms.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True))
     else:
         steps += [transforms.Resize(round(size / bb.crop_ratio)), transforms.CenterCrop(size)]
+    if "shift" in augment:
+        steps.append(transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)))
     if "flip" in augment:
         steps.append(transforms.RandomHorizontalFlip())
     if "color" in augment:

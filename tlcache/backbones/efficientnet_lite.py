@@ -154,8 +154,10 @@ class EfficientNetLite(ImageBackbone):
         if self._block is None:
             return model.extract_features(pixels)
         x = model._swish(model._bn0(model._conv_stem(pixels)))
-        for block in model._blocks[: self._block + 1]:
-            x = block(x)  # inference: no drop-connect
+        rate = model._global_params.drop_connect_rate or 0.0
+        for index, block in enumerate(model._blocks[: self._block + 1]):
+            # As extract_features does: stochastic depth growing with depth, active only in training (fine-tuning).
+            x = block(x, drop_connect_rate=rate * index / len(model._blocks))
         return x
 
 
