@@ -3,15 +3,16 @@
 1. Rotten Tomatoes (the canonical 2000 / 1000 split of DATA.md) with minilm: the frozen baseline (swept logistic
    regression on the cached features, as `tlcache fit-head` fits it), then fine-tuning (FT) and the linear-probe
    warm start (LP-FT) with the same recipe and budget, each with several seeds.
-2. Fashion-MNIST 3000 / 1000 (efficientnet-lite0 at 96 px, whole frames): the best frozen head (the svm and
-   logistic regression on the best frozen features found in benchmarks/results/heads.md: block 13, flattened),
-   then fine-tuning along the same feature path (LP-FT, several seeds), scored with its own classifier and with
-   the same two heads refitted on the fine-tuned features (`--backbone finetuned:<dir>`).
+2. Fashion-MNIST 3000 / 1000 (efficientnet-lite0 at 96 px, whole frames): the best frozen heads (logreg,
+   linear-svm and svm on the best frozen features found in benchmarks/results/heads.md: block 13, flattened),
+   each with several seeds, then two fine-tune recipes with several seeds each: LP-FT along the same feature path,
+   and a full fine-tune from the top (64 px, global pooling, mixup, label smoothing). Each is scored with its own
+   classifier and with heads refitted on its fine-tuned features (`--backbone finetuned:<dir>`).
 
 Every fine-tune holds out 10% of its training items for early stopping and reports on the test split, which
 no choice was made on. Times are wall-clock on this machine and include data loading and evaluation.
 
-Run:  .venv/bin/python benchmarks/finetune_benchmark.py   (about 20 minutes on 2 cores; needs `make fashion-mnist`)
+Run:  .venv/bin/python benchmarks/finetune_benchmark.py   (about an hour on 2 cores; needs `make fashion-mnist`)
 Writes benchmarks/results/finetune.md and finetune.json.
 """
 
@@ -41,22 +42,38 @@ TEXT_RECIPE = {
     "patience": 0,
     "clip": 0.0,
 }
-# For images, a body rate of 1e-4 or more, or a classifier rate of 1e-3 on a probe-initialised classifier, first
-# undid what the probe knew (validation 0.85 -> 0.77-0.80 after an epoch), so everything learns at 3e-5 here.
-IMAGE_RECIPE = {
-    "strategy": "full",
-    "epochs": 8,
-    "lr": 3e-5,
-    "head_lr": 3e-5,
-    "batch_size": 32,
-    "patience": 3,
-    "lp_ft": True,
+# For images, two recipes. LP-FT along the frozen feature path: a body rate of 1e-4 or more, or a classifier rate of
+# 1e-3 on a probe-initialised classifier, first undid what the probe knew (validation 0.85 -> 0.77-0.80 after an
+# epoch), so everything learns at 3e-5. From the top: the whole network at about ten times that, regularised by
+# mixup and label smoothing, for longer, at 64 px, where an epoch costs 0.6 times one at 96 px (seed 0: 40 epochs
+# of the same recipe at 96 px gave 0.888, 20 at 64 px 0.881).
+IMAGE_FEATURES = {"image_size": 96, "crop_ratio": 1.0, "layer": "blocks.13", "pooling": "flatten"}
+IMAGE_RECIPES = {
+    "LP-FT along the frozen feature path (block 13, flattened)": (
+        {"strategy": "full", "epochs": 10, "lr": 3e-5, "head_lr": 3e-5, "batch_size": 32, "patience": 3, "lp_ft": True},
+        IMAGE_FEATURES,
+    ),
+    "FT from the top (64 px, penultimate, mean-pooled)": (
+        {
+            "strategy": "full",
+            "epochs": 20,
+            "lr": 2e-4,
+            "head_lr": 2e-3,
+            "batch_size": 32,
+            "patience": 0,
+            "mixup": 0.2,
+            "label_smoothing": 0.1,
+        },
+        {"image_size": 64, "crop_ratio": 1.0},
+    ),
 }
-IMAGE_OPTIONS = {"image_size": 96, "crop_ratio": 1.0, "layer": "blocks.13", "pooling": "flatten"}
+FROZEN_IMAGE_HEADS = ["logreg", "linear-svm", "svm"]
+REFIT_HEADS = ["logreg", "svm"]
 
 
-def frozen(train, test, backbone: str, heads: list[str], cache: Path, **options) -> dict:
-    """Embed both splits through the cache, fit each head (seed 0); accuracy and time per head."""
+def frozen(train, test, backbone: str, heads: list[str], cache: Path, seeds=(0,), **options) -> dict:
+    """Embed both splits through the cache, fit each head once per seed (the seed of its sweep's split);
+    accuracy per seed, mean, spread and fit time per head."""
     import tlcache
 
     started = time.perf_counter()
@@ -65,15 +82,23 @@ def frozen(train, test, backbone: str, heads: list[str], cache: Path, **options)
     embed_s = time.perf_counter() - started
     results = {}
     for head in heads:
-        run = tlcache.fit_head(train_store, head, test=test_store, out=cache / "runs" / head)
-        results[head] = {"accuracy": run.accuracy, "fit_seconds": run.report["fit_seconds"]}
+        runs = [
+            tlcache.fit_head(train_store, head, test=test_store, seed=seed, out=cache / "runs" / f"{head}-{seed}")
+            for seed in seeds
+        ]
+        results[head] = {
+            "accuracy": [run.accuracy for run in runs],
+            "fit_seconds": statistics.mean(run.report["fit_seconds"] for run in runs),
+            **_spread([run.accuracy for run in runs]),
+        }
     return {"embed_seconds": embed_s, "heads": results}
 
 
 def tuned(
     train, test, backbone: str, recipe: dict, seeds: list[int], work: Path, tag: str, heads=(), **options
 ) -> dict:
-    """Fine-tune once per seed; with ``heads``, also fit those heads on each fine-tuned model's features."""
+    """Fine-tune once per seed; with ``heads``, also fit those heads (same seed) on each fine-tuned model's
+    features."""
     from tlcache.finetune import FinetuneConfig, finetune
 
     runs = []
@@ -96,10 +121,12 @@ def tuned(
             }
         )
         if heads:
-            refit = frozen(train, test, f"finetuned:{run.out_dir}", list(heads), work / f"{tag}-{seed}-heads")
-            runs[-1]["heads"] = {head: h["accuracy"] for head, h in refit["heads"].items()}
+            refit = frozen(
+                train, test, f"finetuned:{run.out_dir}", list(heads), work / f"{tag}-{seed}-heads", seeds=[seed]
+            )
+            runs[-1]["heads"] = {head: h["mean"] for head, h in refit["heads"].items()}
         print(f"{tag} seed {seed}: {run.accuracy:.4f} in {run.report['fit_seconds']:.0f} s", flush=True)
-    summary = {"recipe": recipe, "runs": runs, **_spread([r["accuracy"] for r in runs])}
+    summary = {"recipe": recipe, "options": options, "runs": runs, **_spread([r["accuracy"] for r in runs])}
     summary["mean_seconds"] = statistics.mean(r["seconds"] for r in runs)
     summary["heads"] = {head: _spread([r["heads"][head] for r in runs]) for head in heads}
     return summary
@@ -124,9 +151,14 @@ def render(results: dict, command: str) -> str:
             f"{summary['mean_seconds']:.0f} s |"
         )
 
-    best_frozen_image = max(h["accuracy"] for h in image["frozen"]["heads"].values())
-    best_tuned_image = max([image["ft"]["mean"]] + [h["mean"] for h in image["ft"]["heads"].values()])
-    image_met = best_tuned_image > max(best_frozen_image, 0.890)
+    frozen_heads = image["frozen"]["heads"]
+    best_frozen = max(frozen_heads, key=lambda head: frozen_heads[head]["mean"])
+    tuned_scores = {
+        f"{name}: {scorer}": summary["mean"] if scorer == "its classifier" else summary["heads"][scorer]["mean"]
+        for name, summary in image["ft"].items()
+        for scorer in ["its classifier", *summary["heads"]]
+    }
+    best_tuned = max(tuned_scores, key=tuned_scores.get)
     lines = [
         "# Fine-tuning against frozen features",
         "",
@@ -139,7 +171,7 @@ def render(results: dict, command: str) -> str:
         "",
         f"Frozen: embedding both splits {text['frozen']['embed_seconds']:.0f} s; "
         + "; ".join(
-            f"{head} {h['accuracy']:.4f} (fit {h['fit_seconds']:.1f} s)" for head, h in text["frozen"]["heads"].items()
+            f"{head} {h['mean']:.4f} (fit {h['fit_seconds']:.1f} s)" for head, h in text["frozen"]["heads"].items()
         )
         + ".",
         "",
@@ -153,22 +185,33 @@ def render(results: dict, command: str) -> str:
         "",
         "## Fashion-MNIST (3000 / 1000), efficientnet-lite0 at 96 px",
         "",
-        f"Best frozen features (`--crop-ratio 1 --layer blocks.13 --pool flatten`): embedding both splits "
-        f"{image['frozen']['embed_seconds']:.0f} s; "
-        + "; ".join(
-            f"{head} {h['accuracy']:.4f} (fit {h['fit_seconds']:.1f} s)" for head, h in image["frozen"]["heads"].items()
-        )
-        + " (seed 0; benchmarks/results/heads.md has 3 seeds: svm 0.890).",
+        f"Best frozen features (`--crop-ratio 1 --layer blocks.13 --pool flatten`, as in heads.md): embedding both "
+        f"splits {image['frozen']['embed_seconds']:.0f} s, then each head with each seed (its sweep's split):",
         "",
-        f"Recipe: {recipe(image['ft']['recipe'])}, augmentation crop + flip, clip 1.0 and the other defaults. The "
-        "same feature path as the frozen features (block 13, flattened, `--crop-ratio 1`).",
+        "| frozen head | test accuracy | per seed | fit time |",
+        "|---|---:|---|---:|",
+        *(
+            f"| {head} | {h['mean']:.4f} ± {h['std']:.4f} | {', '.join(f'{a:.4f}' for a in h['accuracy'])} | "
+            f"{h['fit_seconds']:.1f} s |"
+            for head, h in frozen_heads.items()
+        ),
         "",
-        "| method | test accuracy | per seed | best epoch / run | time per run |",
+        "Fine-tuned, each recipe with each seed (augmentation crop + flip, the other defaults of `tlcache finetune`):",
+        "",
+        *(
+            f"- {name}: {recipe(summary['recipe'])}; {recipe(summary['options'])}."
+            for name, summary in image["ft"].items()
+        ),
+        "",
+        "| fine-tune | test accuracy | per seed | best epoch / run | time per run |",
         "|---|---:|---|---|---:|",
-        row("LP-FT, its classifier", image["ft"]),
+        *(row(f"{name}, its classifier", summary) for name, summary in image["ft"].items()),
         "",
         "Heads refitted on the fine-tuned features: "
-        + "; ".join(f"{head} {h['mean']:.4f} ± {h['std']:.4f}" for head, h in image["ft"]["heads"].items())
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{head} {h['mean']:.4f} ± {h['std']:.4f}" for head, h in summary["heads"].items())
+            for name, summary in image["ft"].items()
+        )
         + ".",
         "",
         "## Targets (issue 6)",
@@ -176,8 +219,9 @@ def render(results: dict, command: str) -> str:
         f"- Rotten Tomatoes, best fine-tune recipe at least 0.80 (mean of seeds): FT {text['ft']['mean']:.4f}, "
         f"LP-FT {text['lp_ft']['mean']:.4f} "
         f"({met(max(text['ft']['mean'], text['lp_ft']['mean']) >= 0.80)}).",
-        f"- Fashion-MNIST, fine-tuning beats the best frozen head: best fine-tuned {best_tuned_image:.4f} against "
-        f"{best_frozen_image:.4f} here and 0.890 in heads.md ({met(image_met)}).",
+        f"- Fashion-MNIST, fine-tuning beats the best frozen head (means of seeds): best fine-tuned "
+        f"{tuned_scores[best_tuned]:.4f} ({best_tuned}) against {frozen_heads[best_frozen]['mean']:.4f} "
+        f"(frozen {best_frozen}) ({met(tuned_scores[best_tuned] > frozen_heads[best_frozen]['mean'])}).",
         "",
     ]
     return "\n".join(lines)
@@ -210,21 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             "lp_ft": tuned(rt_train, rt_test, "minilm", {**TEXT_RECIPE, "lp_ft": True}, seeds, work, "rt-lpft"),
         }
         fm_train, fm_test = fashion_mnist(work / "fm")
+        fm = (fm_train, fm_test, "efficientnet-lite0")
         results["image"] = {
-            "frozen": frozen(
-                fm_train, fm_test, "efficientnet-lite0", ["logreg", "svm"], work / "fm-cache", **IMAGE_OPTIONS
-            ),
-            "ft": tuned(
-                fm_train,
-                fm_test,
-                "efficientnet-lite0",
-                IMAGE_RECIPE,
-                seeds,
-                work,
-                "fm-ft",
-                ["logreg", "svm"],
-                **IMAGE_OPTIONS,
-            ),
+            "frozen": frozen(*fm, FROZEN_IMAGE_HEADS, work / "fm-cache", seeds=seeds, **IMAGE_FEATURES),
+            "ft": {
+                name: tuned(*fm, recipe, seeds, work, f"fm-{i}", REFIT_HEADS, **options)
+                for i, (name, (recipe, options)) in enumerate(IMAGE_RECIPES.items())
+            },
         }
     save_results("finetune", results, render(results, command.strip()))
     return 0
