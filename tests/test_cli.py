@@ -359,3 +359,4 @@ def test_finetune_trains_saves_and_the_result_embeds(tmp_path, tiny_bert_dir):
     assert_user_error(run(*args, "--augment", "crop,twirl"), "--augment twirl is not known")
     assert_user_error(run(*args, "--mixup", "-1"), "--mixup must be 0 or more, --label-smoothing in [0, 1)")
     assert_user_error(run(*args, "--label-smoothing", "1"), "--mixup must be 0 or more, --label-smoothing in [0, 1)")
+    assert_user_error(run(*args, "--mixup", "0.2"), "holds texts; drop --mixup")

@@ -225,6 +225,8 @@ def finetune(
     bb = create_backbone(backbone or DEFAULT_BACKBONES[src.modality], **backbone_options)
     if bb.modality != src.modality:
         raise UserError(f"backbone {bb.name} embeds {bb.modality}s but {src.path} holds {src.modality}s")
+    if src.modality == "text" and config.mixup:
+        raise UserError(f"--mixup blends images, and {src.path} holds texts; drop --mixup")
     if bb.name.startswith("torchvision:") and bb.layer != "penultimate":
         raise UserError(f"finetune takes {bb.name}'s penultimate layer only; drop --layer")
     splits = _splits(src, test, test_fraction, config, source_options)
@@ -621,7 +623,7 @@ class _Trainer:
         """Mixup (Zhang et al. 2018) for images: each item of the batch blends with its neighbour (the batch is
         already shuffled) at a weight drawn from Beta(alpha, alpha), seeded by (seed, epoch, batch); the loss
         blends their labels at the same weight. Without mixup, the batch as it is at weight 1."""
-        if not self.config.mixup or self.data.src.modality != "image":
+        if not self.config.mixup:
             return inputs, 1.0
         rng = np.random.default_rng([self.config.seed, epoch, index, 3])
         weight = float(rng.beta(self.config.mixup, self.config.mixup))
