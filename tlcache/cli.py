@@ -483,8 +483,9 @@ def finetune(
       tlcache finetune reviews.csv -b minilm --test test.csv --strategy full --epochs 3 --lr 5e-5
       tlcache finetune reviews.csv -b minilm --test test.csv --lp-ft --out runs/ft-lp
       tlcache finetune photos/ --strategy top-3 --head-epochs 1 --layer-decay 0.8 --augment crop,flip,color
-      tlcache finetune fmnist/ --image-size 96 --crop-ratio 1 --layer blocks.13 --pool flatten --lp-ft
-      tlcache finetune fmnist/ --image-size 64 --epochs 20 --lr 2e-4 --head-lr 2e-3 --mixup 0.2 --label-smoothing 0.1
+      tlcache finetune fmnist/ --image-size 96 --crop-ratio 1 --layer blocks.7 --pool flatten --augment shift,flip \\
+          --lp-ft --epochs 8 --lr 3e-5 --head-lr 3e-5 --out runs/ft-fm   # trains blocks 0-7 only
+      tlcache finetune fmnist/ --epochs 15 --lr 1e-4 --head-lr 1e-3 --mixup 0.2 --label-smoothing 0.1
       tlcache finetune photos/ --out runs/ft --resume                  # continue after an interruption
       tlcache embed photos/ -b finetuned:runs/ft                       # its features, for any head
     """
