@@ -115,6 +115,41 @@ def test_lp_ft_starts_from_the_logistic_regression_probe(tmp_path, tiny_bert_dir
     np.testing.assert_allclose(probabilities, probe.predict_proba(features), atol=1e-4)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_lp_ft_folds_the_probe_without_dead_features(n_classes):
+    from tlcache.finetune import fold_probe, live_features
+    from tlcache.heads import make_head
+
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % n_classes
+    X = rng.normal(size=(120, 6)) + y[:, None] * 0.5
+    X[:, 2] = rng.normal(size=120) * 1e-33  # dead units, as MiniLM has: values that are rounding residue
+    X[:, 4] = -2.7e-8 + rng.normal(size=120) * 6e-9 * 1e-3
+    keep = live_features(X)
+    assert keep.tolist() == [True, True, False, True, False, True]
+    probe = make_head("logreg", 0).fit(X[:, keep], y)
+    weight, bias = fold_probe(probe, n_classes + 1, keep)  # one class the probe never saw
+    assert np.abs(weight).max() < 100 and (weight[:, ~keep] == 0).all()
+    logits = X @ weight.T + bias
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities[:, :n_classes], probe.predict_proba(X[:, keep]), atol=1e-6)
+    assert probabilities[:, n_classes].max() < 1e-6
+
+
+def test_a_diverging_fine_tune_stops_with_one_line(tmp_path, tiny_bert_dir):
+    source = write_text_csv(tmp_path / "t.csv", n=40)
+    with pytest.raises(UserError, match=r"diverged: the gradients turned infinite or NaN at epoch 1, batch 2"):
+        finetune(
+            source, f"hf:{tiny_bert_dir}", out=tmp_path / "run", config=_fast(lr=1e30, head_lr=1e30), progress=False
+        )
+    with pytest.raises(UserError, match=r"diverged: the loss turned infinite or NaN at epoch 1, batch 2"):
+        finetune(
+            source, f"hf:{tiny_bert_dir}", out=tmp_path / "run2", config=_fast(lr=1e30, head_lr=1e30, clip=0.0),
+            progress=False,
+        )  # fmt: skip
+
+
 def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     original = _Trainer._checkpoint
 

@@ -382,8 +382,8 @@ def _parse_grid(text: str | None) -> list[float] | None:
 @click.option(
     "--lp-ft",
     is_flag=True,
-    help="Start the classifier from fit-head's logistic regression (LP-FT). Its confident start can make the "
-    "gradient norm large: on Rotten Tomatoes it trained only with --clip 0.",
+    help="Start the classifier from fit-head's logistic regression (LP-FT), fitted on the frozen features of the "
+    "training split.",
 )
 @click.option(
     "--augment",

@@ -37,6 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 AUGMENTATIONS = ("crop", "shift", "flip", "color", "rotate", "erase")
 DEFAULT_AUGMENT = ("crop", "flip")
 NORM_STATS = ("frozen", "train")
+DEAD_SPREAD = 1e-6  # LP-FT: features spread this much less than the widest one are dead units (live_features)
 TEXT_BUCKET = 50  # batches whose texts are sorted by length together: little padding, still shuffled
 
 
@@ -480,7 +481,7 @@ def _train_transform(bb: ImageBackbone, augment: list[str]):
 
 def _warm_start(model: Classifier, src: Source, splits: _Splits, bb: Backbone, config, cache, device: str) -> None:
     """LP-FT: fit `fit-head`'s logistic regression (standardisation + swept C) on the frozen features of the
-    training split, and copy it, scaler folded in, into the classifier."""
+    training split (those that vary), and copy it, scaler folded in, into the classifier."""
     import torch
 
     from tlcache.embed import embed_source
@@ -491,20 +492,39 @@ def _warm_start(model: Classifier, src: Source, splits: _Splits, bb: Backbone, c
     train = src.subset(splits.rows["train"])
     result = embed_source(train, frozen, out=cache, precision=bb.precision, device=device, progress=False)
     X = FeatureStore(result.path).features()
-    pipeline = make_head("logreg", config.seed).fit(X, splits.labels["train"])
-    scaler, logreg = pipeline[0], pipeline[-1]
-    coef, intercept = logreg.coef_, logreg.intercept_
-    if coef.shape[0] == 1:  # binary: the score of class 1 against a fixed 0 for class 0
-        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
-    full_coef = np.zeros((len(splits.classes), X.shape[1]))
-    full_intercept = np.full(len(splits.classes), -1e4)  # a class missing from the training split: never predicted
-    full_coef[logreg.classes_], full_intercept[logreg.classes_] = coef, intercept
-    weight = full_coef / scaler.scale_
-    bias = full_intercept - weight @ scaler.mean_
+    keep = live_features(X)
+    pipeline = make_head("logreg", config.seed).fit(X[:, keep], splits.labels["train"])
+    weight, bias = fold_probe(pipeline, len(splits.classes), keep)
     head = model.module["head"]
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+
+
+def live_features(X: np.ndarray) -> np.ndarray:
+    """A mask of the features that vary: a spread below ``DEAD_SPREAD`` times the widest one's is the rounding
+    residue of a dead unit (three of MiniLM's 384 dimensions hold values near 1e-33 and 1e-8 on every text).
+    Standardised, such a feature looks as informative as any; folded back, its weight would be near 1e30, and the
+    first change fine-tuning makes to it would turn the logits and gradients infinite."""
+    spread = X.std(axis=0, dtype=np.float64)
+    return spread >= DEAD_SPREAD * spread.max()
+
+
+def fold_probe(pipeline, n_classes: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (weight, bias) of one linear layer over all the raw features that scores like ``pipeline`` (a fitted
+    standardise + logistic regression) on the features ``keep`` selects, the others at weight 0, for classes
+    0 .. n_classes - 1 (a class the probe never saw scores -1e4: never predicted)."""
+    scaler, logreg = pipeline[0], pipeline[-1]
+    coef, intercept = logreg.coef_, logreg.intercept_
+    if coef.shape[0] == 1:  # binary: the score of class 1 against a fixed 0 for class 0
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    full_coef = np.zeros((n_classes, coef.shape[1]))
+    full_intercept = np.full(n_classes, -1e4)
+    full_coef[logreg.classes_], full_intercept[logreg.classes_] = coef, intercept
+    weight = np.zeros((n_classes, len(keep)))
+    weight[:, keep] = full_coef / scaler.scale_
+    bias = full_intercept - weight[:, keep] @ scaler.mean_
+    return weight, bias
 
 
 class _Trainer:
@@ -604,15 +624,27 @@ class _Trainer:
                 if (index + 1) % self.config.accumulate == 0 or index + 1 == n_batches:
                     if self.config.clip:
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(trainable, self.config.clip)
+                        norm = torch.nn.utils.clip_grad_norm_(trainable, self.config.clip)
+                        if not scaler.is_enabled() and not torch.isfinite(norm):  # fp16's scaler skips such steps
+                            self._diverged(epoch, index, "the gradients")
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                 losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]) and not scaler.is_enabled():
+                    self._diverged(epoch, index, "the loss")
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                 bar.update()
         return float(np.mean(losses))
+
+    def _diverged(self, epoch: int, index: int, what: str) -> None:
+        """Stop a run whose numbers overflowed: a clipped step would silently be a zero step (the clip factor of an
+        infinite norm is 0) and an unclipped one would fill the weights with NaN."""
+        raise UserError(
+            f"fine-tuning diverged: {what} turned infinite or NaN at epoch {epoch + 1}, batch {index + 1}; "
+            "start again with a lower --lr or --head-lr (and another --out)"
+        )
 
     def _loss(self, logits, targets):
         import torch
