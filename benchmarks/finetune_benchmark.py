@@ -53,7 +53,8 @@ TEXT_RECIPE = {
 # into items that fill the frame). LP-FT: along block 13, a body rate of 1e-4 or more, or a classifier rate of
 # 1e-3, on a probe-initialised classifier first undid what the probe knew (validation 0.85 -> 0.77-0.80 after an
 # epoch), so everything learns at 3e-5. FT from a fresh classifier: ten times that for the classifier, mixup and
-# label smoothing, for longer (seed 0: validation still rising at epoch 15).
+# label smoothing, for longer (seed 0: validation still rising at epoch 15). Earlier recipes, from the top of the
+# network (penultimate features, mean-pooled), stayed at 0.878-0.888 (results/finetune.md of 2026-11-25, in git).
 IMAGE_FEATURES = {"image_size": 96, "crop_ratio": 1.0, "layer": "blocks.7", "pooling": "flatten"}
 IMAGE_AUGMENT = ["shift", "flip"]
 IMAGE_RECIPES = {
