@@ -294,15 +294,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _kept_results() -> dict:
-    """The committed results, each task with how it was made (results before per-task records had one run)."""
+    """The committed results, each task with how it was made (its ``made``)."""
     path = Path(__file__).parent / "results" / "finetune.json"
     if not path.exists():
         sys.exit(f"{path} does not exist: run all tasks first")
-    old = json.loads(path.read_text())
-    legacy = {key: old.pop(key) for key in ("date", "machine", "seeds") if key in old}
-    for task in old.values():
-        task.setdefault("made", {**legacy, "command": "python benchmarks/finetune_benchmark.py"})
-    return old
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":
