@@ -10,7 +10,9 @@
    `tlcache fit-head`), as a user would use the fine-tuned body.
 
 Every fine-tune holds out 10% of its training items for early stopping and reports on the test split, which
-no choice was made on. Times are wall-clock on this machine and include data loading and evaluation.
+no choice was made on. On Fashion-MNIST the best fine-tuned head and the best frozen one are also compared item by
+item (McNemar's exact test, seed by seed): "beats" needs that test to tell them apart. Times are wall-clock on
+this machine and include data loading and evaluation.
 
 Run:  .venv/bin/python benchmarks/finetune_benchmark.py   (about an hour on 2 cores; needs `make fashion-mnist`)
       add `--tasks text` (8 minutes) or `--tasks image` to rerun one task and keep the other's figures.
@@ -204,8 +206,8 @@ def render(results: dict) -> str:
     best_tuned = max(tuned_scores, key=tuned_scores.get)
     margin = tuned_scores[best_tuned] - frozen_heads[best_frozen]["mean"]
     name, _, scorer = best_tuned.partition(": ")
-    # A fine-tune's own classifier keeps no per-item predictions, nor did the results made before 2026-11-26T21:
-    # no paired test for them.
+    # A fine-tune's own classifier keeps no per-item predictions, nor do results made before the paired test was
+    # added: no paired test for them.
     tests = None
     frozen_right = frozen_heads[best_frozen].get("right")
     tuned_right = [r.get("heads_right", {}).get(scorer) for r in image["ft"][name]["runs"]]
