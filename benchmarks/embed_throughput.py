@@ -127,7 +127,7 @@ def tutorial_images(model, paths: list[Path], mean, std, device) -> tuple[float,
 
 
 def tlcache_run(
-    source, backbone, cache: Path, precision: str, device: str = "auto", compile: str = "auto"
+    source, backbone, cache: Path, precision: str, device: str = "auto", compile_mode: str = "auto"
 ) -> tuple[float, np.ndarray]:
     """One `tlcache embed` into an empty cache folder, with the model already loaded (as the tutorial's is)."""
     import tlcache
@@ -135,7 +135,7 @@ def tlcache_run(
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = tlcache.embed_source(
-        source, backbone, out=cache, precision=precision, device=device, compile=compile, progress=False
+        source, backbone, out=cache, precision=precision, device=device, compile_mode=compile_mode, progress=False
     )
     seconds = time.perf_counter() - started
     return seconds, tlcache.FeatureStore(result.path).features()
@@ -167,9 +167,9 @@ def image_section(name: str, paths: list[Path], work: Path, peak: float, device)
     tutorial_s, tutorial_features = tutorial_images(tutorial_model, paths, mean, std, device)
     fp32_s, fp32_features = tlcache_run(paths[0].parent, backbone, work / f"{name}-fp32", "fp32")
     auto_s, auto_features = tlcache_run(paths[0].parent, backbone, work / f"{name}-auto", "auto")
-    first_s, _ = tlcache_run(paths[0].parent, backbone, work / f"{name}-compiled-1", "auto", compile="on")
+    first_s, _ = tlcache_run(paths[0].parent, backbone, work / f"{name}-compiled-1", "auto", compile_mode="on")
     compiled_s, compiled_features = tlcache_run(
-        paths[0].parent, backbone, work / f"{name}-compiled", "auto", compile="on"
+        paths[0].parent, backbone, work / f"{name}-compiled", "auto", compile_mode="on"
     )
     limit = peak / flops
     compile_s = first_s - compiled_s

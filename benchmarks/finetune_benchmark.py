@@ -111,7 +111,8 @@ def _right(run, test_store: Path) -> str:
     tests between heads scored on the same items)."""
     import numpy as np
 
-    from tlcache.heads import load_head, predict_rows
+    from tlcache.heads import predict_rows
+    from tlcache.runs import load_head
     from tlcache.store import FeatureStore
 
     pipeline, sidecar = load_head(run.out_dir)

@@ -113,7 +113,8 @@ def image_section(work: Path, n_images: int) -> dict:
 
 
 def memory_section(work: Path, sizes: list[int]) -> dict:
-    from tlcache.backbones.tiny import save_tiny_bert
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_models import save_tiny_bert  # the tests' tiny model builder
 
     model = save_tiny_bert(work / "tiny-bert")
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with a word-piece tokenizer, saved with save_pretrained."""
-    from tlcache.backbones.tiny import save_tiny_bert
+    from tiny_models import save_tiny_bert
 
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 

@@ -154,7 +154,7 @@ def test_efficientnet_lite_block_layers_drop_blocks_only_in_training(efficientne
     bb = create_backbone(
         "efficientnet-lite0", weights=str(efficientnet_lite0_random_weights), image_size=64, layer="blocks.13"
     )
-    bb.model = model = bb._build()
+    model = bb.load_trainable("cpu")
     pixels = torch.randn(4, 3, 64, 64)
     model.train()
     torch.manual_seed(0)
@@ -341,3 +341,25 @@ def test_cuda_path_agrees_with_the_cpu(resnet18_weights, tiny_bert_dir):
         gpu_backbone = create_backbone(name, **options).load("cuda")
         assert next(gpu_backbone.model.parameters()).is_cuda
         np.testing.assert_allclose(gpu_backbone.embed(items), cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_load_trainable_gives_a_fresh_unfolded_model_that_forward_runs(resnet18_weights):
+    backbone = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32)
+    frozen = backbone.load("cpu").model
+    model = backbone.load_trainable("cpu")
+    assert model is not frozen and backbone.model is model
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # nothing folded into a convolution
+    assert all(p.requires_grad for p in model.parameters())
+    model.eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone.forward(pixels), frozen(pixels).flatten(1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_backbone_at_another_precision_is_a_copy_sharing_its_model(resnet18_weights):
+    backbone = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32).load("cpu")
+    assert backbone.at_precision(backbone.precision) is backbone
+    half = backbone.at_precision("bf16")
+    assert half is not backbone and half.model is backbone.model
+    assert (half.precision, backbone.precision) == ("bf16", "fp32")
+    assert half.key_config()["precision"] == "bf16" and backbone.key_config()["precision"] == "fp32"

@@ -326,8 +326,8 @@ def test_auto_precision_follows_the_hardware(tmp_path, tiny_bert_dir):
 def test_compiled_model_gives_the_eager_features_with_a_ragged_last_batch_and_views(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=4)  # 8 images in batches of 3: the last one holds 2
     common = dict(batch_size=3, precision="fp32", views=2, progress=False, **_resnet(resnet18_weights))
-    eager = FeatureStore(embed_source(folder, out=tmp_path / "eager", compile="off", **common).path)
-    compiled = FeatureStore(embed_source(folder, out=tmp_path / "compiled", compile="on", **common).path)
+    eager = FeatureStore(embed_source(folder, out=tmp_path / "eager", compile_mode="off", **common).path)
+    compiled = FeatureStore(embed_source(folder, out=tmp_path / "compiled", compile_mode="on", **common).path)
     assert compiled.meta["compiled"] and not eager.meta["compiled"]
     assert compiled.key == eager.key  # same features to float rounding: compiling is not in the key
     np.testing.assert_allclose(compiled.features(), eager.features(), rtol=1e-4, atol=1e-4)
@@ -338,9 +338,9 @@ def test_compile_auto_leaves_small_runs_eager_and_on_refuses_texts(image_folder,
     store = FeatureStore(embed_source(image_folder, out=tmp_path, progress=False, **_resnet(resnet18_weights)).path)
     assert not store.meta["compiled"]  # 12 images: compiling would cost more than it saves
     with pytest.raises(UserError, match="--compile on applies to image backbones"):
-        embed_source(write_text_csv(tmp_path / "t.csv"), "minilm", compile="on", out=tmp_path)
+        embed_source(write_text_csv(tmp_path / "t.csv"), "minilm", compile_mode="on", out=tmp_path)
     with pytest.raises(UserError, match="--compile sometimes is not supported"):
-        embed_source(image_folder, compile="sometimes", out=tmp_path, **_resnet(resnet18_weights))
+        embed_source(image_folder, compile_mode="sometimes", out=tmp_path, **_resnet(resnet18_weights))
 
 
 def test_a_failed_compilation_falls_back_to_the_eager_model(tmp_path, resnet18_weights, monkeypatch, capsys):
@@ -350,7 +350,16 @@ def test_a_failed_compilation_falls_back_to_the_eager_model(tmp_path, resnet18_w
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     folder = write_image_folder(tmp_path / "imgs", per_class=2)
-    result = embed_source(folder, out=tmp_path, compile="on", batch_size=3, **_resnet(resnet18_weights))
+    result = embed_source(folder, out=tmp_path, compile_mode="on", batch_size=3, **_resnet(resnet18_weights))
     store = FeatureStore(result.path)
     assert not store.meta["compiled"] and store.meta["complete"]
     assert "torch.compile failed" in capsys.readouterr().err
+
+
+def test_embedding_leaves_the_callers_backbone_at_its_own_precision(tmp_path, tiny_bert_dir):
+    backbone = create_backbone(f"hf:{tiny_bert_dir}")
+    result = embed_source(write_text_csv(tmp_path / "t.csv"), backbone, precision="bf16", out=tmp_path, progress=False)
+    assert FeatureStore(result.path).meta["precision"] == "bf16"
+    assert backbone.precision == "fp32"
+    at_fp32 = embed_source(write_text_csv(tmp_path / "t.csv"), backbone, precision="fp32", out=tmp_path)
+    assert at_fp32.key != result.key and backbone.model is not None  # the model it loads is kept for next time

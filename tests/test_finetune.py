@@ -11,23 +11,23 @@ from conftest import write_image_folder, write_text_csv
 from tlcache.backbones import create_backbone
 from tlcache.embed import embed_source
 from tlcache.errors import UserError
-from tlcache.finetune import Classifier, FinetuneConfig, _Trainer, finetune
+from tlcache.finetune import FinetuneConfig, finetune
+from tlcache.finetune.model import FinetuneModel
+from tlcache.finetune.trainer import Trainer
 from tlcache.heads import fit_head
 from tlcache.predict import predict
 from tlcache.store import FeatureStore
 
 
-def _classifier(backbone: str, n_classes: int = 2, **options) -> Classifier:
-    bb = create_backbone(backbone, **options)
-    bb.model, bb.device = bb._build(), torch.device("cpu")
-    return Classifier(bb, n_classes)
+def _classifier(backbone: str, n_classes: int = 2, **options) -> FinetuneModel:
+    return FinetuneModel(create_backbone(backbone, **options), n_classes, device="cpu")
 
 
 def _count(parameters) -> int:
     return sum(p.numel() for p in parameters)
 
 
-def _trainable(model: Classifier) -> int:
+def _trainable(model: FinetuneModel) -> int:
     return _count(p for p in model.module.parameters() if p.requires_grad)
 
 
@@ -92,22 +92,23 @@ def _fast(**overrides) -> FinetuneConfig:
 
 
 def test_lp_ft_starts_from_the_logistic_regression_probe(tmp_path, tiny_bert_dir):
-    from tlcache.finetune import _Data, _splits, _warm_start
+    from tlcache.finetune.data import FinetuneData, make_splits
+    from tlcache.finetune.probe import warm_start
     from tlcache.heads import make_head
     from tlcache.sources import load_source
 
     src = load_source(write_text_csv(tmp_path / "t.csv", n=40))
     config = _fast(lp_ft=True)
-    splits = _splits(src, None, 0.2, config, None)
+    splits = make_splits(src, None, 0.2, config, None)
     model = _classifier(f"hf:{tiny_bert_dir}")
     model.bb.precision = "fp32"
-    _warm_start(model, src, splits, model.bb, config, tmp_path / "cache", "cpu")
+    warm_start(model, src, splits, model.bb, config, tmp_path / "cache", "cpu")
     # The classifier now gives the probabilities of fit-head's logistic regression on the frozen features.
     frozen = create_backbone(f"hf:{tiny_bert_dir}")
     features = frozen.embed([src.items[i] for i in splits.rows["train"]])
     probe = make_head("logreg", config.seed).fit(features, splits.labels["train"])
     model.module.eval()
-    data = _Data(src, splits, model.bb, config, 0)
+    data = FinetuneData(src, splits, model.bb, config, 0)
     probabilities = np.zeros((len(features), 2))
     with torch.inference_mode():
         for inputs, _, positions in data.batches("train"):
@@ -117,7 +118,7 @@ def test_lp_ft_starts_from_the_logistic_regression_probe(tmp_path, tiny_bert_dir
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_lp_ft_folds_the_probe_without_dead_features(n_classes):
-    from tlcache.finetune import fold_probe, live_features
+    from tlcache.finetune.probe import fold_probe, live_features
     from tlcache.heads import make_head
 
     rng = np.random.default_rng(0)
@@ -151,14 +152,14 @@ def test_a_diverging_fine_tune_stops_with_one_line(tmp_path, tiny_bert_dir):
 
 
 def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
-    original = _Trainer._checkpoint
+    original = Trainer._checkpoint
 
     def checkpoint_then_stop(self, identity, done, *args):
         original(self, identity, done, *args)
         if done == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_Trainer, "_checkpoint", checkpoint_then_stop)
+    monkeypatch.setattr(Trainer, "_checkpoint", checkpoint_then_stop)
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
@@ -201,15 +202,14 @@ def test_resume_continues_from_the_saved_epoch_with_the_uninterrupted_result(
 
 
 def test_mixup_blends_each_image_with_its_neighbour_at_a_seeded_weight(tmp_path, resnet18_weights):
-    from tlcache.finetune import _Data, _splits
+    from tlcache.finetune.data import FinetuneData, make_splits
     from tlcache.sources import load_source
 
     src = load_source(write_image_folder(tmp_path / "imgs", per_class=8))
     config = _fast(mixup=0.4)
     model = _classifier("torchvision:resnet18", weights=str(resnet18_weights), image_size=32)
-    trainer = _Trainer(
-        model, _Data(src, _splits(src, None, 0.2, config, None), model.bb, config, 0), config, tmp_path, False
-    )
+    data = FinetuneData(src, make_splits(src, None, 0.2, config, None), model.bb, config, 0)
+    trainer = Trainer(model, data, config, tmp_path, False)
     pixels = torch.randn(4, 3, 32, 32)
     mixed, weight = trainer._mix(pixels, epoch=1, index=3)
     assert 0 < weight < 1
@@ -223,13 +223,13 @@ def test_mixup_blends_each_image_with_its_neighbour_at_a_seeded_weight(tmp_path,
 def test_shift_moves_the_image_and_fills_the_border_black(resnet18_weights):
     from PIL import Image
 
-    from tlcache.finetune import _train_transform
+    from tlcache.images import training_transform
 
     bb = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32, crop_ratio=1.0)
     white = Image.new("RGB", (32, 32), (255, 255, 255))
-    plain = _train_transform(bb, [])(white)
+    plain = training_transform(bb, [])(white)
     torch.manual_seed(0)
-    shifted = [_train_transform(bb, ["shift"])(white) for _ in range(8)]
+    shifted = [training_transform(bb, ["shift"])(white) for _ in range(8)]
     assert all(s.shape == plain.shape for s in shifted)
     black = (torch.zeros(3) - torch.tensor(bb.mean)) / torch.tensor(bb.std)
     # Every shifted image keeps most of the white and gains black borders of at most 10% of a side.
@@ -263,11 +263,11 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, tiny_bert_dir):
     # The saved model is the best epoch's: re-evaluating it on the validation split gives that epoch's accuracy.
     from safetensors.torch import load_file
 
-    from tlcache.finetune import _splits
+    from tlcache.finetune.data import make_splits
     from tlcache.sources import load_source
 
     src = load_source(source)
-    splits = _splits(src, None, 0.2, config, None)
+    splits = make_splits(src, None, 0.2, config, None)
     features = create_backbone(f"finetuned:{run.out_dir}").embed([src.items[i] for i in splits.rows["val"]])
     head = load_file(run.out_dir / "head.safetensors")
     logits = features @ head["weight"].numpy().T + head["bias"].numpy()

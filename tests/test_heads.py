@@ -5,7 +5,8 @@ import pytest
 
 from conftest import make_store
 from tlcache.errors import UserError
-from tlcache.heads import HEADS, check_head_matches, fit_head, load_head, make_head
+from tlcache.heads import HEADS, check_head_matches, fit_head, make_head
+from tlcache.runs import load_head
 from tlcache.store import FeatureStore
 
 
@@ -227,15 +228,15 @@ def test_few_shot_sampling_is_reproducible_from_its_seed(tmp_path):
 
 
 def test_few_shot_rows_are_k_per_class():
-    from tlcache.heads import _sample_shots
+    from tlcache.splits import sample_shots
 
     labels = np.array([0] * 10 + [1] * 10 + [2] * 10)
     rows = np.arange(30)
-    picked = _sample_shots(rows, labels, 3, seed=5, path=None)
+    picked = sample_shots(rows, labels, 3, seed=5, where=None)
     assert np.bincount(labels[picked]).tolist() == [3, 3, 3]
-    np.testing.assert_array_equal(picked, _sample_shots(rows, labels, 3, seed=5, path=None))
+    np.testing.assert_array_equal(picked, sample_shots(rows, labels, 3, seed=5, where=None))
     with pytest.raises(UserError, match="fewer than --shots 11"):
-        _sample_shots(rows, labels, 11, seed=5, path="x")
+        sample_shots(rows, labels, 11, seed=5, where="x")
 
 
 def test_group_metrics_on_a_hand_made_example():

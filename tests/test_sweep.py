@@ -32,7 +32,7 @@ def test_fast_solver_matches_scikit_learn(n_classes, C):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 12))
     y = np.argmax(X[:, :n_classes] + 0.5 * rng.normal(size=(300, n_classes)), axis=1)
-    ours = fit_multinomial(X, y, n_classes, C, tol=1e-9)
+    ours = fit_multinomial(X, y, n_classes, C, tol=1e-9).weights
     theirs = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
     probabilities = np.exp(X @ ours[:-1] + ours[-1])
     probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -72,7 +72,7 @@ def test_logreg_sweep_picks_a_c_as_good_as_the_best_on_fresh_data():
     model = SweptLogisticRegression(Cs=grid, random_state=0).fit(X, y)
     fresh = {}
     for C in grid:
-        W = fit_multinomial(X, y, 2, C)
+        W = fit_multinomial(X, y, 2, C).weights
         fresh[C] = np.mean(np.argmax(X_fresh @ W[:-1] + W[-1], axis=1) == y_fresh)
     assert fresh[model.C_] >= max(fresh.values()) - 0.01
     assert fresh[model.C_] > fresh[100.0] + 0.02  # the weakest regularisation overfits here

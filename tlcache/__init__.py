@@ -1,7 +1,8 @@
 """tlcache: transfer learning with a feature cache.
 
 Embed a dataset once with a frozen pretrained backbone into an HDF5 feature store, then fit scikit-learn heads
-on the cached vectors in seconds.
+on the cached vectors in seconds, or fine-tune when frozen features fall short. Each command of the CLI is one
+function here; ``__all__`` is the public API the README shows.
 
 >>> import tlcache
 >>> result = tlcache.embed_source("reviews.csv", "minilm")                 # doctest: +SKIP
@@ -10,12 +11,14 @@ on the cached vectors in seconds.
 """
 
 from tlcache.backbones import Backbone, create_backbone, list_backbones
-from tlcache.embed import EmbedResult, embed_items, embed_source
+from tlcache.cache import collect_garbage, list_stores
+from tlcache.embed import EmbedResult, embed_source
 from tlcache.errors import UserError
-from tlcache.heads import HEADS, HeadRun, fit_head, load_head, make_head
+from tlcache.finetune import FinetuneConfig, FinetuneRun, finetune
+from tlcache.heads import fit_all_heads, fit_head, make_head
 from tlcache.predict import PredictResult, predict
-from tlcache.sources import Source, load_source, source_from_items
-from tlcache.store import FeatureStore, cache_key, default_cache_dir
+from tlcache.runs import HeadRun, load_head, render_report
+from tlcache.store import FeatureStore
 
 __version__ = "0.1.0"
 
@@ -30,25 +33,25 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "HEADS",
     "Backbone",
     "EmbedResult",
     "Embedder",
     "FeatureStore",
+    "FinetuneConfig",
+    "FinetuneRun",
     "HeadRun",
     "PredictResult",
-    "Source",
     "UserError",
-    "cache_key",
+    "collect_garbage",
     "create_backbone",
-    "default_cache_dir",
-    "embed_items",
     "embed_source",
+    "finetune",
+    "fit_all_heads",
     "fit_head",
     "list_backbones",
+    "list_stores",
     "load_head",
-    "load_source",
-    "source_from_items",
     "make_head",
     "predict",
+    "render_report",
 ]

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tlcache.errors import UserError
-from tlcache.store import PARTIAL_SUFFIX, STORE_SUFFIX, default_cache_dir, lock_path, probe_store
+from tlcache.paths import default_cache_dir
+from tlcache.store import PARTIAL_SUFFIX, STORE_SUFFIX, lock_path, probe_store
 
 
 @dataclass

@@ -8,9 +8,25 @@ import sys
 
 import click
 
-from tlcache.backbones.base import PRECISIONS
+from tlcache.cli_options import (
+    SOURCE_OPTIONS,
+    backbone_options,
+    batch_option,
+    config_from_options,
+    config_options,
+    device_option,
+    json_option,
+    no_progress_option,
+    precision_option,
+    source_options,
+    take,
+    workers_option,
+)
+from tlcache.embed import COMPILE_CHOICES
 from tlcache.errors import UserError
-from tlcache.heads import HEADS
+from tlcache.finetune.config import FinetuneConfig
+from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
+from tlcache.store import COMPRESSIONS, DTYPES
 
 EXIT_USER_ERROR = 2
 
@@ -27,85 +43,6 @@ class _Group(click.Group):
 def _emit(payload: dict, as_json: bool, line: str) -> None:
     """JSON on stdout for programs, or one line for people."""
     click.echo(json.dumps(payload, indent=2, default=str) if as_json else line)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-device_option = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="auto uses a CUDA GPU when one is visible.",
-)
-batch_option = click.option(
-    "--batch-size", type=click.IntRange(min=1), help="Items per batch [default: 64 on CPU, 128 on GPU]."
-)
-
-
-def backbone_options(command):
-    """--weights, --crop-ratio, --layer, --pool and --image-size: what create_backbone takes besides the name."""
-    for option in reversed(
-        [
-            click.option(
-                "--weights",
-                help="Weights: a state_dict file (torchvision, efficientnet-lite) or 'random' (torchvision).",
-            ),
-            click.option(
-                "--crop-ratio",
-                type=click.FloatRange(min=0, max=1, min_open=True),
-                help="Image backbones: resize the shorter side to size / ratio, keep the central square [default: "
-                "0.875, the ImageNet evaluation crop]; 1 keeps whole square images (small full-frame items such as "
-                "digits).",
-            ),
-            click.option(
-                "--layer",
-                help="Layer to take features from: penultimate (images) / last (text) by default; a torchvision "
-                "node such as layer3, blocks.N for efficientnet-lite, a hidden-layer index for text.",
-            ),
-            click.option(
-                "--pool",
-                "pooling",
-                type=click.Choice(["mean", "max", "cls", "flatten"]),
-                help="How a layer's output becomes one vector: mean or max over space or tokens, cls for the first "
-                "token, flatten to keep every position of a feature map (C*H*W values) [default: mean].",
-            ),
-            click.option(
-                "--image-size",
-                type=click.IntRange(min=16),
-                help="Input size in pixels for image backbones [default: the backbone's].",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def precision_option(text: str):
-    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=text)
-
-
-def source_options(command):
-    for option in reversed(
-        [
-            click.option("--text-column", default="text", show_default=True, help="CSV/JSONL column with the text."),
-            click.option("--label-column", help="CSV/JSONL column with the label [default: 'label' if present]."),
-            click.option(
-                "--id-column", help="CSV/JSONL column with a unique id [default: 'id' if present, else the row number]."
-            ),
-            click.option("--group-column", help="CSV/JSONL column with a group per item, for per-group metrics."),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def _source_kwargs(text_column, label_column, id_column, group_column) -> dict:
-    return {
-        "text_column": text_column,
-        "label_column": label_column,
-        "id_column": id_column,
-        "group_column": group_column,
-    }
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,7 +70,7 @@ def cli() -> None:
 @click.option("--out", "-o", help="Store folder, or a .h5 file [default: $TLCACHE_HOME or ~/.cache/tlcache].")
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float16"]),
+    type=click.Choice(DTYPES),
     default="float32",
     show_default=True,
     help="Stored feature type; float16 halves the size.",
@@ -144,7 +81,7 @@ def cli() -> None:
 )
 @click.option(
     "--compression",
-    type=click.Choice(["none", "gzip", "lzf"]),
+    type=click.Choice(COMPRESSIONS),
     default="none",
     show_default=True,
     help="Compress the finished store (row-chunked).",
@@ -159,7 +96,7 @@ def cli() -> None:
 @click.option(
     "--compile",
     "compile_mode",
-    type=click.Choice(["auto", "on", "off"]),
+    type=click.Choice(COMPILE_CHOICES),
     default="auto",
     show_default=True,
     help="Run image models through torch.compile: 1.04-1.2x faster on CPU after a one-time compile of 5-25 s; "
@@ -167,34 +104,11 @@ def cli() -> None:
 )
 @batch_option
 @device_option
-@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
+@workers_option
 @source_options
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@no_progress_option
 @json_option
-def embed(
-    source,
-    backbone,
-    weights,
-    crop_ratio,
-    layer,
-    pooling,
-    image_size,
-    out,
-    dtype,
-    precision,
-    compression,
-    views,
-    compile_mode,
-    batch_size,
-    device,
-    workers,
-    text_column,
-    label_column,
-    id_column,
-    group_column,
-    no_progress,
-    as_json,
-) -> None:
+def embed(source, backbone, workers, no_progress, as_json, **options) -> None:
     """Embed SOURCE into a feature store, or find it already in the cache.
 
     SOURCE is an image folder (one sub-folder per class, or flat without labels), or a .csv/.tsv/.jsonl file with
@@ -214,22 +128,10 @@ def embed(
     result = embed_source(
         source,
         backbone,
-        out=out,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        precision=precision,
-        compression=compression,
-        views=views,
         num_workers=workers,
-        compile=compile_mode,
         progress=not no_progress,
-        source_options=_source_kwargs(text_column, label_column, id_column, group_column),
-        weights=weights,
-        layer=layer,
-        pooling=pooling,
-        image_size=image_size,
-        crop_ratio=crop_ratio,
+        source_options=take(options, SOURCE_OPTIONS),
+        **options,
     )
     _emit(dict(result.__dict__), as_json, result.summary_line())
 
@@ -243,7 +145,7 @@ def embed(
     show_default=True,
     help="all: every head but sgd, and a leaderboard. sgd streams the store (any size fits).",
 )
-@click.option("--test", "test_store", help="A store of the same features to test on (instead of a held-out fraction).")
+@click.option("--test", help="A store of the same features to test on (instead of a held-out fraction).")
 @click.option(
     "--test-fraction",
     type=float,
@@ -257,10 +159,10 @@ def embed(
     help="Comma-separated values for the head's swept hyperparameter (C, alpha or n_neighbors) "
     "[default: the head's own log-spaced grid of 10 or 11 values].",
 )
-@click.option("--class-weight", type=click.Choice(["balanced"]), help="Reweight classes inversely to their frequency.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help="Reweight classes inversely to their frequency.")
 @click.option(
     "--calibrate",
-    type=click.Choice(["sigmoid", "isotonic"]),
+    type=click.Choice(CALIBRATIONS),
     help="Calibrate the probabilities; the report gives the expected calibration error before and after.",
 )
 @click.option("--shots", type=click.IntRange(min=1), help="Few-shot protocol: this many training items per class.")
@@ -268,21 +170,7 @@ def embed(
 @click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
 @click.option("--no-views", is_flag=True, help="Ignore the store's augmented views (train on plain items only).")
 @json_option
-def fit_head(
-    store,
-    head,
-    test_store,
-    test_fraction,
-    seed,
-    grid,
-    class_weight,
-    calibrate,
-    shots,
-    repeats,
-    out,
-    no_views,
-    as_json,
-) -> None:
+def fit_head(store, head, out, grid, no_views, as_json, **options) -> None:
     """Fit a scikit-learn head on the features in STORE and report how well it does.
 
     The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
@@ -300,17 +188,7 @@ def fit_head(
     from tlcache.heads import fit_all_heads
     from tlcache.heads import fit_head as fit
 
-    options = dict(
-        test=test_store,
-        test_fraction=test_fraction,
-        seed=seed,
-        use_views=not no_views,
-        grid=_parse_grid(grid),
-        class_weight=class_weight,
-        calibrate=calibrate,
-        shots=shots,
-        repeats=repeats,
-    )
+    options.update(use_views=not no_views, grid=_parse_grid(grid))
     if head == "all":
         runs = fit_all_heads(store, out=out, **options)
         if as_json:
@@ -345,132 +223,20 @@ def _parse_grid(text: str | None) -> list[float] | None:
     "[default: efficientnet-lite0 for images, minilm for text].",
 )
 @backbone_options
-@click.option("--test", "test_source", help="A labelled source with the same classes to test on.")
+@click.option("--test", help="A labelled source with the same classes to test on.")
 @click.option(
     "--test-fraction", type=float, default=0.2, show_default=True, help="Held out for testing when no --test."
 )
-@click.option(
-    "--strategy",
-    default="full",
-    show_default=True,
-    help="What trains: head (the classifier only), top-K (the body's last K blocks too, e.g. top-2), full.",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Epochs of the main stage.")
-@click.option(
-    "--head-epochs",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Two-stage schedule: train the classifier alone this many epochs first.",
-)
-@click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate of the body's top block.")
-@click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the classifier.")
-@click.option(
-    "--layer-decay",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Discriminative rates: each block further down learns at this times the rate of the one above (e.g. 0.8).",
-)
-@click.option("--warmup", type=float, default=0.1, show_default=True, help="Fraction of steps of linear warmup.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient norm clipping (0: off).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Items per batch.")
-@click.option(
-    "--accumulate", type=click.IntRange(min=1), default=1, show_default=True, help="Batches per optimiser step."
-)
-@click.option(
-    "--lp-ft",
-    is_flag=True,
-    help="Start the classifier from fit-head's logistic regression (LP-FT), fitted on the frozen features of the "
-    "training split.",
-)
-@click.option(
-    "--augment",
-    default="crop,flip",
-    show_default=True,
-    help="Image augmentations, comma-separated: crop, shift, flip, color, rotate, erase; or none.",
-)
-@click.option(
-    "--mixup",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Images: mix pairs of training items and their labels at a Beta(alpha, alpha) weight; alpha, e.g. 0.2 "
-    "(0: off).",
-)
-@click.option(
-    "--label-smoothing", type=float, default=0.0, show_default=True, help="Label smoothing of the loss, e.g. 0.1."
-)
-@click.option(
-    "--val-fraction", type=float, default=0.1, show_default=True, help="Training items held out for early stopping."
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Stop after this many epochs without a better validation accuracy (0: never); the best epoch is kept.",
-)
-@click.option(
-    "--norm-stats",
-    type=click.Choice(["frozen", "train"]),
-    default="frozen",
-    show_default=True,
-    help="Batch norms keep their pretrained statistics (frozen; their scales still train) or update them (train).",
-)
-@precision_option("Mixed precision: auto takes bf16 on capable CPUs and GPUs (fp16 with loss scaling on older GPUs).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, shuffling, augmentation.")
+@config_options(FinetuneConfig)
 @device_option
 @click.option("--out", "-o", help="Folder for the model and its report [default: runs/finetune-<backbone>-<strategy>].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last epoch.")
 @click.option("--cache", help="Where --lp-ft caches the frozen features [default: $TLCACHE_HOME].")
-@click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes [default: automatic].")
+@workers_option
 @source_options
-@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@no_progress_option
 @json_option
-def finetune(
-    source,
-    backbone,
-    weights,
-    crop_ratio,
-    layer,
-    pooling,
-    image_size,
-    test_source,
-    test_fraction,
-    strategy,
-    epochs,
-    head_epochs,
-    lr,
-    head_lr,
-    layer_decay,
-    warmup,
-    weight_decay,
-    clip,
-    batch_size,
-    accumulate,
-    lp_ft,
-    augment,
-    mixup,
-    label_smoothing,
-    val_fraction,
-    patience,
-    norm_stats,
-    precision,
-    seed,
-    device,
-    out,
-    resume,
-    cache,
-    workers,
-    text_column,
-    label_column,
-    id_column,
-    group_column,
-    no_progress,
-    as_json,
-) -> None:
+def finetune(source, backbone, workers, no_progress, as_json, **options) -> None:
     """Fine-tune a backbone with a linear classifier on the labelled items of SOURCE.
 
     For when frozen features fall short: trains what --strategy says, with warmup and cosine decay, AdamW,
@@ -489,49 +255,16 @@ def finetune(
       tlcache finetune photos/ --out runs/ft --resume                  # continue after an interruption
       tlcache embed photos/ -b finetuned:runs/ft                       # its features, for any head
     """
-    from tlcache.finetune import FinetuneConfig
     from tlcache.finetune import finetune as run_finetune
 
-    config = FinetuneConfig(
-        strategy=strategy,
-        epochs=epochs,
-        head_epochs=head_epochs,
-        lr=lr,
-        head_lr=head_lr,
-        layer_decay=layer_decay,
-        warmup=warmup,
-        weight_decay=weight_decay,
-        clip=clip,
-        batch_size=batch_size,
-        accumulate=accumulate,
-        lp_ft=lp_ft,
-        augment=[] if augment.strip() == "none" else [a.strip() for a in augment.split(",") if a.strip()],
-        mixup=mixup,
-        label_smoothing=label_smoothing,
-        val_fraction=val_fraction,
-        patience=patience,
-        norm_stats=norm_stats,
-        precision=precision,
-        seed=seed,
-    )
     run = run_finetune(
         source,
         backbone,
-        out=out,
-        test=test_source,
-        test_fraction=test_fraction,
-        config=config,
-        device=device,
-        resume=resume,
-        cache=cache,
+        config=config_from_options(FinetuneConfig, options),
         num_workers=workers,
         progress=not no_progress,
-        source_options=_source_kwargs(text_column, label_column, id_column, group_column),
-        weights=weights,
-        crop_ratio=crop_ratio,
-        layer=layer,
-        pooling=pooling,
-        image_size=image_size,
+        source_options=take(options, SOURCE_OPTIONS),
+        **options,
     )
     _emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
 
@@ -545,9 +278,9 @@ def report(run_dir) -> None:
     Example:
       tlcache report runs/minilm-<key>/logreg
     """
-    from tlcache.report import rerender
+    from tlcache.runs import render_report
 
-    paths = rerender(run_dir)
+    paths = render_report(run_dir)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -559,20 +292,8 @@ def report(run_dir) -> None:
 @batch_option
 @device_option
 @source_options
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def predict(
-    head,
-    source,
-    out,
-    cache_dir,
-    batch_size,
-    device,
-    text_column,
-    label_column,
-    id_column,
-    group_column,
-    no_progress,
-) -> None:
+@no_progress_option
+def predict(head, source, out, no_progress, **options) -> None:
     """Predict SOURCE with the head in the run folder HEAD.
 
     SOURCE is embedded with the head's own backbone, through the cache (or is a store of those features). A head
@@ -589,11 +310,9 @@ def predict(
         head,
         source,
         out=None if out == "-" else out,
-        cache_dir=cache_dir,
-        device=device,
-        batch_size=batch_size,
         progress=not no_progress,
-        source_options=_source_kwargs(text_column, label_column, id_column, group_column),
+        source_options=take(options, SOURCE_OPTIONS),
+        **options,
     )
     click.echo(result.summary_line(), err=out == "-")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,16 @@ import numpy as np
 
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
 from tlcache.backbones.base import resolve_precision
-from tlcache.errors import UserError
-from tlcache.hashing import hash_bytes
-from tlcache.sources import Source, load_source, source_from_items
+from tlcache.errors import UserError, check_choice
+from tlcache.images import VIEWS_SEED, ImageFiles, check_images, default_workers, image_batches, view_seed
+from tlcache.provenance import tlcache_version, torch_version
+from tlcache.sources import Source, load_source
 from tlcache.store import (
     COMPRESSIONS,
     FeatureStore,
     StoreWriter,
     cache_key,
     config_key,
-    default_cache_dir,
     lock_path,
     partial_path,
     probe_store,
@@ -44,7 +43,6 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # ResNet-50 from JPEG files 1.04-1.2x faster (benchmarks/results/embed_throughput.md): it pays from 10000-40000
 # images, so auto waits for runs that long.
 COMPILE_AUTO_MIN_ITEMS = 20000
-VIEWS_SEED = 0
 _COPY_BATCH = 4096
 
 
@@ -89,34 +87,31 @@ def embed_source(
     compression: str = "none",
     views: int = 0,
     num_workers: int | None = None,
-    compile: str = "auto",
+    compile_mode: str = "auto",
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
     **backbone_options,
 ) -> EmbedResult:
     """Embed every item of ``source`` into a feature store, unless a complete store with the same key exists.
 
-    ``backbone`` defaults to ``efficientnet-lite0`` for images and ``minilm`` for texts. ``out`` is a folder
-    (default ``$TLCACHE_HOME``) or a ``.h5`` file. ``views`` caches that many augmented embeddings per image.
-    ``precision`` is the compute type (fp32, bf16, fp16, or auto: bf16 where the hardware has it); it is in the
-    cache key, and is set on the backbone. ``compile`` runs image models through ``torch.compile`` (``auto``: when
-    at least ``COMPILE_AUTO_MIN_ITEMS`` images are to be embedded; it falls back to eager where compiling fails);
-    the features agree to float rounding, so it is not in the key.
-    ``source_options`` go to :func:`load_source` (column names); other keyword arguments go to
-    :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``).
+    ``backbone`` defaults to ``efficientnet-lite0`` for images and ``minilm`` for texts; a Backbone instance is
+    loaded (once) and left at its own precision. ``out`` is a folder (default ``$TLCACHE_HOME``) or a ``.h5``
+    file. ``views`` caches that many augmented embeddings per image. ``precision`` is the compute type (fp32,
+    bf16, fp16, or auto: bf16 where the hardware has it); it is in the cache key. ``compile_mode`` runs image
+    models through ``torch.compile`` (``auto``: when at least ``COMPILE_AUTO_MIN_ITEMS`` images are to be
+    embedded; it falls back to eager where compiling fails); the features agree to float rounding, so it is not
+    in the key. ``source_options`` go to :func:`load_source` (column names); other keyword arguments go to
+    :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``).
 
     >>> result = embed_source("reviews.csv", "minilm")      # doctest: +SKIP
     >>> result.path, result.cached                          # doctest: +SKIP
     """
     started = time.perf_counter()
-    if compression not in COMPRESSIONS:
-        raise UserError(f"--compression {compression} is not supported; use one of {', '.join(COMPRESSIONS)}")
-    if compile not in COMPILE_CHOICES:
-        raise UserError(f"--compile {compile} is not supported; use one of {', '.join(COMPILE_CHOICES)}")
+    check_choice("--compression", compression, COMPRESSIONS)
+    check_choice("--compile", compile_mode, COMPILE_CHOICES)
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
-    bb = _resolve_backbone(backbone, src, backbone_options)
     torch_device = resolve_device(device)
-    bb.precision = resolve_precision(precision, torch_device)
+    bb = _resolve_backbone(backbone, src, backbone_options).at_precision(resolve_precision(precision, torch_device))
     views_config = _views_config(bb, views)
     config = config_key(bb.key_config(), dtype, views_config)
     key = cache_key(src.fingerprint, config)
@@ -133,35 +128,44 @@ def embed_source(
         hit = _hit(path, key)  # another process may have finished it while we waited
         if hit:
             return result(0, 0, hit.dim, cached=True)
-        size = batch_size or _default_batch_size(torch_device, bb)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
-        compiled = False
         try:
             reused = _reuse_rows(writer, src, donors)
             pending = writer.pending()
-            if len(pending):
-                if src.modality == "image":
-                    check_images([src.items[i] for i in pending])
-                bb.load(str(torch_device))
-                size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
-                forward = _image_forward(bb, compile, len(pending), size, progress)
-                compiled = forward is not None
-                _run_batches(src, bb, writer, pending, size, views_config, num_workers, progress, forward)
-            writer.finish(
-                {
-                    "embed_seconds": round(time.perf_counter() - started, 3),
-                    "device": str(torch_device),
-                    "precision": bb.precision,
-                    "batch_size": size,
-                    "compiled": compiled,
-                    "torch_version": _torch_version(),
-                    "rows_reused": reused,
-                },
-                compression=compression,
+            run = _embed_rows(
+                src, bb, writer, pending, torch_device, batch_size, views_config, num_workers, compile_mode, progress
             )
+            extra = {"embed_seconds": round(time.perf_counter() - started, 3), "device": str(torch_device)}
+            extra.update(precision=bb.precision, **run, torch_version=torch_version(), rows_reused=reused)
+            writer.finish(extra, compression=compression)
         finally:
             writer.close()
     return result(len(pending), reused, bb.dim, cached=False)
+
+
+def _embed_rows(
+    src: Source,
+    bb: Backbone,
+    writer: StoreWriter,
+    pending: np.ndarray,
+    device,
+    batch_size: int | None,
+    views_config: dict | None,
+    workers: int | None,
+    compile_mode: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Embed the rows not yet in the store on ``device``, and say how (batch size, compiled or not)."""
+    size = batch_size or _default_batch_size(device, bb)
+    if not len(pending):
+        return {"batch_size": size, "compiled": False}
+    if src.modality == "image":
+        check_images([src.items[i] for i in pending])
+    bb.load(str(device))
+    size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
+    forward = _image_forward(bb, compile_mode, len(pending), size, progress)
+    _run_batches(src, bb, writer, pending, size, views_config, workers, progress, forward)
+    return {"batch_size": size, "compiled": forward is not None}
 
 
 def _resolve_backbone(backbone: str | Backbone | None, src: Source, options: dict) -> Backbone:
@@ -231,11 +235,11 @@ def _open_writer(
         return StoreWriter.resume(path), []
     if status.exists:
         partial.unlink()  # another key's leftovers, or a file cut short at creation
-    donors = _donors(path, bb, config)  # before anything at `path` can change
+    donors = donor_stores(path, bb, config)  # before anything at `path` can change
     meta = {
         "cache_key": key,
         "config_key": config,
-        "tlcache_version": _tlcache_version(),
+        "tlcache_version": tlcache_version(),
         "modality": src.modality,
         "backbone": bb.name,
         "backbone_key": bb.key_name,
@@ -265,7 +269,8 @@ def _open_writer(
     return writer, donors
 
 
-def _donors(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
+def donor_stores(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
+    """The complete stores beside ``path`` made with the same config: their rows of identical items can be reused."""
     donors = []
     for candidate in sibling_stores(path, bb.name, config):
         status = probe_store(candidate)
@@ -277,13 +282,13 @@ def _donors(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
 def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) -> int:
     """Copy the rows of items (matched by content fingerprint) that a store of the same config already holds."""
     reused = 0
-    for targets, features, views in _rows_from_donors(src.fingerprints, donors):
+    for targets, features, views in rows_from_donors(src.fingerprints, donors):
         writer.write(targets, features, views)
         reused += len(targets)
     return reused
 
 
-def _rows_from_donors(
+def rows_from_donors(
     fingerprints: list[str], donors: list[FeatureStore]
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """(target rows, features, views) for every item whose fingerprint a donor store holds, targets increasing
@@ -311,57 +316,6 @@ def _rows_from_donors(
             yield batch_targets[order], features[local][order], None if views is None else views[local][order]
 
 
-def embed_items(
-    items: Sequence,
-    backbone: str | Backbone,
-    *,
-    out: str | Path | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    precision: str = "auto",
-    progress: bool = False,
-    **backbone_options,
-) -> np.ndarray:
-    """Features (float32, one row per item, in order) for items in memory: texts, or paths of image files.
-
-    Items that a store of the same config in ``out`` (default ``$TLCACHE_HOME``) already holds are read from it;
-    only the others are embedded, into a store of their own. When every item is cached nothing is written.
-    """
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **backbone_options)
-    bb.precision = resolve_precision(precision, resolve_device(device))
-    src = source_from_items(items, bb.modality)
-    config = config_key(bb.key_config(), dtype, None)
-    folder = Path(out) if out is not None else default_cache_dir()
-    probe = resolve_store_path(folder, bb.name, config, cache_key(src.fingerprint, config))
-    features = np.zeros((len(src), bb.dim), dtype=np.float32)
-    found = np.zeros(len(src), dtype=bool)
-    donors = _donors(probe, bb, config) if folder.is_dir() else []
-    for targets, rows, _ in _rows_from_donors(src.fingerprints, donors):
-        features[targets] = rows
-        found[targets] = True
-    if not found.all():
-        first_of_each = {}
-        for row in np.flatnonzero(~found):
-            first_of_each.setdefault(src.fingerprints[row], row)  # identical items are embedded once
-        missing = src.subset(sorted(first_of_each.values()))
-        result = embed_source(
-            missing,
-            bb,
-            out=folder,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            precision=bb.precision,
-            progress=progress,
-        )
-        store = FeatureStore(result.path)
-        computed = dict(zip(store.fingerprints(), store.features()))
-        for row in np.flatnonzero(~found):
-            features[row] = computed[src.fingerprints[row]]
-    return features
-
-
 def _default_batch_size(device, bb: Backbone) -> int:
     """128 on a GPU. On a CPU, small batches keep the activations in cache: for images about 16 of 224 px
     (ResNet-50 in bf16 on 2 cores: 81 images/s at 16, 63 at 64), more for smaller ones; 64 texts."""
@@ -372,135 +326,23 @@ def _default_batch_size(device, bb: Backbone) -> int:
     return 64
 
 
-def _image_forward(bb: Backbone, compile: str, n_items: int, batch_size: int, progress: bool):
+def _image_forward(bb: Backbone, compile_mode: str, n_items: int, batch_size: int, progress: bool):
     """The compiled forward of an image backbone for batches of ``batch_size``, or None to run eagerly: texts
     (their shapes vary batch to batch), ``--compile off``, ``auto`` below ``COMPILE_AUTO_MIN_ITEMS``, or a
     compilation that failed (said in one line; eager gives the same features)."""
     if not isinstance(bb, ImageBackbone):
-        if compile == "on":
+        if compile_mode == "on":
             raise UserError(f"--compile on applies to image backbones; {bb.name} embeds texts (use auto or off)")
         return None
-    if compile == "off" or (compile == "auto" and n_items < COMPILE_AUTO_MIN_ITEMS):
+    if compile_mode == "off" or (compile_mode == "auto" and n_items < COMPILE_AUTO_MIN_ITEMS):
         return None
     if progress:
         print(f"compiling {bb.name} for batches of {batch_size} (once per process) ...", file=sys.stderr)
     try:
-        return bb.compiled_forward(batch_size)
+        return bb.compiled_forward(batch_size, non_blocking=bb.device.type == "cuda")
     except RuntimeError as exc:
         print(f"warning: torch.compile failed ({exc}); embedding without it", file=sys.stderr)
         return None
-
-
-def _forward_fixed(forward, bb: ImageBackbone, pixels, batch_size: int, non_blocking: bool):
-    """``forward`` (compiled for exactly ``batch_size`` items) over any number of pixels: in slices of that
-    size, the last one padded with zeros, so no odd shape sets off a recompilation."""
-    import torch
-
-    outputs = []
-    for start in range(0, len(pixels), batch_size):
-        chunk = pixels[start : start + batch_size]
-        short = batch_size - len(chunk)
-        if short:
-            chunk = torch.cat([chunk, chunk.new_zeros((short, *chunk.shape[1:]))])
-        outputs.append(forward(bb.to_device(chunk, non_blocking))[: batch_size - short])
-    return torch.cat(outputs)
-
-
-def default_workers(n_items: int, device) -> int:
-    """Decoding processes that run beside the model: on a GPU, up to 4 once there is enough to decode. On a CPU
-    none: the model already keeps every core busy, and a decoder beside it makes it wait (ResNet-50 on 2 cores:
-    57-62 images/s with one worker process, 65-74 decoding each batch on all cores before its forward pass)."""
-    cores = os.cpu_count() or 1
-    if device.type != "cuda" or n_items < 256 or cores < 2:
-        return 0
-    return min(4, cores - 1)
-
-
-def view_seed(fingerprint: str, view: int, seed: int = VIEWS_SEED) -> int:
-    """The random seed of one augmented view of one item: fixed by its content, so views are reproducible and
-    identical items share them."""
-    return int(hash_bytes(f"{fingerprint}:{view}:{seed}".encode())[:15], 16)
-
-
-_GLOBAL_RNG = threading.Lock()
-
-
-class _ImageFiles:
-    """Decodes and preprocesses images (in threads or DataLoader workers); a failure travels back as a message."""
-
-    def __init__(self, paths: list[Path], transform, fingerprints: list[str], view_transform=None, views: int = 0):
-        self.paths = paths
-        self.transform = transform
-        self.fingerprints = fingerprints
-        self.view_transform = view_transform
-        self.views = views
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        import torch
-
-        try:
-            rgb = read_rgb(self.paths[index])
-        except UserError as exc:  # a message crosses from a worker process as one line; an exception would not
-            return None, None, str(exc)
-        views = []
-        for view in range(self.views):
-            # The seeded views draw from torch's global generator, which decoding threads share.
-            with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-                torch.manual_seed(view_seed(self.fingerprints[index], view))
-                views.append(self.view_transform(rgb))
-        return self.transform(rgb), torch.stack(views) if views else None, None
-
-
-def read_rgb(path: Path):
-    """An image file decoded to an RGB PIL image; a damaged file is a UserError naming it."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # PIL raises many types for damaged files
-        raise UserError(f"{path} could not be decoded ({exc}); fix or remove it") from None
-
-
-def _image_loader(dataset: _ImageFiles, batch_size: int, workers: int, pin_memory: bool):
-    """(pixels, views, error) per batch: from DataLoader worker processes, or with no workers decoded in threads."""
-    import torch
-
-    if not workers:
-        return _decode_in_threads(dataset, batch_size)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate_images,
-        pin_memory=pin_memory,
-    )
-
-
-def _decode_in_threads(dataset: _ImageFiles, batch_size: int) -> Iterator:
-    """Batches as the DataLoader gives them, each decoded on all cores (PIL releases the GIL) just before the
-    model needs it, so decoding never competes with the model for the cores."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for start in range(0, len(dataset), batch_size):
-            indices = range(start, min(start + batch_size, len(dataset)))
-            yield _collate_images(list(pool.map(dataset.__getitem__, indices)))
-
-
-def _collate_images(batch):
-    import torch
-
-    for _, _, error in batch:
-        if error:
-            return None, None, error
-    pixels = torch.stack([tensor for tensor, _, _ in batch])
-    views = torch.stack([v for _, v, _ in batch]) if batch[0][1] is not None else None
-    return pixels, views, None
 
 
 def _run_batches(
@@ -526,41 +368,38 @@ def _run_batches(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    on_cuda = bb.device.type == "cuda"
     with bar, torch.inference_mode(), bb.autocast():
         if src.modality == "image":
-            n_views = views_config["n"] if views_config else 0
-            dataset = _ImageFiles(
-                [src.items[i] for i in pending],
-                bb.transform(),
-                [src.fingerprints[i] for i in pending],
-                bb.view_transform() if n_views else None,
-                n_views,
-            )
-            workers = default_workers(len(pending), bb.device) if workers is None else workers
-            loader = _image_loader(dataset, batch_size, workers, on_cuda)
-
-            def forward(pixels):
-                if compiled_forward is None:
-                    return bb.forward(bb.to_device(pixels, on_cuda))
-                return _forward_fixed(compiled_forward, bb, pixels, batch_size, on_cuda)
-
-            batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-            for rows, (pixels, views, error) in zip(batches, loader):
-                if error:
-                    raise UserError(error)
-                features = forward(pixels).float().cpu().numpy()
-                view_features = None
-                if views is not None:
-                    flat = forward(views.flatten(0, 1))
-                    view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
-                writer.write(rows, features, view_features)
-                bar.update(len(rows))
+            _run_image_batches(src, bb, writer, pending, batch_size, views_config, workers, compiled_forward, bar)
         else:
             for rows in _length_sorted_batches(bb, src, pending, batch_size):
                 inputs = {k: v.to(bb.device) for k, v in bb.tokenize([src.items[i] for i in rows]).items()}
                 writer.write(rows, bb.forward(inputs).float().cpu().numpy())
                 bar.update(len(rows))
+
+
+def _run_image_batches(src, bb, writer, pending, batch_size, views_config, workers, compiled_forward, bar) -> None:
+    on_cuda = bb.device.type == "cuda"
+    n_views = views_config["n"] if views_config else 0
+    view_seeds = [[view_seed(src.fingerprints[i], v) for v in range(n_views)] for i in pending] if n_views else None
+    dataset = ImageFiles(
+        [src.items[i] for i in pending],
+        bb.transform(),
+        view_transform=bb.view_transform() if n_views else None,
+        view_seeds=view_seeds,
+    )
+    workers = default_workers(len(pending), bb.device) if workers is None else workers
+    forward = compiled_forward or (lambda pixels: bb.forward(bb.to_device(pixels, on_cuda)))
+    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+    loader = image_batches(dataset, range(len(pending)), batch_size, workers, on_cuda)
+    for rows, (pixels, views) in zip(batches, loader):
+        features = forward(pixels).float().cpu().numpy()
+        view_features = None
+        if views is not None:
+            flat = forward(views.flatten(0, 1))
+            view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
+        writer.write(rows, features, view_features)
+        bar.update(len(rows))
 
 
 def _length_sorted_batches(bb, src: Source, pending: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -570,27 +409,3 @@ def _length_sorted_batches(bb, src: Source, pending: np.ndarray, batch_size: int
     lengths = bb.token_lengths([src.items[i] for i in pending])
     by_length = pending[np.argsort(lengths, kind="stable")]
     return [np.sort(by_length[i : i + batch_size]) for i in range(0, len(by_length), batch_size)]
-
-
-def check_images(paths: list[Path]) -> None:
-    """Read every header before the long run, so a bad file stops it at once rather than at 90%."""
-    from PIL import Image
-
-    for path in paths:
-        try:
-            with Image.open(path):
-                pass
-        except Exception as exc:
-            raise UserError(f"{path} is not a readable image ({exc}); fix or remove it") from None
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
-
-
-def _tlcache_version() -> str:
-    from tlcache import __version__
-
-    return __version__

@@ -8,13 +8,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from tlcache.backbones import Backbone, create_backbone, resolve_device
+from tlcache.backbones.base import resolve_precision
+from tlcache.embed import donor_stores, embed_source, rows_from_donors
 from tlcache.errors import UserError
+from tlcache.paths import default_cache_dir
+from tlcache.sources import source_from_items
+from tlcache.store import FeatureStore, cache_key, config_key, resolve_store_path
 
 
 class Embedder(TransformerMixin, BaseEstimator):
@@ -66,11 +74,11 @@ class Embedder(TransformerMixin, BaseEstimator):
             "crop_ratio": self.crop_ratio,
         }
 
-    def _get_backbone(self):
-        from tlcache.backbones import create_backbone
-
+    def _get_backbone(self) -> Backbone:
         if getattr(self, "_backbone", None) is None:
-            self._backbone = create_backbone(self.backbone, **self._backbone_options())
+            backbone = create_backbone(self.backbone, **self._backbone_options())
+            # At its precision from the start, so the model it loads is kept for the next transform.
+            self._backbone = backbone.at_precision(resolve_precision(self.precision, resolve_device(self.device)))
         return self._backbone
 
     def fit(self, X, y=None) -> Embedder:
@@ -84,8 +92,6 @@ class Embedder(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> np.ndarray:
-        from tlcache.embed import embed_items
-
         check_is_fitted(self, "dim_")
         backbone = self._get_backbone()
         items = _items(X, backbone.modality)
@@ -133,3 +139,54 @@ def _items(X, modality: str) -> list:
     if modality == "text" and not all(isinstance(item, str) for item in array):
         raise UserError("a text backbone takes strings; convert the column to str first")
     return list(array)
+
+
+def embed_items(
+    items: Sequence,
+    backbone: str | Backbone,
+    *,
+    out: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    precision: str = "auto",
+    progress: bool = False,
+    **backbone_options,
+) -> np.ndarray:
+    """Features (float32, one row per item, in order) for items in memory: texts, or paths of image files.
+
+    Items that a store of the same config in ``out`` (default ``$TLCACHE_HOME``) already holds are read from it;
+    only the others are embedded, into a store of their own. When every item is cached nothing is written.
+    """
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, **backbone_options)
+    bb = bb.at_precision(resolve_precision(precision, resolve_device(device)))
+    src = source_from_items(items, bb.modality)
+    config = config_key(bb.key_config(), dtype, None)
+    folder = Path(out) if out is not None else default_cache_dir()
+    probe = resolve_store_path(folder, bb.name, config, cache_key(src.fingerprint, config))
+    features = np.zeros((len(src), bb.dim), dtype=np.float32)
+    found = np.zeros(len(src), dtype=bool)
+    donors = donor_stores(probe, bb, config) if folder.is_dir() else []
+    for targets, rows, _ in rows_from_donors(src.fingerprints, donors):
+        features[targets] = rows
+        found[targets] = True
+    if not found.all():
+        first_of_each = {}
+        for row in np.flatnonzero(~found):
+            first_of_each.setdefault(src.fingerprints[row], row)  # identical items are embedded once
+        missing = src.subset(sorted(first_of_each.values()))
+        result = embed_source(
+            missing,
+            bb,
+            out=folder,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            precision=bb.precision,
+            progress=progress,
+        )
+        store = FeatureStore(result.path)
+        computed = dict(zip(store.fingerprints(), store.features()))
+        for row in np.flatnonzero(~found):
+            features[row] = computed[src.fingerprints[row]]
+    return features

@@ -1,5 +1,19 @@
 """The one exception type for mistakes a user can fix: the CLI prints its message as one line, exit code 2."""
 
+from __future__ import annotations
 
-class UserError(Exception):
-    """Bad input or a bad request: what was wrong, where, and what to do, in one line."""
+from collections.abc import Iterable
+
+
+class UserError(ValueError):
+    """Bad input or a bad request: what was wrong, where, and what to do, in one line.
+
+    A ``ValueError``, so library users can catch it as the usual type for a bad argument.
+    """
+
+
+def check_choice(flag: str, value: object, choices: Iterable[str], verb: str = "is not supported") -> None:
+    """Refuse a value outside ``choices`` in one line that names the flag and lists what it takes."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UserError(f"{flag} {value} {verb}; use one of {', '.join(choices)}")

@@ -1,29 +1,45 @@
-"""scikit-learn heads on cached features: fit, evaluate, save with a sidecar that names the features they need."""
+"""scikit-learn heads on cached features: the heads and their sweeps, the evaluation protocol (held-out or
+separate test data, few-shot draws, calibration, per-group metrics), and fitting out of core."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tlcache.errors import UserError
-from tlcache.report import calibration_summary, classification_metrics, group_metrics, write_report
+from tlcache.errors import UserError, check_choice
+from tlcache.provenance import utc_now
+from tlcache.report import (
+    Calibration,
+    FewShot,
+    RunReport,
+    Sweep,
+    calibration_summary,
+    classification_metrics,
+    group_metrics,
+)
+from tlcache.runs import (
+    HeadRun,
+    Sidecar,
+    check_same_features,
+    default_run_dir,
+    feature_identity,
+    write_head,
+    write_leaderboard,
+    write_report,
+)
+from tlcache.splits import remap_labels, sample_shots, stratified_split
 from tlcache.store import FeatureStore
 
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
 STREAM_BATCH = 4096  # rows per read when a head streams through a store
 SGD_EPOCHS = 10
 MLP_EARLY_STOPPING_MIN_ROWS = 1000
-HEAD_FILE = "head.joblib"
-SIDECAR_FILE = "head.json"
 CALIBRATIONS = ("sigmoid", "isotonic")
-# What must agree between the features a head was fitted on and the features it is given.
-FEATURE_IDENTITY = ("backbone_key", "weights_digest", "preprocessing", "layer", "pooling", "precision", "dim")
+CLASS_WEIGHTS = ("balanced",)
 # The hyperparameter each head sweeps, and its default grid (log-spaced for regularisation strengths).
 GRIDS: dict[str, tuple[str, tuple]] = {
     "logreg": ("C", tuple(np.logspace(-5, 0, 11).tolist())),
@@ -63,10 +79,10 @@ def make_head(
 
     if name not in HEADS:
         raise UserError(f"unknown head '{name}'; use one of {', '.join(HEADS)}")
-    if calibration is not None and calibration not in CALIBRATIONS:
-        raise UserError(f"--calibrate {calibration} is not supported; use one of {', '.join(CALIBRATIONS)}")
-    if class_weight not in (None, "balanced"):
-        raise UserError(f"--class-weight {class_weight} is not supported; use balanced")
+    if calibration is not None:
+        check_choice("--calibrate", calibration, CALIBRATIONS)
+    if class_weight is not None:
+        check_choice("--class-weight", class_weight, CLASS_WEIGHTS)
     if class_weight and name in ("mlp", "knn", "sgd"):
         raise UserError(f"--class-weight is not supported by the {name} head; use logreg, linear-svm or svm")
     if name == "sgd":
@@ -101,7 +117,7 @@ def make_head(
     return make_pipeline(StandardScaler(), SweptClassifier(base, param, values, calibration, random_state=seed))
 
 
-def sweep_summary(pipeline) -> dict[str, Any] | None:
+def sweep_summary(pipeline) -> Sweep | None:
     """The sweep a fitted head ran (parameter, curve, best value, how it selected), or None. A calibrated head
     wraps its sweep in calibration folds; fit_head reports the sweep of its uncalibrated twin instead."""
     model = pipeline.steps[-1][1]
@@ -114,32 +130,6 @@ def sweep_summary(pipeline) -> dict[str, Any] | None:
         "selection": model.selection_,
         "curve": [[value, score] for value, score in model.curve_],
     }
-
-
-@dataclass
-class HeadRun:
-    out_dir: Path
-    report: dict[str, Any]
-
-    @property
-    def accuracy(self) -> float:
-        return self.report["metrics"]["accuracy"]
-
-    def summary_line(self) -> str:
-        metrics = self.report["metrics"]
-        few = self.report.get("few_shot")
-        if few:
-            return (
-                f"{self.report['head']}, {few['shots']}-shot x {few['repeats']}: accuracy "
-                f"{few['accuracy']['mean']:.4f} ± {few['accuracy']['std']:.4f} on {self.report['n_test']} test rows "
-                f"-> {self.out_dir}"
-            )
-        chosen = self.report.get("sweep")
-        chosen = f", {chosen['param']}={chosen['best']:g}" if chosen else ""
-        return (
-            f"{self.report['head']}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} "
-            f"on {self.report['n_test']} test rows (fit {self.report['fit_seconds']:.2f} s{chosen}) -> {self.out_dir}"
-        )
 
 
 def fit_head(
@@ -171,26 +161,9 @@ def fit_head(
     label; test items are never augmented) unless ``use_views`` is False. The ``sgd`` head reads the store in row
     batches and never holds all features in memory. A store with groups gets per-group metrics.
     """
-    import joblib
-
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     labels = train_store.labels()
-    classes = train_store.class_names
-    labelled = _labelled_rows(train_store, labels)
-    if test is not None:
-        test_store = test if isinstance(test, FeatureStore) else FeatureStore(test)
-        _check_same_features(train_store.meta, test_store.meta, f"test store {test_store.path}")
-        test_labels = test_store.labels()
-        test_rows = _labelled_rows(test_store, test_labels)
-        y_test = _remap_labels(test_labels[test_rows], test_store.class_names, classes, test_store.path)
-        train_rows = labelled
-        test_description = f"store {test_store.path}"
-    else:
-        if not 0.0 < test_fraction < 1.0:
-            raise UserError(f"--test-fraction {test_fraction} must be between 0 and 1 (exclusive)")
-        train_rows, test_rows = _split(labelled, labels[labelled], test_fraction, seed, train_store.path)
-        test_store, y_test = train_store, labels[test_rows]
-        test_description = f"{test_fraction:g} held out, stratified, seed {seed}"
+    train_rows, tested = _test_set(train_store, labels, test, test_fraction, seed)
     if len(np.unique(labels[train_rows])) < 2:
         raise UserError(f"{train_store.path}: the training rows hold a single class; a head needs two or more")
     n_views = train_store.n_views if use_views else 0
@@ -203,56 +176,88 @@ def fit_head(
             raise UserError("--shots does not apply to the sgd head; use an in-memory head such as logreg")
         runs = []
         for repeat in range(repeats):
-            rows = _sample_shots(train_rows, labels, shots, seed + repeat, train_store.path)
+            rows = sample_shots(train_rows, labels, shots, seed + repeat, str(train_store.path))
             runs.append(_fit_once(head, train_store, rows, labels, n_views, seed + repeat, calibrate, options))
         fitted = runs[0]
-        few_shot = _few_shot_summary(runs, test_store, test_rows, y_test, classes, shots, seed)
+        few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)
     else:
         fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
-    pipeline, fit_seconds = fitted["pipeline"], fitted["seconds"]
-    probabilities = _full_proba(pipeline, test_store, test_rows, len(classes))
-    y_pred = probabilities.argmax(axis=1)
-
-    out_dir = Path(out) if out is not None else Path("runs") / train_store.path.stem / head
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = train_store.meta
-    report = {
-        "head": head,
-        "backbone": meta["backbone"],
-        "dim": train_store.dim,
-        "store": str(train_store.path),
-        "test": test_description,
-        "seed": seed,
-        "n_train": int(len(train_rows) if shots is None else len(fitted["rows"])),
-        "views_per_item": n_views,
-        "n_test": int(len(y_test)),
-        "classes": classes,
-        "class_weight": class_weight,
-        "fit_seconds": round(fit_seconds, 4),
-        "metrics": classification_metrics(y_test, y_pred, classes),
-        "sweep": sweep_summary(pipeline if calibrate is None else fitted["uncalibrated"]),
-        "calibration": _calibration_report(fitted, probabilities, test_store, test_rows, y_test, classes, calibrate),
-        "groups": _group_report(test_store, test_rows, y_test, y_pred),
-        "few_shot": few_shot,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    report = {k: v for k, v in report.items() if v is not None or k == "class_weight"}
+    report = _report(head, train_store, fitted, tested, seed, n_views, class_weight, calibrate, few_shot)
+    out_dir = Path(out) if out is not None else default_run_dir(train_store.path, head)
     if few_shot is None:
-        joblib.dump(pipeline, out_dir / HEAD_FILE)
-        sidecar = {
-            "head": head,
-            "classes": classes,
-            "seed": seed,
-            "store": str(train_store.path),
-            "store_key": train_store.key,
-            "backbone": meta["backbone"],
-            "backbone_spec": meta["backbone_spec"],
-            **{name: meta.get(name) for name in FEATURE_IDENTITY},
-            "tlcache_version": meta.get("tlcache_version"),
-        }
-        (out_dir / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
     write_report(report, out_dir)
     return HeadRun(out_dir, report)
+
+
+@dataclass
+class _TestSet:
+    """The items a head is scored on: rows of a store, their labels as training-class indices, and in words."""
+
+    store: FeatureStore
+    rows: np.ndarray
+    labels: np.ndarray
+    description: str
+
+
+def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction: float, seed: int):
+    """(training rows, test set): every labelled row and a test store of the same features, or a stratified
+    ``test_fraction`` of the labelled rows held out with ``seed``."""
+    labelled = _labelled_rows(train_store, labels)
+    if test is None:
+        where = str(train_store.path)
+        train_rows, rows = stratified_split(labelled, labels[labelled], test_fraction, seed, where)
+        return train_rows, _TestSet(
+            train_store, rows, labels[rows], f"{test_fraction:g} held out, stratified, seed {seed}"
+        )
+    test_store = test if isinstance(test, FeatureStore) else FeatureStore(test)
+    check_same_features(train_store.meta, test_store.meta, f"test store {test_store.path}")
+    test_labels = test_store.labels()
+    rows = _labelled_rows(test_store, test_labels)
+    y = remap_labels(test_labels[rows], test_store.class_names, train_store.class_names, str(test_store.path))
+    return labelled, _TestSet(test_store, rows, y, f"store {test_store.path}")
+
+
+def _report(head, train_store, fitted, tested: _TestSet, seed, n_views, class_weight, calibrate, few_shot) -> RunReport:
+    classes = train_store.class_names
+    probabilities = _full_proba(fitted["pipeline"], tested.store, tested.rows, len(classes))
+    y_pred = probabilities.argmax(axis=1)
+    report = {
+        "head": head,
+        "backbone": train_store.meta["backbone"],
+        "dim": train_store.dim,
+        "store": str(train_store.path),
+        "test": tested.description,
+        "seed": seed,
+        "n_train": int(len(fitted["rows"])),
+        "views_per_item": n_views,
+        "n_test": int(len(tested.labels)),
+        "classes": classes,
+        "class_weight": class_weight,
+        "fit_seconds": round(fitted["seconds"], 4),
+        "metrics": classification_metrics(tested.labels, y_pred, classes),
+        "sweep": sweep_summary(fitted["pipeline"] if calibrate is None else fitted["uncalibrated"]),
+        "calibration": _calibration_report(fitted, probabilities, tested, len(classes), calibrate),
+        "groups": _group_report(tested, y_pred),
+        "few_shot": few_shot,
+        "created": utc_now(),
+    }
+    return {k: v for k, v in report.items() if v is not None or k == "class_weight"}
+
+
+def _sidecar(head: str, seed: int, store: FeatureStore) -> Sidecar:
+    meta = store.meta
+    return {
+        "head": head,
+        "classes": store.class_names,
+        "seed": seed,
+        "store": str(store.path),
+        "store_key": store.key,
+        "backbone": meta["backbone"],
+        "backbone_spec": meta["backbone_spec"],
+        **feature_identity(meta),
+        "tlcache_version": meta.get("tlcache_version"),
+    }
 
 
 def fit_all_heads(
@@ -261,35 +266,11 @@ def fit_all_heads(
     """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs, best first,
     and writes leaderboard.json and leaderboard.md beside their run folders."""
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    base = Path(out) if out is not None else Path("runs") / train_store.path.stem
+    base = Path(out) if out is not None else default_run_dir(train_store.path)
     runs = [fit_head(train_store, head, out=base / head, **kwargs) for head in heads or HEADS if head != "sgd"]
-    runs.sort(key=lambda run: -_headline(run.report))
-    rows = [
-        {
-            "head": run.report["head"],
-            "accuracy": _headline(run.report),
-            "macro_f1": run.report["metrics"]["macro_f1"],
-            "fit_seconds": run.report["fit_seconds"],
-            "chosen": run.report.get("sweep", {}).get("best"),
-            "run": str(run.out_dir),
-        }
-        for run in runs
-    ]
-    (base / "leaderboard.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    lines = ["| head | accuracy | macro F1 | fit s | chosen | run |", "|---|---:|---:|---:|---:|---|"]
-    for row in rows:
-        chosen = "" if row["chosen"] is None else f"{row['chosen']:g}"
-        lines.append(
-            f"| {row['head']} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['fit_seconds']:.2f} | "
-            f"{chosen} | {row['run']} |"
-        )
-    (base / "leaderboard.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    runs.sort(key=lambda run: -run.headline)
+    write_leaderboard(base, runs)
     return runs
-
-
-def _headline(report: dict) -> float:
-    """Accuracy, or its few-shot mean."""
-    return report["few_shot"]["accuracy"]["mean"] if report.get("few_shot") else report["metrics"]["accuracy"]
 
 
 def _fit_once(head, store, rows, labels, n_views, seed, calibrate, options) -> dict[str, Any]:
@@ -316,47 +297,33 @@ def _full_proba(pipeline, store: FeatureStore, rows: np.ndarray, n_classes: int)
     return full
 
 
-def _calibration_report(fitted, probabilities, store, rows, y_test, classes, calibrate) -> dict[str, Any]:
+def _calibration_report(fitted, probabilities, tested: _TestSet, n_classes: int, calibrate) -> Calibration:
     if calibrate is None:
-        return {"head": calibration_summary(probabilities, y_test)}
-    before = _full_proba(fitted["uncalibrated"], store, rows, len(classes))
+        return {"head": calibration_summary(probabilities, tested.labels)}
+    before = _full_proba(fitted["uncalibrated"], tested.store, tested.rows, n_classes)
     return {
         "method": calibrate,
-        "before": calibration_summary(before, y_test),
-        "after": calibration_summary(probabilities, y_test),
+        "before": calibration_summary(before, tested.labels),
+        "after": calibration_summary(probabilities, tested.labels),
     }
 
 
-def _group_report(store: FeatureStore, rows: np.ndarray, y_test: np.ndarray, y_pred: np.ndarray):
-    groups = store.groups()
+def _group_report(tested: _TestSet, y_pred: np.ndarray):
+    groups = tested.store.groups()
     if groups is None:
         return None
-    column = (store.meta.get("source_options") or {}).get("group_column") or "group"
-    return group_metrics(y_test, y_pred, [groups[i] for i in rows], column)
+    column = (tested.store.meta.get("source_options") or {}).get("group_column") or "group"
+    return group_metrics(tested.labels, y_pred, [groups[i] for i in tested.rows], column)
 
 
-def _sample_shots(rows: np.ndarray, labels: np.ndarray, shots: int, seed: int, path: Path) -> np.ndarray:
-    """``shots`` rows of every class, drawn with ``seed``; the same seed always draws the same rows."""
-    if shots < 1:
-        raise UserError(f"--shots {shots} must be 1 or more")
-    rng = np.random.default_rng(seed)
-    picked = []
-    for label in np.unique(labels[rows]):
-        of_class = rows[labels[rows] == label]
-        if len(of_class) < shots:
-            raise UserError(f"{path}: a class has only {len(of_class)} training items, fewer than --shots {shots}")
-        picked.append(rng.choice(of_class, size=shots, replace=False))
-    return np.sort(np.concatenate(picked))
-
-
-def _few_shot_summary(runs, store, test_rows, y_test, classes, shots, seed) -> dict[str, Any]:
+def _few_shot_summary(runs, tested: _TestSet, classes, shots, seed) -> FewShot:
     from sklearn.metrics import f1_score
 
     accuracies, f1s = [], []
     for run in runs:
-        predicted = _full_proba(run["pipeline"], store, test_rows, len(classes)).argmax(axis=1)
-        accuracies.append(float(np.mean(predicted == y_test)))
-        f1s.append(float(f1_score(y_test, predicted, average="macro", zero_division=0)))
+        predicted = _full_proba(run["pipeline"], tested.store, tested.rows, len(classes)).argmax(axis=1)
+        accuracies.append(float(np.mean(predicted == tested.labels)))
+        f1s.append(float(f1_score(tested.labels, predicted, average="macro", zero_division=0)))
     return {
         "shots": shots,
         "repeats": len(runs),
@@ -421,40 +388,9 @@ def predict_rows(pipeline, store: FeatureStore, rows: np.ndarray | None = None, 
     return np.concatenate(parts)
 
 
-def load_head(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Load a fitted head and its sidecar from a run folder (or the head.joblib in it)."""
-    import joblib
-
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    head_file, sidecar_file = folder / HEAD_FILE, folder / SIDECAR_FILE
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run folder written by `tlcache fit-head`")
-    if not head_file.is_file() or not sidecar_file.is_file():
-        raise UserError(
-            f"{folder} holds no {HEAD_FILE} with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`"
-        )
-    try:
-        sidecar = json.loads(sidecar_file.read_text(encoding="utf-8"))
-        pipeline = joblib.load(head_file)
-    except Exception as exc:  # a damaged pickle raises almost anything
-        raise UserError(f"cannot load the head in {folder} ({type(exc).__name__}: {exc}); fit it again") from None
-    return pipeline, sidecar
-
-
-def check_head_matches(sidecar: dict[str, Any], store: FeatureStore, head_path: Path) -> None:
+def check_head_matches(sidecar: Sidecar, store: FeatureStore, head_path: Path) -> None:
     """Refuse features a head was not fitted on: another backbone, other weights, other preprocessing or dim."""
-    _check_same_features(sidecar, store.meta, f"store {store.path}", subject=f"head {head_path} was fitted on")
-
-
-def _check_same_features(expected: dict, actual: dict, what: str, subject: str = "the training store holds") -> None:
-    for name in FEATURE_IDENTITY:
-        if expected.get(name) != actual.get(name):
-            raise UserError(
-                f"{subject} {expected['backbone']} features ({expected['dim']}-d) but {what} holds "
-                f"{actual['backbone']} features ({actual['dim']}-d) that differ in {name}; "
-                f"embed with the same backbone and options"
-            )
+    check_same_features(sidecar, store.meta, f"store {store.path}", subject=f"head {head_path} was fitted on")
 
 
 def _labelled_rows(store: FeatureStore, labels: np.ndarray) -> np.ndarray:
@@ -464,26 +400,3 @@ def _labelled_rows(store: FeatureStore, labels: np.ndarray) -> np.ndarray:
             f"{store.path} has no labels; fit-head needs a labelled source (class folders or a label column)"
         )
     return rows
-
-
-def _remap_labels(y: np.ndarray, names: list[str], train_names: list[str], path: Path) -> np.ndarray:
-    unknown = sorted(set(names[i] for i in np.unique(y)) - set(train_names))
-    if unknown:
-        raise UserError(f"{path} has classes the training store lacks ({', '.join(unknown[:5])}); use matching data")
-    index = {name: i for i, name in enumerate(train_names)}
-    return np.array([index[names[i]] for i in y], dtype=np.int64)
-
-
-def _split(rows: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, path: Path):
-    """Stratified train/test split of row indices (plain when a class has a single item)."""
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(y)
-    if len(y) < 4:
-        raise UserError(f"{path} has only {len(y)} labelled rows; a train/test split needs more (or pass --test)")
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    try:
-        train, test = train_test_split(rows, test_size=test_fraction, random_state=seed, stratify=stratify)
-    except ValueError as exc:
-        raise UserError(f"{path}: cannot split {len(y)} rows with --test-fraction {test_fraction} ({exc})") from None
-    return np.sort(train), np.sort(test)

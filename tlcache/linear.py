@@ -8,6 +8,8 @@ regularisation) solution, so the whole sweep costs about as much as one default 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
@@ -22,6 +24,11 @@ from tlcache.sweep import describe_selection, validation_splits
 DEFAULT_CS = tuple(np.logspace(-5, 0, 11).tolist())
 
 
+class MultinomialFit(NamedTuple):
+    weights: np.ndarray  # (d + 1, K): one column per class, the intercepts in the last row
+    iterations: int  # of the solver
+
+
 def fit_multinomial(
     X: np.ndarray,
     y: np.ndarray,
@@ -31,7 +38,7 @@ def fit_multinomial(
     init: np.ndarray | None = None,
     tol: float = 1e-4,
     max_iter: int = 1000,
-) -> np.ndarray:
+) -> MultinomialFit:
     """Weights (d + 1, K) minimising the mean weighted cross-entropy plus ||W||^2 / (2 C n) (the intercept row is
     not penalised): the optimum of scikit-learn's ``LogisticRegression(C=C)``, up to the solver's tolerance.
 
@@ -65,8 +72,7 @@ def fit_multinomial(
         loss_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12}
     )
     W = result.x.reshape(d + 1, free)
-    fit_multinomial.last_iterations = int(result.nit)  # for n_iter_, without widening the return value
-    return np.hstack([np.zeros_like(W), W]) if free == 1 else W
+    return MultinomialFit(np.hstack([np.zeros_like(W), W]) if free == 1 else W, int(result.nit))
 
 
 def _free_columns(W: np.ndarray, free: int) -> np.ndarray:
@@ -129,7 +135,7 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         for train, valid in splits:
             W = None
             for i, C in enumerate(Cs):  # strong to weak regularisation: each fit starts from the last
-                W = self._solve(X[train], codes[train], C, weight[train], W)
+                W = self._solve(X[train], codes[train], C, weight[train], W).weights
                 logits = X[valid] @ W[:-1] + W[-1]
                 scores[i] += np.average(np.argmax(logits, axis=1) == codes[valid], weights=weight[valid])
                 log_p = log_softmax(logits, axis=1)[np.arange(len(valid)), codes[valid]]
@@ -147,14 +153,14 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         self.curve_ = [(C, float(v)) for C, v in zip(Cs, losses if self.scoring == "log_loss" else scores)]
         self.accuracy_curve_ = [(C, float(v)) for C, v in zip(Cs, scores)]
         self.selection_ = describe_selection(splits)
-        W = self._solve(X, codes, self.C_, weight, starts[best])
-        self.n_iter_ = np.array([fit_multinomial.last_iterations])
+        fit = self._solve(X, codes, self.C_, weight, starts[best])
+        W, self.n_iter_ = fit.weights, np.array([fit.iterations])
         if len(self.classes_) == 2:  # one weight vector, as scikit-learn's binary models have
             W = W[:, 1:]
         self.coef_, self.intercept_ = W[:-1].T.copy(), W[-1].copy()
         return self
 
-    def _solve(self, X, codes, C, weight, init):
+    def _solve(self, X, codes, C, weight, init) -> MultinomialFit:
         return fit_multinomial(X, codes, len(self.classes_), C, weight, init, self.tol, self.max_iter)
 
     def decision_function(self, X) -> np.ndarray:

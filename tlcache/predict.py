@@ -12,7 +12,8 @@ import numpy as np
 
 from tlcache.backbones import create_backbone
 from tlcache.embed import embed_source
-from tlcache.heads import check_head_matches, load_head, predict_rows
+from tlcache.heads import check_head_matches, predict_rows
+from tlcache.runs import load_head
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 

@@ -1,16 +1,125 @@
-"""Metrics for a fitted head and the files that show them: report.json, report.md, confusion.png."""
+"""What a run's report holds (typed, below) and how it is shown: metrics, per-class and per-group tables, the
+Markdown page and the figures. Where they are written is :mod:`tlcache.runs`' business."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
+ClassMetrics = TypedDict(
+    "ClassMetrics", {"class": str, "precision": float, "recall": float, "f1": float, "support": int}
+)
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+
+class Metrics(TypedDict):
+    accuracy: float
+    macro_f1: float
+    per_class: list[ClassMetrics]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+
+
+class Reliability(TypedDict):
+    ece: float  # expected calibration error of the top-label confidence
+    bins: list[dict[str, float]]  # low, high, count, confidence, accuracy
+
+
+class Calibration(TypedDict, total=False):
+    head: Reliability  # an uncalibrated head's own
+    method: str  # with --calibrate: sigmoid or isotonic, and the ECE before and after
+    before: Reliability
+    after: Reliability
+
+
+class Sweep(TypedDict):
+    param: str  # C, alpha or n_neighbors
+    best: float
+    score: str  # what chose it on validation data: accuracy or log-loss
+    selection: str  # k-fold cross-validation or a stratified validation split
+    curve: list[list[float]]  # [value, validation score] per grid value
+
+
+class GroupRow(TypedDict):
+    group: str
+    accuracy: float
+    macro_f1: float
+    support: int
+
+
+class GroupMetrics(TypedDict):
+    column: str
+    per_group: list[GroupRow]
+    worst_group: str
+    worst_accuracy: float
+    worst_group_gap: float
+
+
+class Spread(TypedDict):
+    mean: float
+    std: float
+    values: list[float]
+
+
+class FewShot(TypedDict):
+    shots: int
+    repeats: int
+    seeds: list[int]
+    accuracy: Spread
+    macro_f1: Spread
+
+
+class Epoch(TypedDict):
+    epoch: int
+    stage: str
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+
+
+class FinetuneSummary(TypedDict):
+    strategy: str
+    lp_ft: bool
+    epochs_run: int
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[Epoch]
+    config: dict[str, Any]  # the FinetuneConfig, as a dict
+    precision: str
+    device: str
+
+
+class _ReportCore(TypedDict):
+    head: str  # the head's name, or "finetune <strategy>"
+    backbone: str
+    dim: int
+    test: str  # what was tested on: a held-out fraction, a store or a source
+    seed: int
+    n_train: int
+    n_test: int
+    classes: list[str]
+    fit_seconds: float
+    metrics: Metrics  # on the test items
+    created: str
+
+
+class RunReport(_ReportCore, total=False):
+    """The report of `fit-head` or `finetune` (report.json): the keys above always, these where they apply."""
+
+    store: str  # fit-head: the training store
+    source: str  # finetune: the training source
+    n_val: int  # finetune: items held out for early stopping
+    views_per_item: int
+    class_weight: str | None
+    sweep: Sweep
+    calibration: Calibration
+    groups: GroupMetrics
+    few_shot: FewShot
+    finetune: FinetuneSummary
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> Metrics:
     """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix (rows: true)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -33,7 +142,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     }
 
 
-def calibration_summary(probabilities: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+def calibration_summary(probabilities: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> Reliability:
     """Expected calibration error of the top-label confidence, and the reliability table behind it.
 
     ``probabilities`` columns are the classes 0..K-1; bins split confidence into ``n_bins`` equal widths.
@@ -61,48 +170,24 @@ def calibration_summary(probabilities: np.ndarray, y_true: np.ndarray, n_bins: i
     return {"ece": float(ece), "bins": bins}
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write the report as JSON (for programs), Markdown (for people) and PNG figures: the confusion matrix, the
-    reliability diagram, and the regularisation curve of the sweep."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
-    paths.update(render_figures(report, out_dir))
-    return paths
-
-
-def render_figures(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    paths = {}
+def render_figures(report: RunReport, paths: dict[str, Path]) -> dict[str, Path]:
+    """Draw the figures that apply to ``report`` at the ``paths`` given for them: ``confusion`` (the confusion
+    matrix), ``reliability`` (the reliability diagram) and ``sweep`` (the regularisation curve). Returns those
+    drawn."""
+    drawn = {}
     if "metrics" in report:
-        paths["confusion"] = out_dir / "confusion.png"
+        drawn["confusion"] = paths["confusion"]
         plot_confusion(report["metrics"]["confusion_matrix"], report["classes"], paths["confusion"])
     if report.get("calibration"):
-        paths["reliability"] = out_dir / "reliability.png"
+        drawn["reliability"] = paths["reliability"]
         plot_reliability(report["calibration"], paths["reliability"])
     if report.get("sweep"):
-        paths["sweep"] = out_dir / "sweep.png"
+        drawn["sweep"] = paths["sweep"]
         plot_sweep(report["sweep"], report["head"], paths["sweep"])
-    return paths
+    return drawn
 
 
-def rerender(run_dir: str | Path) -> dict[str, Path]:
-    """Write report.md and the figures of a run folder again from its report.json (`tlcache report`)."""
-    from tlcache.errors import UserError
-
-    path = Path(run_dir) / "report.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} holds no report.json; pass a run folder written by `tlcache fit-head`")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); fit the head again") from None
-    markdown = Path(run_dir) / "report.md"
-    markdown.write_text(render_markdown(report), encoding="utf-8")
-    return {"markdown": markdown, **render_figures(report, Path(run_dir))}
-
-
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: RunReport) -> str:
     metrics = report["metrics"]
     classes = report["classes"]
     tune = report.get("finetune")
@@ -141,78 +226,91 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _markdown_extras(report: dict[str, Any]) -> list[str]:
-    lines = []
-    tune = report.get("finetune")
-    if tune:
-        config = tune["config"]
-        lines += [
-            "",
-            f"## Fine-tuning: {tune['strategy']}{', LP-FT' if tune['lp_ft'] else ''}, best epoch "
-            f"{tune['best_epoch']} of {tune['epochs_run']} restored",
-            "",
-            f"lr {config['lr']:g} (body top), head lr {config['head_lr']:g}, layer decay {config['layer_decay']:g}, "
-            f"head-only epochs {config['head_epochs']}, warmup {config['warmup']:g}, weight decay "
-            f"{config['weight_decay']:g}, clip {config['clip']:g}, batch {config['batch_size']} x "
-            f"{config['accumulate']}, {tune['precision']} on {tune['device']}, {report['n_val']} validation items.",
-            "",
-            "| epoch | stage | train loss | val loss | val accuracy |",
-            "|---:|---|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {h['epoch']} | {h['stage']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['val_accuracy']:.4f} |"
-            for h in tune["history"]
-        ]
-    few = report.get("few_shot")
-    if few:
-        acc, f1 = few["accuracy"], few["macro_f1"]
-        lines += [
-            "",
-            f"## Few-shot: {few['shots']} per class, {few['repeats']} repeats",
-            "",
-            f"Accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro F1 {f1['mean']:.4f} ± {f1['std']:.4f} (mean ± "
-            f"standard deviation over repeats; the tables above show repeat 1). Seeds: {few['seeds']}.",
-        ]
-    sweep = report.get("sweep")
-    if sweep:
-        lines += [
-            "",
-            f"## {sweep['param']} sweep, chosen on {sweep['selection']} "
-            f"({'lowest' if sweep.get('score') == 'log-loss' else 'highest'} {sweep.get('score', 'accuracy')}): "
-            f"{sweep['best']:g}",
-            "",
-            f"| {sweep['param']} | validation {sweep.get('score', 'accuracy')} |",
-            "|---:|---:|",
-        ]
-        lines += [f"| {value:g} | {score:.4f} |" for value, score in sweep["curve"]]
-    calibration = report.get("calibration")
-    if calibration:
-        lines += ["", "## Calibration (test set, top-label expected calibration error)", ""]
-        if "before" in calibration:
-            lines.append(
-                f"{calibration['method']} calibration: ECE {calibration['before']['ece']:.4f} before, "
-                f"{calibration['after']['ece']:.4f} after."
-            )
-        else:
-            lines.append(f"ECE {calibration['head']['ece']:.4f} (calibrate with --calibrate sigmoid|isotonic).")
-    groups = report.get("groups")
-    if groups:
-        lines += [
-            "",
-            f"## Per group ({groups['column']})",
-            "",
-            f"Worst-group accuracy {groups['worst_accuracy']:.4f} ({groups['worst_group']}); gap to the best group "
-            f"{groups['worst_group_gap']:.4f}.",
-            "",
-            "| group | accuracy | macro F1 | support |",
-            "|---|---:|---:|---:|",
-        ]
-        for g in groups["per_group"]:
-            lines.append(f"| {g['group']} | {g['accuracy']:.4f} | {g['macro_f1']:.4f} | {g['support']} |")
+def _markdown_extras(report: RunReport) -> list[str]:
+    sections = (
+        (report.get("finetune"), _finetune_section),
+        (report.get("few_shot"), _few_shot_section),
+        (report.get("sweep"), _sweep_section),
+        (report.get("calibration"), _calibration_section),
+        (report.get("groups"), _groups_section),
+    )
+    return [line for part, section in sections if part for line in section(part, report)]
+
+
+def _finetune_section(tune: FinetuneSummary, report: RunReport) -> list[str]:
+    config = tune["config"]
+    lines = [
+        "",
+        f"## Fine-tuning: {tune['strategy']}{', LP-FT' if tune['lp_ft'] else ''}, best epoch "
+        f"{tune['best_epoch']} of {tune['epochs_run']} restored",
+        "",
+        f"lr {config['lr']:g} (body top), head lr {config['head_lr']:g}, layer decay {config['layer_decay']:g}, "
+        f"head-only epochs {config['head_epochs']}, warmup {config['warmup']:g}, weight decay "
+        f"{config['weight_decay']:g}, clip {config['clip']:g}, batch {config['batch_size']} x "
+        f"{config['accumulate']}, {tune['precision']} on {tune['device']}, {report['n_val']} validation items.",
+        "",
+        "| epoch | stage | train loss | val loss | val accuracy |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    return lines + [
+        f"| {h['epoch']} | {h['stage']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['val_accuracy']:.4f} |"
+        for h in tune["history"]
+    ]
+
+
+def _few_shot_section(few: FewShot, report: RunReport) -> list[str]:
+    acc, f1 = few["accuracy"], few["macro_f1"]
+    return [
+        "",
+        f"## Few-shot: {few['shots']} per class, {few['repeats']} repeats",
+        "",
+        f"Accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro F1 {f1['mean']:.4f} ± {f1['std']:.4f} (mean ± "
+        f"standard deviation over repeats; the tables above show repeat 1). Seeds: {few['seeds']}.",
+    ]
+
+
+def _sweep_section(sweep: Sweep, report: RunReport) -> list[str]:
+    lines = [
+        "",
+        f"## {sweep['param']} sweep, chosen on {sweep['selection']} "
+        f"({'lowest' if sweep.get('score') == 'log-loss' else 'highest'} {sweep.get('score', 'accuracy')}): "
+        f"{sweep['best']:g}",
+        "",
+        f"| {sweep['param']} | validation {sweep.get('score', 'accuracy')} |",
+        "|---:|---:|",
+    ]
+    return lines + [f"| {value:g} | {score:.4f} |" for value, score in sweep["curve"]]
+
+
+def _calibration_section(calibration: Calibration, report: RunReport) -> list[str]:
+    lines = ["", "## Calibration (test set, top-label expected calibration error)", ""]
+    if "before" in calibration:
+        lines.append(
+            f"{calibration['method']} calibration: ECE {calibration['before']['ece']:.4f} before, "
+            f"{calibration['after']['ece']:.4f} after."
+        )
+    else:
+        lines.append(f"ECE {calibration['head']['ece']:.4f} (calibrate with --calibrate sigmoid|isotonic).")
     return lines
 
 
-def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], column: str) -> dict[str, Any]:
+def _groups_section(groups: GroupMetrics, report: RunReport) -> list[str]:
+    lines = [
+        "",
+        f"## Per group ({groups['column']})",
+        "",
+        f"Worst-group accuracy {groups['worst_accuracy']:.4f} ({groups['worst_group']}); gap to the best group "
+        f"{groups['worst_group_gap']:.4f}.",
+        "",
+        "| group | accuracy | macro F1 | support |",
+        "|---|---:|---:|---:|",
+    ]
+    return lines + [
+        f"| {g['group']} | {g['accuracy']:.4f} | {g['macro_f1']:.4f} | {g['support']} |" for g in groups["per_group"]
+    ]
+
+
+def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], column: str) -> GroupMetrics:
     """Accuracy and macro F1 per group, and the worst group's gap to the best: the check for uneven quality."""
     from sklearn.metrics import f1_score
 
@@ -248,7 +346,7 @@ def _pyplot():
     return plt
 
 
-def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
+def plot_reliability(calibration: Calibration, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
@@ -272,7 +370,7 @@ def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_sweep(sweep: dict[str, Any], head: str, path: Path) -> None:
+def plot_sweep(sweep: Sweep, head: str, path: Path) -> None:
     plt = _pyplot()
     values = [v for v, _ in sweep["curve"]]
     scores = [s for _, s in sweep["curve"]]

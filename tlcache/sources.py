@@ -17,6 +17,7 @@ from pathlib import Path
 from tlcache.errors import UserError
 from tlcache.fingerprints import file_digests
 from tlcache.hashing import hash_bytes, new_hasher
+from tlcache.paths import fingerprint_index as fingerprint_index_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -105,11 +106,7 @@ def load_source(
     if path.is_dir():
         if group_column is not None:
             raise UserError(f"--group-column applies to CSV/JSONL sources; {path} is an image folder")
-        if fingerprint_index == "default":
-            from tlcache.store import default_cache_dir
-
-            fingerprint_index = default_cache_dir() / "fingerprints.sqlite"
-        return _load_image_folder(path, fingerprint_index)
+        return _load_image_folder(path, _index_path(fingerprint_index))
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         rows, columns = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
@@ -135,11 +132,7 @@ def source_from_items(
         missing = next((p for p in texts if not os.path.isfile(p)), None)
         if missing is not None:
             raise UserError(f"{missing} is not a file; an image backbone takes paths of image files")
-        if fingerprint_index == "default":
-            from tlcache.store import default_cache_dir
-
-            fingerprint_index = default_cache_dir() / "fingerprints.sqlite"
-        fingerprints = file_digests(texts, fingerprint_index)
+        fingerprints = file_digests(texts, _index_path(fingerprint_index))
     else:
         raise ValueError(f"modality must be 'text' or 'image', not {modality!r}")
     labels = [None if label is None else str(label) for label in labels] if labels is not None else None
@@ -152,6 +145,13 @@ def source_from_items(
         fingerprints=fingerprints,
         labels=labels,
     )
+
+
+def _index_path(fingerprint_index: Path | None | str) -> Path | None:
+    """Where image digests are remembered: ``"default"`` is the cache folder's index, None is nowhere."""
+    if fingerprint_index == "default":
+        return fingerprint_index_path()
+    return None if fingerprint_index is None else Path(fingerprint_index)
 
 
 def _is_image_name(name: str) -> bool:

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, check_choice
 from tlcache.hashing import hash_json
+from tlcache.paths import default_cache_dir, slug
+from tlcache.provenance import utc_now
 
 if TYPE_CHECKING:
     import h5py
@@ -40,11 +40,6 @@ _COMPRESSED_CHUNK_BYTES = 1 << 20  # compressed stores: ~1 MiB chunks of whole r
 _JSON_ATTRS = ("backbone_spec", "preprocessing", "source_options", "views_config")
 
 
-def default_cache_dir() -> Path:
-    """``$TLCACHE_HOME``, else ``~/.cache/tlcache``."""
-    return Path(os.environ.get("TLCACHE_HOME") or Path.home() / ".cache" / "tlcache")
-
-
 def config_key(backbone_config: dict[str, Any], dtype: str, views_config: dict[str, Any] | None = None) -> str:
     """Hash of everything but the data that changes the stored numbers: stores with equal config keys can share
     rows of identical items (the incremental path)."""
@@ -56,15 +51,8 @@ def cache_key(source_fingerprint: str, config: str) -> str:
     return hash_json({"config": config, "source": source_fingerprint})
 
 
-def _slug(backbone_name: str) -> str:
-    """A file-name-safe short name: ``hf:/models/my-bert`` becomes ``hf-my-bert``."""
-    family, sep, rest = backbone_name.partition(":")
-    short = f"{family}-{Path(rest.rstrip('/')).name}" if sep else family
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", short).strip("-")[:40] or "store"
-
-
 def store_filename(backbone_name: str, config: str, key: str) -> str:
-    return f"{_slug(backbone_name)}-{config[:8]}-{key[:20]}{STORE_SUFFIX}"
+    return f"{slug(backbone_name)}-{config[:8]}-{key[:20]}{STORE_SUFFIX}"
 
 
 def resolve_store_path(out: str | Path | None, backbone_name: str, config: str, key: str) -> Path:
@@ -85,7 +73,7 @@ def lock_path(path: Path) -> Path:
 
 def sibling_stores(path: Path, backbone_name: str, config: str) -> list[Path]:
     """Complete stores beside ``path`` that were made with the same config (candidates to reuse rows from)."""
-    pattern = f"{_slug(backbone_name)}-{config[:8]}-*{STORE_SUFFIX}"
+    pattern = f"{slug(backbone_name)}-{config[:8]}-*{STORE_SUFFIX}"
     found = sorted(p for p in path.parent.glob(pattern) if p != path)
     return ([path] if path.is_file() else []) + found
 
@@ -170,8 +158,7 @@ class StoreWriter:
     ) -> StoreWriter:
         import h5py
 
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+        check_choice("--dtype", dtype, DTYPES)
         final_path.parent.mkdir(parents=True, exist_ok=True)
         n = len(ids)
         handle = h5py.File(partial_path(final_path), "w")
@@ -196,7 +183,7 @@ class StoreWriter:
         attrs["dtype"] = dtype
         attrs["views"] = views
         attrs["complete"] = False
-        attrs["created"] = _now()
+        attrs["created"] = utc_now()
         handle.flush()
         return cls(handle, final_path)
 
@@ -230,9 +217,10 @@ class StoreWriter:
         """Mark the store complete and move it to its final name (repacked with compression if asked)."""
         if not self.done.all():
             raise RuntimeError(f"finish() with {int((~self.done).sum())} rows not written")
+        check_choice("--compression", compression, COMPRESSIONS)
         for name, value in extra.items():
             self._file.attrs[name] = _encode_attr(name, value)
-        self._file.attrs["finished"] = _now()
+        self._file.attrs["finished"] = utc_now()
         self._file.attrs["complete"] = True
         self._file.flush()
         source = Path(self._file.filename)
@@ -258,8 +246,6 @@ def _repack(path: Path, compression: str) -> Path:
     """Copy a finished store into a compressed file with row chunks; returns the new file's path."""
     import h5py
 
-    if compression not in COMPRESSIONS:
-        raise UserError(f"--compression {compression} is not supported; use one of {', '.join(COMPRESSIONS)}")
     target = path.with_name(path.name + ".repack")
     with h5py.File(path, "r") as src, h5py.File(target, "w") as dst:
         for name, value in src.attrs.items():
@@ -423,7 +409,3 @@ def _decode_attr(name: str, value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -8,6 +8,7 @@ items into a float32 ``(B, dim)`` array.
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 POOLINGS = ("mean", "max", "cls")  # for token sequences
 MAP_POOLINGS = ("mean", "max", "flatten")  # for feature maps
+POOLING_CHOICES = tuple(dict.fromkeys(POOLINGS + MAP_POOLINGS))  # what --pool takes, for some backbone or other
 # The ImageNet evaluation crop: resize the shorter side to size / 0.875, keep the central size x size.
 DEFAULT_CROP_RATIO = 0.875
 IMAGE_OPTIONS = ("weights", "image_size", "crop_ratio", "layer", "pooling")  # what image backbones take
@@ -206,6 +208,22 @@ class Backbone(abc.ABC):
             self.device = target
         return self
 
+    def load_trainable(self, device: str | torch.device = "auto") -> torch.nn.Module:
+        """A fresh model to train (as ``_build`` makes it: nothing folded, every parameter trainable) on ``device``,
+        made the model that :meth:`forward` runs; the fine-tune stage trains it."""
+        target = resolve_device(str(device))
+        self.model, self.device = self._build().to(target), target
+        return self.model
+
+    def at_precision(self, precision: str) -> Backbone:
+        """This backbone computing in ``precision`` (fp32, bf16 or fp16): itself when it already does, else a
+        shallow copy that shares its model, so the caller's backbone is never changed behind its back."""
+        if precision == self.precision:
+            return self
+        other = copy.copy(self)
+        other.precision = precision
+        return other
+
     @abc.abstractmethod
     def _build(self) -> torch.nn.Module:
         """Construct the model with its weights, on the CPU."""
@@ -253,17 +271,9 @@ class ImageBackbone(Backbone):
 
     def transform(self) -> Callable:
         """PIL image -> normalised CHW float tensor; picklable, so DataLoader workers can run it."""
-        from torchvision import transforms
+        from tlcache.images import eval_transform
 
-        pre = self.preprocessing
-        return transforms.Compose(
-            [
-                transforms.Resize(pre["resize_shorter"], interpolation=transforms.InterpolationMode.BILINEAR),
-                transforms.CenterCrop(pre["center_crop"]),
-                transforms.ToTensor(),
-                transforms.Normalize(pre["mean"], pre["std"]),
-            ]
-        )
+        return eval_transform(self.preprocessing)
 
     @property
     def augmentation(self) -> dict[str, Any]:
@@ -272,22 +282,9 @@ class ImageBackbone(Backbone):
 
     def view_transform(self) -> Callable:
         """PIL image -> one randomly augmented, normalised view (seed the torch RNG first for a fixed view)."""
-        from torchvision import transforms
+        from tlcache.images import view_transform
 
-        crop = self.augmentation["random_resized_crop"]
-        return transforms.Compose(
-            [
-                transforms.RandomResizedCrop(
-                    self.image_size,
-                    scale=tuple(crop["scale"]),
-                    ratio=tuple(crop["ratio"]),
-                    interpolation=transforms.InterpolationMode.BILINEAR,
-                ),
-                transforms.RandomHorizontalFlip(self.augmentation["horizontal_flip"]),
-                transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
-            ]
-        )
+        return view_transform(self.image_size, self.mean, self.std, self.augmentation)
 
     @abc.abstractmethod
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -314,9 +311,11 @@ class ImageBackbone(Backbone):
 
         return pixels.to(self.device, memory_format=torch.channels_last, non_blocking=non_blocking)
 
-    def compiled_forward(self, batch_size: int) -> Callable:
+    def compiled_forward(self, batch_size: int, non_blocking: bool = False) -> Callable:
         """:meth:`forward` compiled by ``torch.compile`` (inductor, weights frozen into the graph) for batches of
         exactly ``batch_size`` at the current device and precision, compiled once per process and warmed up here.
+        The function returned takes pixels on the host, any number of them: it runs them in slices of
+        ``batch_size``, the last one padded with zeros, so no odd shape sets off a recompilation.
 
         Raises ``RuntimeError`` where compiling fails (no C++ compiler, an operator inductor cannot lower); the
         caller falls back to :meth:`forward`. The features agree with :meth:`forward` to float rounding (mean
@@ -337,7 +336,19 @@ class ImageBackbone(Backbone):
             except Exception as exc:  # noqa: BLE001
                 raise RuntimeError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
             self._compiled[key] = compiled
-        return self._compiled[key]
+        compiled = self._compiled[key]
+
+        def forward_any(pixels: torch.Tensor) -> torch.Tensor:
+            outputs = []
+            for start in range(0, len(pixels), batch_size):
+                chunk = pixels[start : start + batch_size]
+                short = batch_size - len(chunk)
+                if short:
+                    chunk = torch.cat([chunk, chunk.new_zeros((short, *chunk.shape[1:]))])
+                outputs.append(compiled(self.to_device(chunk, non_blocking))[: batch_size - short])
+            return torch.cat(outputs)
+
+        return forward_any
 
     def embed(self, items: Sequence) -> np.ndarray:
         import torch

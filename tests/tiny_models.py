@@ -1,4 +1,4 @@
-"""Tiny real models for tests and benchmarks: built and saved locally, never downloaded."""
+"""Tiny real models for the tests (and the store benchmark): built and saved locally, never downloaded."""
 
 from __future__ import annotations
 

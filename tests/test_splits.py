@@ -1,0 +1,53 @@
+"""One way of dividing labelled items, for heads and fine-tuning alike."""
+
+import numpy as np
+import pytest
+
+from conftest import make_store, write_text_csv
+from tlcache.errors import UserError
+from tlcache.finetune import FinetuneConfig
+from tlcache.finetune.data import make_splits
+from tlcache.heads import _test_set, fit_head
+from tlcache.sources import load_source
+from tlcache.splits import remap_labels, stratified_split
+from tlcache.store import FeatureStore
+
+
+def test_a_split_keeps_the_class_shares_and_is_fixed_by_its_seed():
+    y = np.array([0] * 30 + [1] * 10)
+    kept, held = stratified_split(np.arange(40), y, 0.25, seed=3, where="data")
+    assert np.bincount(y[held]).tolist() == [8, 2] and sorted(np.concatenate([kept, held])) == list(range(40))
+    again = stratified_split(np.arange(40), y, 0.25, seed=3, where="data")
+    assert [a.tolist() for a in again] == [kept.tolist(), held.tolist()]
+    assert stratified_split(np.arange(40), y, 0.25, seed=4, where="data")[1].tolist() != held.tolist()
+
+
+def test_a_class_of_one_item_gives_a_plain_split_for_heads_and_fine_tuning_alike(tmp_path):
+    y = np.array([0] * 10 + [1] * 10 + [2])
+    kept, held = stratified_split(np.arange(21), y, 0.2, seed=0, where="data")
+    assert len(held) == 5 and len(kept) == 16  # not refused: the single item lands on one side
+    with pytest.raises(UserError, match="must be between 0 and 1"):
+        stratified_split(np.arange(21), y, 1.5, seed=0, where="data")
+    with pytest.raises(UserError, match="has only 3 labelled items"):
+        stratified_split(np.arange(3), np.array([0, 1, 1]), 0.5, seed=0, where="data")
+
+
+def test_fit_head_and_finetune_hold_out_the_same_test_items(tmp_path):
+    source = load_source(write_text_csv(tmp_path / "t.csv", n=40))
+    splits = make_splits(source, None, 0.25, FinetuneConfig(seed=2), None)
+    rng = np.random.default_rng(0)
+    y = np.asarray(source.label_indices)
+    store = make_store(tmp_path / "s.h5", rng.normal(size=(40, 4)) + y[:, None], y, source.class_names)
+    train_rows, tested = _test_set(FeatureStore(store), y, None, 0.25, seed=2)
+    assert tested.rows.tolist() == splits.rows["test"].tolist()
+    assert sorted(splits.rows["train"].tolist() + splits.rows["val"].tolist()) == train_rows.tolist()
+    run = fit_head(store, test_fraction=0.25, seed=2, out=tmp_path / "run")
+    assert run.report["n_test"] == len(splits.rows["test"]) == 10
+    assert run.report["test"] == splits.test_description
+
+
+def test_labels_of_another_dataset_map_onto_the_training_classes():
+    y = remap_labels(np.array([0, 1, 1, 0]), ["b", "a"], ["a", "b", "c"], "test.csv")
+    assert y.tolist() == [1, 0, 0, 1]
+    with pytest.raises(UserError, match="test.csv has classes the training data lacks \\(z\\)"):
+        remap_labels(np.array([0, 1]), ["a", "z"], ["a", "b"], "test.csv")

@@ -1,0 +1,226 @@
+"""Images, for embedding and fine-tuning alike: decoding, checks, transforms, and a dataset whose random
+transforms are seeded per item, so that views and training augmentations are reproducible.
+
+On a CPU each batch is decoded on all cores (in threads: PIL releases the GIL) just before the model needs it; on
+a GPU in DataLoader worker processes, with pinned memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlcache.errors import UserError
+from tlcache.hashing import hash_bytes
+
+# Training augmentations of `tlcache finetune --augment` (see training_transform).
+AUGMENTATIONS = ("crop", "shift", "flip", "color", "rotate", "erase")
+DEFAULT_AUGMENT = ("crop", "flip")
+VIEWS_SEED = 0
+
+# Seeded transforms draw from torch's global generator, which decoding threads share.
+_GLOBAL_RNG = threading.Lock()
+
+
+def read_rgb(path: str | Path):
+    """An image file decoded to an RGB PIL image; a damaged file is a UserError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types for damaged files
+        raise UserError(f"{path} could not be decoded ({exc}); fix or remove it") from None
+
+
+def check_images(paths: Sequence[str | Path]) -> None:
+    """Read every header before the long run, so a bad file stops it at once rather than at 90%."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except Exception as exc:
+            raise UserError(f"{path} is not a readable image ({exc}); fix or remove it") from None
+
+
+def view_seed(fingerprint: str, view: int, seed: int = VIEWS_SEED) -> int:
+    """The random seed of one augmented view of one item: fixed by its content, so views are reproducible and
+    identical items share them."""
+    return int(hash_bytes(f"{fingerprint}:{view}:{seed}".encode())[:15], 16)
+
+
+def item_seed(*parts: int) -> int:
+    """A seed for one item's random transform, fixed by integers such as (run seed, epoch, position)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def eval_transform(preprocessing: dict[str, Any]) -> Callable:
+    """PIL image -> normalised CHW float tensor, as a backbone's ``preprocessing`` says (resize the shorter side,
+    crop the centre); picklable, so DataLoader workers can run it."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(preprocessing["resize_shorter"], interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(preprocessing["center_crop"]),
+            transforms.ToTensor(),
+            transforms.Normalize(preprocessing["mean"], preprocessing["std"]),
+        ]
+    )
+
+
+def view_transform(image_size: int, mean: Sequence[float], std: Sequence[float], augmentation: dict) -> Callable:
+    """PIL image -> one randomly augmented, normalised view, as ``augmentation`` (recorded in the cache key of
+    stores with views) says; seed the torch generator first for a fixed view."""
+    from torchvision import transforms
+
+    crop = augmentation["random_resized_crop"]
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(
+                image_size,
+                scale=tuple(crop["scale"]),
+                ratio=tuple(crop["ratio"]),
+                interpolation=transforms.InterpolationMode.BILINEAR,
+            ),
+            transforms.RandomHorizontalFlip(augmentation["horizontal_flip"]),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def training_transform(bb, augment: Sequence[str]) -> Callable:
+    """An image backbone's preprocessing with fine-tuning augmentations: ``crop`` (random resized crop, 60-100% of
+    the area), ``shift`` (a translation of up to 10% of the side, the border filled black: for centred items that
+    a crop would cut into), ``flip`` (horizontal), ``color`` (brightness, contrast, saturation 0.2), ``rotate`` (up
+    to 10 degrees), ``erase`` (random erasing of a patch, p 0.25)."""
+    from torchvision import transforms
+
+    size = bb.image_size
+    steps = []
+    if "crop" in augment:
+        steps.append(transforms.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True))
+    else:
+        steps += [transforms.Resize(round(size / bb.crop_ratio)), transforms.CenterCrop(size)]
+    if "shift" in augment:
+        steps.append(transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)))
+    if "flip" in augment:
+        steps.append(transforms.RandomHorizontalFlip())
+    if "color" in augment:
+        steps.append(transforms.ColorJitter(0.2, 0.2, 0.2))
+    if "rotate" in augment:
+        steps.append(transforms.RandomRotation(10))
+    steps += [transforms.ToTensor(), transforms.Normalize(bb.mean, bb.std)]
+    if "erase" in augment:
+        steps.append(transforms.RandomErasing(p=0.25))
+    return transforms.Compose(steps)
+
+
+class ImageFiles:
+    """Image files as tensors, for threads or DataLoader workers: item i is ``(pixels, views, error)``.
+
+    ``seeds[i]`` (when given) seeds item i's transform, for random augmentations that are the same in every run;
+    ``view_seeds[i]`` lists the seeds of item i's augmented views, each made by ``view_transform`` (views is None
+    without them). A file that cannot be decoded gives its message as ``error``: a message crosses from a worker
+    process as one line, an exception would not.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform: Callable,
+        seeds: Sequence[int] | None = None,
+        view_transform: Callable | None = None,
+        view_seeds: Sequence[Sequence[int]] | None = None,
+    ):
+        self.paths = list(paths)
+        self.transform = transform
+        self.seeds = seeds
+        self.view_transform = view_transform
+        self.view_seeds = view_seeds
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        try:
+            rgb = read_rgb(self.paths[index])
+        except UserError as exc:
+            return None, None, str(exc)
+        pixels = self.transform(rgb) if self.seeds is None else _seeded(self.transform, rgb, self.seeds[index])
+        views = None
+        if self.view_seeds is not None:
+            views = torch.stack([_seeded(self.view_transform, rgb, seed) for seed in self.view_seeds[index]])
+        return pixels, views, None
+
+
+def _seeded(transform: Callable, rgb, seed: int):
+    import torch
+
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(rgb)
+
+
+def image_batches(
+    dataset: ImageFiles, order: Sequence[int], batch_size: int, workers: int, pin_memory: bool
+) -> Iterator[tuple[Any, Any]]:
+    """(pixels, views) per batch of ``order``'s items, in that order: from DataLoader worker processes, or with no
+    workers decoded on all cores just before the model needs it, so decoding never competes with the model. A file
+    that cannot be decoded stops the run with its name."""
+    import torch
+
+    if workers:
+        batches = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=list(order),
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=pin_memory,
+        )
+    else:
+        batches = _decode_in_threads(dataset, order, batch_size)
+    for pixels, views, error in batches:
+        if error:
+            raise UserError(error)
+        yield pixels, views
+
+
+def _decode_in_threads(dataset: ImageFiles, order: Sequence[int], batch_size: int) -> Iterator:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(order), batch_size):
+            yield _collate(list(pool.map(dataset.__getitem__, order[start : start + batch_size])))
+
+
+def _collate(batch):
+    import torch
+
+    for _, _, error in batch:
+        if error:
+            return None, None, error
+    pixels = torch.stack([tensor for tensor, _, _ in batch])
+    views = torch.stack([v for _, v, _ in batch]) if batch[0][1] is not None else None
+    return pixels, views, None
+
+
+def default_workers(n_items: int, device) -> int:
+    """Decoding processes that run beside the model: on a GPU, up to 4 once there is enough to decode. On a CPU
+    none: the model already keeps every core busy, and a decoder beside it makes it wait (ResNet-50 on 2 cores:
+    57-62 images/s with one worker process, 65-74 decoding each batch on all cores before its forward pass)."""
+    cores = os.cpu_count() or 1
+    if device.type != "cuda" or n_items < 256 or cores < 2:
+        return 0
+    return min(4, cores - 1)

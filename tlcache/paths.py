@@ -1,0 +1,25 @@
+"""Where tlcache keeps what it writes, and the file-name-safe short names it gives them."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """``$TLCACHE_HOME``, else ``~/.cache/tlcache``."""
+    return Path(os.environ.get("TLCACHE_HOME") or Path.home() / ".cache" / "tlcache")
+
+
+def fingerprint_index() -> Path:
+    """The file digests of image folders, remembered across runs (see :mod:`tlcache.fingerprints`)."""
+    return default_cache_dir() / "fingerprints.sqlite"
+
+
+def slug(backbone_name: str) -> str:
+    """A file-name-safe short name for a backbone: ``hf:/models/my-bert`` becomes ``hf-my-bert``,
+    ``torchvision:resnet50`` becomes ``torchvision-resnet50``."""
+    family, sep, rest = backbone_name.partition(":")
+    short = f"{family}-{Path(rest.rstrip('/')).name}" if sep else family
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", short).strip("-")[:40] or "store"

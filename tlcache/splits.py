@@ -1,0 +1,55 @@
+"""How labelled items are divided, the same way for heads and fine-tuning: stratified held-out splits, few-shot
+draws, and labels of another dataset mapped onto the training classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tlcache.errors import UserError
+
+
+def stratified_split(
+    rows: np.ndarray, y: np.ndarray, fraction: float, seed: int, where: str, flag: str = "--test-fraction"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) rows, each sorted: ``fraction`` of ``rows`` held out with ``seed``, stratified by ``y``
+    (a plain random split when a class has a single item, which cannot be on both sides). ``where`` and ``flag``
+    name the data and the option in messages."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"{flag} {fraction} must be between 0 and 1 (exclusive)")
+    if len(y) < 4:
+        raise UserError(f"{where} has only {len(y)} labelled items; holding out {flag} {fraction:g} needs more")
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    try:
+        kept, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError as exc:
+        raise UserError(f"{where}: cannot hold out {flag} {fraction:g} of {len(y)} labelled items ({exc})") from None
+    return np.sort(kept), np.sort(held)
+
+
+def sample_shots(rows: np.ndarray, labels: np.ndarray, shots: int, seed: int, where: str) -> np.ndarray:
+    """``shots`` rows of every class, drawn with ``seed``; the same seed always draws the same rows."""
+    if shots < 1:
+        raise UserError(f"--shots {shots} must be 1 or more")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in np.unique(labels[rows]):
+        of_class = rows[labels[rows] == label]
+        if len(of_class) < shots:
+            raise UserError(f"{where}: a class has only {len(of_class)} training items, fewer than --shots {shots}")
+        picked.append(rng.choice(of_class, size=shots, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def remap_labels(y: np.ndarray, names: Sequence[str], train_names: Sequence[str], where: str) -> np.ndarray:
+    """Labels ``y`` (indices into ``names``) as indices into the training classes ``train_names``; a class the
+    training data lacks is refused."""
+    unknown = sorted({names[i] for i in np.unique(y)} - set(train_names))
+    if unknown:
+        raise UserError(f"{where} has classes the training data lacks ({', '.join(unknown[:5])}); use matching data")
+    index = {name: i for i, name in enumerate(train_names)}
+    return np.array([index[names[i]] for i in y], dtype=np.int64)
