@@ -135,9 +135,9 @@ def embed_source(
             run = _embed_rows(
                 src, bb, writer, pending, torch_device, batch_size, views_config, num_workers, compile_mode, progress
             )
-            extra = {"embed_seconds": round(time.perf_counter() - started, 3), "device": str(torch_device)}
-            extra.update(precision=bb.precision, **run, torch_version=torch_version(), rows_reused=reused)
-            writer.finish(extra, compression=compression)
+            seconds = round(time.perf_counter() - started, 3)
+            how = {"embed_seconds": seconds, "device": str(torch_device), "precision": bb.precision, **run}
+            writer.finish({**how, "torch_version": torch_version(), "rows_reused": reused}, compression=compression)
         finally:
             writer.close()
     return result(len(pending), reused, bb.dim, cached=False)
