@@ -312,6 +312,11 @@ def render(results: dict, command: str) -> str:
         f"Machine limit: a measured bf16 matrix-multiply peak of {results['peak_tflops']:.3f} TFLOP/s on "
         f"{results['device']}; a model's limit is that peak divided by its FLOPs per item.",
         "",
+        "Footing: each side was timed once, after loading its model. The baselines run at their defaults (fp32); "
+        "the ratios (x tutorial, x padded loop, x sentence-transformers) set tlcache at its default precision (auto: "
+        "bf16 here) against them. For equal precision compare the tlcache fp32 columns with the baselines. Nothing "
+        "here is chosen on data.",
+        "",
         "## Images from JPEG files",
         "",
         "| model | items | GFLOPs/item | tutorial loop/s | tlcache fp32/s | tlcache auto/s | auto precision | "

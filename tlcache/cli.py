@@ -22,7 +22,7 @@ from tlcache.cli_options import (
     take,
     workers_option,
 )
-from tlcache.embed import COMPILE_CHOICES
+from tlcache.embed import COMPILE_AUTO_MIN_ITEMS, COMPILE_CHOICES
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
@@ -76,8 +76,9 @@ def cli() -> None:
     help="Stored feature type; float16 halves the size.",
 )
 @precision_option(
-    "Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions (2-3x faster than fp32 there, "
-    "features at cosine 0.998 or more to fp32), else fp32. In the cache key."
+    "Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions, else fp32. On a 2-core bf16 CPU, "
+    "bf16 gave 1.5-2.4x the items per second of fp32 and features at a mean cosine of 0.9978 or more to fp32 "
+    "(benchmarks/results/embed_throughput.md). In the cache key."
 )
 @click.option(
     "--compression",
@@ -99,8 +100,9 @@ def cli() -> None:
     type=click.Choice(COMPILE_CHOICES),
     default="auto",
     show_default=True,
-    help="Run image models through torch.compile: 1.04-1.2x faster on CPU after a one-time compile of 5-25 s; "
-    "auto compiles for 20000 images or more. Same features to float rounding; not in the cache key.",
+    help="Run image models through torch.compile: 1.04-1.13x faster on a 2-core CPU after a one-time compile of "
+    f"about 20 s; auto compiles for {COMPILE_AUTO_MIN_ITEMS} images or more, where that pays "
+    "(benchmarks/results/embed_throughput.md). Same features to float rounding; not in the cache key.",
 )
 @batch_option
 @device_option
@@ -181,7 +183,7 @@ def fit_head(store, head, out, grid, no_views, as_json, **options) -> None:
     Examples:
       tlcache fit-head cache/minilm-<key>.h5 --head logreg
       tlcache fit-head train.h5 --test test.h5 --head svm --calibrate sigmoid --out runs/svm
-      tlcache fit-head train.h5 --test test.h5 --head all          # every head, and a leaderboard
+      tlcache fit-head train.h5 --test test.h5 --head all          # every head but sgd, and a leaderboard
       tlcache fit-head train.h5 --test test.h5 --shots 8 --repeats 5 # few-shot: mean and spread
       tlcache fit-head big.h5 --head sgd                            # reads the store in row batches
     """

@@ -39,10 +39,10 @@ from tlcache.store import (
 
 DEFAULT_BACKBONES = {"image": "efficientnet-lite0", "text": "minilm"}
 COMPILE_CHOICES = ("auto", "on", "off")
-# Compiling an image model costs 12-23 s on 2 cores (3-5 s once inductor's on-disk cache holds it) and makes
-# ResNet-50 from JPEG files 1.04-1.2x faster (benchmarks/results/embed_throughput.md): it pays from 10000-40000
-# images, so auto waits for runs that long.
-COMPILE_AUTO_MIN_ITEMS = 20000
+# Compiling an image model costs 19-23 s on 2 cores (3-5 s once inductor's on-disk cache holds it) and makes
+# it 1.04-1.13x faster (benchmarks/results/embed_throughput.md): it pays from 25,934 images (efficientnet-lite0)
+# and 39,503 (ResNet-50) there, so auto waits for runs of 40,000.
+COMPILE_AUTO_MIN_ITEMS = 40000
 _COPY_BATCH = 4096
 
 
