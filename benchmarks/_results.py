@@ -1,12 +1,21 @@
 """Where every benchmark script writes what it measured: results/<name>.json (the figures) and results/<name>.md
-(the report, with the command and machine), the report also printed."""
+(the report, with the command, code revision and machine it was made with), the report also printed."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+# The distributions whose versions change what a benchmark measures.
+VERSIONED = ("tlcache", "torch", "torchvision", "transformers", "scikit-learn", "numpy", "scipy", "h5py")
 
 
 def save_results(name: str, results: dict, report: str) -> None:
@@ -14,3 +23,54 @@ def save_results(name: str, results: dict, report: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(report)
     print(report)
+
+
+def provenance(script: str, argv: list[str] | None = None) -> dict:
+    """How a run was made: the command, when, at which commit of this repository (``+changes`` when the code or
+    the benchmarks differ from it), and on what: cores, threads, versions."""
+    import torch
+
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *args]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "machine": {
+            "arch": platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        },
+        "versions": {"python": platform.python_version(), **{name: _version(name) for name in VERSIONED}},
+    }
+
+
+def made_by(meta: dict) -> str:
+    """One line for a results file: the command, date, commit, machine and versions of ``provenance``."""
+    m, v = meta["machine"], meta["versions"]
+    versions = ", ".join(f"{name} {version}" for name, version in v.items())
+    return (
+        f"Made by `{meta['command']}` on {meta['date']} at commit {meta['commit']} ({m['arch']}, {m['cores']} cores, "
+        f"{m['torch_threads']} torch threads, {m['device']}; {versions})."
+    )
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--", "tlcache", "benchmarks", "pyproject.toml")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    # The results files themselves are written by the run: they do not make the code differ.
+    changed = [line for line in changed.splitlines() if "benchmarks/results/" not in line]
+    return commit + ("+changes" if changed else "")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"

@@ -1,53 +1,73 @@
-"""Heads benchmark: the linear-probe sweep against scikit-learn's defaults, and every head's accuracy, on real data.
+"""Heads benchmark: the linear-probe sweep against the fits a user would write, and every head's accuracy, on real
+data; every choice made on validation data carved from the training items, the test items scored once after.
 
 Measured in one run, on cached features of the project's DATA.md sets:
-1. Time and accuracy of tlcache's logreg head (standardise, sweep 11 values of C on held-out data, refit)
-   against one `LogisticRegression(max_iter=1000)` fit with defaults on the same features.
+1. Time and accuracy of tlcache's logreg head (standardise, sweep 11 values of C on held-out training data, refit)
+   against two scikit-learn fits with defaults on the same features: `LogisticRegression(max_iter=1000)` on the raw
+   features, and the one a careful user writes, `make_pipeline(StandardScaler(), LogisticRegression(max_iter=
+   1000))`. Each is fitted 3 times after one warm-up fit; median and spread (min-max).
 2. Accuracy of every head (logreg, linear-svm, svm, mlp, knn), 3 seeds (the seed moves the sweep's validation
-   split and the heads' own randomness), mean and spread.
+   split and the heads' own randomness), mean and spread, on the default features.
+3. Fashion-MNIST only: which features to take (layer, pooling, crop) chosen on validation data. Each candidate
+   embeds the 3000 training items; tlcache's logreg head is fitted on 80% of them and scored on the other 20%
+   (stratified, seed 0: `fit-head --test-fraction 0.2`). The candidate with the best validation accuracy is then
+   embedded for the test items too, and every head is fitted on all 3000 training items and scored on the test
+   items, once per seed. The test items score no candidate but the chosen one.
 
 Sets: Rotten Tomatoes fresh/rotten (canonical split, 2000 / 1000) with minilm; Fashion-MNIST 3000 / 1000 with
-efficientnet-lite0 at 96 px, both with the default features (penultimate layer, 0.875 centre crop) and with
-features chosen for these small full-frame images (`--crop-ratio 1 --layer blocks.13 --pool flatten`).
+efficientnet-lite0 at 96 px. Features in fp32.
 
 Targets (issue 4): the sweep within 1.5 times the default fit's time and at least as accurate; Rotten Tomatoes
 at least 0.76 with the best swept head; Fashion-MNIST at least 0.88.
 
-Run:  .venv/bin/python benchmarks/heads_benchmark.py      (about 10 minutes on 2 cores; needs `make fashion-mnist`)
+Run:  .venv/bin/python benchmarks/heads_benchmark.py      (about 20 minutes on 2 cores; needs `make fashion-mnist`)
 Writes benchmarks/results/heads.md and heads.json.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from _results import save_results
+from _results import made_by, provenance, save_results
 
 SEEDS = (0, 1, 2)
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn")
+TIMED_REPEATS = 3
+VALIDATION_FRACTION = 0.2
+VALIDATION_SEED = 0
+# Fashion-MNIST feature candidates (efficientnet-lite0 at 96 px): the defaults; whole frames (no centre crop) for
+# these small full-frame items; and mid-level blocks with their feature maps kept whole (--pool flatten).
+FM_BASE = {"image_size": 96}
+FM_CANDIDATES = {
+    "default (penultimate, mean, crop 0.875)": {},
+    "penultimate, mean, crop 1": {"crop_ratio": 1.0},
+    **{
+        f"blocks.{block}, flatten, crop 1": {"crop_ratio": 1.0, "layer": f"blocks.{block}", "pooling": "flatten"}
+        for block in (5, 7, 9, 11, 13)
+    },
+}
 
 
-def embed_pair(train_src, test_src, backbone: str, cache: Path, **options):
+def embed(source, backbone: str, cache: Path, **options) -> Path:
     import tlcache
 
-    # fp32 features, as when the committed results were made (before --precision auto became the default).
-    train = tlcache.embed_source(train_src, backbone, out=cache, precision="fp32", progress=False, **options)
-    test = tlcache.embed_source(test_src, backbone, out=cache, precision="fp32", progress=False, **options)
-    return train.path, test.path
+    # fp32 features: the heads are what is measured, not the precision of the backbone.
+    return tlcache.embed_source(source, backbone, out=cache, precision="fp32", progress=False, **options).path
 
 
-def timing(train_path: Path, test_path: Path, repeats: int = 3) -> dict:
-    """Best-of-``repeats`` wall time of one default LogisticRegression fit and of tlcache's swept logreg head."""
+def timing(train_path: Path, test_path: Path) -> dict:
+    """Median and range over ``TIMED_REPEATS`` fits (after one warm-up fit each) of scikit-learn's default logistic
+    regression, on raw and on standardised features, and of tlcache's swept logreg head."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from tlcache import FeatureStore
     from tlcache.heads import make_head
@@ -55,36 +75,33 @@ def timing(train_path: Path, test_path: Path, repeats: int = 3) -> dict:
     train, test = FeatureStore(train_path), FeatureStore(test_path)
     X, y, X_test, y_test = train.features(), train.labels(), test.features(), test.labels()
 
-    def best_of(make):
+    def measure(make) -> dict:
         times, model = [], None
-        for _ in range(repeats):
+        for repeat in range(TIMED_REPEATS + 1):
             started = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model = make().fit(X, y)
-            times.append(time.perf_counter() - started)
-        return min(times), float(np.mean(model.predict(X_test) == y_test)), model
+            if repeat:  # the first fit warms caches and thread pools up, alike for every side
+                times.append(time.perf_counter() - started)
+        accuracy = float(np.mean(model.predict(X_test) == y_test))
+        return {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "accuracy": accuracy}
 
-    default_s, default_acc, _ = best_of(lambda: LogisticRegression(max_iter=1000))
-    sweep_s, sweep_acc, swept = best_of(lambda: make_head("logreg", seed=0))
-    classifier = swept.steps[-1][1]
-    return {
-        "default_seconds": default_s,
-        "default_accuracy": default_acc,
-        "sweep_seconds": sweep_s,
-        "sweep_accuracy": sweep_acc,
-        "sweep_values": len(classifier.curve_),
-        "chosen_C": classifier.C_,
-        "selection": classifier.selection_,
-        "ratio": sweep_s / default_s,
+    results = {
+        "raw": measure(lambda: LogisticRegression(max_iter=1000)),
+        "standardised": measure(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
+        "sweep": measure(lambda: make_head("logreg", seed=0)),
     }
+    swept = make_head("logreg", seed=0).fit(X, y).steps[-1][1]
+    results["sweep"].update(values=len(swept.curve_), chosen_C=swept.C_, selection=swept.selection_)
+    return results
 
 
-def accuracy_table(train_path: Path, test_path: Path, work: Path, heads=HEADS) -> dict:
+def accuracy_table(train_path: Path, test_path: Path, work: Path) -> dict:
     import tlcache
 
     table = {}
-    for head in heads:
+    for head in HEADS:
         runs = [
             tlcache.fit_head(train_path, head, test=test_path, seed=seed, out=work / f"{head}-{seed}") for seed in SEEDS
         ]
@@ -100,33 +117,87 @@ def accuracy_table(train_path: Path, test_path: Path, work: Path, heads=HEADS) -
     return table
 
 
-def render(results: dict, command: str) -> str:
+def choose_features(train_dir: Path, cache: Path, work: Path) -> dict:
+    """Validation accuracy of tlcache's logreg head for each candidate, on a held-out part of the training items
+    only; the best is chosen (ties to the earlier, simpler candidate)."""
+    import tlcache
+
+    scan = {}
+    for name, options in FM_CANDIDATES.items():
+        store = embed(train_dir, "efficientnet-lite0", cache, **FM_BASE, **options)
+        run = tlcache.fit_head(
+            store, "logreg", test_fraction=VALIDATION_FRACTION, seed=VALIDATION_SEED, out=work / f"scan-{len(scan)}"
+        )
+        scan[name] = {"options": options, "dim": run.report["dim"], "validation_accuracy": run.accuracy}
+        print(f"  {name}: validation {run.accuracy:.4f}", flush=True)
+    chosen = max(scan, key=lambda name: (scan[name]["validation_accuracy"], -list(scan).index(name)))
+    return {"candidates": scan, "chosen": chosen}
+
+
+def render(results: dict) -> str:
     lines = [
         "# Heads benchmark",
         "",
-        f"Made by `{command}` on {results['date']} ({results['machine']}).",
+        made_by(results["meta"]),
         "",
-        "## The sweep against one default fit, on the same cached features",
+        "Selection protocol: every choice (each head's hyperparameter, and the Fashion-MNIST features) is made on "
+        "validation data carved from the training items; the test items are scored once per seed, for the chosen "
+        "configuration only.",
         "",
-        "`LogisticRegression(max_iter=1000)` on the raw features, against tlcache's logreg head (standardise, "
-        "sweep C over 11 log-spaced values, pick the lowest log-loss on held-out training data, refit on all of it); "
-        "best of 3 runs each.",
+        "## The sweep against scikit-learn's default fits, on the same cached features",
         "",
-        "| data | default: s | default: accuracy | sweep: s | sweep: accuracy | chosen C | time ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"Wall time of a fit: median of {TIMED_REPEATS} after one warm-up fit, with the range (min-max). raw: "
+        "`LogisticRegression(max_iter=1000)` on the features as stored; standardised: "
+        "`make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))`, the fit a careful user writes; "
+        "sweep: tlcache's logreg head (standardise, sweep C over 11 log-spaced values, pick the lowest log-loss on "
+        "held-out training data, refit on all of it).",
+        "",
+        "| data | raw: s | raw: acc | standardised: s | standardised: acc | sweep: s | sweep: acc | chosen C | "
+        "sweep / raw | sweep / standardised |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(side: dict) -> str:
+        return f"{side['median_s']:.3f} ({side['min_s']:.3f}-{side['max_s']:.3f}) | {side['accuracy']:.4f}"
+
     for name, t in results["timing"].items():
+        raw, std, sweep = t["raw"], t["standardised"], t["sweep"]
         lines.append(
-            f"| {name} | {t['default_seconds']:.3f} | {t['default_accuracy']:.4f} | {t['sweep_seconds']:.3f} | "
-            f"{t['sweep_accuracy']:.4f} | {t['chosen_C']:.3g} | {t['ratio']:.2f} |"
+            f"| {name} | {cell(raw)} | {cell(std)} | {cell(sweep)} | {sweep['chosen_C']:.3g} | "
+            f"{sweep['median_s'] / raw['median_s']:.2f} | {sweep['median_s'] / std['median_s']:.2f} |"
         )
-    met = all(t["ratio"] <= 1.5 and t["sweep_accuracy"] >= t["default_accuracy"] for t in results["timing"].values())
-    lines += ["", f"Target: ratio at most 1.5 and accuracy at least the default's ({'met' if met else 'NOT met'}).", ""]
+    met = all(
+        t["sweep"]["median_s"] <= 1.5 * t["raw"]["median_s"] and t["sweep"]["accuracy"] >= t["raw"]["accuracy"]
+        for t in results["timing"].values()
+    )
+    lines += [
+        "",
+        f"Target: the sweep at most 1.5 times the raw default fit's time and at least as accurate "
+        f"({'met' if met else 'NOT met'}). Against the standardised fit, the sweep's cost is the last column: it "
+        "fits 11 values of C on each of its validation folds and refits the best.",
+        "",
+    ]
+    if "feature_choice" in results:
+        choice = results["feature_choice"]
+        lines += [
+            "## Fashion-MNIST: which features, chosen on validation data",
+            "",
+            f"efficientnet-lite0 at 96 px. Each candidate: tlcache's logreg head fitted on "
+            f"{1 - VALIDATION_FRACTION:.0%} of the 3000 training items and scored on the other "
+            f"{VALIDATION_FRACTION:.0%} (stratified, seed {VALIDATION_SEED}). No test item is used here.",
+            "",
+            "| candidate | dim | validation accuracy |",
+            "|---|---:|---:|",
+        ]
+        for name, row in choice["candidates"].items():
+            mark = " (chosen)" if name == choice["chosen"] else ""
+            lines.append(f"| {name}{mark} | {row['dim']} | {row['validation_accuracy']:.4f} |")
+        lines.append("")
     for name, block in results["accuracy"].items():
         table, target = block["heads"], block["target"]
         best = max(table, key=lambda h: table[h]["mean"])
         lines += [
-            f"## {name}: accuracy of every head, seeds {list(SEEDS)}",
+            f"## {name}: accuracy of every head on the test items, seeds {list(SEEDS)}",
             "",
             block["features"],
             "",
@@ -140,31 +211,29 @@ def render(results: dict, command: str) -> str:
                 f"| {head} | {row['mean']:.4f} | {row['std']:.4f} | {per_seed} | {chosen} | {row['fit_seconds']:.1f} |"
             )
         verdict = "met" if table[best]["mean"] >= target else "NOT met"
-        lines += ["", f"Best head: {best}, {table[best]['mean']:.4f} (target at least {target}: {verdict}).", ""]
+        lines += [
+            "",
+            f"Best head by its test mean: {best}, {table[best]['mean']:.4f} (target at least {target}: {verdict}). "
+            "Which head is best is read off the test items here, so this line compares heads; it does not choose one.",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> int:
-    import torch
-
     from tlcache.datasets import fashion_mnist, rotten_tomatoes
 
-    command = "python benchmarks/heads_benchmark.py " + " ".join(sys.argv[1:])
-    results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "timing": {},
-        "accuracy": {},
-    }
+    results = {"meta": provenance("heads_benchmark.py"), "timing": {}, "accuracy": {}}
     with tempfile.TemporaryDirectory(prefix="tlcache-heads-") as tmp:
         work = Path(tmp)
         os.environ["TLCACHE_HOME"] = str(work / "home")
         cache = work / "cache"
-        rt = embed_pair(*rotten_tomatoes(work / "rt"), "minilm", cache)
-        fm_data = fashion_mnist(work / "fmnist")
-        fm_default = embed_pair(*fm_data, "efficientnet-lite0", cache, image_size=96)
-        fm_tuned = embed_pair(
-            *fm_data, "efficientnet-lite0", cache, image_size=96, crop_ratio=1.0, layer="blocks.13", pooling="flatten"
+        rt_train, rt_test = rotten_tomatoes(work / "rt")
+        rt = embed(rt_train, "minilm", cache), embed(rt_test, "minilm", cache)
+        fm_train, fm_test = fashion_mnist(work / "fmnist")
+        fm_default = (
+            embed(fm_train, "efficientnet-lite0", cache, **FM_BASE),
+            embed(fm_test, "efficientnet-lite0", cache, **FM_BASE),
         )
         print("timing ...", flush=True)
         results["timing"]["Rotten Tomatoes, minilm"] = timing(*rt)
@@ -179,18 +248,24 @@ def main() -> int:
         results["accuracy"]["Fashion-MNIST 3000 / 1000, default features"] = {
             "features": "efficientnet-lite0 at 96 px, penultimate layer, 0.875 centre crop (the defaults).",
             "target": 0.88,
-            "heads": accuracy_table(*fm_default, work / "fm-default-runs", heads=("logreg", "svm")),
+            "heads": accuracy_table(*fm_default, work / "fm-default-runs"),
         }
-        print("Fashion-MNIST, chosen features ...", flush=True)
-        results["accuracy"]["Fashion-MNIST 3000 / 1000, chosen features"] = {
-            "features": "efficientnet-lite0 at 96 px, `--crop-ratio 1 --layer blocks.13 --pool flatten` "
-            "(192 channels x 3 x 3 positions, 1728-d): no crop for small full-frame items; a mid-level block, which "
-            "transfers better to grey clothing than the ImageNet-specific last layer; and the feature map kept "
-            "whole, since where an edge sits tells a sandal from a sneaker (mean-pooled, the same block gave 0.873).",
+        print("Fashion-MNIST, choosing features on validation data ...", flush=True)
+        choice = choose_features(fm_train, cache, work / "scan")
+        results["feature_choice"] = choice
+        options = {**FM_BASE, **FM_CANDIDATES[choice["chosen"]]}
+        fm_chosen = (
+            embed(fm_train, "efficientnet-lite0", cache, **options),
+            embed(fm_test, "efficientnet-lite0", cache, **options),
+        )
+        results["accuracy"]["Fashion-MNIST 3000 / 1000, features chosen on validation data"] = {
+            "features": f"efficientnet-lite0 at 96 px, {choice['chosen']}: the candidate with the best validation "
+            "accuracy above.",
+            "options": options,
             "target": 0.88,
-            "heads": accuracy_table(*fm_tuned, work / "fm-tuned-runs"),
+            "heads": accuracy_table(*fm_chosen, work / "fm-chosen-runs"),
         }
-    save_results("heads", results, render(results, command.strip()))
+    save_results("heads", results, render(results))
     return 0
 
 
