@@ -22,7 +22,7 @@ from tlcache.finetune.probe import warm_start
 from tlcache.finetune.trainer import CHECKPOINT_FILE, Trainer, start_or_resume
 from tlcache.images import check_images
 from tlcache.provenance import utc_now
-from tlcache.report import RunReport, classification_metrics
+from tlcache.report import GroupMetrics, RunReport, classification_metrics, group_metrics
 from tlcache.runs import HeadRun, default_finetune_dir, write_report
 from tlcache.sources import Source, load_source
 
@@ -117,8 +117,9 @@ def _report(
     """The report of `fit-head`, with the fine-tune's history and settings under ``finetune``."""
     bb = model.bb
     y_test = splits.labels["test"]
+    y_pred = np.asarray(y_pred)
     best = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
-    return {
+    report: RunReport = {
         "head": f"finetune {config.strategy}",
         "backbone": bb.name,
         "dim": bb.dim,
@@ -130,7 +131,7 @@ def _report(
         "n_test": int(len(y_test)),
         "classes": splits.classes,
         "fit_seconds": round(seconds, 2),
-        "metrics": classification_metrics(y_test, np.asarray(y_pred), splits.classes),
+        "metrics": classification_metrics(y_test, y_pred, splits.classes),
         "finetune": {
             "strategy": config.strategy,
             "lp_ft": config.lp_ft,
@@ -144,3 +145,16 @@ def _report(
         },
         "created": utc_now(),
     }
+    groups = _group_report(src, splits, y_test, y_pred)
+    if groups is not None:
+        report["groups"] = groups
+    return report
+
+
+def _group_report(src: Source, splits: Splits, y_test: np.ndarray, y_pred: np.ndarray) -> GroupMetrics | None:
+    """Per-group metrics of the test items, when their source has a group column (as fit-head reports them)."""
+    source = splits.test_source if splits.test_source is not None else src
+    if source.groups is None:
+        return None
+    column = source.options.get("group_column") or "group"
+    return group_metrics(y_test, y_pred, [source.groups[i] for i in splits.rows["test"]], column)
