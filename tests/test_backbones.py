@@ -363,3 +363,65 @@ def test_a_backbone_at_another_precision_is_a_copy_sharing_its_model(resnet18_we
     assert half is not backbone and half.model is backbone.model
     assert (half.precision, backbone.precision) == ("bf16", "fp32")
     assert half.key_config()["precision"] == "bf16" and backbone.key_config()["precision"] == "fp32"
+
+
+def _spread_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm statistics and scales far from a fresh model's (mean 0, variance 1, scale 1, shift 0), so that
+    folding them into the convolutions changes every weight: a fold that is wrong anywhere shows."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.5, 0.5, generator=generator)
+    return model
+
+
+def _unmodified_features(name: str, path, image_size: int):
+    """The penultimate features of the model as its own library builds it from the weights file at ``path``: batch
+    norms unfolded, default memory layout, in eval mode."""
+    if name == "efficientnet-lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name(name, image_size=image_size)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+        return lambda pixels: model.extract_features(pixels).mean(dim=(2, 3))
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    model.fc = torch.nn.Identity()
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "efficientnet-lite0"])
+def test_folded_channels_last_model_gives_the_unmodified_models_features(tmp_path, name):
+    import torchvision
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    fresh = EfficientNet.from_name(name) if name == "efficientnet-lite0" else torchvision.models.resnet18()
+    path = tmp_path / "weights.pt"
+    torch.save(_spread_norms(fresh).state_dict(), path)
+    features = _unmodified_features(name, path, 64)
+    backbone = create_backbone(name, weights=str(path), image_size=64).load("cpu")
+    assert backbone.precision == "fp32"
+    # What embed runs is the rewritten model: no batch norm left, 4-d weights in channels-last memory.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    convolutions = [m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+
+    images = _images(n=4, size=72)
+    actual = backbone.embed(images)
+    pixels = torch.stack([backbone.transform()(image.convert("RGB")) for image in images])
+    with torch.inference_mode():
+        expected = features(pixels).numpy()
+    error = float(np.abs(actual - expected).max() / np.abs(expected).max())
+    cosine = float(
+        ((actual * expected).sum(axis=1) / (np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1))).min()
+    )
+    print(f"{name}: max abs error {error:.2e} of the largest feature, min cosine {cosine:.9f}")
+    assert error < 1e-4 and cosine > 0.99999, (error, cosine)
