@@ -39,7 +39,7 @@ PROBE = Path(__file__).parent / "_memory_probe.py"
 MEMORY_ROWS, MEMORY_DIM = 100_000, 1280
 WRITE_GROWTH_SHARE = 1 / 8  # the writer may hold at most this share of the store in memory at its peak
 FIT_CAP_SHARE = 1 / 2  # the sgd head runs with its data segment capped at this share of the store's size
-PROBE_TIMEOUT_S = 900
+PROBE_TIMEOUT_S = 300  # the sgd fit takes about a minute; a process that outlives this has failed
 
 
 def write_images(folder: Path, count: int, start: int = 0, seed: int = 0) -> None:
