@@ -94,7 +94,9 @@ def main() -> int:
     except MemoryError:
         result["completed"] = False
     result["seconds"] = time.perf_counter() - started
-    result["peak_above_baseline_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+    # VmHWM, the high-water mark of this process's own memory: getrusage's ru_maxrss is kept across exec, so in a
+    # process started by a large one it would report the parent's peak.
+    result["peak_above_baseline_mib"] = _status("VmHWM") - baseline
     print(json.dumps(result))
     return 0
 
