@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSIONED = ("tlcache", "torch", "torchvision", "transformers", "scikit-learn", "numpy", "scipy", "h5py")
 
 
-def save_results(name: str, results: dict, report: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(report)
+def save_results(name: str, results: dict, report: str, folder: Path = RESULTS) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` to ``folder`` (results/ unless a trial run asks for another)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(report)
     print(report)
 
 
