@@ -4,7 +4,7 @@ import pytest
 
 from conftest import write_image_folder, write_text_csv
 from tlcache.backbones import Backbone, create_backbone
-from tlcache.embed import embed_source
+from tlcache.embed import COMPILE_AUTO_MIN_ITEMS, _image_forward, embed_source
 from tlcache.errors import UserError
 from tlcache.store import FeatureStore, StoreWriter, probe_store
 
@@ -337,6 +337,9 @@ def test_compiled_model_gives_the_eager_features_with_a_ragged_last_batch_and_vi
 def test_compile_auto_leaves_small_runs_eager_and_on_refuses_texts(image_folder, resnet18_weights, tmp_path):
     store = FeatureStore(embed_source(image_folder, out=tmp_path, progress=False, **_resnet(resnet18_weights)).path)
     assert not store.meta["compiled"]  # 12 images: compiling would cost more than it saves
+    # auto follows the measurements: compiling did not pay for every model measured, so no run size compiles.
+    backbone = create_backbone("torchvision:resnet18", weights=str(resnet18_weights))
+    assert COMPILE_AUTO_MIN_ITEMS is None and _image_forward(backbone, "auto", 10**9, 16, False) is None
     with pytest.raises(UserError, match="--compile on applies to image backbones"):
         embed_source(write_text_csv(tmp_path / "t.csv"), "minilm", compile_mode="on", out=tmp_path)
     with pytest.raises(UserError, match="--compile sometimes is not supported"):

@@ -77,7 +77,7 @@ def cli() -> None:
 )
 @precision_option(
     "Compute type: auto takes bf16 on GPUs and on CPUs with bf16 instructions, else fp32. On a 2-core bf16 CPU, "
-    "bf16 gave 1.5-2.4x the items per second of fp32 and features at a mean cosine of 0.9978 or more to fp32 "
+    "bf16 gave 1.8-2.3x the items per second of fp32 and features at a mean cosine of 0.9978 or more to fp32 "
     "(benchmarks/results/embed_throughput.md). In the cache key."
 )
 @click.option(
@@ -100,9 +100,14 @@ def cli() -> None:
     type=click.Choice(COMPILE_CHOICES),
     default="auto",
     show_default=True,
-    help="Run image models through torch.compile: 1.04-1.13x faster on a 2-core CPU after a one-time compile of "
-    f"about 20 s; auto compiles for {COMPILE_AUTO_MIN_ITEMS} images or more, where that pays "
-    "(benchmarks/results/embed_throughput.md). Same features to float rounding; not in the cache key.",
+    help="Run image models through torch.compile after a one-time compilation (about 27 s on a 2-core CPU): "
+    "efficientnet-lite0 1.4x faster there, ResNet-50 slower (benchmarks/results/embed_throughput.md); auto: "
+    + (
+        "never, as compiling did not pay for every model measured"
+        if COMPILE_AUTO_MIN_ITEMS is None
+        else f"from {COMPILE_AUTO_MIN_ITEMS} images"
+    )
+    + ". Same features to float rounding; not in the cache key.",
 )
 @batch_option
 @device_option

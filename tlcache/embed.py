@@ -39,10 +39,12 @@ from tlcache.store import (
 
 DEFAULT_BACKBONES = {"image": "efficientnet-lite0", "text": "minilm"}
 COMPILE_CHOICES = ("auto", "on", "off")
-# Compiling an image model costs 19-23 s on 2 cores (3-5 s once inductor's on-disk cache holds it) and makes
-# it 1.04-1.13x faster (benchmarks/results/embed_throughput.md): it pays from 25,934 images (efficientnet-lite0)
-# and 39,503 (ResNet-50) there, so auto waits for runs of 40,000.
-COMPILE_AUTO_MIN_ITEMS = 40000
+# From how many images `--compile auto` compiles; None: never. On 2 CPU cores compiling cost 26-28 s and paid
+# from 9,608 images for efficientnet-lite0 but never for ResNet-50, whose compiled steady state ran slower than
+# eager (benchmarks/results/embed_throughput.md, 2026-12-02; on 2026-11-23 the same machine kind measured 25,934
+# and 39,503 images). No GPU has been measured. auto takes a threshold again when a measurement shows that
+# compiling pays for every model measured.
+COMPILE_AUTO_MIN_ITEMS: int | None = None
 _COPY_BATCH = 4096
 
 
@@ -99,9 +101,9 @@ def embed_source(
     file. ``views`` caches that many augmented embeddings per image. ``precision`` is the compute type (fp32,
     bf16, fp16, or auto: bf16 where the hardware has it); it is in the cache key. ``compile_mode`` runs image
     models through ``torch.compile`` (``auto``: when at least ``COMPILE_AUTO_MIN_ITEMS`` images are to be
-    embedded; it falls back to eager where compiling fails); the features agree to float rounding, so it is not
-    in the key. ``source_options`` go to :func:`load_source` (column names); other keyword arguments go to
-    :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``).
+    embedded, at present never; it falls back to eager where compiling fails); the features agree to float
+    rounding, so it is not in the key. ``source_options`` go to :func:`load_source` (column names); other keyword
+    arguments go to :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``).
 
     >>> result = embed_source("reviews.csv", "minilm")      # doctest: +SKIP
     >>> result.path, result.cached                          # doctest: +SKIP
@@ -334,7 +336,9 @@ def _image_forward(bb: Backbone, compile_mode: str, n_items: int, batch_size: in
         if compile_mode == "on":
             raise UserError(f"--compile on applies to image backbones; {bb.name} embeds texts (use auto or off)")
         return None
-    if compile_mode == "off" or (compile_mode == "auto" and n_items < COMPILE_AUTO_MIN_ITEMS):
+    if compile_mode == "off" or (
+        compile_mode == "auto" and (COMPILE_AUTO_MIN_ITEMS is None or n_items < COMPILE_AUTO_MIN_ITEMS)
+    ):
         return None
     if progress:
         print(f"compiling {bb.name} for batches of {batch_size} (once per process) ...", file=sys.stderr)
