@@ -200,7 +200,11 @@ def test_calibration_lowers_the_ece_of_an_over_confident_head(tmp_path):
     assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000
     assert "ECE" in (tmp_path / "run" / "report.md").read_text()
     pipeline, _ = load_head(tmp_path / "run")
-    assert hasattr(pipeline.steps[-1][1], "calibrated_classifiers_")
+    assert pipeline.steps[-1][1].calibrator_ is not None
+    # Calibration maps the probabilities only: the head still predicts its own decisions.
+    X32, X_test32 = X.astype(np.float32), X_test.astype(np.float32)
+    plain = make_head("logreg", grid=[1000.0]).fit(X32, y)
+    np.testing.assert_array_equal(pipeline.predict(X_test32), plain.predict(X_test32))
 
 
 def test_sweep_is_reported_with_its_curve(tmp_path):
@@ -211,7 +215,9 @@ def test_sweep_is_reported_with_its_curve(tmp_path):
     assert sweep["best"] in [c for c, _ in sweep["curve"]]
     assert (tmp_path / "run" / "sweep.png").stat().st_size > 1000
     custom = fit_head(tmp_path / "s.h5", "knn", grid=[1, 5, 9], out=tmp_path / "knn").report["sweep"]
-    assert [v for v, _ in custom["curve"]] == [1, 5, 9] and custom["param"] == "n_neighbors"
+    assert [v for v, _ in custom["curve"]][:3] == [1, 5, 9] and custom["param"] == "n_neighbors"
+    # Past the grid's end only while its best value sits there (here: more neighbours than 9 help).
+    assert len(custom["curve"]) == 3 + custom["extension"]["steps"]
 
 
 def test_few_shot_sampling_is_reproducible_from_its_seed(tmp_path):

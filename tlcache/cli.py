@@ -164,13 +164,15 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> None:
 @click.option(
     "--grid",
     help="Comma-separated values for the head's swept hyperparameter (C, alpha or n_neighbors) "
-    "[default: the head's own log-spaced grid of 10 or 11 values].",
+    "[default: the head's own log-spaced grid of 10 or 11 values]; extended by up to 3 values past an end where "
+    "the best value sits.",
 )
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help="Reweight classes inversely to their frequency.")
 @click.option(
     "--calibrate",
     type=click.Choice(CALIBRATIONS),
-    help="Calibrate the probabilities; the report gives the expected calibration error before and after.",
+    help="Calibrate the probabilities on out-of-fold decision values (the predictions stay the head's own); the "
+    "report gives the expected calibration error before and after.",
 )
 @click.option("--shots", type=click.IntRange(min=1), help="Few-shot protocol: this many training items per class.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Few-shot draws.")

@@ -19,7 +19,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from tlcache.sweep import describe_selection, validation_splits
+from tlcache.calibration import DecisionCalibrator, out_of_fold
+from tlcache.sweep import best_index, describe_selection, sweep_grid, validation_splits
 
 DEFAULT_CS = tuple(np.logspace(-5, 0, 11).tolist())
 
@@ -87,6 +88,8 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
     refitted on all the data. ``scoring`` picks it by the lowest validation log-loss (default: a smooth criterion,
     so a tiny change in the features does not flip the choice, as accuracy's ties and plateaus can) or the highest
     accuracy. ``curve_`` records (C, validation score) for every value, ``accuracy_curve_`` the accuracy.
+    With ``calibration`` ("sigmoid" or "isotonic"), ``predict_proba`` maps the class scores through a calibrator
+    fitted on out-of-fold scores of the best C (see tlcache.calibration); ``predict`` stays the argmax of the scores.
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         max_iter: int = 1000,
         random_state: int | None = 0,
         scoring: str = "log_loss",
+        calibration: str | None = None,
     ):
         self.scoring = scoring
+        self.calibration = calibration
         self.Cs = Cs
         self.validation_fraction = validation_fraction
         self.cv = cv
@@ -127,38 +132,71 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError("Sample weights must contain at least one non-zero number.")
         if self.class_weight is not None:
             weight = weight * compute_sample_weight(self.class_weight, codes)
-        Cs = sorted(float(c) for c in np.atleast_1d(self.Cs))
-        scores = np.zeros(len(Cs))
-        losses = np.zeros(len(Cs))
-        starts: list[np.ndarray | None] = [None] * len(Cs)
-        splits = validation_splits(codes, self.validation_fraction, self.cv, self.cv_below, self.random_state)
-        for train, valid in splits:
-            W = None
-            for i, C in enumerate(Cs):  # strong to weak regularisation: each fit starts from the last
-                W = self._solve(X[train], codes[train], C, weight[train], W).weights
-                logits = X[valid] @ W[:-1] + W[-1]
-                scores[i] += np.average(np.argmax(logits, axis=1) == codes[valid], weights=weight[valid])
-                log_p = log_softmax(logits, axis=1)[np.arange(len(valid)), codes[valid]]
-                losses[i] += -np.average(log_p, weights=weight[valid])
-                starts[i] = W
-        scores /= len(splits)
-        losses /= len(splits)
         if self.scoring not in ("log_loss", "accuracy"):
             raise ValueError(f"scoring must be 'log_loss' or 'accuracy', not {self.scoring!r}")
+        splits = validation_splits(codes, self.validation_fraction, self.cv, self.cv_below, self.random_state)
+        solutions: dict[float, list[np.ndarray]] = {}  # per C: the weights fitted on each split
+        accuracies: dict[float, float] = {}
+        held_out: dict[float, list] = {}  # per C: (rows, class scores) of each split
+
+        def score(C: float) -> float:
+            """Mean validation log-loss (or accuracy) of C over the splits, each fit started from the solution of
+            the nearest C already fitted (the grid runs from strong to weak regularisation, one start to the next)."""
+            nearest = min(solutions, key=lambda c: abs(np.log(c / C)), default=None)
+            solutions[C], held_out[C] = [], []
+            right = loss = 0.0
+            for s, (train, valid) in enumerate(splits):
+                init = solutions[nearest][s] if nearest is not None else None
+                W = self._solve(X[train], codes[train], C, weight[train], init).weights
+                solutions[C].append(W)
+                logits = X[valid] @ W[:-1] + W[-1]
+                right += np.average(np.argmax(logits, axis=1) == codes[valid], weights=weight[valid])
+                log_p = log_softmax(logits, axis=1)[np.arange(len(valid)), codes[valid]]
+                loss -= np.average(log_p, weights=weight[valid])
+                if self.calibration is not None and len(splits) > 1:
+                    held_out[C].append((valid, logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits))
+            accuracies[C] = right / len(splits)
+            return loss / len(splits) if self.scoring == "log_loss" else accuracies[C]
+
+        by_loss = self.scoring == "log_loss"
+        Cs, scores, self.extension_ = sweep_grid(
+            [float(c) for c in np.atleast_1d(self.Cs)], score, "C", lower_is_better=by_loss
+        )
         # Ties go to the stronger regularisation (the first of the grid).
-        best = int(np.argmin(losses)) if self.scoring == "log_loss" else int(np.argmax(scores))
-        self.C_ = self.best_ = Cs[best]
+        self.C_ = self.best_ = Cs[best_index(scores, lower_is_better=by_loss)]
         self.param_ = "C"
-        self.score_name_ = "log-loss" if self.scoring == "log_loss" else "accuracy"
-        self.curve_ = [(C, float(v)) for C, v in zip(Cs, losses if self.scoring == "log_loss" else scores)]
-        self.accuracy_curve_ = [(C, float(v)) for C, v in zip(Cs, scores)]
+        self.score_name_ = "log-loss" if by_loss else "accuracy"
+        self.curve_ = [(C, float(v)) for C, v in zip(Cs, scores)]
+        self.accuracy_curve_ = [(C, float(accuracies[C])) for C in Cs]
         self.selection_ = describe_selection(splits)
-        fit = self._solve(X, codes, self.C_, weight, starts[best])
+        fit = self._solve(X, codes, self.C_, weight, solutions[self.C_][-1])
         W, self.n_iter_ = fit.weights, np.array([fit.iterations])
         if len(self.classes_) == 2:  # one weight vector, as scikit-learn's binary models have
             W = W[:, 1:]
         self.coef_, self.intercept_ = W[:-1].T.copy(), W[-1].copy()
+        self.calibrator_ = None
+        if self.calibration is not None:
+            self.calibrator_ = self._calibrator(held_out[self.C_], X, codes, weight, fit.weights)
         return self
+
+    def _calibrator(self, held_out: list, X, codes, weight, W_all) -> DecisionCalibrator:
+        """Fitted on out-of-fold class scores of the best C for every row: the sweep's own when it ran on folds,
+        else from fits on CALIBRATION_FOLDS folds (each started from the full fit)."""
+
+        def scores(W, rows):
+            logits = X[rows] @ W[:-1] + W[-1]
+            return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
+
+        if sum(len(rows) for rows, _ in held_out) == len(codes):
+            found = (np.concatenate([r for r, _ in held_out]), np.concatenate([v for _, v in held_out]))
+        else:
+
+            def fit_and_decide(train, valid):
+                return scores(self._solve(X[train], codes[train], self.C_, weight[train], W_all).weights, valid)
+
+            found = out_of_fold(fit_and_decide, codes, self.random_state)
+        rows, values = found if found else (np.arange(len(codes)), scores(W_all, np.arange(len(codes))))
+        return DecisionCalibrator(self.calibration).fit(values, codes[rows], len(self.classes_))
 
     def _solve(self, X, codes, C, weight, init) -> MultinomialFit:
         return fit_multinomial(X, codes, len(self.classes_), C, weight, init, self.tol, self.max_iter)
@@ -172,6 +210,9 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         scores = self.decision_function(X)
+        calibrator = getattr(self, "calibrator_", None)  # heads saved before calibrators have none
+        if calibrator is not None:
+            return calibrator.predict_proba(scores)
         if scores.ndim == 1:
             scores = np.column_stack([np.zeros_like(scores), scores])
         return softmax(scores, axis=1)

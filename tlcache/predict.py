@@ -69,7 +69,8 @@ def predict(
     probabilities = predict_rows(pipeline, store, proba=True)
     # predict_proba's columns follow pipeline.classes_ (label indices seen in training), not range(n_classes).
     column_names = [classes[i] for i in pipeline.classes_]
-    predicted = [column_names[i] for i in probabilities.argmax(axis=1)]
+    # The head's own decisions, as fit-head scored them (an SVM's calibrated probabilities may rank otherwise).
+    predicted = [classes[i] for i in predict_rows(pipeline, store)]
     true_labels = store.labels()
     has_truth = bool((true_labels >= 0).any())
     store_classes = store.class_names

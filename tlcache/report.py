@@ -31,6 +31,7 @@ class Calibration(TypedDict, total=False):
     method: str  # with --calibrate: sigmoid or isotonic, and the ECE before and after
     before: Reliability
     after: Reliability
+    agreement: float  # share of test items whose most probable class is the head's predicted class
 
 
 class Sweep(TypedDict):
@@ -39,6 +40,7 @@ class Sweep(TypedDict):
     score: str  # what chose it on validation data: accuracy or log-loss
     selection: str  # k-fold cross-validation or a stratified validation split
     curve: list[list[float]]  # [value, validation score] per grid value
+    extension: dict  # direction ("up", "down" or None), steps added past the grid's end, at_edge
 
 
 class GroupRow(TypedDict):
@@ -279,7 +281,15 @@ def _sweep_section(sweep: Sweep, report: RunReport) -> list[str]:
         f"| {sweep['param']} | validation {sweep.get('score', 'accuracy')} |",
         "|---:|---:|",
     ]
-    return lines + [f"| {value:g} | {score:.4f} |" for value, score in sweep["curve"]]
+    lines += [f"| {value:g} | {score:.4f} |" for value, score in sweep["curve"]]
+    extension = sweep.get("extension") or {}
+    if extension.get("steps"):
+        lines += ["", f"The best value was at an end of the grid: extended {extension['direction']} by "
+                      f"{extension['steps']} value(s)."]  # fmt: skip
+    if extension.get("at_edge"):
+        lines += ["", "The best value is still at an end of the grid: the optimum may lie beyond it (try a wider "
+                      "--grid)."]  # fmt: skip
+    return lines
 
 
 def _calibration_section(calibration: Calibration, report: RunReport) -> list[str]:
@@ -291,6 +301,11 @@ def _calibration_section(calibration: Calibration, report: RunReport) -> list[st
         )
     else:
         lines.append(f"ECE {calibration['head']['ece']:.4f} (calibrate with --calibrate sigmoid|isotonic).")
+    if "agreement" in calibration:
+        lines.append(
+            f"The most probable class is the predicted class (the head's own decision) on "
+            f"{100 * calibration['agreement']:.1f}% of the test items."
+        )
     return lines
 
 

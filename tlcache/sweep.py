@@ -1,13 +1,17 @@
 """The linear-probe protocol for any scikit-learn classifier: sweep one hyperparameter on held-out data, refit.
 
 Selection is on a stratified validation split, or on k folds when there are few samples; the best value is
-refitted on all the data. ``curve_`` keeps (value, mean validation accuracy) for the report.
+refitted on all the data, and that model's own decisions are the predictions. ``curve_`` keeps (value, mean
+validation accuracy) for the report. A grid follows the data: while the best value sits at an end of it, strictly
+better than its neighbour, the sweep goes one step further that way (the grid's own ratio there), at most
+MAX_EXTENSIONS steps; ``extension_`` says how far it went and whether the best is still at an end.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -15,6 +19,81 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from tlcache.calibration import DecisionCalibrator, decision_values, out_of_fold
+
+MAX_EXTENSIONS = 3
+
+
+class Extension(TypedDict):
+    direction: str | None  # "up" or "down": the way the grid was extended, None when it was not
+    steps: int  # values added past the grid's end
+    at_edge: bool  # the best value is still at an end, strictly better than its neighbour
+
+
+def sweep_grid(
+    values: Sequence, score: Callable[[float], float], param: str, lower_is_better: bool = False, upper=None
+) -> tuple[list, list[float], Extension]:
+    """Score every value of a grid (sorted ascending), then extend it past the end where the best sits while that
+    end is strictly better than its neighbour: at most MAX_EXTENSIONS values, each one step of the grid's ratio
+    at that end (integers on a grid of integers; ``n_neighbors`` stays within 1..``upper``). Returns the values,
+    their scores and how the grid was extended. Ties go to the smaller value (for C and alpha: the stronger
+    regularisation)."""
+    values = sorted(values)
+    scores = [score(value) for value in values]
+    direction, steps = None, 0
+    while True:
+        end = _better_end(scores, lower_is_better)
+        if end is None or steps == MAX_EXTENSIONS:
+            break
+        value = _beyond(values, end == "up", param, upper)
+        if value is None:
+            break
+        direction, steps = end, steps + 1
+        if end == "up":
+            values.append(value)
+            scores.append(score(value))
+        else:
+            values.insert(0, value)
+            scores.insert(0, score(value))
+    at_edge = _better_end(scores, lower_is_better) is not None
+    return values, scores, {"direction": direction, "steps": steps, "at_edge": at_edge}
+
+
+def best_index(scores: Sequence[float], lower_is_better: bool = False) -> int:
+    """The first best score's index."""
+    return int(np.argmin(scores)) if lower_is_better else int(np.argmax(scores))
+
+
+def _better_end(scores: list[float], lower_is_better: bool) -> str | None:
+    """ "down" or "up" when the best score is at that end of the grid and strictly better than its neighbour."""
+    if len(scores) < 2:
+        return None
+    best = best_index(scores, lower_is_better)
+    sign = -1 if lower_is_better else 1
+    if best == 0 and sign * (scores[0] - scores[1]) > 0:
+        return "down"
+    if best == len(scores) - 1 and sign * (scores[-1] - scores[-2]) > 0:
+        return "up"
+    return None
+
+
+def _beyond(values: list, upward: bool, param: str, upper):
+    """The next value past an end of an ascending grid, one step of the grid's ratio there (rounded on a grid of
+    integers); None where there is none: a grid with values of zero or below, or an integer grid below 1 or (for
+    ``n_neighbors``) above ``upper``."""
+    inner, end = (values[-2], values[-1]) if upward else (values[1], values[0])
+    if inner <= 0 or end <= 0:
+        return None
+    value = end * end / inner
+    if not all(isinstance(v, (int, np.integer)) for v in values):
+        return value
+    value = int(round(value))
+    if value == end:
+        value = end + (1 if upward else -1)
+    if value < 1 or (param == "n_neighbors" and upper is not None and value > upper):
+        return None
+    return value
 
 
 def validation_splits(
@@ -40,8 +119,10 @@ def describe_selection(splits: list) -> str:
 class SweptClassifier(ClassifierMixin, BaseEstimator):
     """``estimator`` with ``param`` chosen from ``grid`` on held-out data, then refitted on everything.
 
-    With ``calibration`` ("sigmoid" or "isotonic"), or when the estimator has no ``predict_proba`` (SVMs), the
-    refitted model is wrapped in ``CalibratedClassifierCV`` so that probabilities exist and mean something.
+    ``predict`` is the refitted model's own decisions. With ``calibration`` ("sigmoid" or "isotonic"), or when
+    the estimator has no ``predict_proba`` (SVMs), ``predict_proba`` maps the refitted model's decision values
+    through a calibrator fitted on out-of-fold decision values of the chosen value for every training row (see
+    tlcache.calibration); the model itself is left as it is.
     """
 
     def __init__(
@@ -65,34 +146,73 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y) -> SweptClassifier:
-        from sklearn.calibration import CalibratedClassifierCV
-
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
-        splits = validation_splits(codes, self.validation_fraction, self.cv, self.cv_below, self.random_state)
-        values = list(self.grid)
-        scores = np.zeros(len(values))
+        splits = self._splits(codes)
+        calibrating = self.calibration is not None or not hasattr(self.estimator, "predict_proba")
+        # On folds, the sweep's own held-out decision values cover every row: kept for the calibrator.
+        keep_held_out = calibrating and len(splits) > 1
+        held_out: dict = {}  # per value: (rows, decision values) of each split
+
+        def score(value) -> float:
+            right, held_out[value] = 0.0, []
+            for train, valid in splits:
+                model = self._fold_fit(value, X, codes, train)
+                right += np.mean(self._fold_apply(model, "predict", X, train, valid) == codes[valid])
+                if keep_held_out and len(model.classes_) == len(self.classes_):
+                    held_out[value].append((valid, self._fold_apply(model, "decide", X, train, valid)))
+            return right / len(splits)
+
         with warnings.catch_warnings():
             # Short sweeps on small folds often stop at max_iter; the refit below still warns if it does.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            for train, valid in splits:
-                for i, value in enumerate(values):
-                    model = self._with(value, n_train=len(train)).fit(X[train], codes[train])
-                    scores[i] += np.mean(model.predict(X[valid]) == codes[valid])
-        scores /= len(splits)
-        best = int(np.argmax(scores))
-        self.best_ = values[best]
+            upper = min(len(train) for train, _ in splits)
+            values, scores, self.extension_ = sweep_grid(self.grid, score, self.param, upper=upper)
+        self.best_ = values[best_index(scores)]
         self.param_ = self.param
         self.score_name_ = "accuracy"
         self.curve_ = [(_plain(v), float(s)) for v, s in zip(values, scores)]
         self.selection_ = describe_selection(splits)
-        model = self._with(self.best_, n_train=len(codes))
-        if self.calibration or not hasattr(model, "predict_proba"):
-            folds = max(2, min(3, int(np.bincount(codes).min())))
-            model = CalibratedClassifierCV(model, method=self.calibration or "sigmoid", cv=folds)
-        self.model_ = model.fit(X, codes)
+        self.model_ = self._with(self.best_, n_train=len(codes)).fit(X, codes)
+        self.calibrator_ = None
+        if calibrating:
+            self.calibrator_ = self._calibrator(held_out[self.best_], X, codes)
         return self
+
+    def _calibrator(self, held_out: list, X, codes) -> DecisionCalibrator:
+        """Fitted on out-of-fold decision values of the chosen value for every training row: the sweep's own when
+        it ran on folds, else from fits on CALIBRATION_FOLDS folds; when a class has a single item (no fold split
+        keeps it on both sides), on the refitted model's values for its own training rows, the only ones there are."""
+        covered = sum(len(rows) for rows, _ in held_out) == len(codes)
+        if covered:
+            rows = np.concatenate([rows for rows, _ in held_out])
+            values = np.concatenate([values for _, values in held_out])
+        else:
+
+            def fit_and_decide(train, valid):
+                value = self.best_
+                if self.param == "C":  # C weighs a sum over rows: scaled so a fold's model is as confident
+                    value = value * len(codes) / len(train)
+                return self._fold_apply(self._fold_fit(value, X, codes, train), "decide", X, train, valid)
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                found = out_of_fold(fit_and_decide, codes, self.random_state)
+            rows, values = found if found else (np.arange(len(codes)), decision_values(self.model_, X))
+        return DecisionCalibrator(self.calibration or "sigmoid").fit(values, codes[rows], len(self.classes_))
+
+    def _splits(self, codes) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The sweep's (training rows, validation rows) splits."""
+        return validation_splits(codes, self.validation_fraction, self.cv, self.cv_below, self.random_state)
+
+    def _fold_fit(self, value, X, codes, train):
+        """A model of ``value`` fitted on rows ``train``: a sweep fit, or a calibrator's fold fit."""
+        return self._with(value, n_train=len(train)).fit(X[train], codes[train])
+
+    def _fold_apply(self, model, what: str, X, train, rows) -> np.ndarray:
+        """A fold model's predictions (``what`` "predict") or decision values ("decide") for ``rows``."""
+        return model.predict(X[rows]) if what == "predict" else decision_values(model, X[rows])
 
     def _with(self, value, n_train: int):
         model = clone(self.estimator).set_params(**{self.param: _capped(self.param, value, n_train)})
@@ -101,11 +221,16 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False)
-        return self.model_.predict_proba(X)
+        calibrator = getattr(self, "calibrator_", None)  # heads saved before calibrators have none
+        if calibrator is None:
+            return self.model_.predict_proba(X)
+        return calibrator.predict_proba(decision_values(self.model_, X))
 
     def predict(self, X) -> np.ndarray:
+        """The refitted model's own decisions (never the argmax of calibrated probabilities)."""
         check_is_fitted(self, "model_")
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        X = validate_data(self, X, reset=False)
+        return self.classes_[self.model_.predict(X)]
 
 
 def _capped(param: str, value, n_train: int):

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+from sklearn.svm import SVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from tlcache.kernel_svm import SweptKernelSVC
+from tlcache.sweep import SweptClassifier
+
+
+@parametrize_with_checks(
+    [SweptKernelSVC(SVC(), "C", (0.1, 10.0))],
+    expected_failed_checks=lambda _: {
+        "check_classifiers_train": "calibrated probabilities need not rank as the decisions do",
+        "check_sample_weight_equivalence_on_dense_data": "the validation split sees rows, not weights",
+    },
+)
+def test_sklearn_estimator_contract(estimator, check):
+    check(estimator)
+
+
+def _rings(n: int, seed: int):
+    """Three classes on noisy concentric rings in 20 dimensions: a task for an RBF kernel."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    angle = rng.uniform(0, 2 * np.pi, n)
+    X = rng.normal(scale=0.3, size=(n, 20))
+    X[:, 0] += (1 + y) * np.cos(angle)
+    X[:, 1] += (1 + y) * np.sin(angle)
+    return X, y
+
+
+@pytest.mark.parametrize("n", [300, 1500])  # the sweep on 5 folds, then on one split
+def test_shared_kernels_sweep_as_libsvm_does(n):
+    X, y = _rings(n, 0)
+    X_test, _ = _rings(600, 1)
+    grid = (0.1, 1.0, 10.0, 100.0)
+    shared = SweptKernelSVC(SVC(), "C", grid).fit(X, y)
+    plain = SweptClassifier(SVC(), "C", grid).fit(X, y)
+    assert shared.best_ == plain.best_
+    np.testing.assert_allclose([s for _, s in shared.curve_], [s for _, s in plain.curve_], atol=2 / n)
+    np.testing.assert_array_equal(shared.predict(X_test), plain.predict(X_test))  # the same refit ships
+    np.testing.assert_allclose(shared.predict_proba(X_test), plain.predict_proba(X_test), atol=0.02)
+    assert not hasattr(shared, "_kernels")
+
+
+def test_over_the_memory_budget_the_sweep_runs_as_any_other(monkeypatch):
+    import tlcache.kernel_svm
+
+    X, y = _rings(300, 2)
+    monkeypatch.setattr(tlcache.kernel_svm, "KERNEL_BUDGET_BYTES", 1000)
+    calls = []
+    monkeypatch.setattr(tlcache.kernel_svm, "rbf_kernel", lambda *a, **k: calls.append(a))
+    model = SweptKernelSVC(SVC(), "C", (1.0, 10.0)).fit(X, y)
+    assert calls == [] and np.mean(model.predict(X) == y) > 0.9
