@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist bench-store bench-heads bench-embed bench-finetune clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist bench-store bench-heads bench-embed bench-finetune bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -82,6 +82,9 @@ bench-embed: setup fashion-mnist
 
 bench-finetune: setup fashion-mnist
 	$(PY) benchmarks/finetune_benchmark.py
+
+bench-demo: setup
+	$(PY) benchmarks/demo_timing.py
 
 clean-venv:
 	rm -rf $(VENV)
