@@ -222,7 +222,7 @@ def test_fit_head_no_views_trains_on_the_plain_items(tmp_path):
     assert with_views["n_train"] == without["n_train"] == 48
     from tlcache.runs import load_head
 
-    seen = [load_head(tmp_path / name)[0].steps[0][1].n_samples_seen_ for name in ("with", "without")]
+    seen = [load_head(tmp_path / name)[0]["standardscaler"].n_samples_seen_ for name in ("with", "without")]
     assert seen == [48 * 3, 48]
 
 

@@ -173,9 +173,9 @@ def test_views_join_the_training_set_only(tmp_path, head):
     assert with_views.report["n_train"] == without.report["n_train"] == 63
     assert with_views.report["n_test"] == without.report["n_test"] == 27  # test items are never augmented
     pipeline, _ = load_head(tmp_path / "with")
-    assert pipeline.steps[0][1].n_samples_seen_ == 63 * 3
+    assert pipeline["standardscaler"].n_samples_seen_ == 63 * 3
     plain, _ = load_head(tmp_path / "without")
-    assert plain.steps[0][1].n_samples_seen_ == 63
+    assert plain["standardscaler"].n_samples_seen_ == 63
 
 
 def _overlapping(n, seed):

@@ -17,8 +17,8 @@ DEAD_RELATIVE_STD = 1e-6
 
 
 class DropDeadFeatures(TransformerMixin, BaseEstimator):
-    """Drop the columns whose standard deviation is below ``relative_std`` times the median column's (all
-    columns are kept when the median is zero, and at least one always is). ``kept_`` holds the kept columns'
+    """Drop the columns whose standard deviation is below ``relative_std`` times the median of the columns that
+    vary (constant columns go too; when no column varies, all are kept). ``kept_`` holds the kept columns'
     indices, ``n_dropped_`` how many were dropped."""
 
     def __init__(self, relative_std: float = DEAD_RELATIVE_STD):
@@ -27,10 +27,11 @@ class DropDeadFeatures(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None) -> DropDeadFeatures:
         X = validate_data(self, X, dtype=(np.float64, np.float32))
         std = X.std(axis=0, dtype=np.float64)
-        typical = float(np.median(std))
-        alive = std >= self.relative_std * typical if typical > 0 else np.ones(len(std), dtype=bool)
-        if not alive.any():
-            alive[np.argmax(std)] = True
+        varying = std > 0
+        if varying.any():
+            alive = varying & (std >= self.relative_std * np.median(std[varying]))
+        else:  # nothing varies, nothing to tell apart: all kept
+            alive = np.ones(len(std), dtype=bool)
         self.kept_ = np.flatnonzero(alive)
         self.n_dropped_ = int(len(std) - len(self.kept_))
         return self
