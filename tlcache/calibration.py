@@ -22,6 +22,16 @@ CALIBRATIONS = ("sigmoid", "isotonic")
 CALIBRATION_FOLDS = 3
 
 
+def calibration_values(held_out: list, codes: np.ndarray, fit_and_decide, own_values, random_state):
+    """(rows, decision values) to fit a calibrator on: the sweep's held-out ``(rows, values)`` pairs when they cover
+    every row (a sweep on folds), else :func:`out_of_fold` fits, else (a class of a single row) ``own_values()``,
+    the refitted model's values for its own training rows, the only ones there are."""
+    if sum(len(rows) for rows, _ in held_out) == len(codes):
+        return np.concatenate([rows for rows, _ in held_out]), np.concatenate([values for _, values in held_out])
+    found = out_of_fold(fit_and_decide, codes, random_state)
+    return found if found else (np.arange(len(codes)), own_values())
+
+
 def out_of_fold(fit_and_decide, codes: np.ndarray, random_state) -> tuple[np.ndarray, np.ndarray] | None:
     """(rows, decision values) for every row, each from a model fitted without it: ``fit_and_decide(train,
     valid)`` fits on rows ``train`` and returns the decision values of rows ``valid``. None when a class has a

@@ -22,7 +22,7 @@ from tlcache.cli_options import (
     take,
     workers_option,
 )
-from tlcache.embed import COMPILE_AUTO_MIN_ITEMS, COMPILE_CHOICES
+from tlcache.embed import COMPILE_AUTO_RULE, COMPILE_CHOICES
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
@@ -101,13 +101,8 @@ def cli() -> None:
     default="auto",
     show_default=True,
     help="Run image models through torch.compile after a one-time compilation (about 27 s on a 2-core CPU): "
-    "efficientnet-lite0 1.4x faster there, ResNet-50 slower (benchmarks/results/embed_throughput.md); auto: "
-    + (
-        "never, as compiling did not pay for every model measured"
-        if COMPILE_AUTO_MIN_ITEMS is None
-        else f"from {COMPILE_AUTO_MIN_ITEMS} images"
-    )
-    + ". Same features to float rounding; not in the cache key.",
+    f"efficientnet-lite0 1.4x faster there, ResNet-50 slower (benchmarks/results/embed_throughput.md); auto: "
+    f"{COMPILE_AUTO_RULE}. Same features to float rounding; not in the cache key.",
 )
 @batch_option
 @device_option

@@ -45,6 +45,11 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # and 39,503 images). No GPU has been measured. auto takes a threshold again when a measurement shows that
 # compiling pays for every model measured.
 COMPILE_AUTO_MIN_ITEMS: int | None = None
+COMPILE_AUTO_RULE = (
+    "never, as compiling did not pay for every model measured"
+    if COMPILE_AUTO_MIN_ITEMS is None
+    else f"from {COMPILE_AUTO_MIN_ITEMS} images"
+)
 _COPY_BATCH = 4096
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tlcache.calibration import CALIBRATIONS
 from tlcache.errors import UserError, check_choice
 from tlcache.provenance import utc_now
 from tlcache.report import (
@@ -38,7 +39,6 @@ HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
 STREAM_BATCH = 4096  # rows per read when a head streams through a store
 SGD_EPOCHS = 10
 MLP_EARLY_STOPPING_MIN_ROWS = 1000
-CALIBRATIONS = ("sigmoid", "isotonic")
 CLASS_WEIGHTS = ("balanced",)
 # The hyperparameter each head sweeps, and its default grid (log-spaced for regularisation strengths).
 GRIDS: dict[str, tuple[str, tuple]] = {

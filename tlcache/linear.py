@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from tlcache.calibration import DecisionCalibrator, out_of_fold
+from tlcache.calibration import DecisionCalibrator, calibration_values
 from tlcache.sweep import best_index, describe_selection, sweep_grid, validation_splits
 
 DEFAULT_CS = tuple(np.logspace(-5, 0, 11).tolist())
@@ -180,22 +180,19 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         return self
 
     def _calibrator(self, held_out: list, X, codes, weight, W_all) -> DecisionCalibrator:
-        """Fitted on out-of-fold class scores of the best C for every row: the sweep's own when it ran on folds,
-        else from fits on CALIBRATION_FOLDS folds (each started from the full fit)."""
+        """Fitted on out-of-fold class scores of the best C for every row (see
+        tlcache.calibration.calibration_values; fold fits start from the full fit)."""
 
         def scores(W, rows):
             logits = X[rows] @ W[:-1] + W[-1]
             return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
 
-        if sum(len(rows) for rows, _ in held_out) == len(codes):
-            found = (np.concatenate([r for r, _ in held_out]), np.concatenate([v for _, v in held_out]))
-        else:
+        def fit_and_decide(train, valid):
+            return scores(self._solve(X[train], codes[train], self.C_, weight[train], W_all).weights, valid)
 
-            def fit_and_decide(train, valid):
-                return scores(self._solve(X[train], codes[train], self.C_, weight[train], W_all).weights, valid)
-
-            found = out_of_fold(fit_and_decide, codes, self.random_state)
-        rows, values = found if found else (np.arange(len(codes)), scores(W_all, np.arange(len(codes))))
+        rows, values = calibration_values(
+            held_out, codes, fit_and_decide, lambda: scores(W_all, np.arange(len(codes))), self.random_state
+        )
         return DecisionCalibrator(self.calibration).fit(values, codes[rows], len(self.classes_))
 
     def _solve(self, X, codes, C, weight, init) -> MultinomialFit:

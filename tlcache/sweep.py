@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from tlcache.calibration import DecisionCalibrator, decision_values, out_of_fold
+from tlcache.calibration import DecisionCalibrator, calibration_values, decision_values
 
 MAX_EXTENSIONS = 3
 
@@ -181,25 +181,20 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _calibrator(self, held_out: list, X, codes) -> DecisionCalibrator:
-        """Fitted on out-of-fold decision values of the chosen value for every training row: the sweep's own when
-        it ran on folds, else from fits on CALIBRATION_FOLDS folds; when a class has a single item (no fold split
-        keeps it on both sides), on the refitted model's values for its own training rows, the only ones there are."""
-        covered = sum(len(rows) for rows, _ in held_out) == len(codes)
-        if covered:
-            rows = np.concatenate([rows for rows, _ in held_out])
-            values = np.concatenate([values for _, values in held_out])
-        else:
+        """Fitted on out-of-fold decision values of the chosen value for every training row (see
+        tlcache.calibration.calibration_values)."""
 
-            def fit_and_decide(train, valid):
-                value = self.best_
-                if self.param == "C":  # C weighs a sum over rows: scaled so a fold's model is as confident
-                    value = value * len(codes) / len(train)
-                return self._fold_apply(self._fold_fit(value, X, codes, train), "decide", X, train, valid)
+        def fit_and_decide(train, valid):
+            value = self.best_
+            if self.param == "C":  # C weighs a sum over rows: scaled so a fold's model is as confident
+                value = value * len(codes) / len(train)
+            return self._fold_apply(self._fold_fit(value, X, codes, train), "decide", X, train, valid)
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                found = out_of_fold(fit_and_decide, codes, self.random_state)
-            rows, values = found if found else (np.arange(len(codes)), decision_values(self.model_, X))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            rows, values = calibration_values(
+                held_out, codes, fit_and_decide, lambda: decision_values(self.model_, X), self.random_state
+            )
         return DecisionCalibrator(self.calibration or "sigmoid").fit(values, codes[rows], len(self.classes_))
 
     def _splits(self, codes) -> list[tuple[np.ndarray, np.ndarray]]:
