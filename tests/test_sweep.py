@@ -10,7 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from conftest import make_store
 from tlcache.heads import fit_head
 from tlcache.linear import SweptLogisticRegression, fit_multinomial
-from tlcache.sweep import MAX_EXTENSIONS, SweptClassifier
+from tlcache.sweep import MAX_EXTENSIONS, SweptClassifier, sweep_grid
 
 
 def _expected_failures(estimator):
@@ -161,3 +161,22 @@ def test_the_report_says_the_grid_was_extended_and_where_it_stopped(tmp_path):
     stuck = fit_head(store, "logreg", grid=[1e-9, 1e-8], out=tmp_path / "stuck").report["sweep"]
     assert stuck["extension"]["at_edge"] and stuck["extension"]["steps"] == MAX_EXTENSIONS
     assert "still at an end of the grid" in (tmp_path / "stuck" / "report.md").read_text()
+
+
+def test_coarse_to_fine_finds_a_peak_between_the_coarse_values_with_fewer_fits():
+    grid = [float(v) for v in range(1, 12)]  # 1..11; the peak at 6 is not among the coarse values 1, 4, 7, 10, 11
+    calls, stages = [], []
+
+    def score(value):
+        calls.append(value)
+        return -abs(value - 6.2)
+
+    values, scores, extension = sweep_grid(grid, score, "alpha", stride=3, prepare=stages.append)
+    assert values[int(np.argmax(scores))] == 6.0
+    assert stages == [[1.0, 4.0, 7.0, 10.0, 11.0], [5.0, 6.0, 8.0, 9.0]]  # coarse, then the best one's neighbours
+    assert sorted(calls) == values and len(calls) == 9 < len(grid)
+    assert extension == {"direction": None, "steps": 0, "at_edge": False}
+    # stride 1 scores the whole grid in one stage, in order (warm starts go from one value to the next)
+    calls.clear(), stages.clear()
+    sweep_grid(grid, score, "alpha", prepare=stages.append)
+    assert stages == [grid] and calls == grid

@@ -70,13 +70,13 @@ def make_head(
     """
     from sklearn.linear_model import SGDClassifier
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
     from sklearn.svm import SVC, LinearSVC
 
     from tlcache.kernel_svm import SweptKernelSVC
     from tlcache.linear import SweptLogisticRegression
+    from tlcache.mlp import MLPHead, SweptMLP
     from tlcache.scaling import DropDeadFeatures
     from tlcache.sweep import SweptClassifier
 
@@ -102,15 +102,19 @@ def make_head(
         return make_pipeline(DropDeadFeatures(), StandardScaler(), classifier)
     if name == "linear-svm":
         # The dual solver: at the grid's weak end the primal one took 50 s instead of 4 on 2400 x 1280 features.
-        base = LinearSVC(dual=True, max_iter=2000, class_weight=class_weight, random_state=seed)
+        # liblinear penalises the intercept as a weight on a constant feature; at 10 (not 1) it is nearly free:
+        # measured +1.1 points on Rotten Tomatoes and +0.7 on Fashion-MNIST, and 3x faster there (seed 0).
+        base = LinearSVC(dual=True, max_iter=2000, intercept_scaling=10, class_weight=class_weight, random_state=seed)
     elif name == "svm":
         # RBF on L2-normalised embeddings (a kernel of their cosine similarity) rather than on standardised ones:
         # measured +0.6 points on Rotten Tomatoes/minilm and +0.8 on Fashion-MNIST/efficientnet-lite0 (3 seeds).
         svc = SVC(kernel="rbf", class_weight=class_weight, random_state=seed)
         return make_pipeline(Normalizer(), SweptKernelSVC(svc, param, values, calibration, random_state=seed))
-    elif name == "mlp":
+    elif name == "mlp":  # scikit-learn's MLPClassifier recipe, every value of alpha trained at once (tlcache.mlp)
         early_stopping = n_train is None or n_train >= MLP_EARLY_STOPPING_MIN_ROWS
-        base = MLPClassifier(hidden_layer_sizes=(512,), early_stopping=early_stopping, max_iter=300, random_state=seed)
+        mlp = MLPHead(hidden=512, early_stopping=early_stopping, max_iter=300, random_state=seed)
+        swept = SweptMLP(mlp, param, values, calibration, random_state=seed)
+        return make_pipeline(DropDeadFeatures(), StandardScaler(), swept)
     else:  # knn: cosine similarity of the raw embeddings, as retrieval uses them
         values = [int(v) for v in values]
         swept = SweptClassifier(

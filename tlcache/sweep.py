@@ -32,15 +32,40 @@ class Extension(TypedDict):
 
 
 def sweep_grid(
-    values: Sequence, score: Callable[[float], float], param: str, lower_is_better: bool = False, upper=None
+    values: Sequence,
+    score: Callable[[float], float],
+    param: str,
+    lower_is_better: bool = False,
+    upper=None,
+    stride: int = 1,
+    prepare: Callable[[list], None] | None = None,
 ) -> tuple[list, list[float], Extension]:
     """Score every value of a grid (sorted ascending), then extend it past the end where the best sits while that
     end is strictly better than its neighbour: at most MAX_EXTENSIONS values, each one step of the grid's ratio
-    at that end (integers on a grid of integers; ``n_neighbors`` stays within 1..``upper``). Returns the values,
-    their scores and how the grid was extended. Ties go to the smaller value (for C and alpha: the stronger
-    regularisation)."""
+    at that end (integers on a grid of integers; ``n_neighbors`` stays within 1..``upper``). Returns the values
+    scored, their scores and how the grid was extended. Ties go to the smaller value (for C and alpha: the
+    stronger regularisation).
+
+    ``stride`` > 1 searches coarse to fine: every ``stride``-th value (both ends included) first, then the values
+    between the best of them and its coarse neighbours. ``prepare``, when given, is called with each stage's
+    values before they are scored one by one (so that a caller can fit them together)."""
     values = sorted(values)
-    scores = [score(value) for value in values]
+    scored: dict = {}
+
+    def run(stage: list) -> None:
+        stage = [value for value in stage if value not in scored]
+        if stage and prepare is not None:
+            prepare(stage)
+        for value in stage:
+            scored[value] = score(value)
+
+    coarse = sorted(set(range(0, len(values), max(stride, 1))) | {len(values) - 1})
+    run([values[i] for i in coarse])
+    if stride > 1:
+        best = values.index(min(scored, key=lambda v: _rank(scored, v, lower_is_better)))
+        run(values[max(best - stride + 1, 0) : best + stride])
+    values = sorted(scored)
+    scores = [scored[value] for value in values]
     direction, steps = None, 0
     while True:
         end = _better_end(scores, lower_is_better)
@@ -50,14 +75,20 @@ def sweep_grid(
         if value is None:
             break
         direction, steps = end, steps + 1
+        run([value])
         if end == "up":
             values.append(value)
-            scores.append(score(value))
+            scores.append(scored[value])
         else:
             values.insert(0, value)
-            scores.insert(0, score(value))
+            scores.insert(0, scored[value])
     at_edge = _better_end(scores, lower_is_better) is not None
     return values, scores, {"direction": direction, "steps": steps, "at_edge": at_edge}
+
+
+def _rank(scored: dict, value, lower_is_better: bool) -> tuple:
+    """Sort key of the best score first, ties to the smaller value."""
+    return (scored[value] if lower_is_better else -scored[value], value)
 
 
 def best_index(scores: Sequence[float], lower_is_better: bool = False) -> int:
@@ -119,11 +150,14 @@ def describe_selection(splits: list) -> str:
 class SweptClassifier(ClassifierMixin, BaseEstimator):
     """``estimator`` with ``param`` chosen from ``grid`` on held-out data, then refitted on everything.
 
-    ``predict`` is the refitted model's own decisions. With ``calibration`` ("sigmoid" or "isotonic"), or when
+    ``predict`` is the refitted model's own decisions. ``grid_stride`` (a class attribute) > 1 searches the grid
+    coarse to fine (see sweep_grid). With ``calibration`` ("sigmoid" or "isotonic"), or when
     the estimator has no ``predict_proba`` (SVMs), ``predict_proba`` maps the refitted model's decision values
     through a calibrator fitted on out-of-fold decision values of the chosen value for every training row (see
     tlcache.calibration); the model itself is left as it is.
     """
+
+    grid_stride = 1
 
     def __init__(
         self,
@@ -168,7 +202,14 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
             # Short sweeps on small folds often stop at max_iter; the refit below still warns if it does.
             warnings.simplefilter("ignore", ConvergenceWarning)
             upper = min(len(train) for train, _ in splits)
-            values, scores, self.extension_ = sweep_grid(self.grid, score, self.param, upper=upper)
+            values, scores, self.extension_ = sweep_grid(
+                self.grid,
+                score,
+                self.param,
+                upper=upper,
+                stride=self.grid_stride,
+                prepare=lambda stage: self._prepare(stage, X, codes, splits),
+            )
         self.best_ = values[best_index(scores)]
         self.param_ = self.param
         self.score_name_ = "accuracy"
@@ -196,6 +237,10 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
                 held_out, codes, fit_and_decide, lambda: decision_values(self.model_, X), self.random_state
             )
         return DecisionCalibrator(self.calibration or "sigmoid").fit(values, codes[rows], len(self.classes_))
+
+    def _prepare(self, values: list, X, codes, splits) -> None:
+        """Called with each stage of the sweep's values before they are scored (see sweep_grid): a subclass can
+        fit them together, for :meth:`_fold_fit` to hand out."""
 
     def _splits(self, codes) -> list[tuple[np.ndarray, np.ndarray]]:
         """The sweep's (training rows, validation rows) splits."""
