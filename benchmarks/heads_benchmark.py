@@ -133,13 +133,19 @@ def checkout(commit: str, into: Path) -> Path:
 def head_all(code: Path, train_path: Path, test_path: Path, work: Path) -> dict:
     """``tlcache fit-head TRAIN --head all --test TEST --seed S`` with the tlcache package at ``code``, each seed a
     process of its own timed from start to exit; the median wall time and each head's accuracy per seed."""
+    # Run from the work folder: `python -c` puts the current folder first on sys.path, ahead of PYTHONPATH.
+    work.mkdir(parents=True)
+    environment = {**os.environ, "PYTHONPATH": str(code)}
+    where = [sys.executable, "-c", "import tlcache; print(tlcache.__file__)"]
+    found = subprocess.run(where, env=environment, cwd=work, text=True, capture_output=True, check=True).stdout
+    assert Path(found.strip()).is_relative_to(code), f"tlcache came from {found.strip()}, not from {code}"
     times, accuracies = [], {}
     for seed in SEEDS:
         out = work / f"seed-{seed}"
         command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(train_path)]
         command += ["--head", "all", "--test", str(test_path), "--seed", str(seed), "--out", str(out)]
         started = time.perf_counter()
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True)
+        subprocess.run(command, check=True, env=environment, cwd=work, capture_output=True)
         times.append(time.perf_counter() - started)
         for row in json.loads((out / "leaderboard.json").read_text()):
             accuracies.setdefault(row["head"], []).append(row["accuracy"])

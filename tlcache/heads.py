@@ -110,7 +110,7 @@ def make_head(
         # measured +0.6 points on Rotten Tomatoes/minilm and +0.8 on Fashion-MNIST/efficientnet-lite0 (3 seeds).
         svc = SVC(kernel="rbf", class_weight=class_weight, random_state=seed)
         return make_pipeline(Normalizer(), SweptKernelSVC(svc, param, values, calibration, random_state=seed))
-    elif name == "mlp":  # scikit-learn's MLPClassifier recipe, every value of alpha trained at once (tlcache.mlp)
+    elif name == "mlp":  # scikit-learn's MLPClassifier recipe in torch, alpha swept coarse to fine (tlcache.mlp)
         early_stopping = n_train is None or n_train >= MLP_EARLY_STOPPING_MIN_ROWS
         mlp = MLPHead(hidden=512, early_stopping=early_stopping, max_iter=300, random_state=seed)
         swept = SweptMLP(mlp, param, values, calibration, random_state=seed)
