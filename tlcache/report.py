@@ -352,6 +352,11 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], col
     }
 
 
+# Margins for figures whose labels are known in advance: a fixed layout costs no extra drawing pass (tight_layout
+# draws the figure once more to measure it; 0.1 s a figure, the larger part of a report's time on cached features).
+FIXED_MARGINS = {"left": 0.14, "right": 0.97, "top": 0.91, "bottom": 0.13}
+
+
 def _pyplot():
     import matplotlib
 
@@ -380,7 +385,7 @@ def plot_reliability(calibration: Calibration, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("reliability diagram (test set)")
     ax.legend(loc="upper left")
-    fig.tight_layout()
+    fig.subplots_adjust(**FIXED_MARGINS)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -398,7 +403,7 @@ def plot_sweep(sweep: Sweep, head: str, path: Path) -> None:
     ax.set_ylabel(f"validation {sweep.get('score', 'accuracy')}")
     ax.set_title(f"{head}: {sweep['param']} sweep ({sweep['selection']})")
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(**FIXED_MARGINS)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

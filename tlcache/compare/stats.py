@@ -1,0 +1,248 @@
+"""The statistics of ``tlcache compare``: accuracy intervals, paired tests and the frozen-or-fine-tune verdict.
+
+Every cell of a comparison is one (method, shots, seed) run scored on the same test items as the other cells of its
+seed, so two methods are compared item by item (exact McNemar) rather than by overlapping intervals. The verdict
+asks for a win on every seed, because a single seed's split can favour either side by chance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+
+import numpy as np
+from scipy.stats import binom
+
+RULE = (
+    "At each shot count, the frozen head and the fine-tune with the highest mean accuracy over seeds are compared "
+    "on the same test items: one wins only when its mean is higher and an exact McNemar test favours it with "
+    "p < alpha on every seed both ran. Otherwise the two are level, and level means staying frozen, the cheaper "
+    "choice."
+)
+KINDS = ("frozen", "finetune")
+
+Cell = Mapping[str, object]
+
+
+def bootstrap_interval(
+    correct: Sequence[int] | np.ndarray, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval, over test items, of the accuracy of 0/1 per-item ``correct``; the same
+    interval for the same ``seed``.
+
+    >>> bootstrap_interval([1] * 80 + [0] * 20)  # doctest: +SKIP
+    (0.72, 0.87)
+    """
+    hits = _as_hits(correct)
+    if len(hits) == 0:
+        raise ValueError("bootstrap_interval needs at least one test item")
+    # A resample's number of correct items is exactly Binomial(n, observed accuracy), so drawing the counts is the
+    # item bootstrap without drawing n indices per resample: no memory to chunk, whatever n_resamples * n.
+    rng = np.random.default_rng(seed)
+    means = rng.binomial(len(hits), hits.mean(), size=n_resamples) / len(hits)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mcnemar_exact(a_correct: Sequence[int] | np.ndarray, b_correct: Sequence[int] | np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of two classifiers' 0/1 ``correct`` on the same test items, in the same
+    order: the binomial test of the items only one of them got right; 1.0 when there are none."""
+    a, b = _as_hits(a_correct), _as_hits(b_correct)
+    if len(a) != len(b):
+        raise ValueError(f"McNemar needs the same test items on both sides: got {len(a)} and {len(b)} answers")
+    only_a, only_b = int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(min(1.0, 2 * binom.cdf(min(only_a, only_b), only_a + only_b, 0.5)))
+
+
+def recommend(cells: Sequence[Cell], alpha: float = 0.05) -> dict:
+    """The verdict of :data:`RULE` at each shot count of the finished ``cells`` (dicts with ``method``, ``kind``,
+    ``shots``, ``seed``, ``accuracy``, ``seconds``, ``correct``), with a one-sentence headline for the largest shot
+    count and a sentence on where the verdict changes (None when it does not). ``p_values`` are per seed both
+    best methods ran, in seed order; ``n_seeds`` counts those seeds."""
+    if not cells:
+        raise ValueError("recommend needs at least one finished cell")
+    grouped = _group(cells)
+    rows = [_compare(shots, grouped[shots], alpha) for shots in sorted(grouped, key=_shots_order)]
+    return {
+        "rule": RULE,
+        "alpha": alpha,
+        "by_shots": rows,
+        "headline": _headline(rows[-1], alpha),
+        "crossing": _crossing(rows),
+    }
+
+
+def _as_hits(correct: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``correct`` as a 1-D boolean array; a ValueError for anything but 0/1 or booleans."""
+    values = np.asarray(correct)
+    if values.ndim != 1 or not np.isin(values, (0, 1)).all():
+        raise ValueError("per-item correctness must be a 1-D sequence of 0/1 or booleans")
+    return values.astype(bool)
+
+
+def _shots_order(shots: object) -> tuple[int, int]:
+    """Sort key of a shot count: integers in order, then "all"."""
+    if shots == "all":
+        return (1, 0)
+    if isinstance(shots, Integral) and not isinstance(shots, bool):
+        return (0, int(shots))
+    raise ValueError(f'shots must be an integer or "all", not {shots!r}')
+
+
+def _group(cells: Sequence[Cell]) -> dict:
+    """``cells`` as {shots: {kind: {method: {seed: cell}}}}; a ValueError for an unknown kind or shots,
+    or a repeated cell."""
+    grouped: dict = {}
+    for cell in cells:
+        shots, kind, method, seed = cell["shots"], cell["kind"], cell["method"], cell["seed"]
+        if kind not in KINDS:
+            raise ValueError(f"cell {method!r}: kind must be one of {KINDS}, not {kind!r}")
+        _shots_order(shots)  # a ValueError now for shots that are neither an integer nor "all"
+        by_seed = grouped.setdefault(shots, {}).setdefault(kind, {}).setdefault(method, {})
+        if seed in by_seed:
+            raise ValueError(f"two cells for method {method!r}, shots {shots!r}, seed {seed!r}")
+        by_seed[seed] = cell
+    return grouped
+
+
+def _mean(by_seed: Mapping[object, Cell], key: str) -> float:
+    """Mean of ``key`` over a method's seeds."""
+    return float(np.mean([cell[key] for cell in by_seed.values()]))
+
+
+def _best(methods: Mapping[str, Mapping[object, Cell]]) -> str | None:
+    """The method with the highest mean accuracy; on a tie, the cheaper by mean seconds (then by name)."""
+    if not methods:
+        return None
+    return min(methods, key=lambda m: (-_mean(methods[m], "accuracy"), _mean(methods[m], "seconds"), m))
+
+
+def _compare(shots: object, by_kind: Mapping[str, Mapping], alpha: float) -> dict:
+    """One ``by_shots`` row: the best of each kind, their paired tests and the verdict."""
+    frozen, finetune = by_kind.get("frozen", {}), by_kind.get("finetune", {})
+    best_frozen, best_finetune = _best(frozen), _best(finetune)
+    row = {"shots": shots, "best_frozen": best_frozen, "best_finetune": best_finetune}
+    for kind, methods, best in (("frozen", frozen, best_frozen), ("finetune", finetune, best_finetune)):
+        row[f"{kind}_accuracy"] = _mean(methods[best], "accuracy") if best else None
+        row[f"{kind}_seconds"] = _mean(methods[best], "seconds") if best else None
+    if best_frozen is None or best_finetune is None:
+        only = "frozen only" if best_finetune is None else "finetune only"
+        return {**row, "difference_points": None, "p_values": [], "seeds_significant": 0, "n_seeds": 0, "verdict": only}
+    tests = _paired_tests(frozen[best_frozen], finetune[best_finetune])
+    difference = 100 * (row["finetune_accuracy"] - row["frozen_accuracy"])
+    p_values = [p for p, _ in tests]
+    return {
+        **row,
+        "difference_points": difference,
+        "p_values": p_values,
+        "seeds_significant": sum(p < alpha for p in p_values),
+        "n_seeds": len(p_values),
+        "verdict": _verdict(difference, tests, alpha),
+    }
+
+
+def _paired_tests(frozen: Mapping[object, Cell], finetune: Mapping[object, Cell]) -> list[tuple[float, int]]:
+    """(McNemar p, fine-tune's correct items minus frozen's) for each seed both ran, in seed order."""
+    tests = []
+    for seed in sorted(frozen.keys() & finetune.keys()):
+        a, b = frozen[seed]["correct"], finetune[seed]["correct"]
+        tests.append((mcnemar_exact(a, b), int(np.sum(b)) - int(np.sum(a))))
+    return tests
+
+
+def _verdict(difference_points: float, tests: list[tuple[float, int]], alpha: float) -> str:
+    """ "finetune" or "frozen" for a higher mean backed by p < alpha in its favour on every paired seed, else
+    "level" (also when no seed is paired)."""
+    if difference_points == 0 or not tests:
+        return "level"
+    sign = 1 if difference_points > 0 else -1
+    if all(p < alpha and np.sign(gain) == sign for p, gain in tests):
+        return "finetune" if sign > 0 else "frozen"
+    return "level"
+
+
+def _shots_label(shots: object) -> str:
+    """ "all items", "1 item per class", "16 items per class"."""
+    if shots == "all":
+        return "all items"
+    return f"{shots} item{'' if shots == 1 else 's'} per class"
+
+
+def _seeds(n: int) -> str:
+    """ "1 seed", "3 seeds"."""
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
+def _p_floor(p: float) -> str:
+    """``p`` rounded down to two significant digits, so that "p >= X" stays true."""
+    if p >= 1:
+        return "1"
+    decimals = 1 - math.floor(math.log10(p))
+    return f"{math.floor(p * 10**decimals + 1e-9) / 10**decimals:g}"
+
+
+def _evidence(p_values: list[float], alpha: float) -> str:
+    """The paired tests in words: "p < 0.05 on 3 of 3 seeds", "p >= 0.41 on 3 seeds", "p = 1 on 3 seeds"."""
+    if not p_values:
+        return "no seed in common"
+    significant = [p for p in p_values if p < alpha]
+    if significant:
+        bound = "0.001" if max(significant) < 0.001 < alpha else f"{alpha:g}"
+        return f"p < {bound} on {len(significant)} of {len(p_values)} seeds"
+    smallest = min(p_values)
+    return f"p {'=' if smallest >= 1 else '>='} {_p_floor(smallest)} on {_seeds(len(p_values))}"
+
+
+def _seconds(seconds: float) -> str:
+    """Wall time in words: "82 s", "0.2 s"."""
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2g} s"
+
+
+def _headline(row: Mapping, alpha: float) -> str:
+    """One sentence for one ``by_shots`` row."""
+    frozen, finetune, verdict = row["best_frozen"], row["best_finetune"], row["verdict"]
+    where = f"with {_shots_label(row['shots'])}"
+    if verdict == "frozen only":
+        return f"frozen only ({frozen}): {100 * row['frozen_accuracy']:.1f}% {where}, no fine-tune to compare"
+    if verdict == "finetune only":
+        return f"fine-tune only ({finetune}): {100 * row['finetune_accuracy']:.1f}% {where}, no frozen head to compare"
+    gain, evidence = f"{row['difference_points']:+.1f} points", _evidence(row["p_values"], alpha)
+    if verdict == "finetune":
+        cost = f"{_seconds(row['finetune_seconds'])} per run against {_seconds(row['frozen_seconds'])} for {frozen}"
+        return f"fine-tune ({finetune}): {gain} {where}, {evidence}, {cost} on cached features"
+    if verdict == "frozen":
+        lead = f"{-row['difference_points']:+.1f} points"
+        return f"stay frozen ({frozen}): {lead} over the best fine-tune ({finetune}) {where}, {evidence}"
+    return f"stay frozen ({frozen}): the best fine-tune ({finetune}) is level {where}, {gain}, {evidence}"
+
+
+def _crossing(rows: list[Mapping]) -> str | None:
+    """Where the recommendation changes between consecutive compared shot counts, in one sentence; None when it
+    never does. Level counts with frozen: both recommend staying frozen."""
+    spans: list[list] = []  # [side, first shots, last shots]
+    for row in rows:
+        if row["verdict"] in ("frozen only", "finetune only"):
+            continue
+        side = "fine-tune wins" if row["verdict"] == "finetune" else "frozen is level or ahead"
+        if spans and spans[-1][0] == side:
+            spans[-1][2] = row["shots"]
+        else:
+            spans.append([side, row["shots"], row["shots"]])
+    if len(spans) < 2:
+        return None
+    return "; ".join(_span_phrase(*span, i, len(spans)) for i, span in enumerate(spans))
+
+
+def _span_phrase(side: str, first: object, last: object, index: int, count: int) -> str:
+    """ "fine-tune wins from 64 items per class", "frozen is level or ahead up to 16 items per class"."""
+    if first == last:
+        return f"{side} with {_shots_label(first)}"
+    if index == 0:
+        return f"{side} up to {_shots_label(last)}"
+    if index == count - 1:
+        return f"{side} from {_shots_label(first)}"
+    return f"{side} from {first} to {_shots_label(last)}"
