@@ -4,6 +4,7 @@ fine-tuned model as a backbone."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -291,6 +292,8 @@ def test_finetuned_model_is_a_backbone_for_embed_fit_head_and_predict(tmp_path, 
     head = load_file(run.out_dir / "head.safetensors")
     logits = tuned.features() @ head["weight"].numpy().T + head["bias"].numpy()
     assert float((logits.argmax(axis=1) == tuned.labels()).mean()) == pytest.approx(run.accuracy)
+    tested = pd.read_csv(run.out_dir / "predictions.csv")  # every test item, as fit-head writes them
+    assert len(tested) == 16 and (tested["label"] == tested["true_label"]).mean() == pytest.approx(run.accuracy)
 
     train_store = embed_source(train, name, precision="fp32", out=tmp_path / "cache", progress=False).path
     head_run = fit_head(train_store, "logreg", test=tuned.path, out=tmp_path / "head")

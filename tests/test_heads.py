@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import make_store
@@ -41,6 +42,16 @@ def test_each_head_fits_saves_and_reports(tmp_path, head):
     assert sidecar["backbone"] == "test-bb" and sidecar["dim"] == 6 and sidecar["classes"] == ["ant", "bee", "cat"]
     probabilities = pipeline.predict_proba(X[:5])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+    # Every test item's prediction, for the user's own paired tests: they reproduce the report's accuracy.
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"id": str})
+    assert list(predictions.columns) == ["id", "label", "prob_ant", "prob_bee", "prob_cat", "true_label"]
+    assert len(predictions) == 45 and predictions["id"].is_unique
+    assert (predictions["label"] == predictions["true_label"]).mean() == pytest.approx(metrics["accuracy"])
+    np.testing.assert_allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    ids = FeatureStore(store).ids()
+    truth = dict(zip(ids, np.array(["ant", "bee", "cat"])[y]))
+    assert all(truth[row.id] == row.true_label for row in predictions.itertuples())
 
 
 def test_same_seed_same_numbers(tmp_path):

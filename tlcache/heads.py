@@ -28,6 +28,7 @@ from tlcache.runs import (
     check_same_features,
     default_run_dir,
     feature_identity,
+    save_predictions,
     write_head,
     write_leaderboard,
     write_report,
@@ -191,10 +192,12 @@ def fit_head(
         few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)
     else:
         fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
-    report = _report(head, train_store, fitted, tested, seed, n_views, class_weight, calibrate, few_shot)
+    scored = _score(fitted["pipeline"], tested, len(train_store.class_names))
+    report = _report(head, train_store, fitted, tested, scored, seed, n_views, class_weight, calibrate, few_shot)
     out_dir = Path(out) if out is not None else default_run_dir(train_store.path, head)
     if few_shot is None:
         write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
+        _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
     write_report(report, out_dir)
     return HeadRun(out_dir, report)
 
@@ -227,10 +230,25 @@ def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction
     return labelled, _TestSet(test_store, rows, y, f"store {test_store.path}")
 
 
-def _report(head, train_store, fitted, tested: _TestSet, seed, n_views, class_weight, calibrate, few_shot) -> RunReport:
+def _score(pipeline, tested: _TestSet, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The head's probabilities (a column per training class) and its own decisions for the test rows."""
+    return _full_proba(pipeline, tested.store, tested.rows, n_classes), predict_rows(
+        pipeline, tested.store, tested.rows
+    )
+
+
+def _write_test_predictions(out_dir: Path, classes: list[str], tested: _TestSet, probabilities, y_pred) -> None:
+    ids = tested.store.ids()
+    truth = [classes[label] for label in tested.labels]
+    predicted = [classes[c] for c in y_pred]
+    save_predictions(out_dir, [ids[row] for row in tested.rows], predicted, probabilities, classes, truth)
+
+
+def _report(
+    head, train_store, fitted, tested: _TestSet, scored, seed, n_views, class_weight, calibrate, few_shot
+) -> RunReport:
     classes = train_store.class_names
-    probabilities = _full_proba(fitted["pipeline"], tested.store, tested.rows, len(classes))
-    y_pred = predict_rows(fitted["pipeline"], tested.store, tested.rows)
+    probabilities, y_pred = scored
     report = {
         "head": head,
         "backbone": train_store.meta["backbone"],

@@ -30,7 +30,8 @@ ADAM_EPS = 1e-8
 
 
 class MLPHead(ClassifierMixin, BaseEstimator):
-    """One hidden layer of ``hidden`` ReLU units, softmax output; see the module's docstring for the recipe."""
+    """One hidden layer of ``hidden`` ReLU units; a logistic output unit for two classes, else a softmax. See the
+    module's docstring for the recipe."""
 
     def __init__(
         self,

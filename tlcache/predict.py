@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 from tlcache.backbones import create_backbone
 from tlcache.embed import embed_source
 from tlcache.heads import check_head_matches, predict_rows
-from tlcache.runs import load_head
+from tlcache.runs import load_head, write_predictions
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -75,16 +74,10 @@ def predict(
     has_truth = bool((true_labels >= 0).any())
     store_classes = store.class_names
 
-    header = ["id", "label"] + [f"prob_{name}" for name in column_names] + (["true_label"] if has_truth else [])
+    truth = [store_classes[t] if t >= 0 else "" for t in true_labels] if has_truth else None
     handle = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
     try:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row_id, label, probs, truth in zip(store.ids(), predicted, probabilities, true_labels):
-            row = [row_id, label] + [f"{p:.6f}" for p in probs]
-            if has_truth:
-                row.append(store_classes[truth] if truth >= 0 else "")
-            writer.writerow(row)
+        write_predictions(handle, store.ids(), predicted, probabilities, column_names, truth)
     finally:
         if out is not None:
             handle.close()

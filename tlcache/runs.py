@@ -5,7 +5,9 @@ beside its model (see :mod:`tlcache.backbones.finetuned`)."""
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -19,6 +21,7 @@ SIDECAR_FILE = "head.json"
 REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 FIGURE_FILES = {"confusion": "confusion.png", "reliability": "reliability.png", "sweep": "sweep.png"}
+PREDICTIONS_FILE = "predictions.csv"
 LEADERBOARD_FILE = "leaderboard.json"
 LEADERBOARD_MARKDOWN = "leaderboard.md"
 # What must agree between the features a head was fitted on and the features it is given.
@@ -146,6 +149,30 @@ def write_report(report: RunReport, out_dir: Path) -> dict[str, Path]:
     paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
     paths.update(render_figures(report, _figure_paths(out_dir)))
     return paths
+
+
+def write_predictions(
+    handle, ids: Sequence[str], predicted: Sequence[str], probabilities, classes: Sequence[str], truth=None
+) -> None:
+    """Per-item predictions as CSV to an open text ``handle``: id, label (predicted), one ``prob_<class>`` per
+    class of ``classes`` (the columns of ``probabilities``), and true_label when ``truth`` is given (names, ""
+    for an unlabelled item). The format of `tlcache predict` and of each run's predictions.csv."""
+    writer = csv.writer(handle)
+    writer.writerow(
+        ["id", "label", *(f"prob_{name}" for name in classes), *(["true_label"] if truth is not None else [])]
+    )
+    for index, (row_id, label, probs) in enumerate(zip(ids, predicted, probabilities)):
+        writer.writerow([row_id, label, *(f"{p:.6f}" for p in probs), *([truth[index]] if truth is not None else [])])
+
+
+def save_predictions(out_dir: Path, ids, predicted, probabilities, classes: Sequence[str], truth) -> Path:
+    """predictions.csv in a run folder: every test item's prediction beside its true class (see
+    :func:`write_predictions`), so that users can run their own paired tests. Written to a temporary name and
+    renamed: a reader never sees half a file."""
+    partial = out_dir / f".{PREDICTIONS_FILE}.partial"
+    with open(partial, "w", newline="", encoding="utf-8") as handle:
+        write_predictions(handle, ids, predicted, probabilities, classes, truth)
+    return partial.replace(out_dir / PREDICTIONS_FILE)
 
 
 def read_report(run_dir: str | Path) -> RunReport:

@@ -23,7 +23,7 @@ from tlcache.finetune.trainer import CHECKPOINT_FILE, Trainer, start_or_resume
 from tlcache.images import check_images
 from tlcache.provenance import utc_now
 from tlcache.report import GroupMetrics, RunReport, classification_metrics, group_metrics
-from tlcache.runs import HeadRun, default_finetune_dir, write_report
+from tlcache.runs import HeadRun, default_finetune_dir, save_predictions, write_report
 from tlcache.sources import Source, load_source
 
 
@@ -87,7 +87,8 @@ def finetune(
     trainer = Trainer(model, data, config, out_dir, progress)
     history = trainer.run(state, identity)
 
-    y_pred = trainer.predict("test").argmax(axis=1)
+    logits = trainer.predict("test")
+    y_pred = logits.argmax(axis=1)
     report = _report(src, splits, config, model, history, y_pred, time.perf_counter() - started)
     record = {
         "config": asdict(config),
@@ -96,9 +97,21 @@ def finetune(
         "created": report["created"],
     }
     write_finetuned_model(out_dir, bb, model.module["head"], splits.classes, record)
+    _write_test_predictions(out_dir, src, splits, logits)
     write_report(report, out_dir)
     (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the run is complete: the model files replace it
     return FinetuneRun(out_dir, report)
+
+
+def _write_test_predictions(out_dir: Path, src: Source, splits: Splits, logits: np.ndarray) -> None:
+    """predictions.csv: every test item's predicted class and softmax probabilities, as fit-head writes them."""
+    source = splits.test_source if splits.test_source is not None else src
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    classes = splits.classes
+    ids = [source.ids[row] for row in splits.rows["test"]]
+    truth = [classes[label] for label in splits.labels["test"]]
+    save_predictions(out_dir, ids, [classes[c] for c in logits.argmax(axis=1)], probabilities, classes, truth)
 
 
 def _check_request(bb, src: Source, config: FinetuneConfig) -> None:

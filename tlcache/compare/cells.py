@@ -1,0 +1,77 @@
+"""The cells of a comparison: one (method, shots, seed) run each, saved the moment it ends.
+
+A cell's file holds its result and the identity of the comparison it belongs to (the data, the backbone, the
+settings that change its numbers). A rerun loads every finished cell of the same identity instead of running it
+again, so a killed comparison resumes where it stopped, and adding a method or a shot count runs only the new
+cells. A file is written under a temporary name and renamed, so a cell that reads as finished is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tlcache.errors import UserError
+
+CELLS_DIR = "cells"
+KINDS = ("frozen", "finetune")
+
+
+@dataclass(frozen=True)
+class CellKey:
+    method: str  # a head (logreg, svm, mlp, ...) or a fine-tune (ft, lp-ft)
+    kind: str  # "frozen" or "finetune"
+    shots: int | str  # labelled items per class, or "all"
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.shots}-seed{self.seed}"
+
+
+def cell_path(out_dir: Path, key: CellKey) -> Path:
+    return out_dir / CELLS_DIR / f"{key.name}.json"
+
+
+def load_cell(out_dir: Path, key: CellKey, identity: dict) -> dict | None:
+    """The finished cell's result, or None when it has not run. A cell of another comparison in the same folder is
+    refused in one line: its numbers belong to other data or settings."""
+    path = cell_path(out_dir, key)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is not a readable cell ({error}); delete it to run that cell again") from None
+    if saved.get("identity") != identity:
+        raise UserError(
+            f"{out_dir} holds a comparison of other data or settings ({path.name}); use another --out or delete it"
+        )
+    return saved["result"]
+
+
+def save_cell(out_dir: Path, key: CellKey, identity: dict, result: dict) -> None:
+    path = cell_path(out_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    record = {"cell": asdict(key), "identity": identity, "result": result}
+    partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def run_cells(
+    out_dir: Path, keys: Iterable[CellKey], identity: dict, run_one: Callable[[CellKey], dict], report=print
+) -> tuple[list[dict], int]:
+    """Every cell's result (with its key's fields), running only those not finished yet; and how many ran."""
+    results, ran = [], 0
+    for key in keys:
+        result = load_cell(out_dir, key, identity)
+        if result is None:
+            result = run_one(key)
+            save_cell(out_dir, key, identity, result)
+            ran += 1
+            report(f"  {key.name}: accuracy {result['accuracy']:.4f} ({result['seconds']:.1f} s)")
+        results.append({**asdict(key), **result})
+    return results, ran

@@ -1,0 +1,213 @@
+"""`tlcache compare`: frozen heads against fine-tuning, on the same training draws, seeds and test items.
+
+Every method runs on the same cells: for each number of labelled items per class ("shots", or all of them) and
+each seed, the same training items are drawn (the seed draws them) and the same test items score every method.
+Frozen heads fit on features embedded once through the cache; fine-tunes train the backbone itself. Every choice
+(a head's regularisation, a fine-tune's epoch) is made on validation data carved from the training items; the test
+items are scored once per cell. Cells are saved as they end (tlcache.compare.cells), so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlcache.compare.cells import CellKey, run_cells
+from tlcache.compare.summary import summarise, write_compare_report
+from tlcache.errors import UserError, check_choice
+from tlcache.finetune.config import FinetuneConfig
+from tlcache.heads import HEADS, make_head
+from tlcache.report import classification_metrics
+from tlcache.sources import Source, load_source
+from tlcache.splits import remap_labels, sample_shots, stratified_split
+from tlcache.store import FeatureStore
+
+DEFAULT_HEADS = ("logreg", "svm", "mlp")
+FINETUNES = ("ft", "lp-ft")  # the fine-tune stage from the pretrained weights, and from a linear-probe warm start
+DEFAULT_SHOTS: tuple[int | str, ...] = (4, 16, 64, "all")
+TEST_SPLIT_SEED = 0  # the held-out test items, when no --test is given: the same for every seed and method
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    cells: list[dict]
+    ran: int  # cells computed by this call (the others were finished before)
+    summary: dict
+
+
+def compare(
+    train: str | Path,
+    *,
+    test: str | Path | None = None,
+    test_fraction: float = 0.2,
+    backbone: str | None = None,
+    heads: tuple[str, ...] = DEFAULT_HEADS,
+    finetunes: tuple[str, ...] = FINETUNES,
+    shots: tuple[int | str, ...] = DEFAULT_SHOTS,
+    repeats: int = 3,
+    out: str | Path = "runs/compare",
+    cache: str | Path | None = None,
+    finetune_config: FinetuneConfig | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+    **backbone_options,
+) -> CompareResult:
+    """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
+    learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all";
+    ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``finetune_config`` sets the
+    fine-tunes (its seed and LP-FT switch are the cell's); ``precision`` is the frozen features' (see
+    :func:`tlcache.embed.embed_source`); other keyword arguments choose the backbone's layer, pooling, image size,
+    as for ``embed``."""
+    from tlcache.embed import DEFAULT_BACKBONES, embed_source
+
+    _check_request(heads, finetunes, shots, repeats)
+    config = finetune_config or FinetuneConfig()
+    config.validate()
+    train_src, test_src, description = _split(load_source(train), test, test_fraction)
+    backbone = backbone or DEFAULT_BACKBONES[train_src.modality]
+    embedded = [
+        embed_source(
+            part, backbone, out=cache, device=device, precision=precision, progress=progress, **backbone_options
+        )
+        for part in (train_src, test_src)
+    ]
+    data = _Data(train_src, test_src, FeatureStore(embedded[0].path), FeatureStore(embedded[1].path))
+    out_dir = Path(out)
+    identity = {
+        "train": train_src.fingerprint,
+        "test": test_src.fingerprint,
+        "features": embedded[0].key,
+        "backbone": backbone,
+        "backbone_options": backbone_options,
+        "finetune": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seed", "lp_ft")},
+    }
+    keys = [
+        CellKey(method, kind, shot, seed)
+        for shot in shots
+        for seed in range(repeats)
+        for kind, methods in (("frozen", heads), ("finetune", finetunes))
+        for method in methods
+    ]
+
+    def run_one(key: CellKey) -> dict:
+        rows = data.draw(key.shots, key.seed)
+        if key.kind == "frozen":
+            return _frozen_cell(data, key, rows)
+        tuned = dataclasses.replace(config, seed=key.seed, lp_ft=key.method == "lp-ft")
+        return _finetune_cell(data, key, rows, backbone, tuned, out_dir, cache, device, backbone_options)
+
+    cells, ran = run_cells(out_dir, keys, identity, run_one, report=print if progress else lambda _: None)
+    summary = summarise(cells, data.class_names, description, backbone, data.items_per_class())
+    write_compare_report(summary, out_dir)
+    return CompareResult(out_dir, cells, ran, summary)
+
+
+def _check_request(heads, finetunes, shots, repeats: int) -> None:
+    for head in heads:
+        check_choice("--heads", head, [h for h in HEADS if h != "sgd"])
+    for method in finetunes:
+        check_choice("--finetune", method, FINETUNES)
+    if not heads and not finetunes:
+        raise UserError("compare needs a method: give --heads, --finetune or both")
+    for shot in shots:
+        if shot != "all" and (not isinstance(shot, int) or shot < 1):
+            raise UserError(f"--shots {shot} must be a whole number of 1 or more, or all")
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats} must be 1 or more")
+
+
+def _split(src: Source, test, test_fraction: float) -> tuple[Source, Source, str]:
+    """(training source, test source, the test items in words): ``test`` as given, or a stratified
+    ``test_fraction`` of ``src`` held out once (seed TEST_SPLIT_SEED), the same items for every cell."""
+    labels = np.asarray(src.label_indices)
+    labelled = np.flatnonzero(labels >= 0)
+    if len(src.class_names) < 2:
+        raise UserError(f"{src.path}: compare needs labelled items of two classes or more")
+    if test is not None:
+        return src.subset(labelled), load_source(test), f"source {test}"
+    train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, TEST_SPLIT_SEED, str(src.path))
+    return src.subset(train_rows), src.subset(test_rows), f"{test_fraction:g} of {src.path} held out, stratified"
+
+
+@dataclass
+class _Data:
+    """The sources and their feature stores, and the labels the cells need."""
+
+    train: Source
+    test: Source
+    train_store: FeatureStore
+    test_store: FeatureStore
+
+    def __post_init__(self) -> None:
+        self.class_names = self.train_store.class_names
+        self.labels = self.train_store.labels()
+        test_labels = self.test_store.labels()
+        self.test_rows = np.flatnonzero(test_labels >= 0)
+        where = f"test source {self.test.path}"
+        self.y_test = remap_labels(test_labels[self.test_rows], self.test_store.class_names, self.class_names, where)
+
+    def draw(self, shots: int | str, seed: int) -> np.ndarray:
+        """The training rows of a cell: all labelled ones, or ``shots`` of each class drawn with ``seed``."""
+        labelled = np.flatnonzero(self.labels >= 0)
+        if shots == "all":
+            return labelled
+        return sample_shots(labelled, self.labels, int(shots), seed, str(self.train.path))
+
+    def items_per_class(self) -> float:
+        """What "all" means in labelled items per class (the mean over classes), for the learning curve."""
+        labelled = self.labels[self.labels >= 0]
+        return float(len(labelled) / len(np.unique(labelled)))
+
+
+def _frozen_cell(data: _Data, key: CellKey, rows: np.ndarray) -> dict:
+    """A head fitted on cached features of ``rows`` (its sweep on held-out training rows), scored on the test."""
+    started = time.perf_counter()
+    X = data.train_store.features()
+    pipeline = make_head(key.method, key.seed, n_train=len(rows)).fit(X[rows], data.labels[rows])
+    predicted = pipeline.predict(data.test_store.features()[data.test_rows])
+    return _scored(data, predicted, time.perf_counter() - started, cached=True)
+
+
+def _finetune_cell(data: _Data, key, rows, backbone, config, out_dir: Path, cache, device, backbone_options) -> dict:
+    """The fine-tune stage on the items of ``rows`` (its epoch chosen on validation items carved from them),
+    scored on the test items through its predictions.csv."""
+    import pandas as pd
+
+    from tlcache.finetune import finetune
+
+    started = time.perf_counter()
+    run = finetune(
+        data.train.subset(rows),
+        backbone,
+        test=data.test,
+        out=out_dir / "finetunes" / key.name,
+        config=config,
+        cache=cache,
+        device=device,
+        progress=False,
+        **backbone_options,
+    )
+    tested = pd.read_csv(run.out_dir / "predictions.csv", dtype={"id": str}, keep_default_na=False)
+    by_id = dict(zip(tested["id"], tested["label"]))
+    index = {name: i for i, name in enumerate(data.class_names)}
+    ids = data.test_store.ids()
+    predicted = np.array([index[by_id[ids[row]]] for row in data.test_rows])
+    return _scored(data, predicted, time.perf_counter() - started, cached=False)
+
+
+def _scored(data: _Data, predicted: np.ndarray, seconds: float, cached: bool) -> dict:
+    metrics = classification_metrics(data.y_test, predicted, data.class_names)
+    correct = (predicted == data.y_test).astype(int)
+    return {
+        "accuracy": float(metrics["accuracy"]),
+        "macro_f1": float(metrics["macro_f1"]),
+        "seconds": round(seconds, 3),
+        "cached": cached,
+        "correct": correct.tolist(),
+    }

@@ -1,0 +1,159 @@
+"""The report of a comparison: a row per (method, shots) with its spread over seeds and an interval over test
+items, the paired verdicts of tlcache.compare.stats, and two plots (the learning curve, accuracy against time).
+Written as compare.json, compare.md, learning_curve.png and accuracy_time.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tlcache.compare.stats import recommend
+
+JSON_FILE, MARKDOWN_FILE = "compare.json", "compare.md"
+FIGURES = {"learning_curve": "learning_curve.png", "accuracy_time": "accuracy_time.png"}
+BOOTSTRAP_RESAMPLES = 2000
+LEVEL = 0.95
+
+
+def summarise(cells: list[dict], classes: list[str], test: str, backbone: str, all_per_class: float) -> dict:
+    """The comparison in numbers: one row per (method, shots), the recommendation, and what "all" stands for."""
+    groups: dict = {}
+    for cell in cells:
+        groups.setdefault((cell["method"], cell["shots"]), []).append(cell)
+    rows = [_row(method, shots, group) for (method, shots), group in groups.items()]
+    return {
+        "backbone": backbone,
+        "classes": classes,
+        "test": test,
+        "n_test": len(cells[0]["correct"]) if cells else 0,
+        "all_per_class": all_per_class,
+        "rows": rows,
+        "recommendation": recommend(cells),
+    }
+
+
+def _row(method: str, shots, group: list[dict]) -> dict:
+    accuracies = [cell["accuracy"] for cell in group]
+    low, high = _interval(np.array([cell["correct"] for cell in group], dtype=bool))
+    return {
+        "method": method,
+        "kind": group[0]["kind"],
+        "shots": shots,
+        "seeds": [cell["seed"] for cell in group],
+        "accuracy": float(np.mean(accuracies)),
+        "accuracy_std": float(np.std(accuracies)),
+        "interval": [low, high],
+        "macro_f1": float(np.mean([cell["macro_f1"] for cell in group])),
+        "seconds": float(np.mean([cell["seconds"] for cell in group])),
+        "cached": all(cell["cached"] for cell in group),
+    }
+
+
+def _interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean accuracy over seeds, resampling test items (the same items
+    score every seed, so they are resampled together). ``correct`` is (seeds, items)."""
+    rng = np.random.default_rng(seed)
+    n = correct.shape[1]
+    means = [correct[:, rng.integers(0, n, n)].mean() for _ in range(BOOTSTRAP_RESAMPLES)]
+    tail = 50 * (1 - LEVEL)
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def write_compare_report(summary: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / JSON_FILE, "markdown": out_dir / MARKDOWN_FILE}
+    paths.update({name: out_dir / file for name, file in FIGURES.items()})
+    paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(summary), encoding="utf-8")
+    plot_learning_curve(summary, paths["learning_curve"])
+    plot_accuracy_time(summary, paths["accuracy_time"])
+    return paths
+
+
+def _shots_words(shots) -> str:
+    return "all" if shots == "all" else str(shots)
+
+
+def render_markdown(summary: dict) -> str:
+    advice = summary["recommendation"]
+    lines = [
+        f"# Frozen or fine-tune? {summary['backbone']} on {len(summary['classes'])} classes",
+        "",
+        f"**{advice['headline']}**" + (f". {advice['crossing']}." if advice["crossing"] else "."),
+        "",
+        f"Test items: {summary['test']} ({summary['n_test']} items, the same for every cell). Every choice (a "
+        "head's regularisation, a fine-tune's epoch) was made on validation items carved from the training items.",
+        "",
+        "| method | kind | items per class | accuracy | ± std over seeds | 95% interval (test items) | macro F1 | "
+        "s per run | cached |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for row in summary["rows"]:
+        low, high = row["interval"]
+        lines.append(
+            f"| {row['method']} | {row['kind']} | {_shots_words(row['shots'])} | {row['accuracy']:.4f} | "
+            f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.2f} | "
+            f"{'features' if row['cached'] else 'no'} |"
+        )
+    lines += ["", "## The paired tests", "", f"Rule: {advice['rule']} (alpha {advice['alpha']:g})", ""]
+    lines += ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
+    lines += ["|---:|---|---|---:|---|---|"]
+    for row in advice["by_shots"]:
+        difference = "" if row["difference_points"] is None else f"{row['difference_points']:+.1f}"
+        p_values = ", ".join(f"{p:.3g}" for p in row["p_values"])
+        lines.append(
+            f"| {_shots_words(row['shots'])} | {row['best_frozen'] or ''} | {row['best_finetune'] or ''} | "
+            f"{difference} | {p_values} | {row['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _x(shots, all_per_class: float) -> float:
+    return all_per_class if shots == "all" else float(shots)
+
+
+def plot_learning_curve(summary: dict, path: Path) -> None:
+    """Accuracy against labelled items per class (log axis), one line per method with its interval as a band."""
+    from tlcache.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(row["method"] for row in summary["rows"]):
+        rows = sorted(
+            (r for r in summary["rows"] if r["method"] == method),
+            key=lambda r: _x(r["shots"], summary["all_per_class"]),
+        )
+        x = [_x(r["shots"], summary["all_per_class"]) for r in rows]
+        style = "-" if rows[0]["kind"] == "frozen" else "--"
+        ax.plot(x, [r["accuracy"] for r in rows], style, marker="o", label=f"{method} ({rows[0]['kind']})")
+        ax.fill_between(x, [r["interval"][0] for r in rows], [r["interval"][1] for r in rows], alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled items per class (the last point: all of them)")
+    ax.set_ylabel("test accuracy (mean over seeds, 95% band)")
+    ax.set_title("learning curves")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_accuracy_time(summary: dict, path: Path) -> None:
+    """Accuracy against wall time per run (log axis), one point per (method, shots)."""
+    from tlcache.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in summary["rows"]:
+        marker = "o" if row["kind"] == "frozen" else "s"
+        ax.scatter(row["seconds"], row["accuracy"], marker=marker)
+        ax.annotate(f"{row['method']} @{_shots_words(row['shots'])}", (row["seconds"], row["accuracy"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time per run, s (frozen: fitting on cached features)")
+    ax.set_ylabel("test accuracy (mean over seeds)")
+    ax.set_title("accuracy against time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
