@@ -103,7 +103,8 @@ def compare(
         return _finetune_cell(data, key, rows, backbone, tuned, out_dir, cache, device, backbone_options)
 
     cells, ran = run_cells(out_dir, keys, identity, run_one, report=print if progress else lambda _: None)
-    summary = summarise(cells, data.class_names, description, backbone, data.items_per_class())
+    embed_seconds = sum(result.seconds for result in embedded)
+    summary = summarise(cells, data.class_names, description, backbone, data.items_per_class(), embed_seconds)
     write_compare_report(summary, out_dir)
     return CompareResult(out_dir, cells, ran, summary)
 
