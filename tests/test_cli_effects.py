@@ -575,7 +575,37 @@ PATIENCE = HERE + "test_finetune_patience_stops_early_on_a_table_with_its_own_co
 DEFAULT_PRECISION = HERE + "test_finetune_default_precision_trains_the_layers_that_feed_the_features"
 EMBED_RUN = HERE + "test_embed_batch_size_device_workers_and_compile_are_recorded_and_keep_the_features"
 PREDICT_TABLE = HERE + "test_predict_a_tsv_with_its_own_column_names"
+COMPARE = "test_compare.py::"
+COMPARE_CELLS = COMPARE + "test_compare_command_runs_the_cells_its_options_name"
+COMPARE_COLUMNS = COMPARE + "test_compare_command_reads_named_columns_and_holds_out_a_fraction"
+COMPARE_IMAGES = COMPARE + "test_compare_command_on_images_with_backbone_options"
 ADDED = {
+    "compare": {
+        "source": COMPARE_CELLS,
+        "--test": COMPARE_CELLS,
+        "--test-fraction": COMPARE_COLUMNS,
+        "--backbone": COMPARE_CELLS,
+        "--weights": COMPARE_IMAGES,
+        "--crop-ratio": COMPARE_IMAGES,
+        "--image-size": COMPARE_IMAGES,
+        "--layer": COMPARE + "test_compare_command_takes_a_layer_and_pooling_for_the_frozen_features",
+        "--pool": COMPARE + "test_compare_command_takes_a_layer_and_pooling_for_the_frozen_features",
+        "--heads": COMPARE_CELLS,
+        "--finetune": COMPARE_CELLS,
+        "--shots": COMPARE_CELLS,
+        "--repeats": COMPARE_CELLS,
+        **{option: COMPARE_CELLS for option in ("--strategy", "--epochs", "--head-epochs", "--lr", "--head-lr")},
+        **{option: COMPARE_CELLS for option in ("--layer-decay", "--warmup", "--weight-decay", "--clip")},
+        **{option: COMPARE_CELLS for option in ("--batch-size", "--accumulate", "--augment", "--label-smoothing")},
+        **{option: COMPARE_CELLS for option in ("--val-fraction", "--patience", "--norm-stats", "--precision")},
+        "--mixup": COMPARE_IMAGES,
+        "--out": COMPARE_CELLS,
+        "--cache": COMPARE_CELLS,
+        "--device": COMPARE_CELLS,
+        **{option: COMPARE_COLUMNS for option in ("--text-column", "--label-column", "--id-column", "--group-column")},
+        "--no-progress": COMPARE_CELLS,
+        "--json": COMPARE_CELLS,
+    },
     "embed": {
         "--crop-ratio": HERE + "test_embed_crop_ratio_and_image_size_change_the_preprocessing",
         "--image-size": HERE + "test_embed_crop_ratio_and_image_size_change_the_preprocessing",

@@ -12,6 +12,7 @@ from tlcache.compare import run as compare_run
 from tlcache.compare.cells import CELLS_DIR
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
+from tlcache.store import FeatureStore
 
 FAST = FinetuneConfig(epochs=1, batch_size=8, precision="fp32", lr=1e-3, head_lr=1e-2, patience=0, val_fraction=0.25)
 
@@ -118,3 +119,106 @@ def test_bad_requests_get_one_line_before_any_work(texts, tiny_bert_dir, overrid
     with pytest.raises(UserError, match=message):
         _run(texts, tiny_bert_dir, **overrides)
     assert not (texts / "cache").exists()
+
+
+# The command line: each option's effect (listed in test_cli_effects.OPTION_TESTS).
+
+SETTINGS = {  # every fine-tune setting of `tlcache compare`, away from its default: (as typed, as recorded)
+    "--strategy": ("top-1", "top-1"),
+    "--epochs": ("2", 2),
+    "--head-epochs": ("1", 1),
+    "--lr": ("0.002", 0.002),
+    "--head-lr": ("0.003", 0.003),
+    "--layer-decay": ("0.9", 0.9),
+    "--warmup": ("0.2", 0.2),
+    "--weight-decay": ("0.02", 0.02),
+    "--clip": ("0.5", 0.5),
+    "--batch-size": ("4", 4),
+    "--accumulate": ("2", 2),
+    "--augment": ("flip", ["flip"]),
+    "--label-smoothing": ("0.1", 0.1),
+    "--val-fraction": ("0.3", 0.3),
+    "--patience": ("1", 1),
+    "--norm-stats": ("train", "train"),
+    "--precision": ("fp32", "fp32"),
+}
+
+
+def test_compare_command_runs_the_cells_its_options_name(texts, tiny_bert_dir):
+    from test_cli import run
+
+    settings = [part for option, (typed, _) in SETTINGS.items() for part in (option, typed)]
+    arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg,knn"]
+    arguments += ["--finetune", "ft", "--shots", "4,all", "--repeats", "2", "--out", "cmp", "--cache", "features"]
+    result = run("compare", *arguments, "--device", "cpu", *settings, "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["ran"] == 12 and "accuracy" not in result.stderr  # 3 methods x 2 shot counts x 2 seeds
+    assert {(row["method"], row["shots"]) for row in payload["rows"]} == {
+        (m, s) for m in ("logreg", "knn", "ft") for s in (4, "all")
+    }
+    assert all(row["seeds"] == [0, 1] for row in payload["rows"])
+    assert sorted(p.suffix for p in (texts / "features").glob("*.h5")) == [".h5", ".h5"]
+    assert {FeatureStore(p).meta["precision"] for p in (texts / "features").glob("*.h5")} == {"fp32"}
+    report = json.loads((texts / "cmp" / "finetunes" / "ft-4-seed1" / "report.json").read_text())
+    config = report["finetune"]["config"]
+    assert report["finetune"]["device"] == "cpu" and config["seed"] == 1 and config["lp_ft"] is False
+    assert {option: config[option[2:].replace("-", "_")] for option in SETTINGS} == {
+        option: recorded for option, (_, recorded) in SETTINGS.items()
+    }
+
+
+def test_compare_command_reads_named_columns_and_holds_out_a_fraction(tmp_path, tiny_bert_dir):
+    from test_cli_effects import write_table
+
+    from test_cli import run
+
+    write_table(tmp_path / "table.csv", n=40)
+    columns = ["--text-column", "review", "--label-column", "stars", "--id-column", "uid", "--group-column", "region"]
+    arguments = ["table.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg", "--finetune", "ft", "--shots", "all"]
+    arguments += ["--repeats", "1", "--test-fraction", "0.25", "--epochs", "1", "--precision", "fp32"]
+    result = run("compare", *arguments, *columns)
+    assert result.exit_code == 0, result.output
+    assert "ft-all-seed0: accuracy" in result.stdout and "cells run, 0 reused" in result.stdout
+    summary = json.loads((tmp_path / "runs" / "compare-table" / "compare.json").read_text())
+    assert summary["n_test"] == 10 and summary["classes"] == ["neg", "pos"]
+    tested = (tmp_path / "runs" / "compare-table" / "finetunes" / "ft-all-seed0" / "predictions.csv").read_text()
+    assert tested.splitlines()[1].startswith("u0")  # the ids of --id-column
+    stores = [FeatureStore(p) for p in (tmp_path / "tlcache-home").glob("*.h5")]
+    assert {s.meta["source_options"]["group_column"] for s in stores} == {"region"}
+
+
+def test_compare_command_on_images_with_backbone_options(tmp_path, resnet18_weights):
+    from conftest import write_image_folder
+    from test_cli import run
+
+    write_image_folder(tmp_path / "shapes", per_class=10)
+    arguments = ["shapes", "-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", "32"]
+    arguments += ["--crop-ratio", "1", "--heads", "logreg", "--finetune", "ft", "--shots", "all", "--repeats", "1"]
+    arguments += ["--epochs", "1", "--mixup", "0.2", "--precision", "fp32", "--no-progress"]
+    result = run("compare", *arguments)
+    assert result.exit_code == 0, result.output
+    store = FeatureStore(next((tmp_path / "tlcache-home").glob("*.h5")))
+    preprocessing = store.meta["preprocessing"]
+    assert (preprocessing["crop_ratio"], preprocessing["resize_shorter"], preprocessing["center_crop"]) == (1.0, 32, 32)
+    assert store.meta["backbone_spec"]["weights"] == str(resnet18_weights)
+    report = json.loads(
+        (tmp_path / "runs" / "compare-shapes" / "finetunes" / "ft-all-seed0" / "report.json").read_text()
+    )
+    assert report["finetune"]["config"]["mixup"] == 0.2
+
+
+def test_compare_command_takes_a_layer_and_pooling_for_the_frozen_features(texts, tiny_bert_dir):
+    from test_cli import run
+
+    arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--layer", "-2", "--pool", "cls"]
+    result = run("compare", *arguments, "--heads", "logreg", "--finetune", "none", "--shots", "all", "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    stores = [FeatureStore(p) for p in (texts / "tlcache-home").glob("*.h5")]
+    assert {(s.meta["layer"], s.meta["pooling"]) for s in stores} == {("-2", "cls")}
+
+
+def test_compare_command_refuses_bad_shots_in_one_line(texts):
+    from test_cli import assert_user_error, run
+
+    assert_user_error(run("compare", "train.csv", "--shots", "4,many"), "--shots many is not a count")

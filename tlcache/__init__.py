@@ -12,6 +12,7 @@ function here; ``__all__`` is the public API the README shows.
 
 from tlcache.backbones import Backbone, create_backbone, list_backbones
 from tlcache.cache import collect_garbage, list_stores
+from tlcache.compare import CompareResult, compare
 from tlcache.embed import EmbedResult, embed_source
 from tlcache.errors import UserError
 from tlcache.finetune import FinetuneConfig, FinetuneRun, finetune
@@ -34,6 +35,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Backbone",
+    "CompareResult",
     "EmbedResult",
     "Embedder",
     "FeatureStore",
@@ -43,6 +45,7 @@ __all__ = [
     "PredictResult",
     "UserError",
     "collect_garbage",
+    "compare",
     "create_backbone",
     "embed_source",
     "finetune",

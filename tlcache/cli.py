@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from tlcache.cli_compare import compare
 from tlcache.cli_options import (
     SOURCE_OPTIONS,
     backbone_options,
@@ -440,6 +441,9 @@ def _table(rows: list[tuple]) -> None:
 
 def main() -> None:
     cli(prog_name="tlcache")
+
+
+cli.add_command(compare)
 
 
 if __name__ == "__main__":

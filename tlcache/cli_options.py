@@ -99,15 +99,18 @@ source_options = options(
 )
 
 
-def config_options(config_class: type) -> Callable:
+def config_options(config_class: type, exclude: tuple[str, ...] = ()) -> Callable:
     """One option per field of a settings dataclass whose fields carry ``help`` (and ``min``, ``choices`` or
-    ``items``) in their metadata, with the field's default: see :func:`tlcache.finetune.config.setting`."""
-    return options(*(_field_option(f) for f in dataclasses.fields(config_class)))
+    ``items``) in their metadata, with the field's default: see :func:`tlcache.finetune.config.setting`. Fields
+    in ``exclude`` get none (a command that sets them itself)."""
+    return options(*(_field_option(f) for f in dataclasses.fields(config_class) if f.name not in exclude))
 
 
-def config_from_options(config_class: type, values: dict[str, Any]):
-    """The dataclass made from its options' values, which are removed from a command's keyword arguments."""
-    return config_class(**take(values, tuple(f.name for f in dataclasses.fields(config_class))))
+def config_from_options(config_class: type, values: dict[str, Any], exclude: tuple[str, ...] = ()):
+    """The dataclass made from its options' values, which are removed from a command's keyword arguments; fields
+    in ``exclude`` keep their defaults."""
+    names = tuple(f.name for f in dataclasses.fields(config_class) if f.name not in exclude)
+    return config_class(**take(values, names))
 
 
 def _field_option(f: dataclasses.Field) -> Callable:

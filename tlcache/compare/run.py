@@ -56,6 +56,7 @@ def compare(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
+    source_options: dict | None = None,
     **backbone_options,
 ) -> CompareResult:
     """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
@@ -63,13 +64,14 @@ def compare(
     ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``finetune_config`` sets the
     fine-tunes (its seed and LP-FT switch are the cell's); ``precision`` is the frozen features' (see
     :func:`tlcache.embed.embed_source`); other keyword arguments choose the backbone's layer, pooling, image size,
-    as for ``embed``."""
+    as for ``embed``; ``source_options`` name the columns of CSV/JSONL sources, as for ``load_source``."""
     from tlcache.embed import DEFAULT_BACKBONES, embed_source
 
     _check_request(heads, finetunes, shots, repeats)
     config = finetune_config or FinetuneConfig()
     config.validate()
-    train_src, test_src, description = _split(load_source(train), test, test_fraction)
+    source_options = source_options or {}
+    train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
     backbone = backbone or DEFAULT_BACKBONES[train_src.modality]
     embedded = [
         embed_source(
@@ -123,7 +125,7 @@ def _check_request(heads, finetunes, shots, repeats: int) -> None:
         raise UserError(f"--repeats {repeats} must be 1 or more")
 
 
-def _split(src: Source, test, test_fraction: float) -> tuple[Source, Source, str]:
+def _split(src: Source, test, test_fraction: float, source_options: dict) -> tuple[Source, Source, str]:
     """(training source, test source, the test items in words): ``test`` as given, or a stratified
     ``test_fraction`` of ``src`` held out once (seed TEST_SPLIT_SEED), the same items for every cell."""
     labels = np.asarray(src.label_indices)
@@ -131,7 +133,7 @@ def _split(src: Source, test, test_fraction: float) -> tuple[Source, Source, str
     if len(src.class_names) < 2:
         raise UserError(f"{src.path}: compare needs labelled items of two classes or more")
     if test is not None:
-        return src.subset(labelled), load_source(test), f"source {test}"
+        return src.subset(labelled), load_source(test, **source_options), f"source {test}"
     train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, TEST_SPLIT_SEED, str(src.path))
     return src.subset(train_rows), src.subset(test_rows), f"{test_fraction:g} of {src.path} held out, stratified"
 

@@ -1,0 +1,102 @@
+"""`tlcache compare`: the command line of tlcache.compare (frozen heads against fine-tuning on the user's data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tlcache.cli_options import (
+    SOURCE_OPTIONS,
+    backbone_options,
+    config_from_options,
+    config_options,
+    device_option,
+    json_option,
+    no_progress_option,
+    source_options,
+    take,
+)
+from tlcache.compare.run import DEFAULT_HEADS, DEFAULT_SHOTS, FINETUNES
+from tlcache.errors import UserError
+from tlcache.finetune.config import FinetuneConfig
+
+CELL_SETTINGS = ("seed", "lp_ft")  # each cell sets these itself: its seed, and LP-FT for the lp-ft method
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return () if text.strip() == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _shots(text: str) -> tuple[int | str, ...]:
+    shots = []
+    for part in _names(text):
+        if part != "all" and not part.isdigit():
+            raise UserError(f"--shots {part} is not a count: give whole numbers and all, e.g. 4,16,64,all")
+        shots.append(part if part == "all" else int(part))
+    return tuple(shots)
+
+
+@click.command()
+@click.argument("source")
+@click.option("--test", help="A labelled source with the same classes to test on [default: hold out --test-fraction].")
+@click.option(
+    "--test-fraction", type=float, default=0.2, show_default=True, help="Held out once for testing when no --test."
+)
+@click.option("--backbone", "-b", help="Backbone [default: efficientnet-lite0 for images, minilm for text].")
+@backbone_options
+@click.option("--heads", default=",".join(DEFAULT_HEADS), show_default=True, help="Frozen heads, or none.")
+@click.option("--finetune", "finetunes", default=",".join(FINETUNES), show_default=True, help="Fine-tunes, or none.")
+@click.option(
+    "--shots",
+    default=",".join(map(str, DEFAULT_SHOTS)),
+    show_default=True,
+    help="Labelled items per class to train on (all: every training item).",
+)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per cell.")
+@config_options(FinetuneConfig, exclude=CELL_SETTINGS)
+@click.option("--out", "-o", help="Folder of the comparison [default: runs/compare-<source name>].")
+@click.option("--cache", help="Where the frozen features are cached [default: $TLCACHE_HOME].")
+@device_option
+@source_options
+@no_progress_option
+@json_option
+def compare(source, heads, finetunes, shots, out, no_progress, as_json, **options) -> None:
+    """Frozen heads against fine-tuning on SOURCE: which gives the best accuracy for its cost, measured here.
+
+    Every method runs on the same cells: for each number of labelled items per class and each seed, the same
+    training items are drawn and the same test items score every method; each choice (a head's regularisation, a
+    fine-tune's epoch) is made on validation items carved from the training items. Each cell is saved as it ends:
+    run the same command again to resume, or with more --shots or methods to add only their cells. Writes
+    compare.json, compare.md, learning_curve.png and accuracy_time.png to --out, with a recommendation that
+    follows from paired tests (McNemar, seed by seed) by the rule it states.
+
+    \b
+    Examples:
+      tlcache compare reviews.csv --test test.csv --shots 8,32,all --repeats 3
+      tlcache compare photos/ --heads logreg,svm --finetune ft --epochs 5 --out runs/photos-compare
+      tlcache compare reviews.csv --finetune none --shots 4,16,all     # frozen heads only: seconds
+    """
+    from tlcache.compare import compare as run_compare
+
+    name = Path(source.rstrip("/")).stem or "source"
+    config = config_from_options(FinetuneConfig, options, exclude=CELL_SETTINGS)
+    result = run_compare(
+        source,
+        heads=_names(heads),
+        finetunes=_names(finetunes),
+        shots=_shots(shots),
+        out=out or Path("runs") / f"compare-{name}",
+        finetune_config=config,
+        precision=config.precision,  # one compute type for the frozen features and the fine-tunes
+        progress=not no_progress,
+        source_options=take(options, SOURCE_OPTIONS),
+        **options,
+    )
+    advice = result.summary["recommendation"]
+    if as_json:
+        click.echo(json.dumps({"out_dir": str(result.out_dir), "ran": result.ran, **result.summary}, indent=2))
+        return
+    click.echo(f"{advice['headline']}" + (f"; {advice['crossing']}" if advice["crossing"] else ""))
+    click.echo(f"{result.ran} cells run, {len(result.cells) - result.ran} reused -> {result.out_dir / 'compare.md'}")
