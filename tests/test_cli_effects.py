@@ -594,6 +594,7 @@ ADDED = {
         "--finetune": COMPARE_CELLS,
         "--shots": COMPARE_CELLS,
         "--repeats": COMPARE_CELLS,
+        "--budget": COMPARE + "test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one",
         **{option: COMPARE_CELLS for option in ("--strategy", "--epochs", "--head-epochs", "--lr", "--head-lr")},
         **{option: COMPARE_CELLS for option in ("--layer-decay", "--warmup", "--weight-decay", "--clip")},
         **{option: COMPARE_CELLS for option in ("--batch-size", "--accumulate", "--augment", "--label-smoothing")},

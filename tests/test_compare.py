@@ -97,6 +97,12 @@ def test_a_killed_compare_resumes_without_recomputing_a_finished_cell(texts, tin
     assert _run(texts, tiny_bert_dir, **options).ran == 0 and executed == []
 
 
+def test_more_shots_than_the_smallest_class_is_refused_before_any_cell(texts, tiny_bert_dir):
+    with pytest.raises(UserError, match="smallest class has 20 training items, fewer than --shots 21"):
+        _run(texts, tiny_bert_dir, shots=(4, 21, "all"))
+    assert not (texts / "cmp" / CELLS_DIR).exists()
+
+
 def test_a_folder_of_another_comparison_is_refused(texts, tiny_bert_dir):
     options = dict(heads=("logreg",), finetunes=(), shots=("all",), repeats=1)
     _run(texts, tiny_bert_dir, **options)
@@ -222,3 +228,43 @@ def test_compare_command_refuses_bad_shots_in_one_line(texts):
     from test_cli import assert_user_error, run
 
     assert_user_error(run("compare", "train.csv", "--shots", "4,many"), "--shots many is not a count")
+
+
+def test_a_budget_leaves_out_the_fine_tunes_that_would_not_fit_and_a_rerun_adds_them(texts, tiny_bert_dir, monkeypatch):
+    # The probe says 1 s per item pass: a fine-tune of 8 items is estimated at 8 x 1.25 + 20 test items = 30 s,
+    # of all 40 items at 70 s. The plan expects only the first of seed 0's curve to fit in 50 s; the cells take a
+    # second or two, so before each one the clock admits the next 30 s cell too, never a 70 s one.
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: 1.0)
+    options = dict(heads=("logreg",), finetunes=("ft",), shots=(4, "all"), repeats=2)
+    result = _run(texts, tiny_bert_dir, budget=50, **options)
+    left_out = [(c["method"], c["shots"], c["seed"]) for c in result.summary["budget"]["left_out"]]
+    assert left_out == [("ft", "all", 0), ("ft", "all", 1)]
+    assert result.ran == 6 and [c["shots"] for c in result.cells if c["kind"] == "finetune"] == [4, 4]
+    assert "Left out to stay within the budget of 50 s: ft at all, seed 0" in (texts / "cmp" / "compare.md").read_text()
+    # a rerun with time enough runs only the cells left out
+    assert _run(texts, tiny_bert_dir, budget=1000, **options).ran == 2
+
+
+def test_plan_lines_say_what_runs_and_what_is_left_out():
+    from tlcache.compare.cells import CellKey
+    from tlcache.compare.plan import Budget, finetune_order, plan_lines
+
+    keys = [CellKey("ft", "finetune", shots, seed) for shots in (4, "all") for seed in (0, 1)]
+    assert [k.name for k in finetune_order(keys)] == ["ft-4-seed0", "ft-all-seed0", "ft-4-seed1", "ft-all-seed1"]
+    lines = plan_lines([(key, 40.0) for key in finetune_order(keys)], Budget(100))
+    assert lines[0].startswith("plan: 2 of 4 fine-tune cells fit the budget of 100 s")
+    assert lines[1:] == ["  leaves out ft-4-seed1 (about 40 s)", "  leaves out ft-all-seed1 (about 40 s)"]
+    assert plan_lines([(keys[0], 40.0)], Budget(None)) == ["plan: 1 fine-tune cells, about 40 s (no --budget)"]
+
+
+def test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one(texts, tiny_bert_dir, monkeypatch):
+    from test_cli import assert_user_error, run
+
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: 1.0)
+    arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg"]
+    arguments += ["--finetune", "ft", "--shots", "4,all", "--repeats", "2", "--epochs", "1", "--val-fraction", "0.25"]
+    result = run("compare", *arguments, "--precision", "fp32", "--budget", "50s")
+    assert result.exit_code == 0, result.output
+    assert "plan: 1 of 4 fine-tune cells fit the budget of 50 s" in result.stdout
+    assert "2 left out to stay within --budget" in result.stdout
+    assert_user_error(run("compare", *arguments, "--budget", "soon"), "--budget soon is not a duration")

@@ -29,6 +29,18 @@ def _names(text: str) -> tuple[str, ...]:
     return () if text.strip() == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _seconds(text: str | None) -> float | None:
+    """A duration such as 90s, 20m, 1.5h or a number of seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise UserError(f"--budget {text} is not a duration: give e.g. 90s, 20m or 1.5h") from None
+
+
 def _shots(text: str) -> tuple[int | str, ...]:
     shots = []
     for part in _names(text):
@@ -55,6 +67,11 @@ def _shots(text: str) -> tuple[int | str, ...]:
     help="Labelled items per class to train on (all: every training item).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per cell.")
+@click.option(
+    "--budget",
+    help="Wall time to stay within, e.g. 20m: the fine-tune cells that would end past it are left out (after a "
+    "short timing probe, the plan is printed first) [default: no limit].",
+)
 @config_options(FinetuneConfig, exclude=CELL_SETTINGS)
 @click.option("--out", "-o", help="Folder of the comparison [default: runs/compare-<source name>].")
 @click.option("--cache", help="Where the frozen features are cached [default: $TLCACHE_HOME].")
@@ -62,7 +79,7 @@ def _shots(text: str) -> tuple[int | str, ...]:
 @source_options
 @no_progress_option
 @json_option
-def compare(source, heads, finetunes, shots, out, no_progress, as_json, **options) -> None:
+def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, **options) -> None:
     """Frozen heads against fine-tuning on SOURCE: which gives the best accuracy for its cost, measured here.
 
     Every method runs on the same cells: for each number of labelled items per class and each seed, the same
@@ -77,6 +94,7 @@ def compare(source, heads, finetunes, shots, out, no_progress, as_json, **option
       tlcache compare reviews.csv --test test.csv --shots 8,32,all --repeats 3
       tlcache compare photos/ --heads logreg,svm --finetune ft --epochs 5 --out runs/photos-compare
       tlcache compare reviews.csv --finetune none --shots 4,16,all     # frozen heads only: seconds
+      tlcache compare reviews.csv --test test.csv --budget 20m         # leaves out what would not fit
     """
     from tlcache.compare import compare as run_compare
 
@@ -87,6 +105,7 @@ def compare(source, heads, finetunes, shots, out, no_progress, as_json, **option
         heads=_names(heads),
         finetunes=_names(finetunes),
         shots=_shots(shots),
+        budget=_seconds(budget),
         out=out or Path("runs") / f"compare-{name}",
         finetune_config=config,
         precision=config.precision,  # one compute type for the frozen features and the fine-tunes
@@ -99,4 +118,7 @@ def compare(source, heads, finetunes, shots, out, no_progress, as_json, **option
         click.echo(json.dumps({"out_dir": str(result.out_dir), "ran": result.ran, **result.summary}, indent=2))
         return
     click.echo(f"{advice['headline']}" + (f"; {advice['crossing']}" if advice["crossing"] else ""))
-    click.echo(f"{result.ran} cells run, {len(result.cells) - result.ran} reused -> {result.out_dir / 'compare.md'}")
+    left_out = len(result.summary["budget"]["left_out"])
+    skipped = f", {left_out} left out to stay within --budget" if left_out else ""
+    done = f"{result.ran} cells run, {len(result.cells) - result.ran} reused{skipped}"
+    click.echo(f"{done} -> {result.out_dir / 'compare.md'}")

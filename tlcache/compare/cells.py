@@ -62,13 +62,21 @@ def save_cell(out_dir: Path, key: CellKey, identity: dict, result: dict) -> None
 
 
 def run_cells(
-    out_dir: Path, keys: Iterable[CellKey], identity: dict, run_one: Callable[[CellKey], dict], report=print
+    out_dir: Path,
+    keys: Iterable[CellKey],
+    identity: dict,
+    run_one: Callable[[CellKey], dict],
+    report=print,
+    admit: Callable[[CellKey], bool] | None = None,
 ) -> tuple[list[dict], int]:
-    """Every cell's result (with its key's fields), running only those not finished yet; and how many ran."""
+    """Every cell's result (with its key's fields), running only those not finished yet, and of those only the
+    ones ``admit`` lets through (a budget); and how many ran."""
     results, ran = [], 0
     for key in keys:
         result = load_cell(out_dir, key, identity)
         if result is None:
+            if admit is not None and not admit(key):
+                continue
             result = run_one(key)
             save_cell(out_dir, key, identity, result)
             ran += 1

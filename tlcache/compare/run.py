@@ -10,13 +10,22 @@ items are scored once per cell. Cells are saved as they end (tlcache.compare.cel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tlcache.compare.cells import CellKey, run_cells
+from tlcache.compare.cells import CellKey, load_cell, run_cells
+from tlcache.compare.plan import (
+    PROBE_PER_CLASS,
+    PROBE_TEST_PER_CLASS,
+    Budget,
+    FinetuneClock,
+    finetune_order,
+    plan_lines,
+)
 from tlcache.compare.summary import summarise, write_compare_report
 from tlcache.errors import UserError, check_choice
 from tlcache.finetune.config import FinetuneConfig
@@ -50,6 +59,7 @@ def compare(
     finetunes: tuple[str, ...] = FINETUNES,
     shots: tuple[int | str, ...] = DEFAULT_SHOTS,
     repeats: int = 3,
+    budget: float | None = None,
     out: str | Path = "runs/compare",
     cache: str | Path | None = None,
     finetune_config: FinetuneConfig | None = None,
@@ -61,13 +71,16 @@ def compare(
 ) -> CompareResult:
     """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
     learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all";
-    ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``finetune_config`` sets the
+    ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``budget`` (seconds of wall time,
+    from the start) leaves out the fine-tune cells that would not end within it (tlcache.compare.plan), and the
+    report names them. ``finetune_config`` sets the
     fine-tunes (its seed and LP-FT switch are the cell's); ``precision`` is the frozen features' (see
     :func:`tlcache.embed.embed_source`); other keyword arguments choose the backbone's layer, pooling, image size,
     as for ``embed``; ``source_options`` name the columns of CSV/JSONL sources, as for ``load_source``."""
     from tlcache.embed import DEFAULT_BACKBONES, embed_source
 
-    _check_request(heads, finetunes, shots, repeats)
+    clock = Budget(budget)
+    _check_request(heads, finetunes, shots, repeats, budget)
     config = finetune_config or FinetuneConfig()
     config.validate()
     source_options = source_options or {}
@@ -80,6 +93,7 @@ def compare(
         for part in (train_src, test_src)
     ]
     data = _Data(train_src, test_src, FeatureStore(embedded[0].path), FeatureStore(embedded[1].path))
+    data.check_shots(shots)
     out_dir = Path(out)
     identity = {
         "train": train_src.fingerprint,
@@ -89,29 +103,84 @@ def compare(
         "backbone_options": backbone_options,
         "finetune": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seed", "lp_ft")},
     }
-    keys = [
-        CellKey(method, kind, shot, seed)
-        for shot in shots
-        for seed in range(repeats)
-        for kind, methods in (("frozen", heads), ("finetune", finetunes))
-        for method in methods
-    ]
+    frozen = [CellKey(m, "frozen", shot, seed) for shot in shots for seed in range(repeats) for m in heads]
+    tuned = [CellKey(m, "finetune", shot, seed) for shot in shots for seed in range(repeats) for m in finetunes]
+    tuned = finetune_order(tuned)
+    say = print if progress else lambda _: None
 
     def run_one(key: CellKey) -> dict:
         rows = data.draw(key.shots, key.seed)
         if key.kind == "frozen":
             return _frozen_cell(data, key, rows)
-        tuned = dataclasses.replace(config, seed=key.seed, lp_ft=key.method == "lp-ft")
-        return _finetune_cell(data, key, rows, backbone, tuned, out_dir, cache, device, backbone_options)
+        settings = dataclasses.replace(config, seed=key.seed, lp_ft=key.method == "lp-ft")
+        return _finetune_cell(data, key, rows, backbone, settings, out_dir, cache, device, backbone_options)
 
-    cells, ran = run_cells(out_dir, keys, identity, run_one, report=print if progress else lambda _: None)
+    cells, ran = run_cells(out_dir, frozen, identity, run_one, say, admit=lambda key: clock.admits(key, 0.0))
+    admit = None
+    if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
+        probe = functools.partial(_probe_finetune, data, backbone, config, out_dir, cache, device, backbone_options)
+        admit = _admission(data, tuned, config, clock, probe, lambda key: load_cell(out_dir, key, identity), say)
+    more, ran_tuned = run_cells(out_dir, tuned, identity, run_one, say, admit=admit)
+    cells, ran = cells + more, ran + ran_tuned
+    if not cells:
+        raise UserError(f"--budget {budget:g} s left no time for any cell after embedding; give more time")
     embed_seconds = sum(result.seconds for result in embedded)
     summary = summarise(cells, data.class_names, description, backbone, data.items_per_class(), embed_seconds)
+    summary["budget"] = {"seconds": budget, "left_out": clock.left_out}
     write_compare_report(summary, out_dir)
     return CompareResult(out_dir, cells, ran, summary)
 
 
-def _check_request(heads, finetunes, shots, repeats: int) -> None:
+def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, finished, say):
+    """The fine-tunes' plan within the budget (said before they start) and the check before each of their cells:
+    its estimate, at the highest rate measured so far, must end within the budget."""
+    estimate = FinetuneClock(probe(), config, len(data.test_rows))
+    pending = [(key, estimate.seconds(key, len(data.draw(key.shots, key.seed)))) for key in tuned if not finished(key)]
+    for line in plan_lines(pending, clock):
+        say(line)
+    last: list = []
+
+    def admit(key: CellKey) -> bool:
+        if last:  # the previous admitted cell has finished: its time sharpens the estimate
+            previous, started = last.pop()
+            estimate.measured(previous, len(data.draw(previous.shots, previous.seed)), clock.elapsed() - started)
+        n_train = len(data.draw(key.shots, key.seed))
+        admitted = clock.admits(key, estimate.seconds(key, n_train))
+        if admitted:
+            last.append((key, clock.elapsed()))
+        return admitted
+
+    return admit
+
+
+def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device, backbone_options) -> float:
+    """Seconds per item pass of the fine-tune: one epoch on PROBE_PER_CLASS training items of each class, scored
+    on PROBE_TEST_PER_CLASS test items of each class (fixed costs included: the estimate errs long)."""
+    from tlcache.finetune import finetune
+
+    labelled = np.flatnonzero(data.labels >= 0)
+    smallest = int(np.bincount(data.labels[labelled]).min())
+    rows = sample_shots(labelled, data.labels, min(PROBE_PER_CLASS, smallest), 0, str(data.train.path))
+    per_class = min(PROBE_TEST_PER_CLASS, int(np.bincount(data.y_test).min()))
+    test_rows = np.concatenate([data.test_rows[data.y_test == c][:per_class] for c in np.unique(data.y_test)])
+    settings = dataclasses.replace(config, epochs=1, head_epochs=0, lp_ft=False, seed=0)
+    started = time.perf_counter()
+    finetune(
+        data.train.subset(rows),
+        backbone,
+        test=data.test.subset(test_rows),
+        out=out_dir / "probe",
+        config=settings,
+        cache=cache,
+        device=device,
+        progress=False,
+        **backbone_options,
+    )
+    seconds = time.perf_counter() - started
+    return seconds / (len(rows) * (1 + settings.val_fraction) + len(test_rows))
+
+
+def _check_request(heads, finetunes, shots, repeats: int, budget: float | None) -> None:
     for head in heads:
         check_choice("--heads", head, [h for h in HEADS if h != "sgd"])
     for method in finetunes:
@@ -123,6 +192,8 @@ def _check_request(heads, finetunes, shots, repeats: int) -> None:
             raise UserError(f"--shots {shot} must be a whole number of 1 or more, or all")
     if repeats < 1:
         raise UserError(f"--repeats {repeats} must be 1 or more")
+    if budget is not None and budget <= 0:
+        raise UserError(f"--budget {budget:g} s must be more than nothing")
 
 
 def _split(src: Source, test, test_fraction: float, source_options: dict) -> tuple[Source, Source, str]:
@@ -154,6 +225,17 @@ class _Data:
         self.test_rows = np.flatnonzero(test_labels >= 0)
         where = f"test source {self.test.path}"
         self.y_test = remap_labels(test_labels[self.test_rows], self.test_store.class_names, self.class_names, where)
+
+    def check_shots(self, shots) -> None:
+        """Refuse, before any cell runs, a shot count larger than the smallest class."""
+        counts = np.bincount(self.labels[self.labels >= 0])
+        smallest = int(counts[counts > 0].min())
+        too_many = [shot for shot in shots if shot != "all" and shot > smallest]
+        if too_many:
+            raise UserError(
+                f"{self.train.path}: the smallest class has {smallest} training items, fewer than --shots "
+                f"{','.join(map(str, too_many))}; use smaller counts or all"
+            )
 
     def draw(self, shots: int | str, seed: int) -> np.ndarray:
         """The training rows of a cell: all labelled ones, or ``shots`` of each class drawn with ``seed``."""

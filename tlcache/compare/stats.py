@@ -66,7 +66,7 @@ def recommend(cells: Sequence[Cell], alpha: float = 0.05) -> dict:
     if not cells:
         raise ValueError("recommend needs at least one finished cell")
     grouped = _group(cells)
-    rows = [_compare(shots, grouped[shots], alpha) for shots in sorted(grouped, key=_shots_order)]
+    rows = [_compare(shots, grouped[shots], alpha) for shots in sorted(grouped, key=shots_order)]
     return {
         "rule": RULE,
         "alpha": alpha,
@@ -84,7 +84,7 @@ def _as_hits(correct: Sequence[int] | np.ndarray) -> np.ndarray:
     return values.astype(bool)
 
 
-def _shots_order(shots: object) -> tuple[int, int]:
+def shots_order(shots: object) -> tuple[int, int]:
     """Sort key of a shot count: integers in order, then "all"."""
     if shots == "all":
         return (1, 0)
@@ -101,7 +101,7 @@ def _group(cells: Sequence[Cell]) -> dict:
         shots, kind, method, seed = cell["shots"], cell["kind"], cell["method"], cell["seed"]
         if kind not in KINDS:
             raise ValueError(f"cell {method!r}: kind must be one of {KINDS}, not {kind!r}")
-        _shots_order(shots)  # a ValueError now for shots that are neither an integer nor "all"
+        shots_order(shots)  # a ValueError now for shots that are neither an integer nor "all"
         by_seed = grouped.setdefault(shots, {}).setdefault(kind, {}).setdefault(method, {})
         if seed in by_seed:
             raise ValueError(f"two cells for method {method!r}, shots {shots!r}, seed {seed!r}")

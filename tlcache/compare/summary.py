@@ -104,6 +104,10 @@ def render_markdown(summary: dict) -> str:
             f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.2f} | "
             f"{'features' if row['cached'] else 'no'} |"
         )
+    budget = summary.get("budget") or {}
+    if budget.get("left_out"):
+        names = ", ".join(f"{c['method']} at {_shots_words(c['shots'])}, seed {c['seed']}" for c in budget["left_out"])
+        lines += ["", f"Left out to stay within the budget of {budget['seconds']:.0f} s: {names}."]
     lines += ["", "## The paired tests", "", f"Rule: {advice['rule']} (alpha {advice['alpha']:g})", ""]
     lines += ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
     lines += ["|---:|---|---|---:|---|---|"]

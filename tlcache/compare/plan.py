@@ -1,0 +1,87 @@
+"""Keeping a comparison within ``--budget``: an estimate of each fine-tune cell from a short timing probe, a plan
+printed before the fine-tunes start, and a check before every cell.
+
+The frozen cells run first (seconds each on cached features; every verdict needs them). Then a probe (one epoch
+of the fine-tune on a few training items, scored on a few test items) gives the seconds per item pass, which
+overstates a long run's rate (the probe's fixed costs are spread over few items): the estimates err on the long
+side. Fine-tune cells are planned seed by seed (every shot count of seed 0, then of seed 1, ...), so a short budget
+still gives whole learning curves, with fewer seeds. Before each cell the estimate is made again, at the highest
+rate measured so far, and a cell that would end past the budget is left out and named in the report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from tlcache.compare.cells import CellKey
+from tlcache.compare.stats import shots_order
+
+PROBE_PER_CLASS = 8  # training items of each class in the timing probe
+PROBE_TEST_PER_CLASS = 2  # test items of each class it scores
+
+
+class Budget:
+    """The wall-time budget of one comparison (None: no limit), counted from its creation."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.started = time.perf_counter()
+        self.left_out: list[dict] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def admits(self, key: CellKey, estimate: float) -> bool:
+        """Whether a cell estimated at ``estimate`` seconds ends within the budget; a cell that would not is
+        recorded as left out."""
+        if self.seconds is None or self.elapsed() + estimate <= self.seconds:
+            return True
+        self.left_out.append({**asdict(key), "estimate_seconds": round(estimate, 1)})
+        return False
+
+
+class FinetuneClock:
+    """Seconds of a fine-tune cell: item passes (training epochs with their validation, the test, LP-FT's
+    embedding of the training items) at the highest rate seen, from the probe or from finished cells."""
+
+    def __init__(self, seconds_per_pass: float, config, n_test: int):
+        self.rate = seconds_per_pass
+        self.config = config
+        self.n_test = n_test
+
+    def passes(self, key: CellKey, n_train: int) -> float:
+        epochs = self.config.epochs + self.config.head_epochs
+        probe = n_train if key.method == "lp-ft" else 0
+        return n_train * epochs * (1 + self.config.val_fraction) + self.n_test + probe
+
+    def seconds(self, key: CellKey, n_train: int) -> float:
+        return self.rate * self.passes(key, n_train)
+
+    def measured(self, key: CellKey, n_train: int, seconds: float) -> None:
+        self.rate = max(self.rate, seconds / self.passes(key, n_train))
+
+
+def finetune_order(keys: list[CellKey]) -> list[CellKey]:
+    """Seed by seed, each seed's shot counts in increasing order: whole learning curves first."""
+    return sorted(keys, key=lambda key: (key.seed, shots_order(key.shots)))
+
+
+def plan_lines(pending: list[tuple[CellKey, float]], budget: Budget) -> list[str]:
+    """What the fine-tunes will run and what they leave out, in words, given their estimates."""
+    if budget.seconds is None:
+        total = sum(seconds for _, seconds in pending)
+        return [f"plan: {len(pending)} fine-tune cells, about {total:.0f} s (no --budget)"]
+    clock, run, skip = budget.elapsed(), [], []
+    for key, seconds in pending:
+        if clock + seconds <= budget.seconds:
+            run.append(key)
+            clock += seconds
+        else:
+            skip.append((key, seconds))
+    lines = [
+        f"plan: {len(run)} of {len(pending)} fine-tune cells fit the budget of {budget.seconds:.0f} s "
+        f"({budget.elapsed():.0f} s spent, about {clock - budget.elapsed():.0f} s to go)"
+    ]
+    lines += [f"  leaves out {key.name} (about {seconds:.0f} s)" for key, seconds in skip]
+    return lines
