@@ -231,10 +231,11 @@ def test_compare_command_refuses_bad_shots_in_one_line(texts):
 
 
 def test_a_budget_leaves_out_the_fine_tunes_that_would_not_fit_and_a_rerun_adds_them(texts, tiny_bert_dir, monkeypatch):
-    # The probe says 1 s per item pass: a fine-tune of 8 items is estimated at 8 x 1.25 + 20 test items = 30 s,
-    # of all 40 items at 70 s. The plan expects only the first of seed 0's curve to fit in 50 s; the cells take a
-    # second or two, so before each one the clock admits the next 30 s cell too, never a 70 s one.
-    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: 1.0)
+    # The probe says 1 s per training item and no fixed cost: with 1 epoch and a validation fraction of 0.25, a
+    # fine-tune of 8 items is estimated at 8 x (1 + 0.25 / 3) + 20 test items / 3 = 15.3 s, of all 40 at 50 s.
+    # The plan expects seed 0's 8-item cell and seed 1's to fit in 50 s; the cells take a second or two, so the
+    # clock admits both, never a 50 s one.
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
     options = dict(heads=("logreg",), finetunes=("ft",), shots=(4, "all"), repeats=2)
     result = _run(texts, tiny_bert_dir, budget=50, **options)
     left_out = [(c["method"], c["shots"], c["seed"]) for c in result.summary["budget"]["left_out"]]
@@ -260,11 +261,11 @@ def test_plan_lines_say_what_runs_and_what_is_left_out():
 def test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one(texts, tiny_bert_dir, monkeypatch):
     from test_cli import assert_user_error, run
 
-    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: 1.0)
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
     arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg"]
     arguments += ["--finetune", "ft", "--shots", "4,all", "--repeats", "2", "--epochs", "1", "--val-fraction", "0.25"]
     result = run("compare", *arguments, "--precision", "fp32", "--budget", "50s")
     assert result.exit_code == 0, result.output
-    assert "plan: 1 of 4 fine-tune cells fit the budget of 50 s" in result.stdout
+    assert "plan: 2 of 4 fine-tune cells fit the budget of 50 s" in result.stdout
     assert "2 left out to stay within --budget" in result.stdout
     assert_user_error(run("compare", *arguments, "--budget", "soon"), "--budget soon is not a duration")

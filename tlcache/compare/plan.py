@@ -1,12 +1,12 @@
 """Keeping a comparison within ``--budget``: an estimate of each fine-tune cell from a short timing probe, a plan
 printed before the fine-tunes start, and a check before every cell.
 
-The frozen cells run first (seconds each on cached features; every verdict needs them). Then a probe (one epoch
-of the fine-tune on a few training items, scored on a few test items) gives the seconds per item pass, which
-overstates a long run's rate (the probe's fixed costs are spread over few items): the estimates err on the long
-side. Fine-tune cells are planned seed by seed (every shot count of seed 0, then of seed 1, ...), so a short budget
-still gives whole learning curves, with fewer seeds. Before each cell the estimate is made again, at the highest
-rate measured so far, and a cell that would end past the budget is left out and named in the report.
+The frozen cells run first (seconds each on cached features; every verdict needs them). Then a probe: one epoch
+of the fine-tune on PROBE_PER_CLASS training items of each class and again on three times as many, each scored on
+PROBE_TEST_PER_CLASS test items of each class; the difference gives the seconds per training item, the rest the
+fixed costs. Fine-tune cells are planned seed by seed (every shot count of seed 0, then of seed 1, ...), so a
+short budget still gives whole learning curves, with fewer seeds. Before each cell the estimate is made again, at
+the highest rate measured so far, and a cell that would end past the budget is left out and named in the report.
 """
 
 from __future__ import annotations
@@ -42,24 +42,26 @@ class Budget:
 
 
 class FinetuneClock:
-    """Seconds of a fine-tune cell: item passes (training epochs with their validation, the test, LP-FT's
-    embedding of the training items) at the highest rate seen, from the probe or from finished cells."""
+    """Seconds of a fine-tune cell: fixed costs (loading the backbone, writing the model) plus training items times
+    epochs at ``per_item`` seconds, with a third of that for each item only evaluated (validation, test, LP-FT's
+    embedding: a forward pass, no backward). ``per_item`` only grows as cells finish, so estimates err long."""
 
-    def __init__(self, seconds_per_pass: float, config, n_test: int):
-        self.rate = seconds_per_pass
+    def __init__(self, fixed: float, per_item: float, config, n_test: int):
+        self.fixed, self.per_item = fixed, per_item
         self.config = config
         self.n_test = n_test
 
-    def passes(self, key: CellKey, n_train: int) -> float:
+    def items(self, key: CellKey, n_train: int) -> float:
+        """Training item passes, evaluated ones counted as a third of one."""
         epochs = self.config.epochs + self.config.head_epochs
-        probe = n_train if key.method == "lp-ft" else 0
-        return n_train * epochs * (1 + self.config.val_fraction) + self.n_test + probe
+        embedded = n_train if key.method == "lp-ft" else 0
+        return n_train * epochs * (1 + self.config.val_fraction / 3) + (self.n_test + embedded) / 3
 
     def seconds(self, key: CellKey, n_train: int) -> float:
-        return self.rate * self.passes(key, n_train)
+        return self.fixed + self.per_item * self.items(key, n_train)
 
     def measured(self, key: CellKey, n_train: int, seconds: float) -> None:
-        self.rate = max(self.rate, seconds / self.passes(key, n_train))
+        self.per_item = max(self.per_item, (seconds - self.fixed) / self.items(key, n_train))
 
 
 def finetune_order(keys: list[CellKey]) -> list[CellKey]:

@@ -134,7 +134,7 @@ def compare(
 def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, finished, say):
     """The fine-tunes' plan within the budget (said before they start) and the check before each of their cells:
     its estimate, at the highest rate measured so far, must end within the budget."""
-    estimate = FinetuneClock(probe(), config, len(data.test_rows))
+    estimate = FinetuneClock(*probe(), config, len(data.test_rows))
     pending = [(key, estimate.seconds(key, len(data.draw(key.shots, key.seed)))) for key in tuned if not finished(key)]
     for line in plan_lines(pending, clock):
         say(line)
@@ -153,31 +153,36 @@ def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, 
     return admit
 
 
-def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device, backbone_options) -> float:
-    """Seconds per item pass of the fine-tune: one epoch on PROBE_PER_CLASS training items of each class, scored
-    on PROBE_TEST_PER_CLASS test items of each class (fixed costs included: the estimate errs long)."""
+def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device, backbone_options):
+    """(fixed seconds, seconds per training item) of the fine-tune, from one epoch on PROBE_PER_CLASS training
+    items of each class and one on three times as many (see tlcache.compare.plan)."""
     from tlcache.finetune import finetune
 
     labelled = np.flatnonzero(data.labels >= 0)
     smallest = int(np.bincount(data.labels[labelled]).min())
-    rows = sample_shots(labelled, data.labels, min(PROBE_PER_CLASS, smallest), 0, str(data.train.path))
     per_class = min(PROBE_TEST_PER_CLASS, int(np.bincount(data.y_test).min()))
     test_rows = np.concatenate([data.test_rows[data.y_test == c][:per_class] for c in np.unique(data.y_test)])
     settings = dataclasses.replace(config, epochs=1, head_epochs=0, lp_ft=False, seed=0)
-    started = time.perf_counter()
-    finetune(
-        data.train.subset(rows),
-        backbone,
-        test=data.test.subset(test_rows),
-        out=out_dir / "probe",
-        config=settings,
-        cache=cache,
-        device=device,
-        progress=False,
-        **backbone_options,
-    )
-    seconds = time.perf_counter() - started
-    return seconds / (len(rows) * (1 + settings.val_fraction) + len(test_rows))
+    clock = FinetuneClock(0.0, 0.0, settings, len(test_rows))
+    timings = []
+    for size in (PROBE_PER_CLASS, 3 * PROBE_PER_CLASS):
+        rows = sample_shots(labelled, data.labels, min(size, smallest), 0, str(data.train.path))
+        started = time.perf_counter()
+        finetune(
+            data.train.subset(rows),
+            backbone,
+            test=data.test.subset(test_rows),
+            out=out_dir / "probe" / str(size),
+            config=settings,
+            cache=cache,
+            device=device,
+            progress=False,
+            **backbone_options,
+        )
+        timings.append((clock.items(CellKey("ft", "finetune", size, 0), len(rows)), time.perf_counter() - started))
+    (small, first), (large, second) = timings
+    per_item = (second - first) / (large - small) if large > small and second > first else first / small
+    return max(first - per_item * small, 0.0), per_item
 
 
 def _check_request(heads, finetunes, shots, repeats: int, budget: float | None) -> None:
