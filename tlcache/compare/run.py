@@ -112,7 +112,7 @@ def compare(
         rows = data.draw(key.shots, key.seed)
         if key.kind == "frozen":
             return _frozen_cell(data, key, rows)
-        settings = dataclasses.replace(config, seed=key.seed, lp_ft=key.method == "lp-ft")
+        settings = _cell_settings(config, len(rows), len(data.class_names), seed=key.seed, lp_ft=key.method == "lp-ft")
         return _finetune_cell(data, key, rows, backbone, settings, out_dir, cache, device, backbone_options)
 
     cells, ran = run_cells(out_dir, frozen, identity, run_one, say, admit=lambda key: clock.admits(key, 0.0))
@@ -153,6 +153,12 @@ def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, 
     return admit
 
 
+def _cell_settings(config: FinetuneConfig, n_train: int, n_classes: int, **changes) -> FinetuneConfig:
+    """A cell's fine-tune settings: its own seed and LP-FT switch, and a validation fraction that holds out at
+    least one item of each class (a quarter of 4 items per class, where the default tenth holds out none)."""
+    return dataclasses.replace(config, val_fraction=max(config.val_fraction, n_classes / n_train), **changes)
+
+
 def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device, backbone_options):
     """(fixed seconds, seconds per training item) of the fine-tune, from one epoch on PROBE_PER_CLASS training
     items of each class and one on three times as many (see tlcache.compare.plan)."""
@@ -162,17 +168,20 @@ def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device,
     smallest = int(np.bincount(data.labels[labelled]).min())
     per_class = min(PROBE_TEST_PER_CLASS, int(np.bincount(data.y_test).min()))
     test_rows = np.concatenate([data.test_rows[data.y_test == c][:per_class] for c in np.unique(data.y_test)])
-    settings = dataclasses.replace(config, epochs=1, head_epochs=0, lp_ft=False, seed=0)
-    clock = FinetuneClock(0.0, 0.0, settings, len(test_rows))
     timings = []
-    for size in (PROBE_PER_CLASS, 3 * PROBE_PER_CLASS):
+    # The first run warms the caches (weights read from disk, libraries set up), as for every later cell: dropped.
+    for size in (PROBE_PER_CLASS, PROBE_PER_CLASS, 3 * PROBE_PER_CLASS):
         rows = sample_shots(labelled, data.labels, min(size, smallest), 0, str(data.train.path))
+        settings = _cell_settings(
+            config, len(rows), len(data.class_names), epochs=1, head_epochs=0, lp_ft=False, seed=0
+        )
+        clock = FinetuneClock(0.0, 0.0, settings, len(test_rows))
         started = time.perf_counter()
         finetune(
             data.train.subset(rows),
             backbone,
             test=data.test.subset(test_rows),
-            out=out_dir / "probe" / str(size),
+            out=out_dir / "probe" / f"{len(timings)}-{size}",
             config=settings,
             cache=cache,
             device=device,
@@ -180,7 +189,7 @@ def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device,
             **backbone_options,
         )
         timings.append((clock.items(CellKey("ft", "finetune", size, 0), len(rows)), time.perf_counter() - started))
-    (small, first), (large, second) = timings
+    (small, first), (large, second) = timings[1:]
     per_item = (second - first) / (large - small) if large > small and second > first else first / small
     return max(first - per_item * small, 0.0), per_item
 
@@ -197,6 +206,8 @@ def _check_request(heads, finetunes, shots, repeats: int, budget: float | None) 
             raise UserError(f"--shots {shot} must be a whole number of 1 or more, or all")
     if repeats < 1:
         raise UserError(f"--repeats {repeats} must be 1 or more")
+    if finetunes and any(shot != "all" and shot < 2 for shot in shots):
+        raise UserError("a fine-tune needs 2 or more items per class (one held out for validation); raise --shots")
     if budget is not None and budget <= 0:
         raise UserError(f"--budget {budget:g} s must be more than nothing")
 
