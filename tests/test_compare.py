@@ -120,6 +120,7 @@ def test_a_folder_of_another_comparison_is_refused(texts, tiny_bert_dir):
         ({"shots": (0,)}, "--shots 0"),
         ({"repeats": 0}, "--repeats 0"),
         ({"heads": (), "finetunes": ()}, "needs a method"),
+        ({"shots": (1, "all")}, "a fine-tune needs 2 or more items per class"),
     ],
 )
 def test_bad_requests_get_one_line_before_any_work(texts, tiny_bert_dir, overrides, message):
