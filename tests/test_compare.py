@@ -232,18 +232,40 @@ def test_compare_command_refuses_bad_shots_in_one_line(texts):
     assert_user_error(run("compare", "train.csv", "--shots", "4,many"), "--shots many is not a count")
 
 
+class _Clock:
+    """A wall clock the test moves: each fine-tune cell "takes" 10 s with 4 items per class, 40 s with all."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 def test_a_budget_leaves_out_the_fine_tunes_that_would_not_fit_and_a_rerun_adds_them(texts, tiny_bert_dir, monkeypatch):
+    from tlcache.compare import plan
+
+    clock = _Clock()
+    monkeypatch.setattr(plan, "time", clock)
+    tuned = compare_run._finetune_cell
+
+    def timed(data, key, *args):
+        clock.now += 10.0 if key.shots == 4 else 40.0
+        return tuned(data, key, *args)
+
+    monkeypatch.setattr(compare_run, "_finetune_cell", timed)
     # The probe says 1 s per training item and no fixed cost: with 1 epoch and a validation fraction of 0.25, a
     # fine-tune of 8 items is estimated at 8 x (1 + 0.25 / 3) + 20 test items / 3 = 15.3 s, of all 40 at 50 s.
-    # The plan expects seed 0's 8-item cell and seed 1's to fit in 50 s; the cells take a second or two, so the
-    # clock admits both, never a 50 s one.
     monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
     options = dict(heads=("logreg",), finetunes=("ft",), shots=(4, "all"), repeats=2)
-    result = _run(texts, tiny_bert_dir, budget=50, **options)
+    result = _run(texts, tiny_bert_dir, budget=55, **options)
+    # At the probe's rate seed 0's all-items cell (50 s) would not fit after its 4-item one (10 s); measured at
+    # 10 s for 15.3 item passes, it is estimated at 33 s and runs. Then 50 s are spent: seed 1's cells, at the
+    # highest measured rate (40 s / 50), would end at 62 s and 90 s.
     left_out = [(c["method"], c["shots"], c["seed"]) for c in result.summary["budget"]["left_out"]]
-    assert left_out == [("ft", "all", 0), ("ft", "all", 1)]
-    assert result.ran == 6 and [c["shots"] for c in result.cells if c["kind"] == "finetune"] == [4, 4]
-    assert "Left out to stay within the budget of 50 s: ft at all, seed 0" in (texts / "cmp" / "compare.md").read_text()
+    assert left_out == [("ft", 4, 1), ("ft", "all", 1)]
+    assert result.ran == 6 and [c["shots"] for c in result.cells if c["kind"] == "finetune"] == [4, "all"]
+    assert "Left out to stay within the budget of 55 s: ft at 4, seed 1" in (texts / "cmp" / "compare.md").read_text()
     # a rerun with time enough runs only the cells left out
     assert _run(texts, tiny_bert_dir, budget=1000, **options).ran == 2
 
@@ -262,12 +284,21 @@ def test_plan_lines_say_what_runs_and_what_is_left_out():
 
 def test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one(texts, tiny_bert_dir, monkeypatch):
     from test_cli import assert_user_error, run
+    from tlcache.compare import plan
 
+    clock, tuned = _Clock(), compare_run._finetune_cell
+
+    def timed(data, key, *args):  # every fine-tune "takes" 40 s
+        clock.now += 40.0
+        return tuned(data, key, *args)
+
+    monkeypatch.setattr(plan, "time", clock)
+    monkeypatch.setattr(compare_run, "_finetune_cell", timed)
     monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
     arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg"]
     arguments += ["--finetune", "ft", "--shots", "4,all", "--repeats", "2", "--epochs", "1", "--val-fraction", "0.25"]
     result = run("compare", *arguments, "--precision", "fp32", "--budget", "50s")
     assert result.exit_code == 0, result.output
     assert "plan: 2 of 4 fine-tune cells fit the budget of 50 s" in result.stdout
-    assert "2 left out to stay within --budget" in result.stdout
+    assert "5 cells run, 0 reused, 3 left out to stay within --budget" in result.stdout
     assert_user_error(run("compare", *arguments, "--budget", "soon"), "--budget soon is not a duration")

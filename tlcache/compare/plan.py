@@ -6,7 +6,8 @@ of the fine-tune on PROBE_PER_CLASS training items of each class and again on th
 PROBE_TEST_PER_CLASS test items of each class; the difference gives the seconds per training item, the rest the
 fixed costs. Fine-tune cells are planned seed by seed (every shot count of seed 0, then of seed 1, ...), so a
 short budget still gives whole learning curves, with fewer seeds. Before each cell the estimate is made again, at
-the highest rate measured so far, and a cell that would end past the budget is left out and named in the report.
+the highest rate the finished cells measured, and a cell that would end past the budget is left out and named in
+the report.
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ class Budget:
 class FinetuneClock:
     """Seconds of a fine-tune cell: fixed costs (loading the backbone, writing the model) plus training items times
     epochs at ``per_item`` seconds, with a third of that for each item only evaluated (validation, test, LP-FT's
-    embedding: a forward pass, no backward). ``per_item`` only grows as cells finish, so estimates err long."""
+    embedding: a forward pass, no backward). ``per_item`` starts at the probe's; once cells have finished it is
+    the highest rate they measured (a small cell's fixed costs weigh more per item: the estimates err long)."""
 
     def __init__(self, fixed: float, per_item: float, config, n_test: int):
         self.fixed, self.per_item = fixed, per_item
         self.config = config
         self.n_test = n_test
+        self.from_cells = False  # whether per_item comes from finished cells yet, or still from the probe
 
     def items(self, key: CellKey, n_train: int) -> float:
         """Training item passes, evaluated ones counted as a third of one."""
@@ -61,7 +64,9 @@ class FinetuneClock:
         return self.fixed + self.per_item * self.items(key, n_train)
 
     def measured(self, key: CellKey, n_train: int, seconds: float) -> None:
-        self.per_item = max(self.per_item, (seconds - self.fixed) / self.items(key, n_train))
+        rate = max(seconds - self.fixed, 0.0) / self.items(key, n_train)
+        self.per_item = max(self.per_item, rate) if self.from_cells else rate
+        self.from_cells = True
 
 
 def finetune_order(keys: list[CellKey]) -> list[CellKey]:

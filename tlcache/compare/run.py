@@ -133,7 +133,7 @@ def compare(
 
 def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, finished, say):
     """The fine-tunes' plan within the budget (said before they start) and the check before each of their cells:
-    its estimate, at the highest rate measured so far, must end within the budget."""
+    its estimate (at the probe's rate, then at the finished cells') must end within the budget."""
     estimate = FinetuneClock(*probe(), config, len(data.test_rows))
     pending = [(key, estimate.seconds(key, len(data.draw(key.shots, key.seed)))) for key in tuned if not finished(key)]
     for line in plan_lines(pending, clock):
