@@ -108,8 +108,10 @@ def fit_many(template: MLPHead, X, y, alphas) -> list[MLPHead]:
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"this model needs samples of at least 2 classes; the data has one class: {classes[0]!r}")
-    device = _device(template.device)
-    compute = torch.bfloat16 if _bf16_pays(device) else torch.float32
+    from tlcache.backbones.base import resolve_device, resolve_precision
+
+    device = resolve_device(template.device)
+    compute = torch.bfloat16 if resolve_precision("auto", device) == "bf16" else torch.float32
     seed = 0 if template.random_state is None else int(template.random_state)
     trained = _train(template, X, codes, len(classes), alphas, device, compute, seed)
     models = []
@@ -123,22 +125,6 @@ def fit_many(template: MLPHead, X, y, alphas) -> list[MLPHead]:
         model.compute_dtype_ = str(compute).removeprefix("torch.")
         models.append(model)
     return models
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _bf16_pays(device) -> bool:
-    import torch
-
-    from tlcache.backbones.base import cpu_has_bf16
-
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
 
 
 def _train(template: MLPHead, X, codes, n_classes: int, alphas, device, compute, seed: int) -> list[_Model]:

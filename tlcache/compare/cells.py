@@ -16,7 +16,6 @@ from pathlib import Path
 from tlcache.errors import UserError
 
 CELLS_DIR = "cells"
-KINDS = ("frozen", "finetune")
 
 
 @dataclass(frozen=True)

@@ -107,18 +107,19 @@ def compare(
     tuned = [CellKey(m, "finetune", shot, seed) for shot in shots for seed in range(repeats) for m in finetunes]
     tuned = finetune_order(tuned)
     say = print if progress else lambda _: None
+    tuner = _Tuner(backbone, cache, device, backbone_options)
 
     def run_one(key: CellKey) -> dict:
         rows = data.draw(key.shots, key.seed)
         if key.kind == "frozen":
             return _frozen_cell(data, key, rows)
         settings = _cell_settings(config, len(rows), len(data.class_names), seed=key.seed, lp_ft=key.method == "lp-ft")
-        return _finetune_cell(data, key, rows, backbone, settings, out_dir, cache, device, backbone_options)
+        return _finetune_cell(data, key, rows, tuner, settings, out_dir)
 
     cells, ran = run_cells(out_dir, frozen, identity, run_one, say, admit=lambda key: clock.admits(key, 0.0))
     admit = None
     if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
-        probe = functools.partial(_probe_finetune, data, backbone, config, out_dir, cache, device, backbone_options)
+        probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)
         admit = _admission(data, tuned, config, clock, probe, lambda key: load_cell(out_dir, key, identity), say)
     more, ran_tuned = run_cells(out_dir, tuned, identity, run_one, say, admit=admit)
     cells, ran = cells + more, ran + ran_tuned
@@ -135,7 +136,7 @@ def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, 
     """The fine-tunes' plan within the budget (said before they start) and the check before each of their cells:
     its estimate (at the probe's rate, then at the finished cells') must end within the budget."""
     estimate = FinetuneClock(*probe(), config, len(data.test_rows))
-    pending = [(key, estimate.seconds(key, len(data.draw(key.shots, key.seed)))) for key in tuned if not finished(key)]
+    pending = [(key, estimate.seconds(key, data.n_train(key.shots))) for key in tuned if not finished(key)]
     for line in plan_lines(pending, clock):
         say(line)
     last: list = []
@@ -143,9 +144,8 @@ def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, 
     def admit(key: CellKey) -> bool:
         if last:  # the previous admitted cell has finished: its time sharpens the estimate
             previous, started = last.pop()
-            estimate.measured(previous, len(data.draw(previous.shots, previous.seed)), clock.elapsed() - started)
-        n_train = len(data.draw(key.shots, key.seed))
-        admitted = clock.admits(key, estimate.seconds(key, n_train))
+            estimate.measured(previous, data.n_train(previous.shots), clock.elapsed() - started)
+        admitted = clock.admits(key, estimate.seconds(key, data.n_train(key.shots)))
         if admitted:
             last.append((key, clock.elapsed()))
         return admitted
@@ -159,11 +159,9 @@ def _cell_settings(config: FinetuneConfig, n_train: int, n_classes: int, **chang
     return dataclasses.replace(config, val_fraction=max(config.val_fraction, n_classes / n_train), **changes)
 
 
-def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device, backbone_options):
+def _probe_finetune(data: _Data, tuner: _Tuner, config, out_dir: Path):
     """(fixed seconds, seconds per training item) of the fine-tune, from one epoch on PROBE_PER_CLASS training
     items of each class and one on three times as many (see tlcache.compare.plan)."""
-    from tlcache.finetune import finetune
-
     labelled = np.flatnonzero(data.labels >= 0)
     smallest = int(np.bincount(data.labels[labelled]).min())
     per_class = min(PROBE_TEST_PER_CLASS, int(np.bincount(data.y_test).min()))
@@ -177,16 +175,8 @@ def _probe_finetune(data: _Data, backbone, config, out_dir: Path, cache, device,
         )
         clock = FinetuneClock(0.0, 0.0, settings, len(test_rows))
         started = time.perf_counter()
-        finetune(
-            data.train.subset(rows),
-            backbone,
-            test=data.test.subset(test_rows),
-            out=out_dir / "probe" / f"{len(timings)}-{size}",
-            config=settings,
-            cache=cache,
-            device=device,
-            progress=False,
-            **backbone_options,
+        tuner.run(
+            data.train.subset(rows), data.test.subset(test_rows), out_dir / "probe" / f"{len(timings)}-{size}", settings
         )
         timings.append((clock.items(CellKey("ft", "finetune", size, 0), len(rows)), time.perf_counter() - started))
     (small, first), (large, second) = timings[1:]
@@ -253,6 +243,11 @@ class _Data:
                 f"{','.join(map(str, too_many))}; use smaller counts or all"
             )
 
+    def n_train(self, shots: int | str) -> int:
+        """How many training rows a cell of ``shots`` draws (whatever its seed)."""
+        labelled = self.labels[self.labels >= 0]
+        return len(labelled) if shots == "all" else int(shots) * len(np.unique(labelled))
+
     def draw(self, shots: int | str, seed: int) -> np.ndarray:
         """The training rows of a cell: all labelled ones, or ``shots`` of each class drawn with ``seed``."""
         labelled = np.flatnonzero(self.labels >= 0)
@@ -266,6 +261,23 @@ class _Data:
         return float(len(labelled) / len(np.unique(labelled)))
 
 
+@dataclass
+class _Tuner:
+    """How every fine-tune of a comparison runs: the backbone and its options, the cache LP-FT embeds through, the
+    device."""
+
+    backbone: str
+    cache: str | Path | None
+    device: str
+    backbone_options: dict
+
+    def run(self, train: Source, test: Source, out: Path, config: FinetuneConfig):
+        from tlcache.finetune import finetune
+
+        options = dict(cache=self.cache, device=self.device, progress=False, **self.backbone_options)
+        return finetune(train, self.backbone, test=test, out=out, config=config, **options)
+
+
 def _frozen_cell(data: _Data, key: CellKey, rows: np.ndarray) -> dict:
     """A head fitted on cached features of ``rows`` (its sweep on held-out training rows), scored on the test."""
     started = time.perf_counter()
@@ -275,25 +287,13 @@ def _frozen_cell(data: _Data, key: CellKey, rows: np.ndarray) -> dict:
     return _scored(data, predicted, time.perf_counter() - started, cached=True)
 
 
-def _finetune_cell(data: _Data, key, rows, backbone, config, out_dir: Path, cache, device, backbone_options) -> dict:
+def _finetune_cell(data: _Data, key, rows, tuner: _Tuner, config, out_dir: Path) -> dict:
     """The fine-tune stage on the items of ``rows`` (its epoch chosen on validation items carved from them),
     scored on the test items through its predictions.csv."""
     import pandas as pd
 
-    from tlcache.finetune import finetune
-
     started = time.perf_counter()
-    run = finetune(
-        data.train.subset(rows),
-        backbone,
-        test=data.test,
-        out=out_dir / "finetunes" / key.name,
-        config=config,
-        cache=cache,
-        device=device,
-        progress=False,
-        **backbone_options,
-    )
+    run = tuner.run(data.train.subset(rows), data.test, out_dir / "finetunes" / key.name, config)
     tested = pd.read_csv(run.out_dir / "predictions.csv", dtype={"id": str}, keep_default_na=False)
     by_id = dict(zip(tested["id"], tested["label"]))
     index = {name: i for i, name in enumerate(data.class_names)}
