@@ -104,6 +104,14 @@ def test_more_shots_than_the_smallest_class_is_refused_before_any_cell(texts, ti
     assert not (texts / "cmp" / CELLS_DIR).exists()
 
 
+def test_a_fine_tune_killed_after_its_run_but_before_its_cell_was_saved_runs_again(texts, tiny_bert_dir):
+    options = dict(heads=(), finetunes=("ft",), shots=("all",), repeats=1)
+    first = _run(texts, tiny_bert_dir, **options)
+    (texts / "cmp" / CELLS_DIR / "ft-all-seed0.json").unlink()  # as a kill -9 between the two leaves it
+    again = _run(texts, tiny_bert_dir, **options)
+    assert again.ran == 1 and again.cells[0]["correct"] == first.cells[0]["correct"]
+
+
 def test_a_folder_of_another_comparison_is_refused(texts, tiny_bert_dir):
     options = dict(heads=("logreg",), finetunes=(), shots=("all",), repeats=1)
     _run(texts, tiny_bert_dir, **options)

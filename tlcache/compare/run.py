@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +273,11 @@ class _Tuner:
     backbone_options: dict
 
     def run(self, train: Source, test: Source, out: Path, config: FinetuneConfig):
+        """The fine-tune into ``out``, a folder of the comparison's own: what an unfinished cell left there (killed
+        before its cell file was saved, which is the only record of a finished cell) is removed first."""
         from tlcache.finetune import finetune
+
+        shutil.rmtree(out, ignore_errors=True)
 
         options = dict(cache=self.cache, device=self.device, progress=False, **self.backbone_options)
         return finetune(train, self.backbone, test=test, out=out, config=config, **options)
