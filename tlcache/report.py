@@ -357,7 +357,8 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], col
 FIXED_MARGINS = {"left": 0.14, "right": 0.97, "top": 0.91, "bottom": 0.13}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -367,7 +368,7 @@ def _pyplot():
 
 
 def plot_reliability(calibration: Calibration, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     for name, label in (("before", "before calibration"), ("after", "after calibration"), ("head", "head")):
@@ -391,7 +392,7 @@ def plot_reliability(calibration: Calibration, path: Path) -> None:
 
 
 def plot_sweep(sweep: Sweep, head: str, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     values = [v for v, _ in sweep["curve"]]
     scores = [s for _, s in sweep["curve"]]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -411,7 +412,7 @@ def plot_sweep(sweep: Sweep, head: str, path: Path) -> None:
 def plot_confusion(matrix: list[list[int]], class_names: Sequence[str], path: Path) -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _pyplot()
+    plt = pyplot()
 
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -215,7 +215,7 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
         self.score_name_ = "accuracy"
         self.curve_ = [(_plain(v), float(s)) for v, s in zip(values, scores)]
         self.selection_ = describe_selection(splits)
-        self.model_ = self._with(self.best_, n_train=len(codes)).fit(X, codes)
+        self.model_ = self._refit(X, codes)
         self.calibrator_ = None
         if calibrating:
             self.calibrator_ = self._calibrator(held_out[self.best_], X, codes)
@@ -241,6 +241,10 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
     def _prepare(self, values: list, X, codes, splits) -> None:
         """Called with each stage of the sweep's values before they are scored (see sweep_grid): a subclass can
         fit them together, for :meth:`_fold_fit` to hand out."""
+
+    def _refit(self, X, codes):
+        """The chosen value's model fitted on every row: the model that ships."""
+        return self._with(self.best_, n_train=len(codes)).fit(X, codes)
 
     def _splits(self, codes) -> list[tuple[np.ndarray, np.ndarray]]:
         """The sweep's (training rows, validation rows) splits."""

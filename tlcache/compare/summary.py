@@ -127,9 +127,9 @@ def _x(shots, all_per_class: float) -> float:
 
 def plot_learning_curve(summary: dict, path: Path) -> None:
     """Accuracy against labelled items per class (log axis), one line per method with its interval as a band."""
-    from tlcache.report import _pyplot
+    from tlcache.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     every = summary["all_per_class"]
     for method in dict.fromkeys(row["method"] for row in summary["rows"]):
@@ -154,9 +154,9 @@ def plot_learning_curve(summary: dict, path: Path) -> None:
 
 def plot_accuracy_time(summary: dict, path: Path) -> None:
     """Accuracy against wall time per run (log axis), one point per (method, shots)."""
-    from tlcache.report import _pyplot
+    from tlcache.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in summary["rows"]:
         marker = "o" if row["kind"] == "frozen" else "s"
