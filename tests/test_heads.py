@@ -112,7 +112,7 @@ def test_unknown_head_and_bad_fraction(tmp_path):
 
 def test_load_head_refuses_folders_without_a_head(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="holds no head.joblib"):
+    with pytest.raises(UserError, match="holds no head with its head.json"):
         load_head(tmp_path / "empty")
     with pytest.raises(UserError, match="does not exist"):
         load_head(tmp_path / "nowhere")

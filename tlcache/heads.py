@@ -158,8 +158,8 @@ def fit_head(
     repeats: int = 5,
 ) -> HeadRun:
     """Fit ``head`` on a store's labelled rows and evaluate it on ``test`` (a store of the same features) or on a
-    stratified ``test_fraction`` held out with ``seed``. Writes head.joblib, head.json and the report (JSON,
-    Markdown, PNG) to ``out`` (default ``runs/<store name>/<head>``).
+    stratified ``test_fraction`` held out with ``seed``. Writes the head (head-<digest>.npz, see tlcache.runs),
+    head.json and the report (JSON, Markdown, PNG) to ``out`` (default ``runs/<store name>/<head>``).
 
     The head's hyperparameter is swept over ``grid`` (default: the head's own, see GRIDS) on held-out training
     data and refitted on all of it; the curve goes into the report. ``calibrate`` ("sigmoid" or "isotonic")

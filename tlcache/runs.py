@@ -1,22 +1,31 @@
-"""A run folder, written and read here only: the fitted head (``head.joblib``) and its sidecar (``head.json``, the
-features it needs), the report (``report.json`` for programs, ``report.md`` and PNG figures for people), and the
-leaderboard of ``fit-head --head all`` beside the run folders it ranks. A fine-tune's folder holds the same report
-beside its model (see :mod:`tlcache.backbones.finetuned`)."""
+"""A run folder, written and read here only: the fitted head (``head-<digest>.npz``, arrays plus JSON that load
+without running code: see :mod:`tlcache.headfile`) and its sidecar (``head.json``, the features it needs, naming
+the head file and its digest), the report (``report.json`` for programs, ``report.md`` and PNG figures for
+people), and the leaderboard of ``fit-head --head all`` beside the run folders it ranks. A fine-tune's folder
+holds the same report beside its model (see :mod:`tlcache.backbones.finetuned`). Every file is written whole or
+not at all (:func:`write_whole`)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+import numpy as np
+
 from tlcache.errors import UserError
 from tlcache.paths import slug
 from tlcache.report import RunReport, render_figures, render_markdown
 
-HEAD_FILE = "head.joblib"
+HEAD_FILE_PATTERN = re.compile(r"head-[0-9a-f]{16}\.npz")
+LEGACY_HEAD_FILE = "head.joblib"  # a pickle, written by older versions of tlcache: never loaded
 SIDECAR_FILE = "head.json"
 REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
@@ -110,34 +119,109 @@ def check_same_features(expected: dict, actual: dict, what: str, subject: str = 
             )
 
 
-def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> None:
-    """The fitted head and its sidecar."""
-    import joblib
+def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> Path:
+    """The fitted head under a name of its digest, then the sidecar that names it, each written whole (see
+    :func:`write_whole`); the head files it replaces go last. Killed at any point, the folder's sidecar names a
+    whole head of its own: the old pair or the new one, never one of each. Returns the head file."""
+    from tlcache import headfile
 
+    data = headfile.to_bytes(pipeline)
+    digest = hashlib.sha256(data).hexdigest()
+    head_file = out_dir / f"head-{digest[:16]}.npz"
     out_dir.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipeline, out_dir / HEAD_FILE)
-    (out_dir / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    write_whole(head_file, data)
+    named = {**sidecar, "head_file": head_file.name, "head_sha256": digest}
+    write_whole(out_dir / SIDECAR_FILE, (json.dumps(named, indent=2) + "\n").encode("utf-8"))
+    for old in [*out_dir.glob("head-*.npz"), out_dir / LEGACY_HEAD_FILE]:
+        if old != head_file:
+            old.unlink(missing_ok=True)
+    return head_file
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """``data`` to a temporary file beside ``path``, flushed to disk, then renamed over it: a reader (or a kill)
+    sees the old file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
 
 
 def load_head(path: str | Path) -> tuple[Any, Sidecar]:
-    """Load a fitted head and its sidecar from a run folder (or the head.joblib in it)."""
-    import joblib
+    """A fitted head and its sidecar from a run folder (or a file in it), each checked: the sidecar's entries,
+    the head file's digest against the sidecar's, and the head file's contents (classes tlcache allows only)."""
+    from tlcache import headfile
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    head_file, sidecar_file = folder / HEAD_FILE, folder / SIDECAR_FILE
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run folder written by `tlcache fit-head`")
-    if not head_file.is_file() or not sidecar_file.is_file():
+    sidecar_file = folder / SIDECAR_FILE
+    if not sidecar_file.is_file():
+        raise UserError(f"{folder} holds no head with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`")
+    sidecar = _read_sidecar(sidecar_file)
+    name = sidecar.get("head_file")
+    if name is None and (folder / LEGACY_HEAD_FILE).exists():
         raise UserError(
-            f"{folder} holds no {HEAD_FILE} with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`"
+            f"{folder / LEGACY_HEAD_FILE} is a pickle written by an older tlcache; a pickle can run code when loaded, "
+            f"so tlcache no longer loads one: fit the head again"
         )
+    if not isinstance(name, str) or not HEAD_FILE_PATTERN.fullmatch(name):
+        raise UserError(f"{sidecar_file} names no head file of tlcache's ({str(name)[:60]!r}); fit the head again")
+    head_file = folder / name
+    if not head_file.is_file():
+        raise UserError(f"{head_file}, the head {sidecar_file} names, is missing; fit the head again")
+    data = head_file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sidecar.get("head_sha256"):
+        raise UserError(f"{head_file} is not the head {sidecar_file} names (their digests differ); fit the head again")
     try:
-        sidecar = json.loads(sidecar_file.read_text(encoding="utf-8"))
-        pipeline = joblib.load(head_file)
-    except Exception as exc:  # a damaged pickle raises almost anything
-        raise UserError(f"cannot load the head in {folder} ({type(exc).__name__}: {exc}); fit it again") from None
+        pipeline = headfile.load(io.BytesIO(data))
+    except headfile.HeadFileError as exc:
+        raise UserError(f"{head_file} was refused: {exc}; fit the head again") from None
+    _check_head_fits(pipeline, sidecar, head_file)
     return pipeline, sidecar
+
+
+def _read_sidecar(path: Path) -> Sidecar:
+    """head.json, with the entries a head needs of the right types."""
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); fit the head again") from None
+    expected = {"head": str, "classes": list, "backbone": str, "backbone_spec": dict, "dim": int}
+    problems = [
+        key for key, kind in expected.items() if not isinstance(sidecar, dict) or type(sidecar.get(key)) is not kind
+    ]
+    if not problems:
+        if not sidecar["classes"] or not all(isinstance(name, str) for name in sidecar["classes"]):
+            problems.append("classes")
+        if sidecar["dim"] < 1:
+            problems.append("dim")
+    if problems:
+        raise UserError(f"{path} lacks or has malformed entries ({', '.join(problems)}); fit the head again")
+    return sidecar
+
+
+def _check_head_fits(pipeline, sidecar: Sidecar, head_file: Path) -> None:
+    """The head takes the sidecar's features and predicts among its classes."""
+    classes = getattr(pipeline, "classes_", None)
+    inputs = getattr(pipeline, "n_features_in_", sidecar["dim"])
+    valid = (
+        hasattr(pipeline, "predict")
+        and isinstance(classes, np.ndarray)
+        and classes.dtype.kind in "iu"
+        and classes.size > 0
+        and 0 <= classes.min()
+        and classes.max() < len(sidecar["classes"])
+        and inputs == sidecar["dim"]
+    )
+    if not valid:
+        raise UserError(
+            f"{head_file} does not fit its sidecar ({len(sidecar['classes'])} classes, {sidecar['dim']}-d features); "
+            f"fit the head again"
+        )
 
 
 def write_report(report: RunReport, out_dir: Path) -> dict[str, Path]:
@@ -145,8 +229,8 @@ def write_report(report: RunReport, out_dir: Path) -> dict[str, Path]:
     reliability diagram, and the regularisation curve of the sweep."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / REPORT_FILE, "markdown": out_dir / MARKDOWN_FILE}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
+    write_whole(paths["json"], (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    write_whole(paths["markdown"], render_markdown(report).encode("utf-8"))
     paths.update(render_figures(report, _figure_paths(out_dir)))
     return paths
 
@@ -190,7 +274,7 @@ def render_report(run_dir: str | Path) -> dict[str, Path]:
     """Write report.md and the figures of a run folder again from its report.json (`tlcache report`)."""
     report = read_report(run_dir)
     markdown = Path(run_dir) / MARKDOWN_FILE
-    markdown.write_text(render_markdown(report), encoding="utf-8")
+    write_whole(markdown, render_markdown(report).encode("utf-8"))
     return {"markdown": markdown, **render_figures(report, _figure_paths(Path(run_dir)))}
 
 
@@ -212,7 +296,7 @@ def write_leaderboard(base: Path, runs: list[HeadRun]) -> Path:
         }
         for run in runs
     ]
-    (base / LEADERBOARD_FILE).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_whole(base / LEADERBOARD_FILE, (json.dumps(rows, indent=2) + "\n").encode("utf-8"))
     lines = ["| head | accuracy | macro F1 | fit s | chosen | run |", "|---|---:|---:|---:|---:|---|"]
     for row in rows:
         chosen = "" if row["chosen"] is None else f"{row['chosen']:g}"
@@ -220,5 +304,5 @@ def write_leaderboard(base: Path, runs: list[HeadRun]) -> Path:
             f"| {row['head']} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} | {row['fit_seconds']:.2f} | "
             f"{chosen} | {row['run']} |"
         )
-    (base / LEADERBOARD_MARKDOWN).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_whole(base / LEADERBOARD_MARKDOWN, ("\n".join(lines) + "\n").encode("utf-8"))
     return base / LEADERBOARD_MARKDOWN

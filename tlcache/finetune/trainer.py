@@ -233,7 +233,13 @@ def start_or_resume(out_dir: Path, identity: dict, resume: bool) -> dict | None:
             f"{out_dir} holds {'a finished fine-tune' if done else 'no checkpoint'}; nothing to resume "
             "(run without --resume, with another --out)"
         )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:  # tensors and plain data only: a checkpoint that names any function or class is refused, never run
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"identity", "model", "optimizer"} <= state.keys():
+            raise ValueError("not a checkpoint of tlcache's")
+    except Exception as exc:  # a damaged or foreign file raises almost anything
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{checkpoint} cannot be resumed safely ({reason}); start afresh with another --out") from None
     if state["identity"] != identity:
         changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
         raise UserError(
