@@ -119,3 +119,29 @@ def test_bad_sources_raise_one_clear_line(tmp_path, make, message):
 def test_naming_a_missing_label_column_is_an_error(text_csv):
     with pytest.raises(UserError, match="no column 'sentiment'.*--label-column"):
         load_source(text_csv, label_column="sentiment")
+
+
+def test_links_to_folders_are_not_followed_and_links_to_files_are_read(image_folder, tmp_path):
+    """`ln -s .. circle/loop` once turned 12 images into hundreds of rows, many under the wrong class."""
+    import os
+
+    os.symlink("..", image_folder / "circle" / "loop")
+    os.symlink(tmp_path, image_folder / "square" / "outside")
+    os.symlink(image_folder / "square" / "square-000.png", image_folder / "circle" / "linked.png")
+    source = load_source(image_folder)
+    assert len(source) == 13
+    assert source.ids.count("circle/linked.png") == 1
+    assert [source.class_names[i] for i in source.label_indices].count("circle") == 7
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "broken link"])
+def test_an_image_name_that_is_not_a_regular_file_is_refused_in_one_line(image_folder, kind):
+    import os
+
+    odd = image_folder / "circle" / "odd.jpg"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        os.symlink("/dev/zero" if kind == "device" else "/nowhere/at/all.jpg", odd)
+    with pytest.raises(UserError, match="odd.jpg is not a regular file"):
+        load_source(image_folder)

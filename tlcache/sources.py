@@ -159,14 +159,27 @@ def _is_image_name(name: str) -> bool:
 
 
 def _image_files(folder: str) -> list[str]:
-    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped.
+    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped, and so are links
+    to folders (a link back into the tree would list its images again, under the wrong class, or without end).
+    A link to a file is read as the file. An image name that is not a regular file (a FIFO, a device, a broken
+    link) is refused: reading one could hang or read without end.
 
     Plain strings, not Path objects: on a 10k-file folder pathlib alone would cost more than the whole look-up.
     """
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(os.path.join(dirpath, name) for name in filenames if _is_image_name(name))
+    found, odd = [], []
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif _is_image_name(entry.name) and not entry.is_dir():
+                    (found if entry.is_file() else odd).append(entry.path)
+    if odd:
+        more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        raise UserError(f"{odd[0]}{more} is not a regular file (a FIFO, a device or a broken link); remove it")
     return sorted(found)
 
 
