@@ -145,3 +145,36 @@ def test_an_image_name_that_is_not_a_regular_file_is_refused_in_one_line(image_f
         os.symlink("/dev/zero" if kind == "device" else "/nowhere/at/all.jpg", odd)
     with pytest.raises(UserError, match="odd.jpg is not a regular file"):
         load_source(image_folder)
+
+
+@pytest.mark.parametrize("line", ['"a review",pos,extra', '"a review"'])
+def test_a_row_with_more_or_fewer_fields_than_the_header_is_refused_with_its_line(tmp_path, line):
+    path = tmp_path / "ragged.csv"
+    path.write_text(f'text,label\n"fine",neg\n{line}\n"fine too",pos\n')
+    with pytest.raises(UserError, match="ragged.csv, line 3: [13] fields where the header has 2"):
+        load_source(path)
+
+
+def test_a_long_text_is_read_whole(tmp_path):
+    path = tmp_path / "long.csv"
+    text = "word " * 1_000_000  # 5 MB in one cell
+    path.write_text(f'text,label\n"{text}",pos\n"short",neg\n')
+    source = load_source(path)
+    assert source.items[0] == text and source.class_names == ["neg", "pos"]
+
+
+def test_missing_label_marks_leave_a_row_unlabelled(tmp_path):
+    path = tmp_path / "marks.csv"
+    path.write_text("text,label\na,pos\nb,NaN\nc,N/A\nd,\ne,neg\nf,None\n")
+    source = load_source(path)
+    assert source.class_names == ["None", "neg", "pos"]  # "None" may be a class: only spreadsheet marks are missing
+    assert source.label_indices == [2, -1, -1, -1, 1, 0]
+
+
+def test_json_numbers_that_are_equal_are_one_label(tmp_path):
+    path = tmp_path / "numbers.jsonl"
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": 1.0}, {"text": "c", "label": 2}, {"text": "d"}]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + '\n{"text": "e", "label": NaN}\n')
+    source = load_source(path)
+    assert source.class_names == ["1", "2"]
+    assert source.label_indices == [0, 0, 1, -1, -1]

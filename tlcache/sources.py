@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ TABLE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_ID_COLUMN = "id"
+# Label cells that mean "no label" (pandas reads them as missing too); such rows are unlabelled, not a class.
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "#n/a", "null"})
+MAX_FIELD_BYTES = 1 << 30  # one CSV cell: a text of up to 1 GiB
 
 
 @dataclass
@@ -229,15 +233,28 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
 
 
 def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+    """The rows of a CSV (or TSV) file, each with as many fields as the header: a row with more or fewer is
+    refused with its line number (a stray delimiter or quote would otherwise shift every column after it)."""
+    limit = csv.field_size_limit(MAX_FIELD_BYTES)  # csv's default, 128 KiB, refuses a long text as bad quoting
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
-            rows = list(reader)
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():
+                    n_fields = len(reader.fieldnames or []) + len(row.get(None, [])) - list(row.values()).count(None)
+                    raise UserError(
+                        f"{path}, line {reader.line_num}: {n_fields} fields where the header has "
+                        f"{len(reader.fieldnames or [])}; check that line's delimiters and quoting"
+                    )
+                rows.append(row)
             columns = list(reader.fieldnames or [])
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except csv.Error as exc:
         raise UserError(f"{path} is not a valid CSV file ({exc}); check its quoting") from None
+    finally:
+        csv.field_size_limit(limit)
     return rows, columns
 
 
@@ -262,10 +279,18 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def _cell_text(value) -> str | None:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 1 and 1.0 are one label
     text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text if text.strip() else None
+
+
+def _label_text(value) -> str | None:
+    """A label cell's class name, or None for a missing label: empty, null, or a spreadsheet's marks of one."""
+    text = _cell_text(value)
+    return None if text is None or text.strip().lower() in MISSING_LABELS else text
 
 
 def _table_source(
@@ -311,7 +336,7 @@ def _table_source(
             ids.append(str(n))
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique (or use --id-column)")
-    labels = [_cell_text(row.get(label_column)) for row in rows] if label_column else None
+    labels = [_label_text(row.get(label_column)) for row in rows] if label_column else None
     groups = [_cell_text(row.get(group_column)) or "(none)" for row in rows] if group_column else None
     return Source(
         path=path,
