@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist bench-store bench-heads bench-embed bench-finetune bench-demo clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-finetune bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,13 @@ lint: setup
 fashion-mnist:
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+# The data the recipes in pipelines/ read, where `make demo` writes it (Rotten Tomatoes, MNIST-5k), and Fashion-MNIST
+# beside it as PNG folders (3000 train / 1000 test); each writer skips what is written already.
+pipeline-data: setup fashion-mnist
+	$(PY) -c "from tlcache.datasets import mnist_5k, rotten_tomatoes; \
+		rotten_tomatoes('demo-output/data/rotten_tomatoes'); mnist_5k('demo-output/data/mnist5k')"
+	$(PY) -c "from tlcache.datasets import fashion_mnist; fashion_mnist('demo-output/data/fashion-mnist')"
 
 bench-store: setup fashion-mnist
 	$(PY) benchmarks/store_benchmark.py

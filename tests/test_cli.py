@@ -143,8 +143,9 @@ def test_fit_head_predict_round_trip(tmp_path, text_stores):
     result = run("fit-head", train["path"], "--head", "logreg", "--test", test["path"], "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("logreg: accuracy ")
-    for name in ["head.joblib", "head.json", "report.json", "report.md", "confusion.png"]:
+    for name in ["head.json", "report.json", "report.md", "confusion.png"]:
         assert (tmp_path / "run" / name).is_file(), name
+    assert (tmp_path / "run" / json.loads((tmp_path / "run" / "head.json").read_text())["head_file"]).is_file()
 
     predicted = run(
         "predict",

@@ -136,6 +136,17 @@ def test_no_progress_hides_the_bar_that_a_terminal_shows(tmp_path, tiny_bert_dir
     assert hidden.exit_code == 0 and hidden.stderr == ""
 
 
+def test_embed_overwrite_replaces_another_store_that_out_names(tmp_path, tiny_bert_dir):
+    out = tmp_path / "mine.h5"
+    first = ["embed", write_text_csv(tmp_path / "a.csv", n=8), "-b", f"hf:{tiny_bert_dir}", "--out", out]
+    assert run(*first).exit_code == 0
+    second = ["embed", write_text_csv(tmp_path / "b.csv", n=10), "-b", f"hf:{tiny_bert_dir}", "--out", out]
+    assert_user_error(run(*second), "holds another store")
+    assert FeatureStore(out).n_rows == 8
+    assert run(*second, "--overwrite").exit_code == 0
+    assert FeatureStore(out).n_rows == 10
+
+
 def test_without_a_terminal_the_default_shows_no_bar(tmp_path, tiny_bert_dir):
     # tqdm disables itself when stderr is not a terminal (CliRunner's is not), so the default draws nothing either.
     result = run("embed", write_text_csv(tmp_path / "r.csv"), "-b", f"hf:{tiny_bert_dir}")
@@ -176,7 +187,7 @@ def test_fit_head_few_shot_shots_repeats_and_seed(tmp_path):
     assert first["shots"] == 4 and first["repeats"] == 3 and first["seeds"] == [7, 8, 9]
     assert len(first["accuracy"]["values"]) == 3 and other["seeds"] == [8, 9, 10]
     assert first["accuracy"]["values"] != other["accuracy"]["values"]
-    assert not (tmp_path / "a" / "head.joblib").exists()
+    assert not list((tmp_path / "a").glob("head-*.npz")) and not (tmp_path / "a" / "head.joblib").exists()
 
 
 def test_fit_head_class_weight_balanced_helps_the_rare_class(tmp_path):
@@ -615,6 +626,7 @@ ADDED = {
         "--device": EMBED_RUN,
         "--workers": EMBED_RUN,
         "--no-progress": HERE + "test_no_progress_hides_the_bar_that_a_terminal_shows",
+        "--overwrite": HERE + "test_embed_overwrite_replaces_another_store_that_out_names",
     },
     "fit-head": {
         "--test-fraction": HERE + "test_fit_head_test_fraction_seed_and_grid",
@@ -671,6 +683,10 @@ ADDED = {
         "--no-progress": HERE + "test_no_progress_hides_the_bar_that_a_terminal_shows",
     },
     "gc": {"--json": HERE + "test_info_backbones_ls_and_gc_json"},
+    "run": {
+        "pipeline": "test_pipelines.py::test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all",
+        "--dry-run": "test_pipelines.py::test_dry_run_says_what_would_run_and_runs_nothing",
+    },
 }
 OPTION_TESTS = {name: {**EXISTING_CLI.get(name, {}), **ADDED.get(name, {})} for name in cli.commands}
 

@@ -8,7 +8,7 @@ import pytest
 
 from tlcache.backbones.base import DEVICE_CHOICES, POOLING_CHOICES, PRECISIONS
 from tlcache.cli import cli
-from tlcache.cli_options import config_from_options
+from tlcache.cli.options import config_from_options
 from tlcache.embed import COMPILE_CHOICES
 from tlcache.finetune.config import NORM_STATS, FinetuneConfig
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS

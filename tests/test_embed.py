@@ -43,12 +43,21 @@ def test_same_embed_twice_is_a_cache_hit_without_loading_the_model(text_csv, tin
     assert FeatureStore(first.path).meta["finished"] == written
 
 
-def test_explicit_h5_out_is_replaced_when_the_key_changes(tmp_path, tiny_bert_dir):
+def test_explicit_h5_out_is_replaced_only_with_overwrite(tmp_path, tiny_bert_dir):
+    """Two sources given the same --out: the second is refused (the first store stays) unless --overwrite."""
     out = tmp_path / "mine.h5"
     first = embed_source(write_text_csv(tmp_path / "a.csv", n=8), f"hf:{tiny_bert_dir}", out=out, progress=False)
-    second = embed_source(write_text_csv(tmp_path / "b.csv", n=10), f"hf:{tiny_bert_dir}", out=out, progress=False)
+    other = write_text_csv(tmp_path / "b.csv", n=10)
+    with pytest.raises(UserError, match="mine.h5 holds another store .*--overwrite to replace it"):
+        embed_source(other, f"hf:{tiny_bert_dir}", out=out, progress=False)
+    assert FeatureStore(out).key == first.key and FeatureStore(out).n_rows == 8
+    second = embed_source(other, f"hf:{tiny_bert_dir}", out=out, progress=False, overwrite=True)
     assert first.path == second.path == out and not second.cached
     assert FeatureStore(out).n_rows == 10 and FeatureStore(out).key == second.key
+    (tmp_path / "notes.h5").write_text("my notes")
+    with pytest.raises(UserError, match="notes.h5 holds a file that is no store"):
+        embed_source(other, f"hf:{tiny_bert_dir}", out=tmp_path / "notes.h5", progress=False)
+    assert (tmp_path / "notes.h5").read_text() == "my notes"
 
 
 def test_interrupted_embed_resumes_to_the_same_features(tmp_path, resnet18_weights, monkeypatch):
@@ -366,3 +375,20 @@ def test_embedding_leaves_the_callers_backbone_at_its_own_precision(tmp_path, ti
     assert backbone.precision == "fp32"
     at_fp32 = embed_source(write_text_csv(tmp_path / "t.csv"), backbone, precision="fp32", out=tmp_path)
     assert at_fp32.key != result.key and backbone.model is not None  # the model it loads is kept for next time
+
+
+def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(tmp_path, tiny_bert_dir):
+    import csv
+
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(8):
+            words = 400 if i % 3 == 0 else 5  # rows 0, 3 and 6 run far past the tiny model's 64 positions
+            writer.writerow([" ".join(["good"] * words), "pos" if i % 2 else "neg"])
+    result = embed_source(path, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert result.truncated == 3
+    assert "3 texts cut to the model's limit" in result.summary_line()
+    meta = FeatureStore(result.path).meta
+    assert meta["truncated_rows"] == 3 and meta["max_tokens"] <= 64

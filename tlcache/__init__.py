@@ -17,6 +17,7 @@ from tlcache.embed import EmbedResult, embed_source
 from tlcache.errors import UserError
 from tlcache.finetune import FinetuneConfig, FinetuneRun, finetune
 from tlcache.heads import fit_all_heads, fit_head, make_head
+from tlcache.pipeline import PipelineResult, run_pipeline
 from tlcache.predict import PredictResult, predict
 from tlcache.runs import HeadRun, load_head, render_report
 from tlcache.store import FeatureStore
@@ -42,6 +43,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneRun",
     "HeadRun",
+    "PipelineResult",
     "PredictResult",
     "UserError",
     "collect_garbage",
@@ -57,4 +59,5 @@ __all__ = [
     "make_head",
     "predict",
     "render_report",
+    "run_pipeline",
 ]

@@ -64,6 +64,7 @@ class EmbedResult:
     reused: int  # rows copied from other stores of the same config (identical items)
     seconds: float
     cached: bool
+    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images)
 
     def summary_line(self) -> str:
         if self.cached:
@@ -75,6 +76,8 @@ class EmbedResult:
         kept = self.rows - self.embedded - self.reused
         notes = [f"{self.reused} reused from other stores"] if self.reused else []
         notes += [f"{kept} kept from an interrupted run"] if kept else []
+        if self.truncated:
+            notes.append(f"{self.truncated} texts cut to the model's limit: their ends are not embedded")
         extra = f" ({'; '.join(notes)})" if notes else ""
         return (
             f"embedded {self.embedded} of {self.rows} rows with {self.backbone} ({self.dim}-d) in "
@@ -97,6 +100,7 @@ def embed_source(
     compile_mode: str = "auto",
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
     **backbone_options,
 ) -> EmbedResult:
     """Embed every item of ``source`` into a feature store, unless a complete store with the same key exists.
@@ -109,6 +113,8 @@ def embed_source(
     embedded, at present never; it falls back to eager where compiling fails); the features agree to float
     rounding, so it is not in the key. ``source_options`` go to :func:`load_source` (column names); other keyword
     arguments go to :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``).
+    An ``out`` file that holds anything but this store (another source's, other options', or not a store) is
+    refused unless ``overwrite``; its rows are reused where they fit.
 
     >>> result = embed_source("reviews.csv", "minilm")      # doctest: +SKIP
     >>> result.path, result.cached                          # doctest: +SKIP
@@ -124,13 +130,15 @@ def embed_source(
     key = cache_key(src.fingerprint, config)
     path = resolve_store_path(out, bb.name, config, key)
 
-    def result(embedded: int, reused: int, dim: int, cached: bool) -> EmbedResult:
+    def result(embedded: int, reused: int, dim: int, cached: bool, truncated: int = 0) -> EmbedResult:
         seconds = time.perf_counter() - started
-        return EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached)
+        return EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached, truncated)
 
     hit = _hit(path, key)
     if hit:
         return result(0, 0, hit.dim, cached=True)
+    if not overwrite and path == Path(out or ""):  # a file named by --out; in a folder, names carry the key
+        _refuse_replacing(path)
     with _write_lock(path):
         hit = _hit(path, key)  # another process may have finished it while we waited
         if hit:
@@ -147,7 +155,7 @@ def embed_source(
             writer.finish({**how, "torch_version": torch_version(), "rows_reused": reused}, compression=compression)
         finally:
             writer.close()
-    return result(len(pending), reused, bb.dim, cached=False)
+    return result(len(pending), reused, bb.dim, cached=False, truncated=run.get("truncated_rows") or 0)
 
 
 def _embed_rows(
@@ -172,7 +180,11 @@ def _embed_rows(
     size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
     forward = _image_forward(bb, compile_mode, len(pending), size, progress)
     _run_batches(src, bb, writer, pending, size, views_config, workers, progress, forward)
-    return {"batch_size": size, "compiled": forward is not None}
+    how = {"batch_size": size, "compiled": forward is not None}
+    if src.modality == "text" and bb.max_length:  # every row's text, not only this run's: the store's count
+        how["truncated_rows"] = sum(n > bb.max_length for n in bb.token_lengths(src.items, truncate=False))
+        how["max_tokens"] = bb.max_length
+    return how
 
 
 def _resolve_backbone(backbone: str | Backbone | None, src: Source, options: dict) -> Backbone:
@@ -198,6 +210,16 @@ def _views_config(bb: Backbone, views: int) -> dict[str, Any] | None:
     if not isinstance(bb, ImageBackbone):
         raise UserError(f"--views applies to image backbones; {bb.name} embeds {bb.modality}")
     return {"n": int(views), "augment": bb.augmentation, "seed": VIEWS_SEED}
+
+
+def _refuse_replacing(path: Path) -> None:
+    """Refuse to write over a file that is there (a store of another key, or something else): a store's name
+    given to a second source would otherwise replace the first store without a word."""
+    status = probe_store(path)
+    if not status.exists:
+        return
+    what = "another store (of another source or other options)" if status.readable else "a file that is no store"
+    raise UserError(f"{path} holds {what}; pass another --out, or --overwrite to replace it")
 
 
 def _hit(path: Path, key: str):

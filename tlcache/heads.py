@@ -132,6 +132,7 @@ def sweep_summary(pipeline) -> Sweep | None:
     model = pipeline.steps[-1][1]
     if not hasattr(model, "curve_"):
         return None
+    accuracies = dict(getattr(model, "accuracy_curve_", model.curve_))  # logreg chooses by log-loss
     return {
         "param": model.param_,
         "best": model.best_,
@@ -139,6 +140,7 @@ def sweep_summary(pipeline) -> Sweep | None:
         "selection": model.selection_,
         "curve": [[value, score] for value, score in model.curve_],
         "extension": dict(getattr(model, "extension_", {"direction": None, "steps": 0, "at_edge": False})),
+        "validation_accuracy": float(accuracies[model.best_]),
     }
 
 

@@ -41,6 +41,7 @@ class Sweep(TypedDict):
     selection: str  # k-fold cross-validation or a stratified validation split
     curve: list[list[float]]  # [value, validation score] per grid value
     extension: dict  # direction ("up", "down" or None), steps added past the grid's end, at_edge
+    validation_accuracy: float  # of the chosen value (the same validation rows for every head of a seed)
 
 
 class GroupRow(TypedDict):

@@ -375,9 +375,12 @@ class TextBackbone(Backbone):
     def tokenize(self, texts: Sequence[str]) -> dict:
         """Texts -> model inputs (CPU tensors), padded to the longest text in the batch."""
 
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        """How long each text is for the model, to batch texts of similar length together; characters stand in
-        for tokens unless a backbone knows better."""
+    max_length: int | None = None  # tokens the model reads of a text; None: no limit known
+
+    def token_lengths(self, texts: Sequence[str], truncate: bool = True) -> list[int]:
+        """How long each text is for the model (``truncate``: as it reads it, else in full), to batch texts of
+        similar length together and to count the texts it cuts; characters stand in for tokens unless a backbone
+        knows better."""
         return [len(text) for text in texts]
 
     @abc.abstractmethod

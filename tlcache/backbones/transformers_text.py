@@ -122,8 +122,9 @@ class TransformersText(TextBackbone):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
-    def token_lengths(self, texts):
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+    def token_lengths(self, texts, truncate: bool = True):
+        with quiet_transformers():  # a text past the limit makes the tokenizer warn when it is not cut
+            encoded = self.tokenizer(list(texts), truncation=truncate, max_length=self.max_length if truncate else None)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def blocks(self, model):

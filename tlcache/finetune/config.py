@@ -1,5 +1,5 @@
 """Everything that changes a fine-tune's result, each setting stated once: its type, default, help and bounds live on
-its field here, and the command line's options are made from them (see :func:`tlcache.cli_options.config_options`).
+its field here, and the command line's options are made from them (see :func:`tlcache.cli.options.config_options`).
 """
 
 from __future__ import annotations

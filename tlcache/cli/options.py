@@ -4,6 +4,7 @@ and the fine-tune options are generated from :class:`FinetuneConfig`'s fields, s
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,11 @@ def options(*decorators: Callable) -> Callable:
 def take(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """Remove the options ``names`` from a command's keyword arguments and return them."""
     return {name: values.pop(name) for name in names}
+
+
+def emit(payload: dict, as_json: bool, line: str) -> None:
+    """JSON on stdout for programs, or one line for people."""
+    click.echo(json.dumps(payload, indent=2, default=str) if as_json else line)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

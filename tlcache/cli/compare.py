@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tlcache.cli_options import (
+from tlcache.cli.options import (
     SOURCE_OPTIONS,
     backbone_options,
     config_from_options,
@@ -22,6 +23,9 @@ from tlcache.compare.run import DEFAULT_HEADS, DEFAULT_SHOTS, FINETUNES
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
 
+if TYPE_CHECKING:
+    from tlcache.compare import CompareResult
+
 CELL_SETTINGS = ("seed", "lp_ft")  # each cell sets these itself: its seed, and LP-FT for the lp-ft method
 
 
@@ -30,7 +34,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _seconds(text: str | None) -> float | None:
-    """A duration such as 90s, 20m, 1.5h or a number of seconds."""
+    """A duration such as 90s, 20m, 1.5h or a number of seconds, in seconds."""
     if text is None:
         return None
     units = {"s": 1, "m": 60, "h": 3600}
@@ -58,17 +62,32 @@ def _shots(text: str) -> tuple[int | str, ...]:
 )
 @click.option("--backbone", "-b", help="Backbone [default: efficientnet-lite0 for images, minilm for text].")
 @backbone_options
-@click.option("--heads", default=",".join(DEFAULT_HEADS), show_default=True, help="Frozen heads, or none.")
-@click.option("--finetune", "finetunes", default=",".join(FINETUNES), show_default=True, help="Fine-tunes, or none.")
+@click.option(
+    "--heads",
+    default=",".join(DEFAULT_HEADS),
+    show_default=True,
+    callback=lambda ctx, param, text: _names(text),
+    help="Frozen heads, or none.",
+)
+@click.option(
+    "--finetune",
+    "finetunes",
+    default=",".join(FINETUNES),
+    show_default=True,
+    callback=lambda ctx, param, text: _names(text),
+    help="Fine-tunes, or none.",
+)
 @click.option(
     "--shots",
     default=",".join(map(str, DEFAULT_SHOTS)),
     show_default=True,
+    callback=lambda ctx, param, text: _shots(text),
     help="Labelled items per class to train on (all: every training item).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per cell.")
 @click.option(
     "--budget",
+    callback=lambda ctx, param, text: _seconds(text),
     help="Wall time to stay within, e.g. 20m: the fine-tune cells that would end past it are left out (after a "
     "short timing probe, the plan is printed first) [default: no limit].",
 )
@@ -79,7 +98,7 @@ def _shots(text: str) -> tuple[int | str, ...]:
 @source_options
 @no_progress_option
 @json_option
-def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, **options) -> None:
+def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, **options) -> CompareResult:
     """Frozen heads against fine-tuning on SOURCE: which gives the best accuracy for its cost, measured here.
 
     Every method runs on the same cells: for each number of labelled items per class and each seed, the same
@@ -102,10 +121,10 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
     config = config_from_options(FinetuneConfig, options, exclude=CELL_SETTINGS)
     result = run_compare(
         source,
-        heads=_names(heads),
-        finetunes=_names(finetunes),
-        shots=_shots(shots),
-        budget=_seconds(budget),
+        heads=heads,
+        finetunes=finetunes,
+        shots=shots,
+        budget=budget,
         out=out or Path("runs") / f"compare-{name}",
         finetune_config=config,
         precision=config.precision,  # one compute type for the frozen features and the fine-tunes
@@ -116,9 +135,10 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
     advice = result.summary["recommendation"]
     if as_json:
         click.echo(json.dumps({"out_dir": str(result.out_dir), "ran": result.ran, **result.summary}, indent=2))
-        return
+        return result
     click.echo(f"{advice['headline']}" + (f"; {advice['crossing']}" if advice["crossing"] else ""))
     left_out = len(result.summary["budget"]["left_out"])
     skipped = f", {left_out} left out to stay within --budget" if left_out else ""
     done = f"{result.ran} cells run, {len(result.cells) - result.ran} reused{skipped}"
     click.echo(f"{done} -> {result.out_dir / 'compare.md'}")
+    return result

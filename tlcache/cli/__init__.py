@@ -1,0 +1,66 @@
+"""The `tlcache` command line: each command parses its options, calls one library function and says where the
+output went. Mistakes a user can fix end in one line on stderr and exit code 2.
+
+One module per family of commands: ``embed`` (embed and finetune: what reads a source), ``heads`` (fit-head, report,
+predict), ``compare``, ``store`` (info, ls, gc, backbones), ``run`` (pipelines); ``options`` holds the options they
+share, made from the library's own definitions. Each command returns its library result, so ``tlcache run`` can
+invoke the very same command for a pipeline's step and read what it made.
+"""
+
+from __future__ import annotations
+
+import click
+
+from tlcache.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlcache")
+def cli() -> None:
+    """tlcache: embed a dataset once with a frozen pretrained backbone, then fit heads on the cached features.
+
+    \b
+    A typical session:
+      tlcache embed data/train/ --out cache/          # image folder, one sub-folder per class
+      tlcache embed data/test/ --out cache/
+      tlcache fit-head cache/efficientnet-lite0-<key>.h5 --head logreg --test cache/efficientnet-lite0-<key2>.h5
+      tlcache predict runs/efficientnet-lite0-<key>/logreg new-images/ --out preds.csv
+      tlcache run pipelines/rotten-tomatoes.toml      # the same steps, from a recipe
+    """
+
+
+def main() -> None:
+    cli(prog_name="tlcache")
+
+
+def _add_commands() -> None:
+    from tlcache.cli import compare, embed, heads, run, store
+
+    for command in (
+        embed.embed,
+        embed.finetune,
+        heads.fit_head,
+        heads.report,
+        heads.predict,
+        compare.compare,
+        store.info,
+        store.backbones,
+        store.ls,
+        store.gc,
+        run.run,
+    ):
+        cli.add_command(command)
+
+
+_add_commands()

@@ -1,0 +1,158 @@
+"""`tlcache fit-head`, `tlcache report` and `tlcache predict`: the commands of a head's run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from tlcache.cli.options import (
+    SOURCE_OPTIONS,
+    batch_option,
+    device_option,
+    emit,
+    json_option,
+    no_progress_option,
+    source_options,
+    take,
+)
+from tlcache.errors import UserError
+from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
+
+if TYPE_CHECKING:
+    from tlcache.predict import PredictResult
+    from tlcache.runs import HeadRun
+
+
+@click.command("fit-head")
+@click.argument("store")
+@click.option(
+    "--head",
+    type=click.Choice([*HEADS, "all"]),
+    default="logreg",
+    show_default=True,
+    help="all: every head but sgd, and a leaderboard. sgd streams the store (any size fits).",
+)
+@click.option("--test", help="A store of the same features to test on (instead of a held-out fraction).")
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Fraction held out for testing when no --test is given.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the splits, the sweep and the head.")
+@click.option(
+    "--grid",
+    callback=lambda ctx, param, text: _parse_grid(text),
+    help="Comma-separated values for the head's swept hyperparameter (C, alpha or n_neighbors) "
+    "[default: the head's own log-spaced grid of 10 or 11 values]; extended by up to 3 values past an end where "
+    "the best value sits.",
+)
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help="Reweight classes inversely to their frequency.")
+@click.option(
+    "--calibrate",
+    type=click.Choice(CALIBRATIONS),
+    help="Calibrate the probabilities on out-of-fold decision values (the predictions stay the head's own); the "
+    "report gives the expected calibration error before and after.",
+)
+@click.option("--shots", type=click.IntRange(min=1), help="Few-shot protocol: this many training items per class.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Few-shot draws.")
+@click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
+@click.option("--no-views", is_flag=True, help="Ignore the store's augmented views (train on plain items only).")
+@json_option
+def fit_head(store, head, out, grid, no_views, as_json, **options) -> HeadRun | list[HeadRun]:
+    """Fit a scikit-learn head on the features in STORE and report how well it does.
+
+    The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
+    data, the linear-probe protocol, and the best value refitted on all of it. Writes head.joblib, head.json (the
+    features it needs), report.json, report.md and PNG figures (confusion matrix, reliability diagram, sweep).
+
+    \b
+    Examples:
+      tlcache fit-head cache/minilm-<key>.h5 --head logreg
+      tlcache fit-head train.h5 --test test.h5 --head svm --calibrate sigmoid --out runs/svm
+      tlcache fit-head train.h5 --test test.h5 --head all          # every head but sgd, and a leaderboard
+      tlcache fit-head train.h5 --test test.h5 --shots 8 --repeats 5 # few-shot: mean and spread
+      tlcache fit-head big.h5 --head sgd                            # reads the store in row batches
+    """
+    from tlcache.heads import fit_all_heads
+    from tlcache.heads import fit_head as fit
+
+    options.update(use_views=not no_views, grid=grid)
+    if head == "all":
+        runs = fit_all_heads(store, out=out, **options)
+        if as_json:
+            click.echo(json.dumps([{"out_dir": str(r.out_dir), **r.report} for r in runs], indent=2, default=str))
+            return runs
+        for run in runs:
+            click.echo(run.summary_line())
+        click.echo(f"leaderboard -> {runs[0].out_dir.parent / 'leaderboard.md'}")
+        return runs
+    run = fit(store, head, out=out, **options)
+    emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
+    return run
+
+
+def _parse_grid(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--grid {text!r} is not a comma-separated list of numbers, e.g. 0.001,0.01,0.1") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"--grid {text!r} needs positive values, e.g. 0.001,0.01,0.1")
+    return values
+
+
+@click.command()
+@click.argument("run_dir")
+def report(run_dir) -> dict[str, Path]:
+    """Render report.md and the PNG figures of RUN_DIR again from its report.json.
+
+    \b
+    Example:
+      tlcache report runs/minilm-<key>/logreg
+    """
+    from tlcache.runs import render_report
+
+    paths = render_report(run_dir)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+@click.command()
+@click.argument("head")
+@click.argument("source")
+@click.option("--out", "-o", default="predictions.csv", show_default=True, help="CSV to write; '-' for stdout.")
+@click.option("--cache-dir", help="Where embeddings of SOURCE are cached [default: $TLCACHE_HOME or ~/.cache/tlcache].")
+@batch_option
+@device_option
+@source_options
+@no_progress_option
+def predict(head, source, out, no_progress, **options) -> PredictResult:
+    """Predict SOURCE with the head in the run folder HEAD.
+
+    SOURCE is embedded with the head's own backbone, through the cache (or is a store of those features). A head
+    whose backbone or dim does not match the features is refused.
+
+    \b
+    Examples:
+      tlcache predict runs/minilm-<key>/logreg new-reviews.csv --out preds.csv
+      tlcache predict runs/minilm-<key>/logreg cache/minilm-<key2>.h5 --out -
+    """
+    from tlcache.predict import predict as run_predict
+
+    result = run_predict(
+        head,
+        source,
+        out=None if out == "-" else out,
+        progress=not no_progress,
+        source_options=take(options, SOURCE_OPTIONS),
+        **options,
+    )
+    click.echo(result.summary_line(), err=out == "-")
+    return result

@@ -1,0 +1,125 @@
+"""The record a pipeline step leaves beside its output, written and read here only, so a rerun can skip the step.
+
+A record (``<out>/.tlcache-step.json`` for a folder, ``.<name>.tlcache-step.json`` beside a file) holds the step's
+command line, the identity of each input (a store's cache key, a file's or a folder's content digest) and the size
+and modification time of every file of its output. It says "running" while the step runs and "done" once it has
+succeeded, written whole under a temporary name and renamed. A step is done when its record says "done" for the
+same command line and inputs, and its output files are the ones it wrote: a changed option, a changed input, an
+interrupted run or an output file touched since all run the step again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RECORD_NAME = ".tlcache-step.json"
+FOLDER_OUTPUTS = ("fit-head", "finetune", "compare")  # steps whose `out` is a folder; predict's is a file
+FORMAT = 1
+
+
+@dataclass
+class StepRecord:
+    """What a step (``kind``, writing to ``out``) is about to run: its command line and the identities of its
+    inputs (see :func:`identity`)."""
+
+    kind: str
+    out: Path
+    argv: list[str]
+    inputs: dict[str, str]
+
+    @property
+    def path(self) -> Path:
+        if self.kind in FOLDER_OUTPUTS:
+            return self.out / RECORD_NAME
+        return self.out.with_name(f".{self.out.name}{RECORD_NAME}")
+
+    def saved(self) -> dict[str, Any] | None:
+        """The record on disk, or None when there is none (or it cannot be read: the step runs again)."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return saved if isinstance(saved, dict) and saved.get("format") == FORMAT else None
+
+    def done(self) -> bool:
+        """Whether the step ran to the end with this command line and these inputs, and its output is intact."""
+        saved = self.saved()
+        return (
+            saved is not None
+            and saved.get("state") == "done"
+            and saved.get("argv") == self.argv
+            and saved.get("inputs") == self.inputs
+            and bool(saved.get("files"))
+            and saved["files"] == self._snapshot()
+        )
+
+    def matches_apart_from(self, unresolved: set[int]) -> bool:
+        """For a dry run: whether a finished record has this command line at every position but ``unresolved``
+        (references to outputs not made yet)."""
+        saved = self.saved()
+        if saved is None or saved.get("state") != "done" or len(saved.get("argv", ())) != len(self.argv):
+            return False
+        return all(i in unresolved or a == b for i, (a, b) in enumerate(zip(saved["argv"], self.argv)))
+
+    def output(self) -> Path | None:
+        """The output a later step refers to, as the finished record names it."""
+        saved = self.saved() or {}
+        return Path(saved["output"]) if saved.get("output") else None
+
+    def owns_output(self) -> bool:
+        """Whether a record of this step's own (done or not) lies in its output: the step wrote what is there."""
+        return self.path.exists()
+
+    def start(self) -> None:
+        self._write({"state": "running"})
+
+    def finish(self, output: Path | None) -> None:
+        self._write({"state": "done", "output": str(output) if output else None, "files": self._snapshot()})
+
+    def _write(self, fields: dict[str, Any]) -> None:
+        record = {"format": FORMAT, "kind": self.kind, "argv": self.argv, "inputs": self.inputs, **fields}
+        record["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, self.path)
+
+    def _snapshot(self) -> dict[str, list[int]]:
+        """Size and modification time of every file of the output (its record aside)."""
+        if self.kind in FOLDER_OUTPUTS:
+            files = _files(self.out) if self.out.is_dir() else []
+            names = [p.relative_to(self.out).as_posix() for p in files]
+        else:
+            files = [self.out] if self.out.is_file() else []
+            names = [self.out.name]
+        stats = [p.stat() for p in files]
+        return {name: [st.st_size, st.st_mtime_ns] for name, st in zip(names, stats)}
+
+
+def identity(path: Path) -> str:
+    """What an input is, by content: a finished store's cache key, else a digest of a file's bytes or of a folder's
+    files (names and bytes). Digests are remembered in the cache's fingerprint index, so an unchanged folder costs
+    one stat per file."""
+    from tlcache.fingerprints import file_digests
+    from tlcache.hashing import hash_json
+    from tlcache.paths import fingerprint_index
+    from tlcache.store import STORE_SUFFIX, probe_store
+
+    if path.is_file() and path.suffix == STORE_SUFFIX:
+        status = probe_store(path)
+        if status.complete and status.key:
+            return f"store {status.key}"
+    files = [path] if path.is_file() else _files(path)
+    digests = file_digests([str(p.resolve()) for p in files], fingerprint_index())
+    if path.is_file():
+        return f"file {digests[0]}"
+    return "folder " + hash_json([[p.relative_to(path).as_posix(), d] for p, d in zip(files, digests)])
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith((RECORD_NAME, ".partial")))
