@@ -290,6 +290,19 @@ def test_plan_lines_say_what_runs_and_what_is_left_out():
     assert plan_lines([(keys[0], 40.0)], Budget(None)) == ["plan: 1 fine-tune cells, about 40 s (no --budget)"]
 
 
+def test_the_probe_rate_follows_the_slope_but_not_below_a_floor_noise_cannot_cross():
+    from tlcache.compare.plan import probe_rates
+
+    # Idle: 5 s for 20 item passes, 8 s for 60: 0.075 s a pass and 3.5 s fixed, above the floor (0.1 * 8 / 60).
+    fixed, per_item = probe_rates(20, 5.0, 60, 8.0)
+    assert per_item == pytest.approx(0.075) and fixed == pytest.approx(3.5)
+    # Busy: the larger run barely longer than the smaller one; the slope (0.0025) would promise a fine-tune of
+    # 6000 passes in 20 s. The floor keeps it at a tenth of the larger run's own rate: 6000 passes in 80+ s.
+    fixed, per_item = probe_rates(20, 8.0, 60, 8.1)
+    assert per_item == pytest.approx(0.1 * 8.1 / 60)
+    assert fixed + 6000 * per_item > 80
+
+
 def test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one(texts, tiny_bert_dir, monkeypatch):
     from test_cli import assert_user_error, run
     from tlcache.compare import plan

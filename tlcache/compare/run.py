@@ -26,6 +26,7 @@ from tlcache.compare.plan import (
     FinetuneClock,
     finetune_order,
     plan_lines,
+    probe_rates,
 )
 from tlcache.compare.summary import summarise, write_compare_report
 from tlcache.errors import UserError, check_choice
@@ -181,8 +182,7 @@ def _probe_finetune(data: _Data, tuner: _Tuner, config, out_dir: Path):
         )
         timings.append((clock.items(CellKey("ft", "finetune", size, 0), len(rows)), time.perf_counter() - started))
     (small, first), (large, second) = timings[1:]
-    per_item = (second - first) / (large - small) if large > small and second > first else first / small
-    return max(first - per_item * small, 0.0), per_item
+    return probe_rates(small, first, large, second)
 
 
 def _check_request(heads, finetunes, shots, repeats: int, budget: float | None) -> None:
