@@ -392,3 +392,33 @@ def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(
     assert "3 texts cut to the model's limit" in result.summary_line()
     meta = FeatureStore(result.path).meta
     assert meta["truncated_rows"] == 3 and meta["max_tokens"] <= 64
+
+
+def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_bert_dir, monkeypatch):
+    texts = write_text_csv(tmp_path / "a.csv", n=6)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(UserError, match="notes.txt is a file, not a folder"):
+        embed_source(texts, f"hf:{tiny_bert_dir}", out=a_file, progress=False)
+    with pytest.raises(UserError, match="cannot write in .*notes.txt"):
+        embed_source(texts, f"hf:{tiny_bert_dir}", out=a_file / "below" / "s.h5", progress=False)
+    monkeypatch.setenv("TLCACHE_HOME", str(a_file))
+    with pytest.raises(UserError, match=r"notes.txt \(\$TLCACHE_HOME\) is a file"):
+        embed_source(texts, f"hf:{tiny_bert_dir}", progress=False)
+    assert a_file.read_text() == "not a folder"
+
+
+def test_damaged_weights_and_absurd_image_sizes_are_refused_in_one_line(tmp_path, image_folder, resnet18_weights):
+    for name, data in (("bad.pth", b"PK\x03\x04 not a zip"), ("bad.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=f"cannot read weights from .*{name}"):
+            embed_source(
+                image_folder,
+                "torchvision:resnet18",
+                weights=str(tmp_path / name),
+                image_size=32,
+                out=tmp_path / "cache",
+                progress=False,
+            )
+    with pytest.raises(UserError, match="--image-size 100000 is out of range"):
+        embed_source(image_folder, **_resnet(resnet18_weights, image_size=100000), out=tmp_path / "c", progress=False)

@@ -240,13 +240,15 @@ def _write_lock(path: Path) -> Iterator[None]:
     """One writer per store: a second process waits (and says so) until the first is done."""
     from filelock import FileLock, Timeout
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path(path)))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
         print(f"waiting for another tlcache process that is writing {path} ...", file=sys.stderr)
         lock.acquire()
+    except OSError as exc:  # a read-only or missing parent, a file where a folder should be
+        raise UserError(f"cannot write in {path.parent} ({exc.strerror}); pass another --out") from None
     try:
         yield
     finally:

@@ -60,6 +60,8 @@ def resolve_store_path(out: str | Path | None, backbone_name: str, config: str, 
     if out is not None and str(out).endswith(STORE_SUFFIX):
         return Path(out)
     folder = Path(out) if out is not None else default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file, not a folder; name a folder, or a .h5 file for the store itself")
     return folder / store_filename(backbone_name, config, key)
 
 

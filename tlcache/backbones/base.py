@@ -28,6 +28,7 @@ MAP_POOLINGS = ("mean", "max", "flatten")  # for feature maps
 POOLING_CHOICES = tuple(dict.fromkeys(POOLINGS + MAP_POOLINGS))  # what --pool takes, for some backbone or other
 # The ImageNet evaluation crop: resize the shorter side to size / 0.875, keep the central size x size.
 DEFAULT_CROP_RATIO = 0.875
+MAX_IMAGE_SIZE = 4096  # pixels a side: a 100000-px request would allocate terabytes before failing
 IMAGE_OPTIONS = ("weights", "image_size", "crop_ratio", "layer", "pooling")  # what image backbones take
 
 
@@ -66,11 +67,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Lightning-style checkpoints that nest it under ``state_dict`` or ``model`` are unwrapped."""
     import torch
 
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file raises almost anything, from pickle, zip or safetensors
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(
+            f"cannot read weights from {path} ({reason}); pass a .pth/.pt or .safetensors state_dict"
+        ) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -247,8 +254,8 @@ class ImageBackbone(Backbone):
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], crop_ratio: float | None = None):
         super().__init__()
         self.image_size = int(image_size)
-        if self.image_size < 16:
-            raise UserError(f"--image-size {image_size} is too small; use 16 or more")
+        if not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UserError(f"--image-size {image_size} is out of range; use 16 to {MAX_IMAGE_SIZE} pixels")
         crop_ratio = DEFAULT_CROP_RATIO if crop_ratio is None else float(crop_ratio)
         if not 0.0 < crop_ratio <= 1.0:
             raise UserError(f"--crop-ratio {crop_ratio} must be in (0, 1]; 1 keeps the whole (square) image")
