@@ -67,8 +67,9 @@ def fit_head(store, head, out, grid, no_views, as_json, **options) -> HeadRun | 
     """Fit a scikit-learn head on the features in STORE and report how well it does.
 
     The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
-    data, the linear-probe protocol, and the best value refitted on all of it. Writes head.joblib, head.json (the
-    features it needs), report.json, report.md and PNG figures (confusion matrix, reliability diagram, sweep).
+    data, the linear-probe protocol, and the best value refitted on all of it. Writes the head (head-<digest>.npz:
+    arrays plus JSON, no pickle), head.json (the features it needs), report.json, report.md, predictions.csv and
+    PNG figures (confusion matrix, reliability diagram, sweep).
 
     \b
     Examples:
