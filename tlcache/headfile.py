@@ -20,7 +20,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -84,9 +84,7 @@ def to_bytes(head: Any) -> bytes:
     arrays: dict[str, np.ndarray] = {}
 
     def encode(value: Any) -> Any:
-        if value is None or isinstance(value, (bool, str)):
-            return value
-        if isinstance(value, int) and not isinstance(value, np.integer):
+        if value is None or isinstance(value, (bool, int, str)):  # numpy's integers are no ints: scalars below
             return value
         if isinstance(value, float):
             return value if math.isfinite(value) else {"float": repr(value)}
@@ -118,8 +116,9 @@ def to_bytes(head: Any) -> bytes:
     return buffer.getvalue()
 
 
-def load(path: Path) -> Any:
-    """The head in ``path``; HeadFileError when the file is not a head file or names anything not allowed."""
+def load(path: Path | BinaryIO) -> Any:
+    """The head in ``path`` (a file name or an open binary file); HeadFileError when the file is not a head file or
+    names anything not allowed."""
     allowed = _allowed()
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -6,13 +6,13 @@ import os
 import re
 from pathlib import Path
 
+from tlcache.errors import UserError
+
 
 def default_cache_dir() -> Path:
     """``$TLCACHE_HOME``, else ``~/.cache/tlcache``; refused in one line when it names something not a folder."""
     folder = Path(os.environ.get("TLCACHE_HOME") or Path.home() / ".cache" / "tlcache")
     if folder.exists() and not folder.is_dir():
-        from tlcache.errors import UserError
-
         raise UserError(f"the cache folder {folder} ($TLCACHE_HOME) is a file, not a folder; point it at a folder")
     return folder
 

@@ -251,12 +251,13 @@ def write_predictions(
 
 def save_predictions(out_dir: Path, ids, predicted, probabilities, classes: Sequence[str], truth) -> Path:
     """predictions.csv in a run folder: every test item's prediction beside its true class (see
-    :func:`write_predictions`), so that users can run their own paired tests. Written to a temporary name and
-    renamed: a reader never sees half a file."""
-    partial = out_dir / f".{PREDICTIONS_FILE}.partial"
-    with open(partial, "w", newline="", encoding="utf-8") as handle:
-        write_predictions(handle, ids, predicted, probabilities, classes, truth)
-    return partial.replace(out_dir / PREDICTIONS_FILE)
+    :func:`write_predictions`), so that users can run their own paired tests. Written whole (:func:`write_whole`):
+    a reader never sees half a file."""
+    text = io.StringIO(newline="")
+    write_predictions(text, ids, predicted, probabilities, classes, truth)
+    path = out_dir / PREDICTIONS_FILE
+    write_whole(path, text.getvalue().encode("utf-8"))
+    return path
 
 
 def read_report(run_dir: str | Path) -> RunReport:

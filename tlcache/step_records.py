@@ -11,11 +11,12 @@ interrupted run or an output file touched since all run the step again.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from tlcache.runs import write_whole
 
 RECORD_NAME = ".tlcache-step.json"
 FOLDER_OUTPUTS = ("fit-head", "finetune", "compare")  # steps whose `out` is a folder; predict's is a file
@@ -85,9 +86,7 @@ class StepRecord:
         record = {"format": FORMAT, "kind": self.kind, "argv": self.argv, "inputs": self.inputs, **fields}
         record["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, self.path)
+        write_whole(self.path, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
     def _snapshot(self) -> dict[str, list[int]]:
         """Size and modification time of every file of the output (its record aside)."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tlcache.errors import UserError
+from tlcache.runs import write_whole
 
 CELLS_DIR = "cells"
 
@@ -54,10 +55,8 @@ def load_cell(out_dir: Path, key: CellKey, identity: dict) -> dict | None:
 def save_cell(out_dir: Path, key: CellKey, identity: dict, result: dict) -> None:
     path = cell_path(out_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
     record = {"cell": asdict(key), "identity": identity, "result": result}
-    partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_whole(path, (json.dumps(record) + "\n").encode("utf-8"))
 
 
 def run_cells(

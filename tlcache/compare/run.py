@@ -97,14 +97,7 @@ def compare(
     data = _Data(train_src, test_src, FeatureStore(embedded[0].path), FeatureStore(embedded[1].path))
     data.check_shots(shots)
     out_dir = Path(out)
-    identity = {
-        "train": train_src.fingerprint,
-        "test": test_src.fingerprint,
-        "features": embedded[0].key,
-        "backbone": backbone,
-        "backbone_options": backbone_options,
-        "finetune": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seed", "lp_ft")},
-    }
+    identity = _identity(train_src, test_src, embedded[0].key, backbone, backbone_options, config)
     frozen = [CellKey(m, "frozen", shot, seed) for shot in shots for seed in range(repeats) for m in heads]
     tuned = [CellKey(m, "finetune", shot, seed) for shot in shots for seed in range(repeats) for m in finetunes]
     tuned = finetune_order(tuned)
@@ -132,6 +125,19 @@ def compare(
     summary["budget"] = {"seconds": budget, "left_out": clock.left_out}
     write_compare_report(summary, out_dir)
     return CompareResult(out_dir, cells, ran, summary)
+
+
+def _identity(train_src: Source, test_src: Source, features_key: str, backbone: str, options: dict, config) -> dict:
+    """What a comparison's cells must share to be reused by a rerun: the data, the features, the fine-tune
+    settings (but each cell's own seed and LP-FT switch)."""
+    return {
+        "train": train_src.fingerprint,
+        "test": test_src.fingerprint,
+        "features": features_key,
+        "backbone": backbone,
+        "backbone_options": options,
+        "finetune": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seed", "lp_ft")},
+    }
 
 
 def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, finished, say):
