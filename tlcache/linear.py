@@ -138,6 +138,9 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         if self.scoring not in ("log_loss", "accuracy"):
             raise ValueError(f"scoring must be 'log_loss' or 'accuracy', not {self.scoring!r}")
         splits = validation_splits(codes, self.validation_fraction, self.cv, self.cv_below, self.random_state)
+        # Each split's training rows in float32 (the solver's product precision), cut once for the whole grid.
+        X32 = X.astype(np.float32)
+        parts = [(X32[train], codes[train], weight[train]) for train, _ in splits]
         solutions: dict[float, list[np.ndarray]] = {}  # per C: the weights fitted on each split
         accuracies: dict[float, float] = {}
         held_out: dict[float, list] = {}  # per C: (rows, class scores) of each split
@@ -148,9 +151,9 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
             nearest = min(solutions, key=lambda c: abs(np.log(c / C)), default=None)
             solutions[C], held_out[C] = [], []
             right = loss = 0.0
-            for s, (train, valid) in enumerate(splits):
+            for s, ((X_fit, codes_fit, weight_fit), (_, valid)) in enumerate(zip(parts, splits)):
                 init = solutions[nearest][s] if nearest is not None else None
-                W = self._solve(X[train], codes[train], C, weight[train], init).weights
+                W = self._solve(X_fit, codes_fit, C, weight_fit, init).weights
                 solutions[C].append(W)
                 logits = X[valid] @ W[:-1] + W[-1]
                 right += np.average(np.argmax(logits, axis=1) == codes[valid], weights=weight[valid])
@@ -172,7 +175,7 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         self.curve_ = [(C, float(v)) for C, v in zip(Cs, scores)]
         self.accuracy_curve_ = [(C, float(accuracies[C])) for C in Cs]
         self.selection_ = describe_selection(splits)
-        fit = self._solve(X, codes, self.C_, weight, solutions[self.C_][-1])
+        fit = self._solve(X32, codes, self.C_, weight, solutions[self.C_][-1])
         W, self.n_iter_ = fit.weights, np.array([fit.iterations])
         if len(self.classes_) == 2:  # one weight vector, as scikit-learn's binary models have
             W = W[:, 1:]
