@@ -10,7 +10,9 @@ def test_gc_leaves_a_store_that_is_being_written(tmp_path):
     final = tmp_path / "hf-x-00000000-22222222222222222222.h5"
     make_store(final, np.zeros((5, 3)), [0] * 5, ["x"], finish=False)
     with FileLock(str(lock_path(final))):  # as an embed holds it while writing
+        assert [(e.state, e.rows_done, e.n_rows) for e in list_stores(tmp_path)] == [("running", 4, 5)]
         assert collect_garbage(tmp_path) == []
+    assert [e.state for e in list_stores(tmp_path)] == ["partial"]
     assert partial_path(final).exists()
     assert [e.state for e in collect_garbage(tmp_path)] == ["partial"]
     assert not partial_path(final).exists()

@@ -229,7 +229,7 @@ def test_bad_input_is_one_clear_line(tmp_path, resnet18_weights):
     cases = [
         (("embed", tmp_path / "missing"), "does not exist"),
         (("embed", tmp_path / "empty"), "no images found"),
-        (("embed", tmp_path / "imgs", *rn), "bad.jpg is not a readable image"),
+        (("embed", tmp_path / "imgs", *rn, "--on-error", "fail"), "circle/bad.jpg is not a readable image"),
         (("embed", tmp_path / "notext.csv"), "no column 'text'"),
         (("fit-head", tmp_path / "fake.h5"), "not a tlcache feature store"),
         (("info", tmp_path / "fake.h5"), "not a tlcache feature store"),

@@ -66,13 +66,13 @@ def test_embed_batch_size_device_workers_and_compile_are_recorded_and_keep_the_f
     import tlcache.embed
 
     asked = []
-    original = tlcache.embed.image_batches
+    original = tlcache.embed.decoded_batches
 
-    def recording(dataset, order, batch_size, workers, pin_memory):
+    def recording(dataset, batch_size, workers, pin_memory):
         asked.append(workers)
-        return original(dataset, order, batch_size, workers, pin_memory)
+        return original(dataset, batch_size, workers, pin_memory)
 
-    monkeypatch.setattr(tlcache.embed, "image_batches", recording)
+    monkeypatch.setattr(tlcache.embed, "decoded_batches", recording)
     folder = write_image_folder(tmp_path / "imgs", per_class=4)  # 8 images: the CPU default batch holds them all
     # Batches of 3 in fp32 at 32 px, as tests/test_embed.py compiles: inductor's on-disk cache serves both.
     args = ["embed", folder, *resnet_args(resnet18_weights), "--precision", "fp32", "--batch-size", 3, "--json"]
@@ -627,6 +627,7 @@ ADDED = {
         "--workers": EMBED_RUN,
         "--no-progress": HERE + "test_no_progress_hides_the_bar_that_a_terminal_shows",
         "--overwrite": HERE + "test_embed_overwrite_replaces_another_store_that_out_names",
+        "--on-error": "test_unreadable_items.py::test_cli_lists_each_skipped_item_and_fail_exits_2",
     },
     "fit-head": {
         "--test-fraction": HERE + "test_fit_head_test_fraction_seed_and_grid",

@@ -9,7 +9,7 @@ import pytest
 from tlcache.backbones.base import DEVICE_CHOICES, POOLING_CHOICES, PRECISIONS
 from tlcache.cli import cli
 from tlcache.cli.options import config_from_options
-from tlcache.embed import COMPILE_CHOICES
+from tlcache.embed import COMPILE_CHOICES, ON_ERROR_CHOICES
 from tlcache.finetune.config import NORM_STATS, FinetuneConfig
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
 from tlcache.store import COMPRESSIONS, DTYPES
@@ -22,6 +22,7 @@ CHOICES = {
     "--dtype": DTYPES,
     "--compression": COMPRESSIONS,
     "--compile": COMPILE_CHOICES,
+    "--on-error": ON_ERROR_CHOICES,
     "--head": (*HEADS, "all"),
     "--class-weight": CLASS_WEIGHTS,
     "--calibrate": CALIBRATIONS,

@@ -7,7 +7,7 @@ import torch
 from conftest import write_image_folder
 from tlcache.backbones import create_backbone
 from tlcache.errors import UserError
-from tlcache.images import ImageFiles, image_batches, item_seed, training_transform
+from tlcache.images import ImageFiles, decoded_batches, image_batches, item_seed, training_transform
 
 
 @pytest.fixture
@@ -46,6 +46,18 @@ def test_a_file_that_cannot_be_decoded_stops_the_batches_with_its_name(tmp_path,
     paths = sorted(write_image_folder(tmp_path / "imgs", per_class=3).rglob("*.png"))
     paths[4].write_bytes(paths[4].read_bytes()[:-60])
     dataset = ImageFiles(paths, backbone.transform())
-    assert dataset[4][2].startswith(str(paths[4])) and dataset[4][0] is None
+    assert dataset[4][2].startswith("could not be decoded") and dataset[4][0] is None
     with pytest.raises(UserError, match=paths[4].name):
         list(image_batches(dataset, range(len(paths)), 2, 0, False))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoded_batches_go_on_past_bad_files_and_say_which(tmp_path, backbone, workers):
+    paths = sorted(write_image_folder(tmp_path / "imgs", per_class=3).rglob("*.png"))
+    for bad in (1, 4, 5):
+        paths[bad].write_bytes(paths[bad].read_bytes()[:-60])
+    batches = list(decoded_batches(ImageFiles(paths, backbone.transform()), 2, workers, False))
+    assert [[position for position, _ in errors] for _, _, errors in batches] == [[1], [], [0, 1]]
+    assert [0 if pixels is None else len(pixels) for pixels, _, _ in batches] == [1, 2, 0]
+    clean = ImageFiles([paths[0]], backbone.transform())[0][0]
+    torch.testing.assert_close(batches[0][0][0], clean)  # the good item of a batch with a bad one is intact

@@ -55,7 +55,7 @@ def test_rows_can_be_written_in_any_order_with_views(tmp_path):
 def test_finish_refuses_missing_rows(tmp_path):
     writer = StoreWriter.create(tmp_path / "m.h5", {"cache_key": "k"}, ["a", "b"], [0, 0], ["x"], ["1", "2"], dim=2)
     writer.write(np.array([0]), np.zeros((1, 2)))
-    with pytest.raises(RuntimeError, match="1 rows not written"):
+    with pytest.raises(RuntimeError, match="1 rows neither written nor skipped"):
         writer.finish({})
 
 

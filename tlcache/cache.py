@@ -21,7 +21,7 @@ class StoreEntry:
     rows_done: int
     n_rows: int
     size_bytes: int
-    state: str  # "complete", "partial" (an interrupted or running embed) or "unreadable"
+    state: str  # "complete", "partial" (an interrupted embed: run it again), "running" (being written) or "unreadable"
     last_used: str  # ISO time of the last write or cache hit
 
     def as_dict(self) -> dict:
@@ -45,7 +45,7 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
             with h5py.File(path, "r") as handle:
                 backbone = str(handle.attrs.get("backbone", ""))
                 source = str(handle.attrs.get("source_path", ""))
-        state = "unreadable" if not status.readable else "complete" if status.complete else "partial"
+        state = _state(path, status.readable, status.complete)
         stat = path.stat()
         entries.append(
             StoreEntry(
@@ -61,6 +61,22 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
             )
         )
     return sorted(entries, key=lambda e: (e.last_used, e.path.name))
+
+
+def _state(path: Path, readable: bool, complete: bool) -> str:
+    """A file with the partial suffix is never complete, whatever it says (a run killed while publishing it
+    leaves one marked complete); one whose embed holds the lock is running (HDF5 will not open it meanwhile)."""
+    if not path.name.endswith(PARTIAL_SUFFIX):
+        return "complete" if readable and complete else "unreadable"
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(path.with_name(path.name.removesuffix(PARTIAL_SUFFIX)))))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return "running"
+    lock.release()
+    return "partial" if readable else "unreadable"
 
 
 def collect_garbage(

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,19 @@ import numpy as np
 
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
 from tlcache.backbones.base import resolve_precision
-from tlcache.errors import UserError, check_choice
-from tlcache.images import VIEWS_SEED, ImageFiles, check_images, default_workers, image_batches, view_seed
+from tlcache.errors import DISK_ERRORS, UserError, check_choice
+from tlcache.images import (
+    VIEWS_SEED,
+    ImageFiles,
+    decoded_batches,
+    default_workers,
+    describe_unreadable,
+    unreadable_headers,
+    view_seed,
+)
 from tlcache.provenance import tlcache_version, torch_version
+from tlcache.repack import publish_interrupted
+from tlcache.reuse import donor_stores, reuse_rows
 from tlcache.sources import Source, load_source
 from tlcache.store import (
     COMPRESSIONS,
@@ -34,11 +44,11 @@ from tlcache.store import (
     partial_path,
     probe_store,
     resolve_store_path,
-    sibling_stores,
 )
 
 DEFAULT_BACKBONES = {"image": "efficientnet-lite0", "text": "minilm"}
 COMPILE_CHOICES = ("auto", "on", "off")
+ON_ERROR_CHOICES = ("skip", "fail")
 # From how many images `--compile auto` compiles; None: never. On 2 CPU cores compiling cost 26-28 s and paid
 # from 9,608 images for efficientnet-lite0 but never for ResNet-50, whose compiled steady state ran slower than
 # eager (benchmarks/results/embed_throughput.md, 2026-12-02; on 2026-11-23 the same machine kind measured 25,934
@@ -50,7 +60,6 @@ COMPILE_AUTO_RULE = (
     if COMPILE_AUTO_MIN_ITEMS is None
     else f"from {COMPILE_AUTO_MIN_ITEMS} images"
 )
-_COPY_BATCH = 4096
 
 
 @dataclass
@@ -65,24 +74,32 @@ class EmbedResult:
     seconds: float
     cached: bool
     truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
 
     def summary_line(self) -> str:
+        left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
         if self.cached:
             return (
-                f"cache hit: {self.rows} rows of {self.backbone} ({self.dim}-d) already embedded, "
-                f"nothing computed -> {self.path}"
+                f"cache hit: {self.rows - len(self.skipped)} rows of {self.backbone} ({self.dim}-d) already "
+                f"embedded{left_out}, nothing computed -> {self.path}"
             )
         rate = f" ({self.embedded / self.seconds:.0f}/s)" if self.embedded and self.seconds > 0 else ""
-        kept = self.rows - self.embedded - self.reused
+        kept = self.rows - self.embedded - self.reused - len(self.skipped)
         notes = [f"{self.reused} reused from other stores"] if self.reused else []
         notes += [f"{kept} kept from an interrupted run"] if kept else []
         if self.truncated:
             notes.append(f"{self.truncated} texts cut to the model's limit: their ends are not embedded")
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} unreadable, left out")
         extra = f" ({'; '.join(notes)})" if notes else ""
         return (
             f"embedded {self.embedded} of {self.rows} rows with {self.backbone} ({self.dim}-d) in "
             f"{self.seconds:.1f} s{rate}{extra} -> {self.path}"
         )
+
+    def skipped_lines(self) -> list[str]:
+        """One line per item left out, with why (the store lists them too: `tlcache info`)."""
+        return [f"skipped {item}: it {why}" for item, why in self.skipped]
 
 
 def embed_source(
@@ -101,6 +118,7 @@ def embed_source(
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    on_error: str = "skip",
     **backbone_options,
 ) -> EmbedResult:
     """Embed every item of ``source`` into a feature store, unless a complete store with the same key exists.
@@ -114,7 +132,10 @@ def embed_source(
     rounding, so it is not in the key. ``source_options`` go to :func:`load_source` (column names); other keyword
     arguments go to :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``).
     An ``out`` file that holds anything but this store (another source's, other options', or not a store) is
-    refused unless ``overwrite``; its rows are reused where they fit.
+    refused unless ``overwrite``; its rows are reused where they fit. An item that cannot be read (a damaged
+    image) is left out of the store, which lists it with why (``FeatureStore.skipped()``); ``on_error="fail"``
+    then raises a UserError naming them all, after the store of the others is written (its rows are reused once
+    the bad items are fixed or removed). A cache hit on such a store does the same.
 
     >>> result = embed_source("reviews.csv", "minilm")      # doctest: +SKIP
     >>> result.path, result.cached                          # doctest: +SKIP
@@ -122,6 +143,7 @@ def embed_source(
     started = time.perf_counter()
     check_choice("--compression", compression, COMPRESSIONS)
     check_choice("--compile", compile_mode, COMPILE_CHOICES)
+    check_choice("--on-error", on_error, ON_ERROR_CHOICES)
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
     torch_device = resolve_device(device)
     bb = _resolve_backbone(backbone, src, backbone_options).at_precision(resolve_precision(precision, torch_device))
@@ -132,7 +154,15 @@ def embed_source(
 
     def result(embedded: int, reused: int, dim: int, cached: bool, truncated: int = 0) -> EmbedResult:
         seconds = time.perf_counter() - started
-        return EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached, truncated)
+        skipped = FeatureStore(path).skipped()
+        done = EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached, truncated, skipped)
+        if skipped and on_error == "fail":
+            raise UserError(
+                f"{describe_unreadable(skipped)}; the other {len(src) - len(skipped)} items are "
+                f"embedded in {path}, which lists every bad one (`tlcache info`); fix or remove them and run again "
+                "(rows are reused), or use --on-error skip to go on without them"
+            )
+        return done
 
     hit = _hit(path, key)
     if hit:
@@ -140,12 +170,13 @@ def embed_source(
     if not overwrite and path == Path(out or ""):  # a file named by --out; in a folder, names carry the key
         _refuse_replacing(path)
     with _write_lock(path):
-        hit = _hit(path, key)  # another process may have finished it while we waited
+        # Another process may have finished it while we waited, or been killed while publishing it.
+        hit = _hit(path, key) or (publish_interrupted(path, key, compression) and _hit(path, key))
         if hit:
             return result(0, 0, hit.dim, cached=True)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
         try:
-            reused = _reuse_rows(writer, src, donors)
+            reused = reuse_rows(writer, src, donors)
             pending = writer.pending()
             run = _embed_rows(
                 src, bb, writer, pending, torch_device, batch_size, views_config, num_workers, compile_mode, progress
@@ -155,7 +186,8 @@ def embed_source(
             writer.finish({**how, "torch_version": torch_version(), "rows_reused": reused}, compression=compression)
         finally:
             writer.close()
-    return result(len(pending), reused, bb.dim, cached=False, truncated=run.get("truncated_rows") or 0)
+    embedded = len(pending) - len(writer.skipped)
+    return result(embedded, reused, bb.dim, cached=False, truncated=run.get("truncated_rows") or 0)
 
 
 def _embed_rows(
@@ -172,20 +204,25 @@ def _embed_rows(
 ) -> dict[str, Any]:
     """Embed the rows not yet in the store on ``device``, and say how (batch size, compiled or not)."""
     size = batch_size or _default_batch_size(device, bb)
-    if not len(pending):
-        return {"batch_size": size, "compiled": False}
-    if src.modality == "image":
-        check_images([src.items[i] for i in pending])
-    bb.load(str(device))
-    size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
-    forward = _image_forward(bb, compile_mode, len(pending), size, progress)
+    if src.modality == "image" and len(pending):  # every bad header at once, before the long run
+        bad = unreadable_headers([src.items[i] for i in pending])
+        writer.skip(pending[list(bad)], list(bad.values()))
+        pending = writer.pending()
+    if len(pending):
+        bb.load(str(device))
+        size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
+    forward = _image_forward(bb, compile_mode, len(pending), size, progress) if len(pending) else None
     how: dict[str, Any] = {"batch_size": size, "compiled": forward is not None}
     read = None  # tokens the model reads of each text, for batching by length
-    if src.modality == "text" and bb.max_length:  # every row's text, not only this run's: the store's count
+    if src.modality == "text" and bb.max_length and len(pending):  # every row's text: the store's count
         full = np.asarray(bb.token_lengths(src.items, truncate=False))
         how["truncated_rows"], how["max_tokens"] = int((full > bb.max_length).sum()), bb.max_length
         read = np.minimum(full, bb.max_length)
-    _run_batches(src, bb, writer, pending, size, views_config, workers, progress, forward, read)
+    if len(pending):
+        _run_batches(src, bb, writer, pending, size, views_config, workers, progress, forward, read)
+    if not writer.done.any():
+        bad = [(src.ids[row], why) for row, why in writer.skipped.items()]
+        raise UserError(f"none of the {len(src)} items could be read: {describe_unreadable(bad)}")
     return how
 
 
@@ -253,6 +290,13 @@ def _write_lock(path: Path) -> Iterator[None]:
         raise UserError(f"cannot write in {path.parent} ({exc.strerror}); pass another --out") from None
     try:
         yield
+    except OSError as exc:  # a full or failing disk under a write: the rows flushed before it stay resumable
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise UserError(
+            f"cannot write {path} ({os.strerror(exc.errno)}); the rows written so far are kept: free space or "
+            "fix the disk, then run the same command again to finish it"
+        ) from None
     finally:
         lock.release()
 
@@ -300,53 +344,6 @@ def _open_writer(
         groups=src.groups,
     )
     return writer, donors
-
-
-def donor_stores(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
-    """The complete stores beside ``path`` made with the same config: their rows of identical items can be reused."""
-    donors = []
-    for candidate in sibling_stores(path, bb.name, config):
-        status = probe_store(candidate)
-        if status.complete and status.config == config:
-            donors.append(FeatureStore(candidate))
-    return donors
-
-
-def _reuse_rows(writer: StoreWriter, src: Source, donors: list[FeatureStore]) -> int:
-    """Copy the rows of items (matched by content fingerprint) that a store of the same config already holds."""
-    reused = 0
-    for targets, features, views in rows_from_donors(src.fingerprints, donors):
-        writer.write(targets, features, views)
-        reused += len(targets)
-    return reused
-
-
-def rows_from_donors(
-    fingerprints: list[str], donors: list[FeatureStore]
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(target rows, features, views) for every item whose fingerprint a donor store holds, targets increasing
-    within each piece. Each donor is read once, front to back, in row batches: sequential reads, bounded memory."""
-    wanted: dict[str, list[int]] = {}
-    for row, fingerprint in enumerate(fingerprints):
-        wanted.setdefault(fingerprint, []).append(row)
-    for donor in donors:
-        if not wanted:
-            break
-        pairs = sorted(
-            (donor_row, target) for donor_row, fp in enumerate(donor.fingerprints()) for target in wanted.pop(fp, ())
-        )
-        if not pairs:
-            continue
-        donor_rows = np.array([p[0] for p in pairs])
-        targets = np.array([p[1] for p in pairs])
-        for rows, features in donor.iter_batches(_COPY_BATCH):
-            inside = (donor_rows >= rows.start) & (donor_rows < rows.stop)
-            if not inside.any():
-                continue
-            local, batch_targets = donor_rows[inside] - rows.start, targets[inside]
-            order = np.argsort(batch_targets)
-            views = donor.views(rows)
-            yield batch_targets[order], features[local][order], None if views is None else views[local][order]
 
 
 def _default_batch_size(device, bb: Backbone) -> int:
@@ -427,8 +424,15 @@ def _run_image_batches(src, bb, writer, pending, batch_size, views_config, worke
     workers = default_workers(len(pending), bb.device) if workers is None else workers
     forward = compiled_forward or (lambda pixels: bb.forward(bb.to_device(pixels, on_cuda)))
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-    loader = image_batches(dataset, range(len(pending)), batch_size, workers, on_cuda)
-    for rows, (pixels, views) in zip(batches, loader):
+    loader = decoded_batches(dataset, batch_size, workers, on_cuda)
+    for rows, (pixels, views, errors) in zip(batches, loader):
+        if errors:  # left out of the store, which lists them; the rest of the batch goes on
+            failed = [position for position, _ in errors]
+            writer.skip(rows[failed], [why for _, why in errors])
+            bar.update(len(failed))
+            rows = np.delete(rows, failed)
+            if not len(rows):
+                continue
         features = forward(pixels).float().cpu().numpy()
         view_features = None
         if views is not None:

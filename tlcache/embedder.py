@@ -18,9 +18,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from tlcache.backbones import Backbone, create_backbone, resolve_device
 from tlcache.backbones.base import resolve_precision
-from tlcache.embed import donor_stores, embed_source, rows_from_donors
+from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.paths import default_cache_dir
+from tlcache.reuse import donor_stores, rows_from_donors
 from tlcache.sources import source_from_items
 from tlcache.store import FeatureStore, cache_key, config_key, resolve_store_path
 
@@ -184,6 +185,7 @@ def embed_items(
             dtype=dtype,
             precision=bb.precision,
             progress=progress,
+            on_error="fail",  # one row of features per item given
         )
         store = FeatureStore(result.path)
         computed = dict(zip(store.fingerprints(), store.features()))

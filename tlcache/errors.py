@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
+
+# Errors of a disk that is full or failing: a state the user can fix (free space, fix the disk), not a bug.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 
 
 class UserError(ValueError):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tlcache.hashing import hash_file
+from tlcache.paths import printable
 
 _RACY_SECONDS = 2.0
 _SCHEMA = """
@@ -31,7 +32,7 @@ def file_digests(paths: Sequence[str], index_path: Path | None) -> list[str]:
     if index_path is None:
         return [hash_file(p) for p in paths]
     stats = [os.stat(p) for p in paths]
-    names = list(paths)
+    names = [printable(p) for p in paths]  # the index's keys: text SQLite can store
     try:
         known = _lookup(index_path, names)
     except sqlite3.Error:  # an unwritable or damaged index only costs speed

@@ -29,25 +29,51 @@ _GLOBAL_RNG = threading.Lock()
 
 def read_rgb(path: str | Path):
     """An image file decoded to an RGB PIL image; a damaged file is a UserError naming it."""
+    rgb, why = _decoded(path)
+    if why:
+        raise UserError(f"{path} {why}; fix or remove it")
+    return rgb
+
+
+def _decoded(path: str | Path) -> tuple[Any, str | None]:
+    """(the image as RGB, None), or (None, why it could not be decoded)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert("RGB"), None
     except Exception as exc:  # PIL raises many types for damaged files
-        raise UserError(f"{path} could not be decoded ({exc}); fix or remove it") from None
+        return None, f"could not be decoded ({exc})"
 
 
-def check_images(paths: Sequence[str | Path]) -> None:
-    """Read every header before the long run, so a bad file stops it at once rather than at 90%."""
+def unreadable_headers(paths: Sequence[str | Path]) -> dict[int, str]:
+    """{position: why} for every file of ``paths`` whose header cannot be read: all of them in one pass, before
+    the long run. A file whose header passes can still fail to decode later (a truncated JPEG)."""
     from PIL import Image
 
-    for path in paths:
+    bad = {}
+    for position, path in enumerate(paths):
         try:
             with Image.open(path):
                 pass
-        except Exception as exc:
-            raise UserError(f"{path} is not a readable image ({exc}); fix or remove it") from None
+        except Exception as exc:  # PIL raises many types for damaged files
+            bad[position] = f"is not a readable image ({exc})"
+    return bad
+
+
+def check_images(paths: Sequence[str | Path]) -> None:
+    """Read every header before the long run, so a bad file stops it at once rather than at 90%; the message
+    names every bad file (up to a few) and how many there are."""
+    bad = unreadable_headers(paths)
+    if bad:
+        raise UserError(f"{describe_unreadable([(paths[i], why) for i, why in bad.items()])}; fix or remove them")
+
+
+def describe_unreadable(items: Sequence[tuple[Any, str]], shown: int = 3) -> str:
+    """One line for (name, why) of unreadable items: how many, and the first few."""
+    named = "; ".join(f"{name} {why}" for name, why in items[:shown])
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    return f"{len(items)} unreadable {'item' if len(items) == 1 else 'items'}: {named}{more}"
 
 
 def view_seed(fingerprint: str, view: int, seed: int = VIEWS_SEED) -> int:
@@ -153,10 +179,9 @@ class ImageFiles:
     def __getitem__(self, index: int):
         import torch
 
-        try:
-            rgb = read_rgb(self.paths[index])
-        except UserError as exc:
-            return None, None, str(exc)
+        rgb, why = _decoded(self.paths[index])
+        if why:
+            return None, None, why
         pixels = self.transform(rgb) if self.seeds is None else _seeded(self.transform, rgb, self.seeds[index])
         views = None
         if self.view_seeds is not None:
@@ -178,10 +203,29 @@ def image_batches(
     """(pixels, views) per batch of ``order``'s items, in that order: from DataLoader worker processes, or with no
     workers decoded on all cores just before the model needs it, so decoding never competes with the model. A file
     that cannot be decoded stops the run with its name."""
+    for start, (pixels, views, errors) in zip(
+        range(0, len(order), batch_size), _batches(dataset, order, batch_size, workers, pin_memory)
+    ):
+        if errors:
+            position, why = errors[0]
+            raise UserError(f"{dataset.paths[order[start + position]]} {why}; fix or remove it")
+        yield pixels, views
+
+
+def decoded_batches(
+    dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool
+) -> Iterator[tuple[Any, Any, list[tuple[int, str]]]]:
+    """(pixels, views, errors) per batch of ``batch_size`` items in the dataset's order, as image_batches but
+    going on past files that cannot be decoded: ``errors`` lists (position in the batch, why) for those, and
+    pixels and views hold the others in order (None when none of the batch decoded)."""
+    yield from _batches(dataset, range(len(dataset)), batch_size, workers, pin_memory)
+
+
+def _batches(dataset: ImageFiles, order: Sequence[int], batch_size: int, workers: int, pin_memory: bool):
     import torch
 
     if workers:
-        batches = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=list(order),
@@ -189,12 +233,7 @@ def image_batches(
             collate_fn=_collate,
             pin_memory=pin_memory,
         )
-    else:
-        batches = _decode_in_threads(dataset, order, batch_size)
-    for pixels, views, error in batches:
-        if error:
-            raise UserError(error)
-        yield pixels, views
+    return _decode_in_threads(dataset, order, batch_size)
 
 
 def _decode_in_threads(dataset: ImageFiles, order: Sequence[int], batch_size: int) -> Iterator:
@@ -206,14 +245,17 @@ def _decode_in_threads(dataset: ImageFiles, order: Sequence[int], batch_size: in
 
 
 def _collate(batch):
+    """(pixels, views, errors) of a batch of ImageFiles items: the decoded ones stacked, (position, why) for the
+    others."""
     import torch
 
-    for _, _, error in batch:
-        if error:
-            return None, None, error
-    pixels = torch.stack([tensor for tensor, _, _ in batch])
-    views = torch.stack([v for _, v, _ in batch]) if batch[0][1] is not None else None
-    return pixels, views, None
+    errors = [(position, error) for position, (_, _, error) in enumerate(batch) if error]
+    good = [item for item in batch if not item[2]]
+    if not good:
+        return None, None, errors
+    pixels = torch.stack([tensor for tensor, _, _ in good])
+    views = torch.stack([v for _, v, _ in good]) if good[0][1] is not None else None
+    return pixels, views, errors
 
 
 def default_workers(n_items: int, device) -> int:

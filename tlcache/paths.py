@@ -28,3 +28,9 @@ def slug(backbone_name: str) -> str:
     family, sep, rest = backbone_name.partition(":")
     short = f"{family}-{Path(rest.rstrip('/')).name}" if sep else family
     return re.sub(r"[^A-Za-z0-9._-]+", "-", short).strip("-")[:40] or "store"
+
+
+def printable(name: str) -> str:
+    """A file name as text that can be stored and printed: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) written as \\xNN escapes. The file is still opened by its real name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

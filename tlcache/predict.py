@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,14 @@ class PredictResult:
     rows: int
     accuracy: float | None  # against the source's own labels, when it has them
     store: Path
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
 
     def summary_line(self) -> str:
         scored = f", accuracy {self.accuracy:.4f} against the source's labels" if self.accuracy is not None else ""
-        return f"predicted {self.rows} rows{scored} -> {self.out or 'stdout'}"
+        left_out = (
+            f" ({len(self.skipped)} unreadable items left out: `tlcache info {self.store}`)" if self.skipped else ""
+        )
+        return f"predicted {self.rows} rows{scored}{left_out} -> {self.out or 'stdout'}"
 
 
 def predict(
@@ -43,7 +47,8 @@ def predict(
 
     The source is embedded with the backbone recorded beside the head, through the cache. ``out=None`` writes
     the CSV to standard output. Columns: id, label (predicted), one ``prob_<class>`` per class, and
-    ``true_label`` when the source has labels.
+    ``true_label`` when the source has labels. Items that cannot be read (damaged images) are left out of the
+    CSV and listed in the result's ``skipped``.
     """
     pipeline, sidecar = load_head(head)
     source = Path(source)
@@ -87,4 +92,5 @@ def predict(
         known = true_labels >= 0
         truth_names = np.array([store_classes[t] for t in true_labels[known]])
         accuracy = float((np.array(predicted)[known] == truth_names).mean())
-    return PredictResult(Path(out) if out is not None else None, len(predicted), accuracy, store.path)
+    out_path = Path(out) if out is not None else None
+    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped())

@@ -142,11 +142,15 @@ def write_whole(path: Path, data: bytes) -> None:
     """``data`` to a temporary file beside ``path``, flushed to disk, then renamed over it: a reader (or a kill)
     sees the old file or the new one, never half of one."""
     partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:  # a full disk: leave the old file and no debris, and say which file it was
+        partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def load_head(path: str | Path) -> tuple[Any, Sidecar]:
@@ -266,17 +270,29 @@ def read_report(run_dir: str | Path) -> RunReport:
     if not path.is_file():
         raise UserError(f"{run_dir} holds no {REPORT_FILE}; pass a run folder written by `tlcache fit-head`")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        report = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); fit the head again") from None
+    if not (isinstance(report, dict) and isinstance(report.get("metrics"), dict) and "classes" in report):
+        raise UserError(f"{path} is not a run report (no metrics or classes); fit the head again")
+    return report
 
 
 def render_report(run_dir: str | Path) -> dict[str, Path]:
-    """Write report.md and the figures of a run folder again from its report.json (`tlcache report`)."""
+    """Write report.md and the figures of a run folder again from its report.json (`tlcache report`). A report
+    that lacks what they show, or holds it in another shape, is one line naming it."""
     report = read_report(run_dir)
     markdown = Path(run_dir) / MARKDOWN_FILE
-    write_whole(markdown, render_markdown(report).encode("utf-8"))
-    return {"markdown": markdown, **render_figures(report, _figure_paths(Path(run_dir)))}
+    try:
+        text = render_markdown(report)
+        figures = render_figures(report, _figure_paths(Path(run_dir)))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a hand-edited or foreign file
+        raise UserError(
+            f"{Path(run_dir) / REPORT_FILE} lacks or has malformed entries ({type(exc).__name__}: {exc}); fit the "
+            "head again"
+        ) from None
+    write_whole(markdown, text.encode("utf-8"))
+    return {"markdown": markdown, **figures}
 
 
 def _figure_paths(out_dir: Path) -> dict[str, Path]:

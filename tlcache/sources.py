@@ -19,6 +19,7 @@ from tlcache.errors import UserError
 from tlcache.fingerprints import file_digests
 from tlcache.hashing import hash_bytes, new_hasher
 from tlcache.paths import fingerprint_index as fingerprint_index_path
+from tlcache.paths import printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -204,7 +205,7 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
         )
     if class_files:
         files = [f for class_name in class_files for f in class_files[class_name]]
-        labels = [class_name for class_name in class_files for _ in class_files[class_name]]
+        labels = [printable(class_name) for class_name in class_files for _ in class_files[class_name]]
         kind = "image-folder"
     elif top_images:
         files, labels, kind = top_images, None, "flat-images"
@@ -218,7 +219,7 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
     except OSError as exc:
         raise UserError(f"cannot read {exc.filename}: {exc.strerror}; fix its permissions or remove it") from None
     start = len(root_name) + 1
-    ids = [name[start:] for name in files]
+    ids = [printable(name[start:]) for name in files]
     if os.sep != "/":
         ids = [i.replace(os.sep, "/") for i in ids]
     return Source(

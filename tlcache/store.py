@@ -13,9 +13,13 @@ complete-looking name always holds a complete store.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +30,7 @@ from tlcache.errors import UserError, check_choice
 from tlcache.hashing import hash_json
 from tlcache.paths import default_cache_dir, slug
 from tlcache.provenance import utc_now
+from tlcache.store_schema import decode_attr, encode_attr, layout_problem
 
 if TYPE_CHECKING:
     import h5py
@@ -35,9 +40,8 @@ STORE_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 DTYPES = ("float32", "float16")
+_ROOM_MARGIN = 64 << 10  # free bytes a write leaves for the marks and HDF5's own metadata
 COMPRESSIONS = ("none", "gzip", "lzf")
-_COMPRESSED_CHUNK_BYTES = 1 << 20  # compressed stores: ~1 MiB chunks of whole rows, for fast row-batch reads
-_JSON_ATTRS = ("backbone_spec", "preprocessing", "source_options", "views_config")
 
 
 def config_key(backbone_config: dict[str, Any], dtype: str, views_config: dict[str, Any] | None = None) -> str:
@@ -143,6 +147,7 @@ class StoreWriter:
         self._views = handle["views"] if "views" in handle else None
         self._done = handle["done"]
         self.done = self._done[()].astype(bool)
+        self.skipped: dict[int, str] = {}  # row: why its item could not be read (this run's; a resume retries)
 
     @classmethod
     def create(
@@ -163,6 +168,9 @@ class StoreWriter:
         check_choice("--dtype", dtype, DTYPES)
         final_path.parent.mkdir(parents=True, exist_ok=True)
         n = len(ids)
+        # The rows' strings, labels and marks are written now (the features as rows come): room for them first.
+        strings_bytes = sum(len(str(i).encode()) + len(str(f)) + 48 for i, f in zip(ids, fingerprints))
+        _check_room(final_path.parent, strings_bytes + 9 * n)
         handle = h5py.File(partial_path(final_path), "w")
         _preallocated(handle, "features", (n, dim), dtype)
         if views:
@@ -178,7 +186,7 @@ class StoreWriter:
         label_set.attrs["class_names"] = json.dumps(list(class_names))
         attrs = handle.attrs
         for name, value in meta.items():
-            attrs[name] = _encode_attr(name, value)
+            attrs[name] = encode_attr(name, value)
         attrs["tlcache_schema"] = SCHEMA_VERSION
         attrs["n_rows"] = n
         attrs["dim"] = dim
@@ -201,40 +209,85 @@ class StoreWriter:
         return int(self.done.sum())
 
     def pending(self) -> np.ndarray:
-        """Indices of the rows still to write, in order."""
-        return np.flatnonzero(~self.done)
+        """Indices of the rows still to write (neither written nor skipped), in order."""
+        left = ~self.done
+        left[list(self.skipped)] = False
+        return np.flatnonzero(left)
+
+    def skip(self, rows: Sequence[int], reasons: Sequence[str]) -> None:
+        """Leave out rows whose items could not be read, saying why: the finished store holds the other rows and
+        lists these. Only this process knows them until finish(): a resumed run tries them again."""
+        for row, reason in zip(rows, reasons):
+            self.skipped[int(row)] = reason
 
     def write(self, rows: np.ndarray, features: np.ndarray, views: np.ndarray | None = None) -> None:
         """Write features (and views) for the row indices ``rows`` (increasing), flush them, then mark them done."""
         index = _as_index(rows)
-        self._features[index] = features
-        if self._views is not None:
-            self._views[index] = views
-        self._file.flush()
-        self._done[index] = 1
-        self._file.flush()
+        _check_room(self.final_path.parent, features.nbytes + (0 if views is None else views.nbytes) + len(rows))
+        with _system_errors():
+            self._features[index] = features
+            if self._views is not None:
+                self._views[index] = views
+            self._file.flush()
+            self._done[index] = 1
+            self._file.flush()
         self.done[rows] = True
 
     def finish(self, extra: dict[str, Any], compression: str = "none") -> Path:
-        """Mark the store complete and move it to its final name (repacked with compression if asked)."""
-        if not self.done.all():
-            raise RuntimeError(f"finish() with {int((~self.done).sum())} rows not written")
+        """Mark the store complete and move it to its final name: rewritten without its skipped rows (listed in
+        ``skipped_ids`` and ``skipped_reasons``) when there are any, and repacked with compression if asked."""
+        if len(self.pending()):
+            raise RuntimeError(f"finish() with {len(self.pending())} rows neither written nor skipped")
         check_choice("--compression", compression, COMPRESSIONS)
+        import h5py
+
+        attrs = self._file.attrs
         for name, value in extra.items():
-            self._file.attrs[name] = _encode_attr(name, value)
-        self._file.attrs["finished"] = utc_now()
-        self._file.attrs["complete"] = True
+            attrs[name] = encode_attr(name, value)
+        if self.skipped:
+            rows = sorted(self.skipped)
+            ids = self._file["ids"][rows]
+            strings = h5py.string_dtype()
+            self._file.create_dataset("skipped_ids", data=ids, dtype=strings)
+            reasons = np.array([self.skipped[row] for row in rows], dtype=object)
+            self._file.create_dataset("skipped_reasons", data=reasons, dtype=strings)
+        attrs["n_skipped"] = len(self.skipped)
+        attrs["finished"] = utc_now()
+        attrs["complete"] = True
         self._file.flush()
         source = Path(self._file.filename)
         self.close()
-        if compression != "none":
-            source = _repack(source, compression)
-        os.replace(source, self.final_path)
-        return self.final_path
+        from tlcache.repack import publish
+
+        return publish(source, self.final_path, compression)
 
     def close(self) -> None:
+        """Close the file; a close that fails (a full disk) loses nothing: rows are flushed before their marks."""
         if self._file.id.valid:
-            self._file.close()
+            try:
+                self._file.close()
+            except (OSError, RuntimeError):  # HDF5 reports a failed flush as either
+                pass
+
+
+def _check_room(folder: Path, n_bytes: int) -> None:
+    """Refuse a write the disk has no room for before HDF5 starts it: HDF5 left in the middle of a failed write
+    can crash the process when it later closes the file (a segmentation fault was seen)."""
+    if shutil.disk_usage(folder).free < n_bytes + _ROOM_MARGIN:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@contextmanager
+def _system_errors() -> Iterator[None]:
+    """HDF5 reports a failed write or flush (a full disk) as a RuntimeError or an OSError whose message holds the
+    system's errno: raise it as the OSError of that errno, which callers can tell apart."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        found = re.search(r"errno = (\d+)", str(exc))
+        if not found:
+            raise
+        raise OSError(int(found[1]), os.strerror(int(found[1]))) from None
 
 
 def _as_index(rows: np.ndarray) -> slice | np.ndarray:
@@ -242,35 +295,6 @@ def _as_index(rows: np.ndarray) -> slice | np.ndarray:
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
-
-
-def _repack(path: Path, compression: str) -> Path:
-    """Copy a finished store into a compressed file with row chunks; returns the new file's path."""
-    import h5py
-
-    target = path.with_name(path.name + ".repack")
-    with h5py.File(path, "r") as src, h5py.File(target, "w") as dst:
-        for name, value in src.attrs.items():
-            dst.attrs[name] = value
-        dst.attrs["compression"] = compression
-        for name, dataset in src.items():
-            if name in ("features", "views"):
-                row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
-                rows_per_chunk = max(1, min(dataset.shape[0], _COMPRESSED_CHUNK_BYTES // row_bytes))
-                out = dst.create_dataset(
-                    name,
-                    shape=dataset.shape,
-                    dtype=dataset.dtype,
-                    chunks=(rows_per_chunk, *dataset.shape[1:]),
-                    compression=compression,
-                    shuffle=True,
-                )
-                for start in range(0, dataset.shape[0], rows_per_chunk * 16):
-                    out[start : start + rows_per_chunk * 16] = dataset[start : start + rows_per_chunk * 16]
-            else:
-                src.copy(dataset, dst, name=name)
-    path.unlink()
-    return target
 
 
 class FeatureStore:
@@ -299,8 +323,14 @@ class FeatureStore:
                         f"{self.path} is an HDF5 file but not a tlcache feature store; "
                         "pass a store written by `tlcache embed`"
                     )
-                self.meta = {name: _decode_attr(name, value) for name, value in handle.attrs.items()}
-                self.class_names: list[str] = json.loads(handle["labels"].attrs["class_names"])
+                try:
+                    self.meta = {name: decode_attr(name, value) for name, value in handle.attrs.items()}
+                    self.class_names: list[str] = json.loads(handle["labels"].attrs["class_names"])
+                    problem = layout_problem(handle, self.meta, self.class_names)
+                except (KeyError, ValueError, TypeError) as exc:  # a missing part, bad JSON, odd types
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem:
+                    raise UserError(f"{self.path} is a damaged feature store ({problem}); delete it and embed again")
                 if not self.meta["complete"]:
                     rows_done = int(np.count_nonzero(handle["done"][()]))
         except OSError as exc:
@@ -315,10 +345,11 @@ class FeatureStore:
                 f"{self.path} was written by a newer tlcache (store schema {self.meta['tlcache_schema']}); "
                 "upgrade tlcache to read it"
             )
-        if not self.meta["complete"]:
+        if not self.meta["complete"] or self.path.name.endswith(PARTIAL_SUFFIX):
+            done = f"{rows_done} of {self.meta['n_rows']} rows" if not self.meta["complete"] else "all rows done"
             raise UserError(
-                f"{self.path} is incomplete ({rows_done} of {self.meta['n_rows']} rows): the embed that wrote it "
-                "was interrupted; run the same `tlcache embed` again to finish it"
+                f"{self.path} is incomplete ({done}): the embed that wrote it was interrupted; run the same "
+                "`tlcache embed` again to finish it"
             )
 
     @property
@@ -345,13 +376,20 @@ class FeatureStore:
 
     def features(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Features as float32 (stores may hold float16); ``rows`` selects a slice or increasing indices."""
-        return self._read("features", rows).astype(np.float32, copy=False)
+        return self._finite(self._read("features", rows).astype(np.float32, copy=False))
+
+    def _finite(self, features: np.ndarray) -> np.ndarray:
+        """``features``, once checked: a NaN or an infinity would train and predict garbage without a word."""
+        if not np.isfinite(features).all():
+            bad = int((~np.isfinite(features)).any(axis=tuple(range(1, features.ndim))).sum())
+            raise UserError(f"{self.path} holds NaN or infinite features ({bad} rows read); delete it and embed again")
+        return features
 
     def views(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray | None:
         """Augmented views (N, V, D) as float32, or None for a store without views."""
         if not self.n_views:
             return None
-        return self._read("views", rows).astype(np.float32, copy=False)
+        return self._finite(self._read("views", rows).astype(np.float32, copy=False))
 
     def labels(self) -> np.ndarray:
         """Label indices into :attr:`class_names`; -1 marks an unlabelled item."""
@@ -362,6 +400,16 @@ class FeatureStore:
 
     def fingerprints(self) -> list[str]:
         return [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("fingerprints")]
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(id, why) of each source item left out because it could not be read; empty for most stores."""
+        import h5py
+
+        with h5py.File(self.path, "r") as handle:
+            if "skipped_ids" not in handle:
+                return []
+            ids, reasons = handle["skipped_ids"][()], handle["skipped_reasons"][()]
+        return [(_text(i), _text(r)) for i, r in zip(ids, reasons)]
 
     def groups(self) -> list[str] | None:
         """The group of each item (from the source's group column), or None when the store has none."""
@@ -380,7 +428,7 @@ class FeatureStore:
             features = handle["features"]
             for start in range(0, self.n_rows, batch_size):
                 rows = slice(start, min(start + batch_size, self.n_rows))
-                yield rows, features[rows].astype(np.float32, copy=False)
+                yield rows, self._finite(features[rows].astype(np.float32, copy=False))
 
     def summary(self) -> dict[str, Any]:
         """What the store holds and how it was made, as plain JSON."""
@@ -392,22 +440,9 @@ class FeatureStore:
             **self.meta,
             "classes": {name: int(c) for name, c in zip(self.class_names, counts)},
             "unlabelled": int((labels < 0).sum()),
+            **({"skipped": [{"id": i, "reason": why} for i, why in skipped]} if (skipped := self.skipped()) else {}),
         }
 
 
-def _encode_attr(name: str, value: Any) -> Any:
-    if name in _JSON_ATTRS:
-        return json.dumps(value)
-    if isinstance(value, str):
-        return str(value)  # str subclasses (torch's version string) have no HDF5 type
-    return value
-
-
-def _decode_attr(name: str, value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if name in _JSON_ATTRS and isinstance(value, str):
-        return json.loads(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

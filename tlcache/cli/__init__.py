@@ -9,9 +9,11 @@ invoke the very same command for a pipeline's step and read what it made.
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from tlcache.errors import UserError
+from tlcache.errors import DISK_ERRORS, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -22,6 +24,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except OSError as exc:  # the disk filled up or failed while writing: a state to fix, not a bug
+            if exc.errno not in DISK_ERRORS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write{where} ({os.strerror(exc.errno)}); free space and run it again", err=True)
             ctx.exit(EXIT_USER_ERROR)
 
 

@@ -21,7 +21,7 @@ from tlcache.cli.options import (
     take,
     workers_option,
 )
-from tlcache.embed import COMPILE_AUTO_RULE, COMPILE_CHOICES
+from tlcache.embed import COMPILE_AUTO_RULE, COMPILE_CHOICES, ON_ERROR_CHOICES
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.store import COMPRESSIONS, DTYPES
 
@@ -80,6 +80,14 @@ if TYPE_CHECKING:
     f"efficientnet-lite0 1.4x faster there, ResNet-50 slower (benchmarks/results/embed_throughput.md); auto: "
     f"{COMPILE_AUTO_RULE}. Same features to float rounding; not in the cache key.",
 )
+@click.option(
+    "--on-error",
+    type=click.Choice(ON_ERROR_CHOICES),
+    default="skip",
+    show_default=True,
+    help="An item that cannot be read (a damaged image): skip leaves it out and lists it, here and in the store "
+    "(`tlcache info`); fail does the same, then exits with status 2 naming every such item.",
+)
 @batch_option
 @device_option
 @workers_option
@@ -112,6 +120,8 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> EmbedRe
         **options,
     )
     emit(dict(result.__dict__), as_json, result.summary_line())
+    for line in result.skipped_lines():
+        click.echo(line, err=True)
     return result
 
 

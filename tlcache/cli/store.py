@@ -75,7 +75,7 @@ def ls(folder, as_json) -> None:
         (
             (e.key or "?")[:12],
             e.backbone or "?",
-            f"{e.rows_done}/{e.n_rows}" if e.state == "partial" else str(e.n_rows),
+            f"{e.rows_done}/{e.n_rows}" if e.state in ("partial", "running") else str(e.n_rows),
             _size(e.size_bytes),
             e.state,
             e.last_used.replace("+00:00", "Z"),

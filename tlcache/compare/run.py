@@ -90,7 +90,14 @@ def compare(
     backbone = backbone or DEFAULT_BACKBONES[train_src.modality]
     embedded = [
         embed_source(
-            part, backbone, out=cache, device=device, precision=precision, progress=progress, **backbone_options
+            part,
+            backbone,
+            out=cache,
+            device=device,
+            precision=precision,
+            progress=progress,
+            on_error="fail",  # methods compare on the same items: every one must be read
+            **backbone_options,
         )
         for part in (train_src, test_src)
     ]

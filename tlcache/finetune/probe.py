@@ -25,7 +25,9 @@ def warm_start(
 
     frozen = create_backbone(**bb.spec)
     train = src.subset(splits.rows["train"])
-    result = embed_source(train, frozen, out=cache, precision=bb.precision, device=device, progress=False)
+    result = embed_source(
+        train, frozen, out=cache, precision=bb.precision, device=device, progress=False, on_error="fail"
+    )
     X = FeatureStore(result.path).features()
     pipeline = make_head("logreg", config.seed).fit(X, splits.labels["train"])
     weight, bias = fold_probe(pipeline, len(splits.classes), X.shape[1])

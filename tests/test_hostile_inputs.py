@@ -1,0 +1,351 @@
+"""A hostile corpus, built here: every kind of bad input the hostile test found, and fuzzed bytes (hypothesis).
+
+What must hold for each: no traceback (a command exits 0, or 2 with one line), no hang (each case runs under an
+alarm), no silent wrong result, every good item embedded and every bad one accounted for (left out and listed, or
+named in the one line that refuses the run).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import write_image_folder
+from tlcache.cache import list_stores
+from tlcache.cli import cli
+from tlcache.embed import embed_source
+from tlcache.errors import UserError
+from tlcache.store import FeatureStore
+
+CASE_SECONDS = 120  # far above any case's time here: reaching it means a hang
+FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+
+@contextmanager
+def no_hang(seconds: int = CASE_SECONDS):
+    def hung(signum, frame):
+        raise AssertionError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _png(seed: int, size: int = 24) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _resnet(weights) -> dict:
+    return dict(backbone="torchvision:resnet18", weights=str(weights), image_size=32, precision="fp32")
+
+
+def _invoke(args) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of a command; a traceback (any exception but a clean exit) fails the test."""
+    with no_hang():
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"traceback for {args}: {result.exception!r}") from result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _one_line_error(code: int, stderr: str) -> None:
+    assert code == 2, stderr
+    assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0, stderr
+
+
+def _accounted_for(store: FeatureStore, all_ids: set[str], good_ids: set[str]) -> None:
+    """Every item is either a row or a listed skip, never both; every good item is a row."""
+    rows, skipped = set(store.ids()), {item for item, _ in store.skipped()}
+    assert rows | skipped == all_ids and not rows & skipped
+    assert good_ids <= rows, f"good items left out: {good_ids - rows}"
+    assert np.isfinite(store.features()).all()
+
+
+# Image bytes: mostly images, some damaged in the ways files get damaged, some noise.
+_image_blobs = st.one_of(
+    st.integers(0, 10_000).map(lambda seed: ("good", _png(seed))),
+    st.tuples(st.integers(0, 10_000), st.floats(0.0, 0.95)).map(
+        lambda t: ("bad", _png(t[0])[: int(len(_png(t[0])) * t[1])])  # cut short: the header may survive
+    ),
+    st.binary(max_size=300).map(lambda b: ("bad", b)),
+    st.binary(max_size=200).map(lambda b: ("bad", b"\x89PNG\r\n\x1a\n" + b)),  # a PNG signature, then noise
+)
+
+
+@FUZZ
+@given(blobs=st.lists(_image_blobs, min_size=1, max_size=8))
+def test_fuzzed_image_files_are_embedded_or_listed(tmp_path_factory, resnet18_weights, blobs):
+    root = tmp_path_factory.mktemp("fuzz-images")
+    all_ids, good_ids = set(), set()
+    for n, (kind, data) in enumerate(blobs):
+        item = f"{'ab'[n % 2]}/{n:02d}.png"
+        (root / item).parent.mkdir(exist_ok=True)
+        (root / item).write_bytes(data)
+        all_ids.add(item)
+        if kind == "good":
+            good_ids.add(item)
+    options = {"out": tmp_path_factory.mktemp("cache"), "progress": False, "batch_size": 3, **_resnet(resnet18_weights)}
+    with no_hang():
+        try:
+            result = embed_source(root, **options)
+        except UserError as error:  # allowed only when nothing at all could be read
+            assert not good_ids and "could be read" in str(error), error
+            return
+    _accounted_for(FeatureStore(result.path), all_ids, good_ids)
+    with no_hang():
+        again = embed_source(root, **options)
+    assert again.cached and again.skipped == result.skipped  # the same answer, from the cache
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".csv", ".tsv", ".jsonl"]))
+def test_fuzzed_text_files_give_a_store_or_one_line(tmp_path_factory, tiny_bert_dir, data, suffix):
+    folder = tmp_path_factory.mktemp("fuzz-text")
+    source = folder / f"data{suffix}"
+    source.write_bytes(data)
+    code, _, stderr = _invoke(
+        ["embed", source, "-b", f"hf:{tiny_bert_dir}", "--out", folder / "cache", "--no-progress"]
+    )
+    if code:
+        _one_line_error(code, stderr)
+    else:
+        [path] = (folder / "cache").glob("*.h5")
+        assert FeatureStore(path).n_rows >= 1
+
+
+@FUZZ
+@given(texts=st.lists(st.text(max_size=200), min_size=1, max_size=12))
+def test_any_text_in_a_well_formed_csv_is_embedded(tmp_path_factory, tiny_bert_dir, texts):
+    import csv
+
+    folder = tmp_path_factory.mktemp("fuzz-csv")
+    source = folder / "texts.csv"
+    with open(source, "w", newline="", encoding="utf-8", errors="surrogatepass") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text"])
+        writer.writerows([[t] for t in texts])
+    code, stdout, stderr = _invoke(
+        ["embed", source, "-b", f"hf:{tiny_bert_dir}", "--out", folder / "c", "--no-progress"]
+    )
+    if code:  # only texts that cannot be encoded as UTF-8 (lone surrogates) may be refused, in one line
+        _one_line_error(code, stderr)
+        assert any(not t.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in t) for t in texts)
+        return
+    [path] = (folder / "c").glob("*.h5")
+    assert FeatureStore(path).n_rows == len(texts)
+
+
+def _corpus(root: Path) -> tuple[set[str], set[str]]:
+    """An image folder holding every damaged-file case at once: (all item ids, the good ones)."""
+    write_image_folder(root, per_class=4)
+    good = {f"{c}/{c}-{i:03d}.png" for c in ("circle", "square") for i in range(4)}
+    victim = root / "square" / "square-002.png"
+    victim.write_bytes(victim.read_bytes()[:-60])  # truncated: the header reads, the pixels do not
+    good.discard("square/square-002.png")
+    (root / "circle" / "empty.jpg").write_bytes(b"")
+    (root / "circle" / "noise.png").write_bytes(os.urandom(500))
+    (root / "circle" / "signature-only.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (root / "square" / "text.jpg").write_text("I am not a JPEG")
+    (root / "square" / "huge-claim.png").write_bytes(_png(1)[:33] + b"\x00" * 100)  # header, then zeros
+    non_utf8 = os.fsdecode(b"square/\xff\xfe-ok.png")
+    (root / non_utf8).write_bytes(_png(7))
+    good.add("square/\\xff\\xfe-ok.png")  # stored under a printable id
+    os.symlink("..", root / "circle" / "loop")  # a directory link back into the tree: not followed
+    bad = {"square/square-002.png", "circle/empty.jpg", "circle/noise.png", "circle/signature-only.png"}
+    bad |= {"square/text.jpg", "square/huge-claim.png"}
+    return good | bad, good
+
+
+def test_the_damaged_file_corpus_in_one_run(tmp_path, resnet18_weights):
+    all_ids, good = _corpus(tmp_path / "corpus")
+    args = ["embed", tmp_path / "corpus", "--out", tmp_path / "cache", "--no-progress", "-b", "torchvision:resnet18"]
+    args += ["--weights", resnet18_weights, "--image-size", 32]
+    code, stdout, stderr = _invoke(args)
+    assert code == 0, stderr
+    listed = {line.split(": ")[0].removeprefix("skipped ") for line in stderr.splitlines() if line.startswith("skip")}
+    assert listed == all_ids - good  # each bad file named with why, in this one run
+    [path] = (tmp_path / "cache").glob("*.h5")
+    _accounted_for(FeatureStore(path), all_ids, good)
+    code, _, stderr = _invoke([*args, "--on-error", "fail"])
+    _one_line_error(code, stderr)
+    assert f"{len(all_ids - good)} unreadable items" in stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "broken-link"])
+def test_files_that_are_not_regular_are_refused_in_one_line_without_hanging(tmp_path, resnet18_weights, kind):
+    folder = write_image_folder(tmp_path / "imgs", per_class=2)
+    odd = folder / "circle" / "odd.jpg"
+    if kind == "fifo":
+        os.mkfifo(odd)  # reading it would wait for a writer forever
+    else:
+        os.symlink("/dev/zero" if kind == "device" else "/nowhere/at/all.jpg", odd)
+    args = ["embed", folder, "--out", tmp_path / "cache", "--no-progress", "-b", "torchvision:resnet18"]
+    code, _, stderr = _invoke([*args, "--weights", resnet18_weights, "--image-size", 32])
+    _one_line_error(code, stderr)
+    assert "odd.jpg" in stderr
+
+
+def _tamper(path: Path, how: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        attrs = handle.attrs
+        if how == "no complete mark":
+            del attrs["complete"]
+        elif how in ("no labels", "no features", "no ids"):
+            del handle[how.removeprefix("no ")]
+        elif how == "bad JSON attribute":
+            attrs["backbone_spec"] = "{not json"
+        elif how in ("NaN feature", "infinite feature"):
+            handle["features"][3, 1] = np.nan if how == "NaN feature" else np.inf
+        elif how == "label out of range":
+            handle["labels"][2] = 7
+        elif how == "negative row count":
+            attrs["n_rows"] = -5
+        elif how == "huge row count":
+            attrs["n_rows"] = 10**12
+        elif how == "row count as text":
+            attrs["n_rows"] = "30"
+        elif how == "fewer rows than it says":
+            attrs["n_rows"] = int(attrs["n_rows"]) + 28
+        elif how == "class names not a list":
+            handle["labels"].attrs["class_names"] = '{"a": 1}'
+        elif how == "wrong dim":
+            attrs["dim"] = 3
+
+
+TAMPERINGS = [
+    "no complete mark",
+    "no labels",
+    "no features",
+    "no ids",
+    "bad JSON attribute",
+    "NaN feature",
+    "infinite feature",
+    "label out of range",
+    "negative row count",
+    "huge row count",
+    "row count as text",
+    "fewer rows than it says",
+    "class names not a list",
+    "wrong dim",
+]
+
+
+@pytest.mark.parametrize("how", TAMPERINGS)
+def test_a_tampered_store_is_one_line_for_every_command_that_reads_it(tmp_path, how):
+    from conftest import make_store
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(16, 6)) + np.repeat([[0.0], [3.0]], 8, axis=0), [0] * 8 + [1] * 8
+    good = make_store(tmp_path / "good.h5", X, y, ["a", "b"])
+    run = tmp_path / "run"
+    code, _, stderr = _invoke(["fit-head", good, "--head", "logreg", "--out", run])
+    assert code == 0, stderr
+    bad = make_store(tmp_path / "bad.h5", X, y, ["a", "b"])
+    _tamper(bad, how)
+    readers = [["fit-head", bad, "--out", tmp_path / "run2"], ["predict", run, bad, "-o", "-"]]
+    if "feature" not in how:  # info reads no features: a value inside them is found where they are read
+        readers.append(["info", bad])
+    for args in readers:
+        code, stdout, stderr = _invoke(args)
+        _one_line_error(code, stderr)
+        assert str(bad) in stderr and not stdout.strip(), (args, stdout)
+
+
+RUN_TAMPERINGS = {
+    "report not JSON": ("report.json", lambda d: "{bad"),
+    "report of another shape": ("report.json", lambda d: {"head": 3}),
+    "report with a bad matrix": ("report.json", lambda d: {**d, "metrics": {**d["metrics"], "confusion_matrix": "x"}}),
+    "report with bad class rows": ("report.json", lambda d: {**d, "metrics": {**d["metrics"], "per_class": [{}]}}),
+    "sidecar a list": ("head.json", lambda d: []),
+    "sidecar classes a string": ("head.json", lambda d: {**d, "classes": "ab"}),
+    "sidecar without the head file": ("head.json", lambda d: {k: v for k, v in d.items() if k != "head_file"}),
+    "sidecar naming another file": ("head.json", lambda d: {**d, "head_file": "../../etc/passwd"}),
+}
+
+
+@pytest.mark.parametrize("how", RUN_TAMPERINGS)
+def test_a_tampered_run_folder_is_one_line(tmp_path, how):
+    import json
+
+    from conftest import make_store
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(16, 6)) + np.repeat([[0.0], [3.0]], 8, axis=0), [0] * 8 + [1] * 8
+    store = make_store(tmp_path / "good.h5", X, y, ["a", "b"])
+    run = tmp_path / "run"
+    assert _invoke(["fit-head", store, "--head", "logreg", "--out", run])[0] == 0
+    name, change = RUN_TAMPERINGS[how]
+    changed = change(json.loads((run / name).read_text()))
+    (run / name).write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    command = ["report", run] if name == "report.json" else ["predict", run, store, "-o", "-"]
+    code, stdout, stderr = _invoke(command)
+    _one_line_error(code, stderr)
+    assert name in stderr and not stdout.strip()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs: a disk that fills up. Mounting needs root; where the test cannot mount one, it says so."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode}): needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_store_resumes_once_there_is_room(tmp_path, resnet18_weights, tiny_disk):
+    import subprocess
+
+    folder = write_image_folder(tmp_path / "imgs", per_class=100)  # 200 rows of 512 floats: 400 KiB of features
+    args = ["embed", folder, "-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+    args += ["--precision", "fp32", "--batch-size", 8, "--no-progress"]
+    code, _, stderr = _invoke([*args, "--out", tiny_disk])
+    _one_line_error(code, stderr)
+    assert "No space left on device" in stderr and "run the same command again" in stderr
+    [partial] = tiny_disk.glob("*.h5.partial")
+    [entry] = list_stores(tiny_disk)
+    assert entry.state == "partial" and 0 < entry.rows_done < 200  # what was flushed before the disk filled
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_disk)], check=True)
+    code, stdout, stderr = _invoke([*args, "--out", tiny_disk])
+    assert code == 0, stderr
+    assert f"embedded {200 - entry.rows_done} of 200 rows" in stdout and "kept from an interrupted run" in stdout
+    code, _, _ = _invoke([*args, "--out", tmp_path / "roomy"])
+    [resumed], [clean] = tiny_disk.glob("*.h5"), (tmp_path / "roomy").glob("*.h5")
+    np.testing.assert_allclose(FeatureStore(resumed).features(), FeatureStore(clean).features(), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_head_on_a_full_disk_is_one_line_and_leaves_no_debris(tmp_path, tiny_disk):
+    import subprocess
+
+    from conftest import make_store
+
+    rng = np.random.default_rng(0)
+    store = make_store(tmp_path / "s.h5", rng.normal(size=(40, 6)), [0, 1] * 20, ["a", "b"])
+    subprocess.run(["mount", "-o", "remount,size=8k", str(tiny_disk)], check=True)
+    code, _, stderr = _invoke(["fit-head", store, "--head", "logreg", "--out", tiny_disk / "run"])
+    _one_line_error(code, stderr)
+    assert "No space left on device" in stderr and str(tiny_disk / "run") in stderr
+    assert not [p for p in (tiny_disk / "run").rglob("*") if p.name.endswith(".partial")]
