@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-finetune bench-demo clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-finetune bench-lp-vs-ft bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -89,6 +89,10 @@ bench-embed: setup fashion-mnist
 
 bench-finetune: setup fashion-mnist
 	$(PY) benchmarks/finetune_benchmark.py
+
+bench-lp-vs-ft: setup fashion-mnist
+	$(PIP) install --quiet 'accelerate>=1.0'
+	$(PY) benchmarks/lp_vs_ft.py
 
 bench-demo: setup
 	$(PY) benchmarks/demo_timing.py
