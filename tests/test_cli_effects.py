@@ -592,6 +592,7 @@ COMPARE_COLUMNS = COMPARE + "test_compare_command_reads_named_columns_and_holds_
 COMPARE_IMAGES = COMPARE + "test_compare_command_on_images_with_backbone_options"
 ADDED = {
     "compare": {
+        "--layers": "test_compare.py::test_compare_command_layers_option",
         "source": COMPARE_CELLS,
         "--test": COMPARE_CELLS,
         "--test-fraction": COMPARE_COLUMNS,

@@ -323,3 +323,60 @@ def test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one(texts, tiny_ber
     assert "plan: 2 of 4 fine-tune cells fit the budget of 50 s" in result.stdout
     assert "5 cells run, 0 reused, 3 left out to stay within --budget" in result.stdout
     assert_user_error(run("compare", *arguments, "--budget", "soon"), "--budget soon is not a duration")
+
+
+def test_each_frozen_cell_chooses_its_features_on_validation_items_only(tmp_path):
+    from conftest import make_store
+    from tlcache.compare.features import Candidate, choose
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    informative = rng.normal(size=(60, 5)) + 3.0 * np.eye(3, 5)[y]
+    noise = rng.normal(size=(60, 5))
+    stores = {
+        name: make_store(tmp_path / f"{name}.h5", X, y, ["a", "b", "c"])
+        for name, X in (("noise", noise), ("informative", informative))
+    }
+    candidates = [Candidate(name, FeatureStore(path), FeatureStore(path)) for name, path in stores.items()]
+    rows = np.arange(60)
+    chosen, scores = choose(candidates, "logreg", 0, rows, y)
+    assert chosen.name == "informative" and scores["informative"] > scores["noise"] + 0.3
+    assert set(scores) == {"noise", "informative"}
+    twins = [
+        Candidate("first", candidates[1].train, candidates[1].test),
+        Candidate("second", *[candidates[1].train] * 2),
+    ]
+    assert choose(twins, "logreg", 0, rows, y)[0].name == "first"  # equal scores: the first listed
+    assert choose(candidates, "logreg", 0, np.array([0, 20, 40]), y) == (candidates[0], None)  # nothing to hold out
+
+
+def test_compare_layers_records_each_cells_choice_and_a_new_list_reruns_only_frozen_cells(texts, tiny_bert_dir):
+    first = _run(texts, tiny_bert_dir, layers=("default", "-2:cls"), finetunes=("ft",), shots=("all",), repeats=1)
+    frozen = [cell for cell in first.cells if cell["kind"] == "frozen"]
+    assert all(
+        cell["features"] in ("default", "-2:cls") and set(cell["feature_scores"]) == {"default", "-2:cls"}
+        for cell in frozen
+    )
+    assert "Features the frozen cells chose" in (texts / "cmp" / "compare.md").read_text()
+    stores = {(s.meta["layer"], s.meta["pooling"]) for s in map(FeatureStore, (texts / "cache").glob("*.h5"))}
+    assert ("-2", "cls") in stores
+    again = _run(texts, tiny_bert_dir, layers=("default", "-2:cls"), finetunes=("ft",), shots=("all",), repeats=1)
+    assert again.ran == 0
+    other = _run(texts, tiny_bert_dir, layers=("default", "-3:mean"), finetunes=("ft",), shots=("all",), repeats=1)
+    assert other.ran == len(frozen)  # the fine-tune cell does not depend on the frozen heads' candidates
+    with pytest.raises(UserError, match="LAYER:POOL"):
+        _run(texts, tiny_bert_dir, layers=("-2:sideways",))
+    with pytest.raises(UserError, match="give --layer and --pool there"):
+        _run(texts, tiny_bert_dir, layers=("default",), layer="-2")
+
+
+def test_compare_command_layers_option(texts, tiny_bert_dir):
+    from test_cli import run
+
+    arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--layers", "default,-2:cls"]
+    result = run("compare", *arguments, "--heads", "logreg", "--finetune", "none", "--shots", "all", "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads((texts / "runs" / "compare-train" / "compare.json").read_text())["rows"]
+    assert sum(row["features"].values()) == 1 and set(row["features"]) <= {"default", "-2:cls"}
+    bad = run("compare", *arguments[:-1], "-2:sideways", "--finetune", "none")
+    assert bad.exit_code == 2 and "LAYER:POOL" in bad.stderr

@@ -86,6 +86,13 @@ def _shots(text: str) -> tuple[int | str, ...]:
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per cell.")
 @click.option(
+    "--layers",
+    callback=lambda ctx, param, text: _names(text) if text else None,
+    help="Candidate features for the frozen heads, each cell choosing on validation items held out from its own "
+    "training items: default, LAYER or LAYER:POOL, comma-separated (e.g. default,blocks.5:flatten,blocks.9:flatten) "
+    "[default: the backbone's features only].",
+)
+@click.option(
     "--budget",
     callback=lambda ctx, param, text: _seconds(text),
     help="Wall time to stay within, e.g. 20m: the fine-tune cells that would end past it are left out (after a "
@@ -114,6 +121,7 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
       tlcache compare photos/ --heads logreg,svm --finetune ft --epochs 5 --out runs/photos-compare
       tlcache compare reviews.csv --finetune none --shots 4,16,all     # frozen heads only: seconds
       tlcache compare reviews.csv --test test.csv --budget 20m         # leaves out what would not fit
+      tlcache compare photos/ --layers default,blocks.5:flatten --crop-ratio 1 --finetune none
     """
     from tlcache.compare import compare as run_compare
 

@@ -35,9 +35,10 @@ def cell_path(out_dir: Path, key: CellKey) -> Path:
     return out_dir / CELLS_DIR / f"{key.name}.json"
 
 
-def load_cell(out_dir: Path, key: CellKey, identity: dict) -> dict | None:
+def load_cell(out_dir: Path, key: CellKey, identity: dict, redo: tuple[str, ...] = ()) -> dict | None:
     """The finished cell's result, or None when it has not run. A cell of another comparison in the same folder is
-    refused in one line: its numbers belong to other data or settings."""
+    refused in one line: its numbers belong to other data or settings; one that differs only in the identity's
+    ``redo`` entries (settings a rerun may change, such as the frozen heads' candidate features) runs again."""
     path = cell_path(out_dir, key)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -46,10 +47,16 @@ def load_cell(out_dir: Path, key: CellKey, identity: dict) -> dict | None:
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is not a readable cell ({error}); delete it to run that cell again") from None
     if saved.get("identity") != identity:
+        if redo and _without(saved.get("identity"), redo) == _without(identity, redo):
+            return None
         raise UserError(
             f"{out_dir} holds a comparison of other data or settings ({path.name}); use another --out or delete it"
         )
     return saved["result"]
+
+
+def _without(identity, names: tuple[str, ...]):
+    return {k: v for k, v in identity.items() if k not in names} if isinstance(identity, dict) else identity
 
 
 def save_cell(out_dir: Path, key: CellKey, identity: dict, result: dict) -> None:
@@ -66,12 +73,14 @@ def run_cells(
     run_one: Callable[[CellKey], dict],
     report=print,
     admit: Callable[[CellKey], bool] | None = None,
+    redo: tuple[str, ...] = (),
 ) -> tuple[list[dict], int]:
-    """Every cell's result (with its key's fields), running only those not finished yet, and of those only the
-    ones ``admit`` lets through (a budget); and how many ran."""
+    """Every cell's result (with its key's fields), running only those not finished yet (or finished under other
+    ``redo`` settings: see load_cell), and of those only the ones ``admit`` lets through (a budget); and how many
+    ran."""
     results, ran = [], 0
     for key in keys:
-        result = load_cell(out_dir, key, identity)
+        result = load_cell(out_dir, key, identity, redo)
         if result is None:
             if admit is not None and not admit(key):
                 continue

@@ -13,12 +13,13 @@ import dataclasses
 import functools
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tlcache.compare.cells import CellKey, load_cell, run_cells
+from tlcache.compare.features import DEFAULT, Candidate, choose, parse_layers
 from tlcache.compare.plan import (
     PROBE_PER_CLASS,
     PROBE_TEST_PER_CLASS,
@@ -61,6 +62,7 @@ def compare(
     finetunes: tuple[str, ...] = FINETUNES,
     shots: tuple[int | str, ...] = DEFAULT_SHOTS,
     repeats: int = 3,
+    layers: tuple[str, ...] | None = None,
     budget: float | None = None,
     out: str | Path = "runs/compare",
     cache: str | Path | None = None,
@@ -73,7 +75,9 @@ def compare(
 ) -> CompareResult:
     """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
     learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all";
-    ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``budget`` (seconds of wall time,
+    ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``layers`` lists candidate features
+    for the frozen heads (``default``, ``LAYER`` or ``LAYER:POOL``), each cell choosing among them on validation
+    items carved from its training items (tlcache.compare.features). ``budget`` (seconds of wall time,
     from the start) leaves out the fine-tune cells that would not end within it (tlcache.compare.plan), and the
     report names them. ``finetune_config`` sets the
     fine-tunes (its seed and LP-FT switch are the cell's); ``precision`` is the frozen features' (see
@@ -88,20 +92,31 @@ def compare(
     source_options = source_options or {}
     train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
     backbone = backbone or DEFAULT_BACKBONES[train_src.modality]
-    embedded = [
-        embed_source(
-            part,
-            backbone,
-            out=cache,
-            device=device,
-            precision=precision,
-            progress=progress,
-            on_error="fail",  # methods compare on the same items: every one must be read
-            **backbone_options,
-        )
-        for part in (train_src, test_src)
-    ]
-    data = _Data(train_src, test_src, FeatureStore(embedded[0].path), FeatureStore(embedded[1].path))
+    wanted = parse_layers(layers, backbone_options) if layers and heads else [(DEFAULT, backbone_options)]
+
+    def embedded_pair(options: dict) -> list:
+        return [
+            embed_source(
+                part,
+                backbone,
+                out=cache,
+                device=device,
+                precision=precision,
+                progress=progress,
+                on_error="fail",  # methods compare on the same items: every one must be read
+                **options,
+            )
+            for part in (train_src, test_src)
+        ]
+
+    default_pair = embedded_pair(backbone_options)  # labels, ids and the default features
+    embedded = list(default_pair)
+    data = _Data(train_src, test_src, FeatureStore(default_pair[0].path), FeatureStore(default_pair[1].path))
+    for name, options in wanted:
+        pair = default_pair if options == backbone_options else embedded_pair(options)
+        if pair is not default_pair:
+            embedded += pair
+        data.candidates.append(Candidate(name, FeatureStore(pair[0].path), FeatureStore(pair[1].path)))
     data.check_shots(shots)
     out_dir = Path(out)
     identity = _identity(train_src, test_src, embedded[0].key, backbone, backbone_options, config)
@@ -118,7 +133,10 @@ def compare(
         settings = _cell_settings(config, len(rows), len(data.class_names), seed=key.seed, lp_ft=key.method == "lp-ft")
         return _finetune_cell(data, key, rows, tuner, settings, out_dir)
 
-    cells, ran = run_cells(out_dir, frozen, identity, run_one, say, admit=lambda key: clock.admits(key, 0.0))
+    frozen_identity = {**identity, "candidates": {c.name: c.train.key for c in data.candidates}}
+    cells, ran = run_cells(
+        out_dir, frozen, frozen_identity, run_one, say, admit=lambda key: clock.admits(key, 0.0), redo=("candidates",)
+    )
     admit = None
     if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
         probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)
@@ -237,6 +255,7 @@ class _Data:
     test: Source
     train_store: FeatureStore
     test_store: FeatureStore
+    candidates: list[Candidate] = field(default_factory=list)  # the frozen heads' features to choose among
 
     def __post_init__(self) -> None:
         self.class_names = self.train_store.class_names
@@ -297,12 +316,15 @@ class _Tuner:
 
 
 def _frozen_cell(data: _Data, key: CellKey, rows: np.ndarray) -> dict:
-    """A head fitted on cached features of ``rows`` (its sweep on held-out training rows), scored on the test."""
+    """A head fitted on cached features of ``rows`` (its sweep on held-out training rows), scored on the test;
+    with candidate features, those the cell chose on held-out training rows (recorded with their scores)."""
     started = time.perf_counter()
-    X = data.train_store.features()
+    chosen, scores = choose(data.candidates, key.method, key.seed, rows, data.labels)
+    X = chosen.train.features()
     pipeline = make_head(key.method, key.seed, n_train=len(rows)).fit(X[rows], data.labels[rows])
-    predicted = pipeline.predict(data.test_store.features()[data.test_rows])
-    return _scored(data, predicted, time.perf_counter() - started, cached=True)
+    predicted = pipeline.predict(chosen.test.features()[data.test_rows])
+    cell = _scored(data, predicted, time.perf_counter() - started, cached=True)
+    return {**cell, "features": chosen.name, "feature_scores": scores} if len(data.candidates) > 1 else cell
 
 
 def _finetune_cell(data: _Data, key, rows, tuner: _Tuner, config, out_dir: Path) -> dict:

@@ -52,7 +52,13 @@ def _row(method: str, shots, group: list[dict]) -> dict:
         "macro_f1": float(np.mean([cell["macro_f1"] for cell in group])),
         "seconds": float(np.mean([cell["seconds"] for cell in group])),
         "cached": all(cell["cached"] for cell in group),
+        # With candidate features (--layers): how many of the group's cells chose each, on validation items.
+        "features": _counts([cell["features"] for cell in group if cell.get("features")]),
     }
+
+
+def _counts(names: list[str]) -> dict[str, int] | None:
+    return {name: names.count(name) for name in dict.fromkeys(names)} or None
 
 
 def _interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -108,6 +114,18 @@ def render_markdown(summary: dict) -> str:
     if budget.get("left_out"):
         names = ", ".join(f"{c['method']} at {_shots_words(c['shots'])}, seed {c['seed']}" for c in budget["left_out"])
         lines += ["", f"Left out to stay within the budget of {budget['seconds']:.0f} s: {names}."]
+    chosen = [row for row in summary["rows"] if row.get("features")]
+    if chosen:
+        lines += ["", "## Features the frozen cells chose", ""]
+        lines += [
+            "Each cell chose among the candidates (`--layers`) by the head's accuracy on validation items held out "
+            "from its own training items; cells per choice:",
+            "",
+        ]
+        lines += ["| method | items per class | chosen |", "|---|---:|---|"]
+        for row in chosen:
+            picks = ", ".join(f"{name} ({count})" for name, count in row["features"].items())
+            lines.append(f"| {row['method']} | {_shots_words(row['shots'])} | {picks} |")
     lines += ["", "## The paired tests", "", f"Rule: {advice['rule']} (alpha {advice['alpha']:g})", ""]
     lines += ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
     lines += ["|---:|---|---|---:|---|---|"]
