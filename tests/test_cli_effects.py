@@ -629,6 +629,7 @@ ADDED = {
         "--no-progress": HERE + "test_no_progress_hides_the_bar_that_a_terminal_shows",
         "--overwrite": HERE + "test_embed_overwrite_replaces_another_store_that_out_names",
         "--on-error": "test_unreadable_items.py::test_cli_lists_each_skipped_item_and_fail_exits_2",
+        "--long-text": "test_embed.py::test_long_text_chunk_reads_every_token_in_windows_and_is_in_the_key",
     },
     "fit-head": {
         "--test-fraction": HERE + "test_fit_head_test_fraction_seed_and_grid",

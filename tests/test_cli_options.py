@@ -6,7 +6,7 @@ import dataclasses
 import click
 import pytest
 
-from tlcache.backbones.base import DEVICE_CHOICES, POOLING_CHOICES, PRECISIONS
+from tlcache.backbones.base import DEVICE_CHOICES, LONG_TEXT, POOLING_CHOICES, PRECISIONS
 from tlcache.cli import cli
 from tlcache.cli.options import config_from_options
 from tlcache.embed import COMPILE_CHOICES, ON_ERROR_CHOICES
@@ -23,6 +23,7 @@ CHOICES = {
     "--compression": COMPRESSIONS,
     "--compile": COMPILE_CHOICES,
     "--on-error": ON_ERROR_CHOICES,
+    "--long-text": LONG_TEXT,
     "--head": (*HEADS, "all"),
     "--class-weight": CLASS_WEIGHTS,
     "--calibrate": CALIBRATIONS,

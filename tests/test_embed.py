@@ -447,3 +447,56 @@ def test_damaged_weights_and_absurd_image_sizes_are_refused_in_one_line(tmp_path
             )
     with pytest.raises(UserError, match="--image-size 100000 is out of range"):
         embed_source(image_folder, **_resnet(resnet18_weights, image_size=100000), out=tmp_path / "c", progress=False)
+
+
+def test_long_text_chunk_reads_every_token_in_windows_and_is_in_the_key(tmp_path, tiny_bert_dir):
+    import csv
+
+    import torch
+    from click.testing import CliRunner
+
+    from tlcache.cli import cli
+
+    words = ["good", "bad", "plot", "actor", "dull", "fun"]
+    texts = [" ".join(words[(i + j) % 6] for j in range(150 if i % 2 == 0 else 5)) for i in range(6)]
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([["text"], *[[t] for t in texts]])
+    options = {"out": tmp_path / "cache", "progress": False, "precision": "fp32"}
+    cut = embed_source(path, f"hf:{tiny_bert_dir}", **options)
+    chunked = embed_source(path, f"hf:{tiny_bert_dir}", long_text="chunk", **options)
+    assert chunked.key != cut.key and chunked.truncated == 0
+    meta = FeatureStore(chunked.path).meta
+    assert meta["chunked_rows"] == 3 and meta["truncated_rows"] == 0 and meta["preprocessing"]["long_text"] == "chunk"
+    assert FeatureStore(chunked.path).meta["backbone_spec"]["long_text"] == "chunk"  # predict embeds the same way
+    short, long = FeatureStore(chunked.path).features(), FeatureStore(cut.path).features()
+    np.testing.assert_allclose(short[1::2], long[1::2], atol=1e-5)  # a text that fits is one window: the same
+    assert np.abs(short[0::2] - long[0::2]).max() > 1e-3  # a long one is read to its end
+    # The long text's features are its windows' pooled features averaged by their tokens.
+    bb = create_backbone(f"hf:{tiny_bert_dir}", long_text="chunk")
+    bb.load("cpu")
+    windows, owners = bb._windows([texts[0]])
+    assert len(windows) == 3 and max(map(len, windows)) == bb.max_length and set(owners) == {0}
+    with torch.inference_mode():
+        pooled = [
+            bb._pooled({"input_ids": torch.tensor([w]), "attention_mask": torch.ones(1, len(w))}) for w in windows
+        ]
+    expected = sum(p[0] * len(w) for p, w in zip(pooled, windows)) / sum(map(len, windows))
+    np.testing.assert_allclose(short[0], expected.numpy(), atol=1e-5)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(path),
+            "-b",
+            f"hf:{tiny_bert_dir}",
+            "--long-text",
+            "chunk",
+            "--precision",
+            "fp32",
+            "--out",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0 and result.stdout.startswith("cache hit")

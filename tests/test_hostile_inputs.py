@@ -349,3 +349,52 @@ def test_fit_head_on_a_full_disk_is_one_line_and_leaves_no_debris(tmp_path, tiny
     _one_line_error(code, stderr)
     assert "No space left on device" in stderr and str(tiny_disk / "run") in stderr
     assert not [p for p in (tiny_disk / "run").rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_pillow_warning_is_one_line(tmp_path, resnet18_weights):
+    import subprocess
+    import sys
+
+    folder = write_image_folder(tmp_path / "imgs", per_class=2)
+    palette = Image.new("P", (20, 20))
+    palette.putpalette([i % 256 for i in range(768)])
+    palette.save(folder / "circle" / "palette.png", transparency=bytes([0, 255] * 128))  # Pillow warns on convert
+    command = [sys.executable, "-m", "tlcache.cli", "embed", str(folder), "--out", str(tmp_path / "cache")]
+    command += ["-b", "torchvision:resnet18", "--weights", str(resnet18_weights), "--image-size", "32", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CASE_SECONDS)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "Palette images" in line]
+    assert warned and all(line.startswith("warning: ") for line in warned), done.stderr
+    assert "warnings.warn(" not in done.stderr and "embedded 5 of 5 rows" in done.stdout
+
+
+@pytest.mark.parametrize("extra", [["--head", "all"], ["--head", "svm", "--calibrate", "sigmoid"]])
+def test_a_class_with_a_single_training_example_is_no_traceback(tmp_path, extra):
+    from conftest import make_store
+
+    rng = np.random.default_rng(0)
+    y = [0] * 12 + [1] * 12 + [2]  # class c: one example, in training
+    X = rng.normal(size=(25, 6)) + 3.0 * np.eye(3, 6)[y]
+    train = make_store(tmp_path / "train.h5", X, y, ["a", "b", "c"])
+    test = make_store(tmp_path / "test.h5", X[:24], y[:24], ["a", "b", "c"])
+    code, _, stderr = _invoke(["fit-head", train, "--test", test, "--out", tmp_path / "run", *extra])
+    assert code in (0, 2), stderr
+    if code:
+        _one_line_error(code, stderr)
+
+
+def test_a_damaged_store_of_the_same_config_is_no_donor(tmp_path, tiny_bert_dir):
+    import h5py
+
+    from conftest import write_text_csv
+
+    first = write_text_csv(tmp_path / "a.csv", n=12)
+    options = {"out": tmp_path / "cache", "progress": False, "precision": "fp32"}
+    donor = embed_source(first, f"hf:{tiny_bert_dir}", **options)
+    with h5py.File(donor.path, "r+") as handle:
+        handle["features"][0, 0] = np.nan
+    grown = tmp_path / "b.csv"
+    grown.write_text(first.read_text() + "one more good movie,pos\n")
+    result = embed_source(grown, f"hf:{tiny_bert_dir}", **options)  # no traceback, nothing copied from the NaN store
+    assert result.reused == 0 and result.embedded == 13
+    assert np.isfinite(FeatureStore(result.path).features()).all()

@@ -203,7 +203,7 @@ def _embed_rows(
     progress: bool,
 ) -> dict[str, Any]:
     """Embed the rows not yet in the store on ``device``, and say how (batch size, compiled or not)."""
-    size = batch_size or _default_batch_size(device, bb)
+    size = batch_size or bb.default_batch_size(device)
     if src.modality == "image" and len(pending):  # every bad header at once, before the long run
         bad = unreadable_headers([src.items[i] for i in pending])
         writer.skip(pending[list(bad)], list(bad.values()))
@@ -216,8 +216,11 @@ def _embed_rows(
     read = None  # tokens the model reads of each text, for batching by length
     if src.modality == "text" and bb.max_length and len(pending):  # every row's text: the store's count
         full = np.asarray(bb.token_lengths(src.items, truncate=False))
-        how["truncated_rows"], how["max_tokens"] = int((full > bb.max_length).sum()), bb.max_length
-        read = np.minimum(full, bb.max_length)
+        long = int((full > bb.max_length).sum())
+        chunked = getattr(bb, "long_text", "truncate") == "chunk"  # read whole, window by window
+        how["truncated_rows"], how["max_tokens"] = (0 if chunked else long), bb.max_length
+        how |= {"chunked_rows": long} if chunked else {}
+        read = full if chunked else np.minimum(full, bb.max_length)
     if len(pending):
         _run_batches(src, bb, writer, pending, size, views_config, workers, progress, forward, read)
     if not writer.done.any():
@@ -346,16 +349,6 @@ def _open_writer(
     return writer, donors
 
 
-def _default_batch_size(device, bb: Backbone) -> int:
-    """128 on a GPU. On a CPU, small batches keep the activations in cache: for images about 16 of 224 px
-    (ResNet-50 in bf16 on 2 cores: 81 images/s at 16, 63 at 64), more for smaller ones; 64 texts."""
-    if device.type == "cuda":
-        return 128
-    if bb.modality == "image":
-        return int(min(64, max(8, 16 * (224 / bb.image_size) ** 2)))
-    return 64
-
-
 def _image_forward(bb: Backbone, compile_mode: str, n_items: int, batch_size: int, progress: bool):
     """The compiled forward of an image backbone for batches of ``batch_size``, or None to run eagerly: texts
     (their shapes vary batch to batch), ``--compile off``, ``auto`` below ``COMPILE_AUTO_MIN_ITEMS``, or a
@@ -406,8 +399,7 @@ def _run_batches(
             _run_image_batches(src, bb, writer, pending, batch_size, views_config, workers, compiled_forward, bar)
         else:
             for rows in _length_sorted_batches(bb, src, pending, batch_size, token_lengths):
-                inputs = {k: v.to(bb.device) for k, v in bb.tokenize([src.items[i] for i in rows]).items()}
-                writer.write(rows, bb.forward(inputs).float().cpu().numpy())
+                writer.write(rows, bb.features([src.items[i] for i in rows]).float().cpu().numpy())
                 bar.update(len(rows))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcache.backbones import Backbone
+from tlcache.errors import UserError
 from tlcache.sources import Source
 from tlcache.store import FeatureStore, StoreWriter, probe_store, sibling_stores
 
@@ -21,7 +22,10 @@ def donor_stores(path: Path, bb: Backbone, config: str) -> list[FeatureStore]:
     for candidate in sibling_stores(path, bb.name, config):
         status = probe_store(candidate)
         if status.complete and status.config == config:
-            donors.append(FeatureStore(candidate))
+            try:
+                donors.append(FeatureStore(candidate))
+            except UserError:  # a damaged store gives nothing; its items are embedded instead
+                continue
     return donors
 
 
@@ -52,11 +56,14 @@ def rows_from_donors(
             continue
         donor_rows = np.array([p[0] for p in pairs])
         targets = np.array([p[1] for p in pairs])
-        for rows, features in donor.iter_batches(_COPY_BATCH):
-            inside = (donor_rows >= rows.start) & (donor_rows < rows.stop)
-            if not inside.any():
-                continue
-            local, batch_targets = donor_rows[inside] - rows.start, targets[inside]
-            order = np.argsort(batch_targets)
-            views = donor.views(rows)
-            yield batch_targets[order], features[local][order], None if views is None else views[local][order]
+        try:
+            for rows, features in donor.iter_batches(_COPY_BATCH):
+                inside = (donor_rows >= rows.start) & (donor_rows < rows.stop)
+                if not inside.any():
+                    continue
+                local, batch_targets = donor_rows[inside] - rows.start, targets[inside]
+                order = np.argsort(batch_targets)
+                views = donor.views(rows)
+                yield batch_targets[order], features[local][order], None if views is None else views[local][order]
+        except UserError:  # a damaged donor (NaN features, say): the rows it did not give are embedded instead
+            continue

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tlcache.backbones.base import POOLINGS, TextBackbone, pool
+from tlcache.backbones.base import LONG_TEXT, POOLINGS, TextBackbone, pool
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
-from tlcache.errors import UserError
+from tlcache.errors import UserError, check_choice
 from tlcache.hashing import hash_files
 
 # Files whose contents change the numbers: config, weights, tokenizer. READMEs and the like do not.
@@ -60,10 +60,13 @@ class TransformersText(TextBackbone):
         max_length: int | None = None,
         key_name: str = "hf",
         layer: str | None = None,
+        long_text: str = "truncate",
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise UserError(f"--pool {pooling} is not supported for text; use one of {', '.join(POOLINGS)}")
+        check_choice("--long-text", long_text, LONG_TEXT)
+        self.long_text = long_text
         self.name = name
         self.model_dir = Path(model_dir)
         self.pooling = pooling
@@ -96,7 +99,8 @@ class TransformersText(TextBackbone):
 
     @property
     def preprocessing(self) -> dict:
-        return {"max_length": self.max_length, "truncation": True, "normalize": self.normalize}
+        chunked = {"long_text": "chunk"} if self.long_text == "chunk" else {}  # truncate: the keys of before
+        return {"max_length": self.max_length, "truncation": True, "normalize": self.normalize, **chunked}
 
     @property
     def spec(self) -> dict:
@@ -104,7 +108,8 @@ class TransformersText(TextBackbone):
             name = self.name
         else:
             name = "minilm" if self._key_name == "minilm" else f"hf:{self.model_dir}"
-        return {"name": name, "pooling": self.pooling, "layer": self.layer}
+        chunked = {"long_text": "chunk"} if self.long_text == "chunk" else {}
+        return {"name": name, "pooling": self.pooling, "layer": self.layer, **chunked}
 
     def _build(self):
         from transformers import AutoModel, AutoTokenizer
@@ -123,7 +128,7 @@ class TransformersText(TextBackbone):
         )
 
     def token_lengths(self, texts, truncate: bool = True):
-        with quiet_transformers():  # a text past the limit makes the tokenizer warn when it is not cut
+        with quiet_transformers(warnings=False):  # a text past the limit makes the tokenizer warn when not cut
             encoded = self.tokenizer(list(texts), truncation=truncate, max_length=self.max_length if truncate else None)
         return [len(ids) for ids in encoded["input_ids"]]
 
@@ -137,26 +142,79 @@ class TransformersText(TextBackbone):
     def forward(self, inputs):
         import torch
 
+        pooled = self._pooled(inputs)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def _pooled(self, inputs):
         if self._hidden_index is None:
             hidden = self.model(**inputs).last_hidden_state
         else:
             hidden = self.model(**inputs, output_hidden_states=True).hidden_states[self._hidden_index]
-        pooled = pool(hidden, self.pooling, inputs["attention_mask"])
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled
+        return pool(hidden, self.pooling, inputs["attention_mask"])
+
+    def features(self, texts):
+        """As :meth:`TextBackbone.features`; with ``long_text="chunk"``, a text longer than the model reads is
+        cut into consecutive windows of ``max_length`` tokens (its special tokens included), each window pooled,
+        and the windows averaged, weighted by their tokens (then normalised where the model is): every token
+        counts, where truncation drops the end. A text that fits is one window, as when truncating."""
+        import torch
+
+        if self.long_text != "chunk":
+            return super().features(texts)
+        windows, owners = self._windows(texts)
+        pooled = []
+        for start in range(0, len(windows), len(texts)):  # no more windows at once than the caller's batch
+            padded = self.tokenizer.pad({"input_ids": windows[start : start + len(texts)]}, return_tensors="pt")
+            pooled.append(self._pooled({k: v.to(self.device) for k, v in padded.items()}).float())
+        pooled = torch.cat(pooled)
+        weights = torch.tensor([len(w) for w in windows], dtype=pooled.dtype, device=pooled.device)
+        owner = torch.tensor(owners, device=pooled.device)
+        sums = torch.zeros(len(texts), pooled.shape[1], dtype=pooled.dtype, device=pooled.device)
+        sums.index_add_(0, owner, pooled * weights[:, None])
+        totals = torch.zeros(len(texts), dtype=pooled.dtype, device=pooled.device).index_add_(0, owner, weights)
+        averaged = sums / totals[:, None]
+        return torch.nn.functional.normalize(averaged, dim=-1) if self.normalize else averaged
+
+    def _windows(self, texts) -> tuple[list[list[int]], list[int]]:
+        """Token ids of every window of every text (special tokens added), and the text each belongs to."""
+        with quiet_transformers(warnings=False):
+            ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        before, after = self._special_tokens()
+        body = self.max_length - len(before) - len(after)
+        windows, owners = [], []
+        for owner, tokens in enumerate(ids):
+            for start in range(0, max(len(tokens), 1), body):
+                windows.append(before + tokens[start : start + body] + after)
+                owners.append(owner)
+        return windows, owners
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text's own ([CLS] and [SEP] for BERT), found by encoding
+        a probe word with and without them (tokenizers differ in what they offer to add them)."""
+        plain = self.tokenizer("word", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("word")["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start], full[start + len(plain) :]
+        raise UserError(f"{self.name}: cannot tell its special tokens apart; use --long-text truncate")
 
 
 @contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Without transformers' own progress bars (tlcache shows its own), restored afterwards."""
+def quiet_transformers(warnings: bool = True) -> Iterator[None]:
+    """Without transformers' own progress bars (tlcache shows its own), and with ``warnings=False`` without its
+    warnings too (for tokenizing: a text longer than the model reads, which tlcache counts or chunks itself; model
+    loading keeps them), restored afterwards."""
     from transformers.utils import logging as hf_logging
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    if not warnings:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar_was_on:
             hf_logging.enable_progress_bar()
 
@@ -186,7 +244,9 @@ def _read_json(path: Path) -> dict:
 
 
 @register_backbone("minilm")
-def _minilm(name: str, pooling: str | None = None, layer: str | None = None, **rest) -> TransformersText:
+def _minilm(
+    name: str, pooling: str | None = None, layer: str | None = None, long_text: str | None = None, **rest
+) -> TransformersText:
     reject_options(name, rest)
     model_dir = minilm_dir()
     if model_dir is None:
@@ -194,14 +254,26 @@ def _minilm(name: str, pooling: str | None = None, layer: str | None = None, **r
     # As all-MiniLM-L6-v2 is meant to be used (its sentence-transformers config): mean pooling, L2-normalised,
     # 256 tokens.
     return TransformersText(
-        "minilm", model_dir, pooling=pooling or "mean", normalize=True, max_length=256, key_name="minilm", layer=layer
+        "minilm",
+        model_dir,
+        pooling=pooling or "mean",
+        normalize=True,
+        max_length=256,
+        key_name="minilm",
+        layer=layer,
+        long_text=long_text or "truncate",
     )
 
 
 @register_backbone("hf", prefix=True)
-def _hf(ref: str, pooling: str | None = None, layer: str | None = None, **rest) -> TransformersText:
+def _hf(
+    ref: str, pooling: str | None = None, layer: str | None = None, long_text: str | None = None, **rest
+) -> TransformersText:
     reject_options(f"hf:{ref}", rest)
-    return TransformersText(f"hf:{ref}", resolve_model_dir(ref), pooling=pooling or "mean", layer=layer)
+    model_dir = resolve_model_dir(ref)
+    return TransformersText(
+        f"hf:{ref}", model_dir, pooling=pooling or "mean", layer=layer, long_text=long_text or "truncate"
+    )
 
 
 @register_lister

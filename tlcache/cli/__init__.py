@@ -10,6 +10,8 @@ invoke the very same command for a pipeline's step and read what it made.
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import click
 
@@ -49,7 +51,16 @@ def cli() -> None:
 
 
 def main() -> None:
+    warnings.showwarning = _one_line_warning
     cli(prog_name="tlcache")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning (Pillow's on an odd image, say) as one line on stderr, not its source file and line."""
+    text = " ".join(str(message).split())
+    click.echo(
+        f"warning: {text} ({category.__name__} from {Path(filename).parent.name}/{Path(filename).name})", err=True
+    )
 
 
 def _add_commands() -> None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tlcache.backbones.base import LONG_TEXT
 from tlcache.cli.options import (
     SOURCE_OPTIONS,
     backbone_options,
@@ -79,6 +80,12 @@ if TYPE_CHECKING:
     help="Run image models through torch.compile after a one-time compilation (about 27 s on a 2-core CPU): "
     f"efficientnet-lite0 1.4x faster there, ResNet-50 slower (benchmarks/results/embed_throughput.md); auto: "
     f"{COMPILE_AUTO_RULE}. Same features to float rounding; not in the cache key.",
+)
+@click.option(
+    "--long-text",
+    type=click.Choice(LONG_TEXT),
+    help="Text models: a text longer than the model reads is cut at its limit (truncate, the default; the summary "
+    "counts them) or embedded in windows of that many tokens, averaged (chunk). In the cache key.",
 )
 @click.option(
     "--on-error",
