@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlcache.store import partial_path, probe_store
+from tlcache.store import check_room, partial_path, probe_store
 
 if TYPE_CHECKING:
     import h5py
@@ -26,6 +26,7 @@ def publish(partial: Path, final_path: Path, compression: str = "none") -> Path:
     with h5py.File(partial, "r") as handle:
         keep = handle["done"][()].astype(bool) if handle.attrs.get("n_skipped", 0) else None
     if keep is not None or compression != "none":
+        check_room(final_path.parent, partial.stat().st_size)  # the copy is at most as large as the partial
         partial = _rewrite(partial, compression, keep)
     os.replace(partial, final_path)
     return final_path

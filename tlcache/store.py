@@ -170,7 +170,7 @@ class StoreWriter:
         n = len(ids)
         # The rows' strings, labels and marks are written now (the features as rows come): room for them first.
         strings_bytes = sum(len(str(i).encode()) + len(str(f)) + 48 for i, f in zip(ids, fingerprints))
-        _check_room(final_path.parent, strings_bytes + 9 * n)
+        check_room(final_path.parent, strings_bytes + 9 * n)
         handle = h5py.File(partial_path(final_path), "w")
         _preallocated(handle, "features", (n, dim), dtype)
         if views:
@@ -223,7 +223,7 @@ class StoreWriter:
     def write(self, rows: np.ndarray, features: np.ndarray, views: np.ndarray | None = None) -> None:
         """Write features (and views) for the row indices ``rows`` (increasing), flush them, then mark them done."""
         index = _as_index(rows)
-        _check_room(self.final_path.parent, features.nbytes + (0 if views is None else views.nbytes) + len(rows))
+        check_room(self.final_path.parent, features.nbytes + (0 if views is None else views.nbytes) + len(rows))
         with _system_errors():
             self._features[index] = features
             if self._views is not None:
@@ -270,7 +270,7 @@ class StoreWriter:
                 pass
 
 
-def _check_room(folder: Path, n_bytes: int) -> None:
+def check_room(folder: Path, n_bytes: int) -> None:
     """Refuse a write the disk has no room for before HDF5 starts it: HDF5 left in the middle of a failed write
     can crash the process when it later closes the file (a segmentation fault was seen)."""
     if shutil.disk_usage(folder).free < n_bytes + _ROOM_MARGIN:
