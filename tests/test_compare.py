@@ -380,3 +380,21 @@ def test_compare_command_layers_option(texts, tiny_bert_dir):
     assert sum(row["features"].values()) == 1 and set(row["features"]) <= {"default", "-2:cls"}
     bad = run("compare", *arguments[:-1], "-2:sideways", "--finetune", "none")
     assert bad.exit_code == 2 and "LAYER:POOL" in bad.stderr
+
+
+def test_several_backbones_are_candidates_for_the_frozen_heads_and_the_first_is_fine_tuned(
+    texts, tiny_bert_dir, tmp_path_factory
+):
+    from tiny_models import save_tiny_bert
+
+    other = save_tiny_bert(tmp_path_factory.mktemp("other-bert"), seed=1)
+    result = _run(
+        texts, tiny_bert_dir, backbone=f"hf:{tiny_bert_dir},hf:{other}", finetunes=("ft",), shots=("all",), repeats=1
+    )
+    frozen = [cell for cell in result.cells if cell["kind"] == "frozen"]
+    assert all(set(cell["feature_scores"]) == {"default", f"hf:{other}"} for cell in frozen)
+    tuned = json.loads((texts / "cmp" / "finetunes" / "ft-all-seed0" / "report.json").read_text())
+    assert tuned["backbone"] == f"hf:{tiny_bert_dir}"  # the fine-tune trains the first
+    assert result.summary["backbone"] == f"hf:{tiny_bert_dir}"
+    with pytest.raises(UserError, match="a backbone twice"):
+        _run(texts, tiny_bert_dir, backbone=f"hf:{tiny_bert_dir},hf:{other},hf:{other}", out=texts / "cmp2")

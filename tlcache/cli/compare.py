@@ -60,7 +60,12 @@ def _shots(text: str) -> tuple[int | str, ...]:
 @click.option(
     "--test-fraction", type=float, default=0.2, show_default=True, help="Held out once for testing when no --test."
 )
-@click.option("--backbone", "-b", help="Backbone [default: efficientnet-lite0 for images, minilm for text].")
+@click.option(
+    "--backbone",
+    "-b",
+    help="Backbone [default: efficientnet-lite0 for images, minilm for text]; several, comma-separated: the frozen "
+    "heads choose among their features per cell (as --layers), the fine-tunes train the first.",
+)
 @backbone_options
 @click.option(
     "--heads",

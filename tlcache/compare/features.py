@@ -1,6 +1,7 @@
-"""Candidate features for the frozen heads (`compare --layers`): layers (and poolings) of the backbone, each
-embedded once through the cache. Each frozen cell chooses among them on validation items carved from its own
-training items (the head fitted on the rest), never on the test items; the choice and its scores are recorded."""
+"""Candidate features for the frozen heads (`compare --layers`, `--backbone A,B`): layers (and poolings) of the
+backbone and the default features of further backbones, each embedded once through the cache. Each frozen cell
+chooses among them on validation items carved from its own training items (the head fitted on the rest), never on
+the test items; the choice and its scores are recorded."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tlcache.store import FeatureStore
 
 DEFAULT = "default"  # the features the backbone options give (its default layer and pooling unless set)
 VALIDATION_FRACTION = 0.2
+SHARED_OPTIONS = ("image_size", "crop_ratio")  # what a further backbone of --backbone A,B takes from the options
 
 
 @dataclass
@@ -42,6 +44,16 @@ def parse_layers(entries: tuple[str, ...], options: dict) -> list[tuple[str, dic
     if len({name for name, _ in parsed}) != len(parsed):
         raise UserError(f"--layers {','.join(entries)} names a candidate twice")
     return parsed
+
+
+def other_backbones(names: list[str], options: dict) -> list[tuple[str, str, dict]]:
+    """(name, backbone, options) of the further backbones of ``--backbone A,B,...``: their default features, with
+    the options that describe the data rather than one model (image size, crop) and none of the first's own
+    (weights, layer, pooling)."""
+    shared = {k: v for k, v in options.items() if k in SHARED_OPTIONS and v is not None}
+    if len(set(names)) != len(names):
+        raise UserError(f"--backbone names {', '.join(names)}: a backbone twice")
+    return [(name, name, shared) for name in names]
 
 
 def choose(

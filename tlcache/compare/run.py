@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcache.compare.cells import CellKey, load_cell, run_cells
-from tlcache.compare.features import DEFAULT, Candidate, choose, parse_layers
+from tlcache.compare.features import DEFAULT, Candidate, choose, other_backbones, parse_layers
 from tlcache.compare.plan import (
     PROBE_PER_CLASS,
     PROBE_TEST_PER_CLASS,
@@ -76,13 +76,14 @@ def compare(
     """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
     learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all";
     ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``layers`` lists candidate features
-    for the frozen heads (``default``, ``LAYER`` or ``LAYER:POOL``), each cell choosing among them on validation
-    items carved from its training items (tlcache.compare.features). ``budget`` (seconds of wall time,
-    from the start) leaves out the fine-tune cells that would not end within it (tlcache.compare.plan), and the
-    report names them. ``finetune_config`` sets the
-    fine-tunes (its seed and LP-FT switch are the cell's); ``precision`` is the frozen features' (see
-    :func:`tlcache.embed.embed_source`); other keyword arguments choose the backbone's layer, pooling, image size,
-    as for ``embed``; ``source_options`` name the columns of CSV/JSONL sources, as for ``load_source``."""
+    for the frozen heads (``default``, ``LAYER`` or ``LAYER:POOL`` of the backbone), and a ``backbone`` of several
+    comma-separated names adds the others' default features, each cell choosing among them on validation items
+    carved from its training items (tlcache.compare.features); the fine-tunes train the first. ``budget``
+    (seconds of wall time, from the start) leaves out the fine-tune cells that would not end within it
+    (tlcache.compare.plan), and the report names them. ``finetune_config`` sets the fine-tunes (its seed and
+    LP-FT switch are the cell's); ``precision`` is the frozen features' (see :func:`tlcache.embed.embed_source`);
+    other keyword arguments choose the backbone's layer, pooling, image size, as for ``embed``;
+    ``source_options`` name the columns of CSV/JSONL sources, as for ``load_source``."""
     from tlcache.embed import DEFAULT_BACKBONES, embed_source
 
     clock = Budget(budget)
@@ -91,14 +92,16 @@ def compare(
     config.validate()
     source_options = source_options or {}
     train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
-    backbone = backbone or DEFAULT_BACKBONES[train_src.modality]
+    backbone, *others = (backbone or DEFAULT_BACKBONES[train_src.modality]).split(",")
     wanted = parse_layers(layers, backbone_options) if layers and heads else [(DEFAULT, backbone_options)]
+    wanted = [(name, backbone, options) for name, options in wanted]
+    wanted += other_backbones(others, backbone_options) if heads else []
 
-    def embedded_pair(options: dict) -> list:
+    def embedded_pair(options: dict, name: str = backbone) -> list:
         return [
             embed_source(
                 part,
-                backbone,
+                name,
                 out=cache,
                 device=device,
                 precision=precision,
@@ -112,8 +115,9 @@ def compare(
     default_pair = embedded_pair(backbone_options)  # labels, ids and the default features
     embedded = list(default_pair)
     data = _Data(train_src, test_src, FeatureStore(default_pair[0].path), FeatureStore(default_pair[1].path))
-    for name, options in wanted:
-        pair = default_pair if options == backbone_options else embedded_pair(options)
+    for name, candidate_backbone, options in wanted:
+        same = candidate_backbone == backbone and options == backbone_options
+        pair = default_pair if same else embedded_pair(options, candidate_backbone)
         if pair is not default_pair:
             embedded += pair
         data.candidates.append(Candidate(name, FeatureStore(pair[0].path), FeatureStore(pair[1].path)))
