@@ -425,3 +425,21 @@ def test_folded_channels_last_model_gives_the_unmodified_models_features(tmp_pat
     )
     print(f"{name}: max abs error {error:.2e} of the largest feature, min cosine {cosine:.9f}")
     assert error < 1e-4 and cosine > 0.99999, (error, cosine)
+
+
+def test_efficientnet_lite_suggests_two_middle_blocks_flattened_only_for_small_inputs(
+    efficientnet_lite0_random_weights,
+):
+    small = create_backbone("efficientnet-lite0", weights=str(efficientnet_lite0_random_weights), image_size=96)
+    large = create_backbone("efficientnet-lite0", weights=str(efficientnet_lite0_random_weights), image_size=224)
+    assert small.candidate_layers() == ("default", "blocks.6:flatten", "blocks.9:flatten")
+    assert large.candidate_layers() == ("default", "blocks.6:mean", "blocks.9:mean")
+    for name in small.candidate_layers()[1:]:  # each names a layer and pooling the backbone takes
+        layer, pool = name.split(":")
+        create_backbone(
+            "efficientnet-lite0",
+            weights=str(efficientnet_lite0_random_weights),
+            image_size=96,
+            layer=layer,
+            pooling=pool,
+        )

@@ -398,3 +398,13 @@ def test_several_backbones_are_candidates_for_the_frozen_heads_and_the_first_is_
     assert result.summary["backbone"] == f"hf:{tiny_bert_dir}"
     with pytest.raises(UserError, match="a backbone twice"):
         _run(texts, tiny_bert_dir, backbone=f"hf:{tiny_bert_dir},hf:{other},hf:{other}", out=texts / "cmp2")
+
+
+def test_layers_auto_takes_the_backbones_own_candidates(texts, tiny_bert_dir, resnet18_weights):
+    from tlcache.backbones import create_backbone
+
+    result = _run(texts, tiny_bert_dir, layers=("auto",), finetunes=(), shots=("all",), repeats=1)
+    assert all(set(cell["feature_scores"]) == {"default", "-2", "-3"} for cell in result.cells)
+    resnet = create_backbone("torchvision:resnet18", weights=str(resnet18_weights), image_size=32)
+    assert resnet.candidate_layers() == ("default", "layer3:mean")
+    assert create_backbone("torchvision:vgg11", weights="random").candidate_layers() == ("default",)

@@ -182,6 +182,11 @@ class Backbone(abc.ABC):
     def spec(self) -> dict[str, Any]:
         """Keyword arguments that recreate this backbone with :func:`create_backbone`."""
 
+    def candidate_layers(self) -> tuple[str, ...]:
+        """What `compare --layers auto` chooses among for the frozen heads: ``default`` (these features), and, where
+        the backbone knows some, intermediate layers as ``LAYER`` or ``LAYER:POOL``."""
+        return ("default",)
+
     def default_batch_size(self, device) -> int:
         """128 on a GPU. On a CPU, small batches keep the activations in cache: for images about 16 of 224 px
         (ResNet-50 in bf16 on 2 cores: 81 images/s at 16, 63 at 64), more for smaller ones; 64 texts."""

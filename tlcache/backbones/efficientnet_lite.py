@@ -72,6 +72,14 @@ class EfficientNetLite(ImageBackbone):
             self.weights_path = found
         self._digest: str | None = None
 
+    def candidate_layers(self) -> tuple[str, ...]:
+        """The default and two blocks at about 40% and 60% of the depth, flattened for inputs up to 128 px (small
+        images, where where things are counts: Fashion-MNIST's best features, chosen on validation), else
+        mean-pooled (flattening a larger map gives tens of thousands of features)."""
+        last = len(self._skeleton()._blocks) - 1
+        pool = "flatten" if self.image_size <= 128 else "mean"
+        return ("default", *(f"blocks.{round(share * last)}:{pool}" for share in (0.4, 0.6)))
+
     def _parse_layer(self, layer: str) -> int | None:
         if layer == "penultimate":
             return None

@@ -98,6 +98,12 @@ class TorchvisionBackbone(ImageBackbone):
 
         return _strip_classifier(torchvision.models.get_model(self.arch, weights=None))
 
+    def candidate_layers(self) -> tuple[str, ...]:
+        """The default, and for ResNets the mean-pooled output of layer3 (the block before the last)."""
+        return (
+            ("default", "layer3:mean") if self.arch.startswith(("resnet", "resnext", "wide_resnet")) else ("default",)
+        )
+
     def _probe_layer_dim(self) -> int:
         """Check the layer exists and find its pooled width with one forward pass of the bare architecture."""
         import torch

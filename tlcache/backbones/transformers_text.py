@@ -73,7 +73,8 @@ class TransformersText(TextBackbone):
         self.normalize = normalize
         self._key_name = key_name
         config = _read_json(self.model_dir / "config.json")
-        self.layer, self._hidden_index = _parse_layer(layer, int(config.get("num_hidden_layers") or 0), name)
+        self._n_layers = int(config.get("num_hidden_layers") or 0)
+        self.layer, self._hidden_index = _parse_layer(layer, self._n_layers, name)
         self.dim = int(config.get("hidden_size") or config.get("d_model") or config.get("dim") or 0)
         if not self.dim:
             raise UserError(f"{self.model_dir}/config.json names no hidden_size; is it a text encoder?")
@@ -110,6 +111,10 @@ class TransformersText(TextBackbone):
             name = "minilm" if self._key_name == "minilm" else f"hf:{self.model_dir}"
         chunked = {"long_text": "chunk"} if self.long_text == "chunk" else {}
         return {"name": name, "pooling": self.pooling, "layer": self.layer, **chunked}
+
+    def candidate_layers(self) -> tuple[str, ...]:
+        """The default (the last hidden layer) and the two before it, pooled as the default is."""
+        return ("default", "-2", "-3") if self._n_layers >= 2 else ("default",)
 
     def _build(self):
         from transformers import AutoModel, AutoTokenizer

@@ -94,8 +94,9 @@ def _shots(text: str) -> tuple[int | str, ...]:
     "--layers",
     callback=lambda ctx, param, text: _names(text) if text else None,
     help="Candidate features for the frozen heads, each cell choosing on validation items held out from its own "
-    "training items: default, LAYER or LAYER:POOL, comma-separated (e.g. default,blocks.5:flatten,blocks.9:flatten) "
-    "[default: the backbone's features only].",
+    "training items: default, LAYER or LAYER:POOL, comma-separated (e.g. default,blocks.5:flatten,blocks.9:flatten), "
+    "or auto: the backbone's suggestions (efficientnet-lite: two middle blocks; ResNets: layer3; text models: the "
+    "last three layers) [default: the backbone's features only].",
 )
 @click.option(
     "--budget",

@@ -15,6 +15,7 @@ from tlcache.heads import make_head
 from tlcache.store import FeatureStore
 
 DEFAULT = "default"  # the features the backbone options give (its default layer and pooling unless set)
+AUTO = "auto"  # --layers auto: the candidates the backbone suggests (Backbone.candidate_layers)
 VALIDATION_FRACTION = 0.2
 SHARED_OPTIONS = ("image_size", "crop_ratio")  # what a further backbone of --backbone A,B takes from the options
 

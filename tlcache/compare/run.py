@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tlcache.backbones import create_backbone
 from tlcache.compare.cells import CellKey, load_cell, run_cells
-from tlcache.compare.features import DEFAULT, Candidate, choose, other_backbones, parse_layers
+from tlcache.compare.features import AUTO, DEFAULT, Candidate, choose, other_backbones, parse_layers
 from tlcache.compare.plan import (
     PROBE_PER_CLASS,
     PROBE_TEST_PER_CLASS,
@@ -76,7 +77,8 @@ def compare(
     """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
     learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all";
     ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``layers`` lists candidate features
-    for the frozen heads (``default``, ``LAYER`` or ``LAYER:POOL`` of the backbone), and a ``backbone`` of several
+    for the frozen heads (``default``, ``LAYER`` or ``LAYER:POOL`` of the backbone; ``("auto",)``: the backbone's
+    own suggestions, Backbone.candidate_layers), and a ``backbone`` of several
     comma-separated names adds the others' default features, each cell choosing among them on validation items
     carved from its training items (tlcache.compare.features); the fine-tunes train the first. ``budget``
     (seconds of wall time, from the start) leaves out the fine-tune cells that would not end within it
@@ -93,6 +95,8 @@ def compare(
     source_options = source_options or {}
     train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
     backbone, *others = (backbone or DEFAULT_BACKBONES[train_src.modality]).split(",")
+    if layers == (AUTO,):
+        layers = create_backbone(backbone, **backbone_options).candidate_layers()
     wanted = parse_layers(layers, backbone_options) if layers and heads else [(DEFAULT, backbone_options)]
     wanted = [(name, backbone, options) for name, options in wanted]
     wanted += other_backbones(others, backbone_options) if heads else []
