@@ -47,6 +47,17 @@ def parse_layers(entries: tuple[str, ...], options: dict) -> list[tuple[str, dic
     return parsed
 
 
+def wanted_candidates(backbone: str, others: list[str], layers: tuple[str, ...] | None, options: dict) -> list:
+    """(name, backbone, options) of every candidate: the layers of ``backbone`` (``auto``: its own suggestions;
+    none: its default features only), then the default features of each of ``others``."""
+    from tlcache.backbones import create_backbone
+
+    if layers == (AUTO,):
+        layers = create_backbone(backbone, **options).candidate_layers()
+    wanted = parse_layers(layers, options) if layers else [(DEFAULT, options)]
+    return [(name, backbone, layer_options) for name, layer_options in wanted] + other_backbones(others, options)
+
+
 def other_backbones(names: list[str], options: dict) -> list[tuple[str, str, dict]]:
     """(name, backbone, options) of the further backbones of ``--backbone A,B,...``: their default features, with
     the options that describe the data rather than one model (image size, crop) and none of the first's own

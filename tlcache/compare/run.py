@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlcache.backbones import create_backbone
 from tlcache.compare.cells import CellKey, load_cell, run_cells
-from tlcache.compare.features import AUTO, DEFAULT, Candidate, choose, other_backbones, parse_layers
+from tlcache.compare.features import Candidate, choose, wanted_candidates
 from tlcache.compare.plan import (
     PROBE_PER_CLASS,
     PROBE_TEST_PER_CLASS,
@@ -95,36 +94,11 @@ def compare(
     source_options = source_options or {}
     train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
     backbone, *others = (backbone or DEFAULT_BACKBONES[train_src.modality]).split(",")
-    if layers == (AUTO,):
-        layers = create_backbone(backbone, **backbone_options).candidate_layers()
-    wanted = parse_layers(layers, backbone_options) if layers and heads else [(DEFAULT, backbone_options)]
-    wanted = [(name, backbone, options) for name, options in wanted]
-    wanted += other_backbones(others, backbone_options) if heads else []
-
-    def embedded_pair(options: dict, name: str = backbone) -> list:
-        return [
-            embed_source(
-                part,
-                name,
-                out=cache,
-                device=device,
-                precision=precision,
-                progress=progress,
-                on_error="fail",  # methods compare on the same items: every one must be read
-                **options,
-            )
-            for part in (train_src, test_src)
-        ]
-
-    default_pair = embedded_pair(backbone_options)  # labels, ids and the default features
-    embedded = list(default_pair)
-    data = _Data(train_src, test_src, FeatureStore(default_pair[0].path), FeatureStore(default_pair[1].path))
-    for name, candidate_backbone, options in wanted:
-        same = candidate_backbone == backbone and options == backbone_options
-        pair = default_pair if same else embedded_pair(options, candidate_backbone)
-        if pair is not default_pair:
-            embedded += pair
-        data.candidates.append(Candidate(name, FeatureStore(pair[0].path), FeatureStore(pair[1].path)))
+    wanted = wanted_candidates(backbone, others if heads else [], layers if heads else None, backbone_options)
+    embed = functools.partial(
+        embed_source, out=cache, device=device, precision=precision, progress=progress, on_error="fail"
+    )  # on_error: methods compare on the same items, so every one must be read
+    data, embedded = _embedded(train_src, test_src, backbone, backbone_options, wanted, embed)
     data.check_shots(shots)
     out_dir = Path(out)
     identity = _identity(train_src, test_src, embedded[0].key, backbone, backbone_options, config)
@@ -158,6 +132,25 @@ def compare(
     summary["budget"] = {"seconds": budget, "left_out": clock.left_out}
     write_compare_report(summary, out_dir)
     return CompareResult(out_dir, cells, ran, summary)
+
+
+def _embedded(train_src: Source, test_src: Source, backbone: str, options: dict, wanted: list, embed):
+    """The sources with their default features (labels, ids) and the frozen heads' candidates ``wanted`` ((name,
+    backbone, options) each), every pair of stores embedded once through ``embed``; and the embed results."""
+    pairs: dict = {}
+
+    def pair(name: str, candidate_options: dict) -> list:
+        key = (name, repr(sorted(candidate_options.items())))
+        if key not in pairs:
+            pairs[key] = [embed(part, name, **candidate_options) for part in (train_src, test_src)]
+        return pairs[key]
+
+    default = pair(backbone, options)
+    data = _Data(train_src, test_src, FeatureStore(default[0].path), FeatureStore(default[1].path))
+    for name, candidate_backbone, candidate_options in wanted:
+        train, test = pair(candidate_backbone, candidate_options)
+        data.candidates.append(Candidate(name, FeatureStore(train.path), FeatureStore(test.path)))
+    return data, [result for results in pairs.values() for result in results]
 
 
 def _identity(train_src: Source, test_src: Source, features_key: str, backbone: str, options: dict, config) -> dict:
