@@ -226,6 +226,8 @@ def paired_with_ft(peer: list[dict], cells: list[dict]) -> list[dict]:
 
 
 def report(results: dict) -> str:
+    from tlcache.compare.summary import paired_table
+
     lines = [
         "# Frozen or fine-tune: `tlcache compare` on two datasets",
         "",
@@ -254,21 +256,11 @@ def report(results: dict) -> str:
         ]
         for row in summary["rows"]:
             low, high = row["interval"]
-            shots = "all" if row["shots"] == "all" else row["shots"]
             lines.append(
-                f"| {row['method']} ({row['kind']}) | {shots} | {row['accuracy']:.4f} | {row['accuracy_std']:.4f} | "
-                f"{low:.4f}-{high:.4f} | {row['seconds']:.1f} |"
+                f"| {row['method']} ({row['kind']}) | {row['shots']} | {row['accuracy']:.4f} | "
+                f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['seconds']:.1f} |"
             )
-        lines += ["", f"Rule of the recommendation: {advice['rule']}", ""]
-        lines += ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
-        lines += ["|---:|---|---|---:|---|---|"]
-        for row in advice["by_shots"]:
-            difference = "" if row["difference_points"] is None else f"{row['difference_points']:+.1f}"
-            p_values = ", ".join(f"{p:.3g}" for p in row["p_values"])
-            lines.append(
-                f"| {row['shots']} | {row['best_frozen'] or ''} | {row['best_finetune'] or ''} | {difference} | "
-                f"{p_values} | {row['verdict']} |"
-            )
+        lines += ["", f"Rule of the recommendation: {advice['rule']}", "", *paired_table(advice)]
         peer = outcome.get("trainer")
         if peer:
             accuracies = [run["accuracy"] for run in peer]

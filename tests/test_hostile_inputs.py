@@ -249,17 +249,27 @@ TAMPERINGS = [
 ]
 
 
-@pytest.mark.parametrize("how", TAMPERINGS)
-def test_a_tampered_store_is_one_line_for_every_command_that_reads_it(tmp_path, how):
+def _store(path: Path) -> Path:
+    """A small two-class store."""
     from conftest import make_store
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(16, 6)) + np.repeat([[0.0], [3.0]], 8, axis=0), [0] * 8 + [1] * 8
-    good = make_store(tmp_path / "good.h5", X, y, ["a", "b"])
-    run = tmp_path / "run"
-    code, _, stderr = _invoke(["fit-head", good, "--head", "logreg", "--out", run])
+    return make_store(path, X, y, ["a", "b"])
+
+
+def _fitted(tmp_path: Path) -> tuple[Path, Path]:
+    """A small store and a logreg run folder fitted on it: (store, run)."""
+    store, run = _store(tmp_path / "good.h5"), tmp_path / "run"
+    code, _, stderr = _invoke(["fit-head", store, "--head", "logreg", "--out", run])
     assert code == 0, stderr
-    bad = make_store(tmp_path / "bad.h5", X, y, ["a", "b"])
+    return store, run
+
+
+@pytest.mark.parametrize("how", TAMPERINGS)
+def test_a_tampered_store_is_one_line_for_every_command_that_reads_it(tmp_path, how):
+    _, run = _fitted(tmp_path)
+    bad = _store(tmp_path / "bad.h5")
     _tamper(bad, how)
     readers = [["fit-head", bad, "--out", tmp_path / "run2"], ["predict", run, bad, "-o", "-"]]
     if "feature" not in how:  # info reads no features: a value inside them is found where they are read
@@ -286,13 +296,7 @@ RUN_TAMPERINGS = {
 def test_a_tampered_run_folder_is_one_line(tmp_path, how):
     import json
 
-    from conftest import make_store
-
-    rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(16, 6)) + np.repeat([[0.0], [3.0]], 8, axis=0), [0] * 8 + [1] * 8
-    store = make_store(tmp_path / "good.h5", X, y, ["a", "b"])
-    run = tmp_path / "run"
-    assert _invoke(["fit-head", store, "--head", "logreg", "--out", run])[0] == 0
+    store, run = _fitted(tmp_path)
     name, change = RUN_TAMPERINGS[how]
     changed = change(json.loads((run / name).read_text()))
     (run / name).write_text(changed if isinstance(changed, str) else json.dumps(changed))

@@ -97,6 +97,16 @@ class EmbedResult:
             f"{self.seconds:.1f} s{rate}{extra} -> {self.path}"
         )
 
+    def refused_if_skipped(self) -> EmbedResult:
+        """Itself when no item was left out; else a UserError naming them in one line (``--on-error fail``)."""
+        if self.skipped:
+            raise UserError(
+                f"{describe_unreadable(self.skipped)}; the other {self.rows - len(self.skipped)} items are "
+                f"embedded in {self.path}, which lists every bad one (`tlcache info`); fix or remove them and run "
+                "again (rows are reused), or use --on-error skip to go on without them"
+            )
+        return self
+
     def skipped_lines(self) -> list[str]:
         """One line per item left out, with why (the store lists them too: `tlcache info`)."""
         return [f"skipped {item}: it {why}" for item, why in self.skipped]
@@ -156,23 +166,15 @@ def embed_source(
         seconds = time.perf_counter() - started
         skipped = FeatureStore(path).skipped()
         done = EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached, truncated, skipped)
-        if skipped and on_error == "fail":
-            raise UserError(
-                f"{describe_unreadable(skipped)}; the other {len(src) - len(skipped)} items are "
-                f"embedded in {path}, which lists every bad one (`tlcache info`); fix or remove them and run again "
-                "(rows are reused), or use --on-error skip to go on without them"
-            )
-        return done
+        return done.refused_if_skipped() if on_error == "fail" else done
 
-    hit = _hit(path, key)
-    if hit:
+    if hit := _hit(path, key):
         return result(0, 0, hit.dim, cached=True)
     if not overwrite and path == Path(out or ""):  # a file named by --out; in a folder, names carry the key
         _refuse_replacing(path)
     with _write_lock(path):
         # Another process may have finished it while we waited, or been killed while publishing it.
-        hit = _hit(path, key) or (publish_interrupted(path, key, compression) and _hit(path, key))
-        if hit:
+        if hit := _hit(path, key) or (publish_interrupted(path, key, compression) and _hit(path, key)):
             return result(0, 0, hit.dim, cached=True)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
         try:

@@ -127,7 +127,12 @@ def render_markdown(summary: dict) -> str:
             picks = ", ".join(f"{name} ({count})" for name, count in row["features"].items())
             lines.append(f"| {row['method']} | {_shots_words(row['shots'])} | {picks} |")
     lines += ["", "## The paired tests", "", f"Rule: {advice['rule']} (alpha {advice['alpha']:g})", ""]
-    lines += ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
+    return "\n".join(lines + paired_table(advice)) + "\n"
+
+
+def paired_table(advice: dict) -> list[str]:
+    """The recommendation's paired tests as a Markdown table, a row per shot count."""
+    lines = ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
     lines += ["|---:|---|---|---:|---|---|"]
     for row in advice["by_shots"]:
         difference = "" if row["difference_points"] is None else f"{row['difference_points']:+.1f}"
@@ -136,7 +141,7 @@ def render_markdown(summary: dict) -> str:
             f"| {_shots_words(row['shots'])} | {row['best_frozen'] or ''} | {row['best_finetune'] or ''} | "
             f"{difference} | {p_values} | {row['verdict']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _x(shots, all_per_class: float) -> float:
