@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-finetune bench-lp-vs-ft bench-demo clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-lp-vs-ft bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -86,9 +86,6 @@ bench-heads: setup fashion-mnist
 bench-embed: setup fashion-mnist
 	$(PIP) install --quiet 'sentence-transformers>=3.0'
 	$(PY) benchmarks/embed_throughput.py
-
-bench-finetune: setup fashion-mnist
-	$(PY) benchmarks/finetune_benchmark.py
 
 bench-lp-vs-ft: setup fashion-mnist
 	$(PIP) install --quiet 'accelerate>=1.0'

@@ -1,33 +1,35 @@
-"""Frozen features or fine-tuning? `tlcache compare` run as a user would run it, on two tasks, with the peer a user
-would otherwise write.
+"""Frozen features or fine-tuning? The shipped compare pipelines, run as a user would run them, on two tasks, with
+the fine-tune a user would otherwise write beside them.
 
-Tasks: Rotten Tomatoes fresh/rotten (the canonical 2000 / 1000 split of DATA.md) with minilm, and Fashion-MNIST
-3000 / 1000 with efficientnet-lite0 at 96 px (its default features: the penultimate layer, mean-pooled).
-Methods, every one on the same draws of training items and the same test items: the frozen logreg, svm and mlp
-heads on features embedded once through the cache, and fine-tuning (FT) and LP-FT (the classifier started from
-logreg on the frozen features) at compare's defaults (FinetuneConfig(): the whole network, 3 epochs, learning rate
-5e-5 for the body and 1e-3 for the classifier, batches of 32, bf16 where the CPU has it, 10% of each cell's items
-held out to choose the epoch). Shots: 4, 16 and 64 labelled items per class, and all of them; seeds 0, 1, 2, each
-drawing its own items. Every choice (a head's regularisation, a fine-tune's epoch) is made on validation items
-carved from the training items; the test items are scored once per cell. compare's report (table, learning curve,
-accuracy against time, McNemar's exact test between the best frozen and the best fine-tuned method per shot count
-and seed, and its recommendation) is kept for each task under results/lp_vs_ft/.
+Tasks, each a compare step of a recipe in pipelines/, run by `tlcache run RECIPE --step STEP` on the data `make
+pipeline-data` writes (demo-output/data/): Rotten Tomatoes fresh/rotten (the canonical 2000 / 1000 split of DATA.md)
+with minilm (pipelines/rotten-tomatoes.toml, step compare), and Fashion-MNIST 3000 / 1000 with efficientnet-lite0
+at 96 px (pipelines/fashion-mnist.toml): on its default features (step compare), and on whole images with each
+frozen cell choosing its features among `default,blocks.5:flatten,blocks.9:flatten` on items held out from its own
+training items (step compare-layers; frozen heads logreg and svm). Methods, every one on the same draws of training
+items and the same test items: the frozen logreg, svm and mlp heads on features embedded once through the cache,
+and fine-tuning (FT) and LP-FT (the classifier started from logreg on the frozen features) at compare's defaults
+(FinetuneConfig(): the whole network, 3 epochs, learning rate 5e-5 for the body and 1e-3 for the classifier,
+batches of 32, bf16 where the CPU has it, 10% of each cell's items held out to choose the epoch). Shots: 4, 16 and
+64 labelled items per class, and all of them; seeds 0, 1, 2, each drawing its own items. Every choice (features, a
+head's regularisation, a fine-tune's epoch) is made on validation items carved from the training items; the test
+items are scored once per cell. compare's report (table, learning curve, accuracy against time, McNemar's exact
+test between the best frozen and the best fine-tuned method per shot count and seed, and its recommendation) is
+kept for each task under results/lp_vs_ft/.
 
-Peer (Rotten Tomatoes, all items, the same 3 seeds): a Hugging Face `Trainer` fine-tuning the same minilm weights
-with the same recipe (3 epochs, 5e-5, batches of 32, 10% warmup then cosine decay, weight decay 0.01, gradient
-clipping at 1, bf16 autocast on this CPU as tlcache's default), as its text-classification tutorial has a user
-write: trained on all 2000 items for all 3 epochs (no held-out items, no epoch chosen), scored on the same 1000
-test items, and paired item by item with tlcache's FT cell of the same seed.
+Peers (Rotten Tomatoes, all items, the same 3 seeds): a Hugging Face `Trainer` with
+`AutoModelForSequenceClassification`, fine-tuning the same minilm weights as its text-classification tutorial has a
+user write, trained on all 2000 items for all its epochs (no held-out items, no epoch chosen), scored on the same
+1000 test items and paired item by item with tlcache's FT cell of the same seed; twice: at the Trainer's own
+defaults (3 epochs, 5e-5, batches of 8, linear decay without warmup, no weight decay, fp32), and at tlcache's recipe
+(batches of 32, 10% warmup then cosine decay, weight decay 0.01, gradient clipping at 1, bf16 autocast on this CPU
+as tlcache's default: equal footing).
 
 Times are wall clock on this machine, the whole cell (loading, training, evaluation); frozen cells count the head's
-fit only, the embedding once per task is reported apart.
+fit only, the embedding once per task is reported apart (and the whole `tlcache run` beside it).
 
-A third task repeats Fashion-MNIST with whole images (crop 1) and the frozen heads choosing their features per
-cell (`--layers default,blocks.5:flatten,blocks.9:flatten`: the candidates heads_benchmark.py scans), each cell on
-validation items held out from its own training items; its frozen heads are logreg and svm.
-
-Run:  .venv/bin/python benchmarks/lp_vs_ft.py        (about 45 minutes on 2 cores; needs `make fashion-mnist`)
-      --tasks NAME ...: run those tasks and keep the others' figures;
+Run:  make bench-lp-vs-ft    (about 55 minutes on 2 cores; writes the data, installs the Trainer's accelerate)
+      .venv/bin/python benchmarks/lp_vs_ft.py --tasks NAME ...: run those tasks and keep the others' figures;
       --smoke --results-dir DIR: a few hundred items, one epoch, one seed, written to DIR (minutes).
 Writes benchmarks/results/lp_vs_ft.md and lp_vs_ft.json, and results/lp_vs_ft/<task>/ (compare's own report).
 """
@@ -39,82 +41,108 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _results import RESULTS, made_by, provenance, save_results
+import tomllib
+from _results import RESULTS, ROOT, made_by, provenance, save_results
 
 SEEDS = (0, 1, 2)
-SHOTS = (4, 16, 64, "all")
-HEADS = ("logreg", "svm", "mlp")
-FINETUNES = ("ft", "lp-ft")
 TASKS = {
-    "rotten-tomatoes": {"title": "Rotten Tomatoes 2000 / 1000, minilm", "backbone": "minilm", "options": {}},
+    "rotten-tomatoes": {
+        "title": "Rotten Tomatoes 2000 / 1000, minilm",
+        "recipe": "rotten-tomatoes",
+        "step": "compare",
+    },
     "fashion-mnist": {
         "title": "Fashion-MNIST 3000 / 1000, efficientnet-lite0 @96 px",
-        "backbone": "efficientnet-lite0",
-        "options": {"image_size": 96},
+        "recipe": "fashion-mnist",
+        "step": "compare",
     },
-    # The same, with the frozen heads choosing their features per cell among the candidates of heads_benchmark.py
-    # (whole images: crop 1, for the fine-tunes too).
     "fashion-mnist-layers": {
         "title": "Fashion-MNIST 3000 / 1000, efficientnet-lite0 @96 px, crop 1, frozen features chosen per cell "
         "(--layers default,blocks.5:flatten,blocks.9:flatten)",
-        "backbone": "efficientnet-lite0",
-        "options": {"image_size": 96, "crop_ratio": 1.0},
-        "layers": ("default", "blocks.5:flatten", "blocks.9:flatten"),
-        "heads": ("logreg", "svm"),  # the mlp, fitted once per candidate on 4032-d features, took minutes a cell
+        "recipe": "fashion-mnist",
+        "step": "compare-layers",
+    },
+}
+# The Trainer peers' settings beyond its defaults (the defaults' own row sets none).
+PEERS = {
+    "trainer-defaults": {"title": "at its own defaults", "arguments": {}},
+    "trainer": {
+        "title": "at tlcache's recipe (equal footing)",
+        "arguments": {
+            "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 64,
+            "warmup_steps": 0.1,  # a fraction of the steps, in transformers 5
+            "lr_scheduler_type": "cosine",
+            "weight_decay": 0.01,
+            "max_grad_norm": 1.0,
+            "bf16": "auto",  # tlcache's precision auto: bf16 autocast where this CPU has it
+        },
     },
 }
 COMPARE_FILES = ("compare.md", "compare.json", "learning_curve.png", "accuracy_time.png")
 
 
-def data(task: str, work: Path, smoke: bool) -> tuple[Path, Path]:
+def write_data(work: Path, smoke: bool) -> None:
+    """The data of the recipes, where `make pipeline-data` writes it (relative to ``work``, the runs' folder)."""
     from tlcache.datasets import fashion_mnist, rotten_tomatoes
 
-    if task == "rotten-tomatoes":
-        return rotten_tomatoes(work / "rt", **({"n_total": 300, "n_test": 100} if smoke else {}))
-    if (work / "fm").exists():
-        return work / "fm" / "train", work / "fm" / "test"
-    return fashion_mnist(work / "fm", **({"n_train": 300, "n_test": 100} if smoke else {}))
+    data = work / "demo-output" / "data"
+    rotten_tomatoes(data / "rotten_tomatoes", **({"n_total": 300, "n_test": 100} if smoke else {}))
+    fashion_mnist(data / "fashion-mnist", **({"n_train": 300, "n_test": 100} if smoke else {}))
 
 
-def run_compare(task: str, train: Path, test: Path, work: Path, smoke: bool) -> dict:
-    """`tlcache compare` on one task; its summary, its cells and the wall time of the whole call."""
-    import tlcache
+def recipe_of(task: str, work: Path, smoke: bool) -> Path:
+    """The shipped recipe of the task; for a smoke run, a copy whose compare steps run 4 and all items per class,
+    one seed, one epoch."""
+    recipe = ROOT / "pipelines" / f"{TASKS[task]['recipe']}.toml"
+    if not smoke:
+        return recipe
+    steps = tomllib.loads(recipe.read_text(encoding="utf-8"))["step"]
+    for step in steps:
+        if step["run"] == "compare":
+            step.update({"shots": [4, "all"], "repeats": 1, "epochs": 1})
+    copy = work / "smoke" / recipe.name
+    copy.parent.mkdir(exist_ok=True)
+    lines = [line for step in steps for line in ("[[step]]", *(f"{k} = {json.dumps(v)}" for k, v in step.items()))]
+    copy.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return copy
+
+
+def run_compare(task: str, work: Path, smoke: bool) -> dict:
+    """`tlcache run RECIPE --step STEP` in its own process, from ``work``; compare's summary and cells, and the
+    wall time of the whole command."""
     from tlcache.finetune import FinetuneConfig
 
-    spec = TASKS[task]
-    config = FinetuneConfig(epochs=1) if smoke else FinetuneConfig()
+    spec, recipe = TASKS[task], recipe_of(task, work, smoke)
+    command = [sys.executable, "-m", "tlcache.cli", "run", str(recipe), "--step", spec["step"]]
     started = time.perf_counter()
-    result = tlcache.compare(
-        train,
-        test=test,
-        backbone=spec["backbone"],
-        heads=spec.get("heads", HEADS),
-        finetunes=FINETUNES,
-        shots=(4, "all") if smoke else SHOTS,
-        repeats=1 if smoke else len(SEEDS),
-        out=work / f"compare-{task}",
-        cache=work / "cache",
-        finetune_config=config,
-        layers=spec.get("layers"),
-        progress=True,
-        **spec["options"],
-    )
+    subprocess.run(command, cwd=work, check=True)
+    seconds = time.perf_counter() - started
+    out_dir = work / "runs" / recipe.stem / spec["step"]
+    cells = []
+    for path in sorted((out_dir / "cells").glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        cells.append({**record["cell"], **record["result"]})
+    config = FinetuneConfig(epochs=1) if smoke else FinetuneConfig()
     return {
-        "summary": result.summary,
-        "cells": result.cells,
-        "wall_seconds": time.perf_counter() - started,
+        "command": f"tlcache run pipelines/{recipe.name} --step {spec['step']}",
+        "summary": json.loads((out_dir / "compare.json").read_text(encoding="utf-8")),
+        "cells": cells,
+        "wall_seconds": seconds,
         "config": {name: getattr(config, name) for name in config.__dataclass_fields__},
-        "out_dir": result.out_dir,
+        "out_dir": out_dir,
     }
 
 
-def trainer_peer(train: Path, test: Path, seeds, work: Path, smoke: bool) -> list[dict]:
-    """Hugging Face Trainer on all training texts, per seed: test accuracy, per-item hits, wall time."""
+def trainer_peer(peer: str, work: Path, seeds, smoke: bool) -> list[dict]:
+    """Hugging Face Trainer on all training texts with the settings of PEERS[peer], per seed: test accuracy,
+    per-item hits, wall time."""
     import numpy as np
     import torch
     from transformers import (
@@ -132,8 +160,6 @@ def trainer_peer(train: Path, test: Path, seeds, work: Path, smoke: bool) -> lis
             rows = list(csv.DictReader(handle))
         return [r["text"] for r in rows], [r["label"] for r in rows]
 
-    (train_texts, train_labels), (test_texts, test_labels) = read(train), read(test)
-    classes = sorted(set(train_labels))
     model_dir = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
@@ -148,21 +174,20 @@ def trainer_peer(train: Path, test: Path, seeds, work: Path, smoke: bool) -> lis
         def __getitem__(self, i):
             return {**{k: v[i] for k, v in self.encoded.items()}, "labels": self.labels[i]}
 
+    data = work / "demo-output" / "data" / "rotten_tomatoes"
+    (train_texts, train_labels), (test_texts, test_labels) = read(data / "train.csv"), read(data / "test.csv")
+    classes = sorted(set(train_labels))
+    settings = dict(PEERS[peer]["arguments"])
+    if settings.get("bf16") == "auto":
+        settings["bf16"] = _bf16_cpu()
     runs = []
     for seed in seeds:
         started = time.perf_counter()
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(classes))
         arguments = TrainingArguments(
-            output_dir=str(work / f"trainer-{seed}"),
-            num_train_epochs=1 if smoke else 3,
-            learning_rate=5e-5,
-            per_device_train_batch_size=32,
-            per_device_eval_batch_size=64,
-            warmup_steps=0.1,  # a fraction of the steps, in transformers 5
-            lr_scheduler_type="cosine",
-            weight_decay=0.01,
-            max_grad_norm=1.0,
-            bf16=_bf16_cpu(),
+            output_dir=str(work / f"{peer}-{seed}"),
+            **settings,
+            **({"num_train_epochs": 1} if smoke else {}),
             use_cpu=not torch.cuda.is_available(),
             seed=seed,
             save_strategy="no",
@@ -189,7 +214,7 @@ def trainer_peer(train: Path, test: Path, seeds, work: Path, smoke: bool) -> lis
                 "seconds": time.perf_counter() - started,
             }
         )
-        print(f"  Trainer seed {seed}: {hits.mean():.4f} in {runs[-1]['seconds']:.0f} s", flush=True)
+        print(f"  {peer} seed {seed}: {hits.mean():.4f} in {runs[-1]['seconds']:.0f} s", flush=True)
     return runs
 
 
@@ -225,6 +250,27 @@ def paired_with_ft(peer: list[dict], cells: list[dict]) -> list[dict]:
     return rows
 
 
+def peer_lines(peer: str, runs: dict) -> list[str]:
+    """The report's paragraph on one Trainer peer."""
+    accuracies = [run["accuracy"] for run in runs["runs"]]
+    seconds = [run["seconds"] for run in runs["runs"]]
+    return [
+        f"### The peer: Hugging Face Trainer {PEERS[peer]['title']}, all items",
+        "",
+        f"Accuracy {sum(accuracies) / len(accuracies):.4f} (seeds: {', '.join(f'{a:.4f}' for a in accuracies)}), "
+        f"{sum(seconds) / len(seconds):.1f} s per run (loading, training, prediction). Settings beyond the "
+        f"Trainer's defaults: {json.dumps(PEERS[peer]['arguments']) if PEERS[peer]['arguments'] else 'none'}.",
+        "",
+        "Paired with tlcache's FT cell of the same seed (McNemar's exact test on the test items): "
+        + "; ".join(
+            f"seed {p['seed']}: Trainer right where tlcache is wrong on {p['trainer_only']} items, tlcache "
+            f"right where Trainer is wrong on {p['tlcache_only']}, p = {p['p']:.3g}"
+            for p in runs["paired"]
+        )
+        + ".",
+    ]
+
+
 def report(results: dict) -> str:
     from tlcache.compare.summary import paired_table
 
@@ -233,7 +279,8 @@ def report(results: dict) -> str:
         "",
         __doc__.split("\n\n")[1].replace("\n", " "),
         "",
-        "Selection protocol: every choice (a head's regularisation, a fine-tune's epoch) is made on validation items "
+        "Selection protocol: every choice (features, a head's regularisation, a fine-tune's epoch) is made on "
+        "validation items "
         "carved from each cell's training items; the test items are scored once per cell, for the chosen "
         "configuration only. Nothing in this run was chosen by looking at test items; the fine-tune recipe is "
         "compare's default, not tuned here.",
@@ -245,7 +292,8 @@ def report(results: dict) -> str:
         lines += [f"## {TASKS[task]['title']}", "", made_by(outcome["meta"]), ""]
         lines += [f"**{advice['headline']}**" + (f". {advice['crossing']}." if advice["crossing"] else "."), ""]
         lines += [
-            f"The whole compare: {outcome['wall_seconds'] / 60:.1f} min of wall time ({len(outcome['cells'])} cells); "
+            f"Run by `{outcome['command']}` (after `make pipeline-data`): {outcome['wall_seconds'] / 60:.1f} min of "
+            f"wall time for the whole command ({len(outcome['cells'])} cells); "
             f"embedding the frozen features: {summary['embed_seconds']:.1f} s. Report, learning curve and accuracy "
             f"against time: [results/lp_vs_ft/{task}/](lp_vs_ft/{task}/compare.md).",
             "",
@@ -261,26 +309,8 @@ def report(results: dict) -> str:
                 f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['seconds']:.1f} |"
             )
         lines += ["", f"Rule of the recommendation: {advice['rule']}", "", *paired_table(advice)]
-        peer = outcome.get("trainer")
-        if peer:
-            accuracies = [run["accuracy"] for run in peer]
-            seconds = [run["seconds"] for run in peer]
-            lines += [
-                "",
-                "### The peer: Hugging Face Trainer, all items",
-                "",
-                f"Accuracy {sum(accuracies) / len(accuracies):.4f} (seeds: "
-                f"{', '.join(f'{a:.4f}' for a in accuracies)}), "
-                f"{sum(seconds) / len(seconds):.1f} s per run (loading, training, prediction).",
-                "",
-                "Paired with tlcache's FT cell of the same seed (McNemar's exact test on the test items): "
-                + "; ".join(
-                    f"seed {p['seed']}: Trainer right where tlcache is wrong on {p['trainer_only']} items, tlcache "
-                    f"right where Trainer is wrong on {p['tlcache_only']}, p = {p['p']:.3g}"
-                    for p in outcome["trainer_paired"]
-                )
-                + ".",
-            ]
+        for peer, runs in outcome.get("peers", {}).items():
+            lines += ["", *peer_lines(peer, runs)]
         lines.append("")
     return "\n".join(lines)
 
@@ -299,15 +329,17 @@ def main() -> int:
     results["meta"] = provenance("lp_vs_ft.py")
     with tempfile.TemporaryDirectory(prefix="tlcache-lp-vs-ft-") as tmp:
         work = Path(tmp)
-        os.environ["TLCACHE_HOME"] = str(work / "home")
+        os.environ["TLCACHE_HOME"] = str(work / "home")  # no store from an earlier run: each task embeds its own
+        write_data(work, args.smoke)
         for task in args.tasks:
             print(f"{task} ...", flush=True)
-            train, test = data(task, work, args.smoke)
-            outcome = {"meta": results["meta"], **run_compare(task, train, test, work, args.smoke)}
+            outcome = {"meta": results["meta"], **run_compare(task, work, args.smoke)}
             if task == "rotten-tomatoes":
                 seeds = (0,) if args.smoke else SEEDS
-                outcome["trainer"] = trainer_peer(train, test, seeds, work, args.smoke)
-                outcome["trainer_paired"] = paired_with_ft(outcome["trainer"], outcome["cells"])
+                outcome["peers"] = {}
+                for peer in PEERS:
+                    runs = trainer_peer(peer, work, seeds, args.smoke)
+                    outcome["peers"][peer] = {"runs": runs, "paired": paired_with_ft(runs, outcome["cells"])}
             kept = args.results_dir / "lp_vs_ft" / task
             kept.mkdir(parents=True, exist_ok=True)
             for name in COMPARE_FILES:
@@ -315,8 +347,9 @@ def main() -> int:
             outcome.pop("out_dir")
             for cell in outcome["cells"]:
                 cell.pop("correct", None)  # per-item hits stay in compare's own cells, not in the results file
-            for run in outcome.get("trainer", []):
-                run.pop("correct", None)
+            for peer in outcome.get("peers", {}).values():
+                for run in peer["runs"]:
+                    run.pop("correct", None)
             results["tasks"][task] = outcome
     save_results("lp_vs_ft", json.loads(json.dumps(results, default=str)), report(results), args.results_dir)
     return 0

@@ -689,6 +689,7 @@ ADDED = {
     "run": {
         "pipeline": "test_pipelines.py::test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all",
         "--dry-run": "test_pipelines.py::test_dry_run_says_what_would_run_and_runs_nothing",
+        "--step": "test_pipelines.py::test_step_runs_the_named_steps_and_the_steps_they_refer_to_only",
     },
 }
 OPTION_TESTS = {name: {**EXISTING_CLI.get(name, {}), **ADDED.get(name, {})} for name in cli.commands}

@@ -127,6 +127,20 @@ def test_an_interrupted_step_runs_again(texts, tiny_bert_dir):
     assert _ran(again) == ["embed", "embed", "fit-head", *(["predict"] if changed else [])]
 
 
+def test_step_runs_the_named_steps_and_the_steps_they_refer_to_only(texts, tiny_bert_dir):
+    recipe = write_recipe(texts / "text.toml", text_steps(tiny_bert_dir))
+    labels = run("run", recipe, "--step", "labels")  # predict reads @probe, which reads @train and @test
+    assert labels.exit_code == 0, labels.output
+    assert _ran(labels) == ["embed", "embed", "fit-head", "predict"] and not (texts / "runs" / "text" / "ft").exists()
+    assert "step 5/5 (labels): tlcache predict" in labels.stdout
+    assert labels.stdout.splitlines()[-1].startswith(f"{recipe}: 4 steps, 4 run, 0 skipped")
+    ft = run("run", recipe, "--step", "ft", "--step", "probe")
+    assert ft.exit_code == 0, ft.output
+    assert _ran(ft) == ["embed", "embed", "finetune"]  # the probe was done: skipped
+    assert "(probe): fit-head skipped: done before" in ft.stdout
+    assert_user_error(run("run", recipe, "--step", "nope"), f"{recipe}: no step named 'nope'; its steps are train,")
+
+
 def test_dry_run_says_what_would_run_and_runs_nothing(texts, tiny_bert_dir):
     recipe = write_recipe(texts / "text.toml", text_steps(tiny_bert_dir))
     planned = run("run", recipe, "--dry-run")

@@ -116,21 +116,45 @@ def load_pipeline(path: str | Path, check_inputs: bool = True) -> list[Step]:
     return steps
 
 
-def run_pipeline(path: str | Path, dry_run: bool = False, echo=click.echo) -> PipelineResult:
+def run_pipeline(
+    path: str | Path, dry_run: bool = False, echo=click.echo, only: tuple[str, ...] = ()
+) -> PipelineResult:
     """Run the recipe at ``path`` step by step (see the module's documentation), skipping what is done already.
-    ``dry_run``: check it and say what would run, run nothing. A step's UserError stops the run, in one line that
-    names the file and the step."""
+    ``dry_run``: check it and say what would run, run nothing. ``only``: the names of the steps to run, with the
+    earlier steps they refer to (all of them when empty). A step's UserError stops the run, in one line that names
+    the file and the step."""
     started = time.perf_counter()
-    steps = load_pipeline(path)
+    recipe = load_pipeline(path)
+    steps = selected(path, recipe, only)
     result = PipelineResult(Path(path), dry_run=dry_run)
     outputs: dict[str, Path | None] = {}
     for step in steps:
-        head = f"step {step.number}/{len(steps)} ({step.label}):"
+        head = f"step {step.number}/{len(recipe)} ({step.label}):"
         outcome = _plan_step(step, head, echo) if dry_run else _run_step(step, outputs, head, echo)
         outputs[step.label] = outcome.output
         result.outcomes.append(outcome)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def selected(path: str | Path, steps: list[Step], only: tuple[str, ...]) -> list[Step]:
+    """The steps named in ``only`` and, transitively, the earlier steps they refer to ("@name"), in the recipe's
+    order; every step when ``only`` is empty. An unknown name is a UserError listing the recipe's names."""
+    if not only:
+        return steps
+    by_label = {step.label: step for step in steps}
+    unknown = [name for name in only if name not in by_label]
+    if unknown:
+        raise UserError(
+            f"{path}: no step named {unknown[0]!r}; its steps are {', '.join(by_label)} (choose with --step NAME)"
+        )
+    wanted, pending = set(), list(only)
+    while pending:
+        name = pending.pop()
+        if name not in wanted:
+            wanted.add(name)
+            pending += by_label[name].references().values()
+    return [step for step in steps if step.label in wanted]
 
 
 def _read_tables(path: Path) -> list[dict]:

@@ -13,7 +13,14 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("pipeline")
 @click.option("--dry-run", is_flag=True, help="Check the recipe and say which steps would run or be skipped; run none.")
-def run(pipeline, dry_run) -> PipelineResult:
+@click.option(
+    "--step",
+    "steps",
+    multiple=True,
+    metavar="NAME",
+    help='Run only the step of this name (repeatable), with the earlier steps it refers to ("@name").',
+)
+def run(pipeline, dry_run, steps) -> PipelineResult:
     """Run the steps of the recipe PIPELINE (a TOML file) in order, skipping the steps done already.
 
     Each [[step]] table names its command (run = "embed", "fit-head", "finetune", "compare" or "predict") and gives
@@ -45,9 +52,10 @@ def run(pipeline, dry_run) -> PipelineResult:
     \b
       tlcache run pipelines/rotten-tomatoes.toml
       tlcache run pipelines/fashion-mnist.toml --dry-run
+      tlcache run pipelines/rotten-tomatoes.toml --step compare
     """
     from tlcache.pipeline import run_pipeline
 
-    result = run_pipeline(pipeline, dry_run=dry_run)
+    result = run_pipeline(pipeline, dry_run=dry_run, only=steps)
     click.echo(result.summary_line())
     return result
