@@ -28,7 +28,7 @@ as tlcache's default: equal footing).
 Times are wall clock on this machine, the whole cell (loading, training, evaluation); frozen cells count the head's
 fit only, the embedding once per task is reported apart (and the whole `tlcache run` beside it).
 
-Run:  make bench-lp-vs-ft    (about 55 minutes on 2 cores; writes the data, installs the Trainer's accelerate)
+Run:  make bench-lp-vs-ft    (about 50 minutes on 2 cores; writes the data, installs the Trainer's accelerate)
       .venv/bin/python benchmarks/lp_vs_ft.py --tasks NAME ...: run those tasks and keep the others' figures;
       --smoke --results-dir DIR: a few hundred items, one epoch, one seed, written to DIR (minutes).
 Writes benchmarks/results/lp_vs_ft.md and lp_vs_ft.json, and results/lp_vs_ft/<task>/ (compare's own report).

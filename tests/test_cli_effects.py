@@ -587,6 +587,7 @@ DEFAULT_PRECISION = HERE + "test_finetune_default_precision_trains_the_layers_th
 EMBED_RUN = HERE + "test_embed_batch_size_device_workers_and_compile_are_recorded_and_keep_the_features"
 PREDICT_TABLE = HERE + "test_predict_a_tsv_with_its_own_column_names"
 COMPARE = "test_compare.py::"
+RAY = "test_ray_engine.py::"
 COMPARE_CELLS = COMPARE + "test_compare_command_runs_the_cells_its_options_name"
 COMPARE_COLUMNS = COMPARE + "test_compare_command_reads_named_columns_and_holds_out_a_fraction"
 COMPARE_IMAGES = COMPARE + "test_compare_command_on_images_with_backbone_options"
@@ -630,6 +631,11 @@ ADDED = {
         "--overwrite": HERE + "test_embed_overwrite_replaces_another_store_that_out_names",
         "--on-error": "test_unreadable_items.py::test_cli_lists_each_skipped_item_and_fail_exits_2",
         "--long-text": "test_embed.py::test_long_text_chunk_reads_every_token_in_windows_and_is_in_the_key",
+        "--engine": RAY + "test_a_rerun_after_the_driver_is_killed_embeds_only_the_unfinished_shards",
+        "--address": RAY + "test_a_rerun_after_the_driver_is_killed_embeds_only_the_unfinished_shards",
+        "--ray-workers": RAY + "test_a_rerun_after_the_driver_is_killed_embeds_only_the_unfinished_shards",
+        "--shard-size": RAY + "test_a_rerun_after_the_driver_is_killed_embeds_only_the_unfinished_shards",
+        "--gpus-per-worker": RAY + "test_ray_options_are_refused_in_one_line_where_they_cannot_apply",
     },
     "fit-head": {
         "--test-fraction": HERE + "test_fit_head_test_fraction_seed_and_grid",

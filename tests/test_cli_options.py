@@ -12,6 +12,7 @@ from tlcache.cli.options import config_from_options
 from tlcache.embed import COMPILE_CHOICES, ON_ERROR_CHOICES
 from tlcache.finetune.config import NORM_STATS, FinetuneConfig
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
+from tlcache.ray_engine import ENGINES
 from tlcache.store import COMPRESSIONS, DTYPES
 
 # Every option with a fixed list of values, and the constant of the library that list must be.
@@ -28,6 +29,7 @@ CHOICES = {
     "--class-weight": CLASS_WEIGHTS,
     "--calibrate": CALIBRATIONS,
     "--norm-stats": NORM_STATS,
+    "--engine": ENGINES,
 }
 
 

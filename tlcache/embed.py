@@ -12,14 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tlcache import ray_engine
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
 from tlcache.backbones.base import resolve_precision
+from tlcache.embed_result import EmbedResult
 from tlcache.errors import DISK_ERRORS, UserError, check_choice
 from tlcache.images import (
     VIEWS_SEED,
@@ -31,6 +32,7 @@ from tlcache.images import (
     view_seed,
 )
 from tlcache.provenance import tlcache_version, torch_version
+from tlcache.ray_engine import RayOptions
 from tlcache.repack import publish_interrupted
 from tlcache.reuse import donor_stores, reuse_rows
 from tlcache.sources import Source, load_source
@@ -62,56 +64,6 @@ COMPILE_AUTO_RULE = (
 )
 
 
-@dataclass
-class EmbedResult:
-    path: Path
-    key: str
-    backbone: str
-    dim: int
-    rows: int
-    embedded: int  # rows computed by this call: 0 on a cache hit
-    reused: int  # rows copied from other stores of the same config (identical items)
-    seconds: float
-    cached: bool
-    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
-
-    def summary_line(self) -> str:
-        left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
-        if self.cached:
-            return (
-                f"cache hit: {self.rows - len(self.skipped)} rows of {self.backbone} ({self.dim}-d) already "
-                f"embedded{left_out}, nothing computed -> {self.path}"
-            )
-        rate = f" ({self.embedded / self.seconds:.0f}/s)" if self.embedded and self.seconds > 0 else ""
-        kept = self.rows - self.embedded - self.reused - len(self.skipped)
-        notes = [f"{self.reused} reused from other stores"] if self.reused else []
-        notes += [f"{kept} kept from an interrupted run"] if kept else []
-        if self.truncated:
-            notes.append(f"{self.truncated} texts cut to the model's limit: their ends are not embedded")
-        if self.skipped:
-            notes.append(f"{len(self.skipped)} unreadable, left out")
-        extra = f" ({'; '.join(notes)})" if notes else ""
-        return (
-            f"embedded {self.embedded} of {self.rows} rows with {self.backbone} ({self.dim}-d) in "
-            f"{self.seconds:.1f} s{rate}{extra} -> {self.path}"
-        )
-
-    def refused_if_skipped(self) -> EmbedResult:
-        """Itself when no item was left out; else a UserError naming them in one line (``--on-error fail``)."""
-        if self.skipped:
-            raise UserError(
-                f"{describe_unreadable(self.skipped)}; the other {self.rows - len(self.skipped)} items are "
-                f"embedded in {self.path}, which lists every bad one (`tlcache info`); fix or remove them and run "
-                "again (rows are reused), or use --on-error skip to go on without them"
-            )
-        return self
-
-    def skipped_lines(self) -> list[str]:
-        """One line per item left out, with why (the store lists them too: `tlcache info`)."""
-        return [f"skipped {item}: it {why}" for item, why in self.skipped]
-
-
 def embed_source(
     source: str | Path | Source,
     backbone: str | Backbone | None = None,
@@ -129,6 +81,9 @@ def embed_source(
     source_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     on_error: str = "skip",
+    reuse: bool = True,
+    engine: str = "local",
+    ray_options: RayOptions | None = None,
     **backbone_options,
 ) -> EmbedResult:
     """Embed every item of ``source`` into a feature store, unless a complete store with the same key exists.
@@ -145,7 +100,9 @@ def embed_source(
     refused unless ``overwrite``; its rows are reused where they fit. An item that cannot be read (a damaged
     image) is left out of the store, which lists it with why (``FeatureStore.skipped()``); ``on_error="fail"``
     then raises a UserError naming them all, after the store of the others is written (its rows are reused once
-    the bad items are fixed or removed). A cache hit on such a store does the same.
+    the bad items are fixed or removed). A cache hit on such a store does the same. ``reuse=False`` copies no
+    rows from other stores. ``engine="ray"`` embeds on a Ray cluster (``ray_options``: its address, workers, GPUs per
+    worker, shard size; see :mod:`tlcache.ray_engine`) into the same store.
 
     >>> result = embed_source("reviews.csv", "minilm")      # doctest: +SKIP
     >>> result.path, result.cached                          # doctest: +SKIP
@@ -154,8 +111,13 @@ def embed_source(
     check_choice("--compression", compression, COMPRESSIONS)
     check_choice("--compile", compile_mode, COMPILE_CHOICES)
     check_choice("--on-error", on_error, ON_ERROR_CHOICES)
+    check_choice("--engine", engine, ray_engine.ENGINES)
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
-    torch_device = resolve_device(device)
+    ray_options = ray_options or RayOptions()
+    if engine == "ray":  # the workers' device; the compute type resolved here, as it is in the key
+        torch_device, precision = ray_engine.device_and_precision(device, precision, ray_options)
+    else:
+        torch_device = resolve_device(device)
     bb = _resolve_backbone(backbone, src, backbone_options).at_precision(resolve_precision(precision, torch_device))
     views_config = _views_config(bb, views)
     config = config_key(bb.key_config(), dtype, views_config)
@@ -176,20 +138,29 @@ def embed_source(
         # Another process may have finished it while we waited, or been killed while publishing it.
         if hit := _hit(path, key) or (publish_interrupted(path, key, compression) and _hit(path, key)):
             return result(0, 0, hit.dim, cached=True)
-        writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config)
+        writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config, reuse)
+        shards = ray_engine.shard_folder(path, key)
         try:
             reused = reuse_rows(writer, src, donors)
             pending = writer.pending()
-            run = _embed_rows(
-                src, bb, writer, pending, torch_device, batch_size, views_config, num_workers, compile_mode, progress
-            )
+            rows = (src, bb, writer, pending, torch_device)
+            if engine == "ray":
+                settings = {"dtype": dtype, "views": views, "batch_size": batch_size, "num_workers": num_workers}
+                settings |= {"compile_mode": compile_mode}
+                run = ray_engine.embed_rows(*rows, shards, config, settings, ray_options, progress)
+            else:
+                run = _embed_rows(*rows, batch_size, views_config, num_workers, compile_mode, progress)
+            computed = run.pop("computed", len(pending) - len(writer.skipped))  # the Ray engine's: by this run only
             seconds = round(time.perf_counter() - started, 3)
             how = {"embed_seconds": seconds, "device": str(torch_device), "precision": bb.precision, **run}
             writer.finish({**how, "torch_version": torch_version(), "rows_reused": reused}, compression=compression)
         finally:
             writer.close()
-    embedded = len(pending) - len(writer.skipped)
-    return result(embedded, reused, bb.dim, cached=False, truncated=run.get("truncated_rows") or 0)
+    if engine == "ray":
+        ray_engine.remove_shards(shards)
+    done = result(computed, reused, bb.dim, cached=False, truncated=run.get("truncated_rows") or 0)
+    done.engine = {k: run[k] for k in ray_engine.SUMMARY if k in run}
+    return done
 
 
 def _embed_rows(
@@ -307,7 +278,7 @@ def _write_lock(path: Path) -> Iterator[None]:
 
 
 def _open_writer(
-    path: Path, key: str, config: str, src: Source, bb: Backbone, dtype: str, views_config: dict | None
+    path: Path, key: str, config: str, src: Source, bb: Backbone, dtype: str, views_config: dict | None, reuse: bool
 ) -> tuple[StoreWriter, list[FeatureStore]]:
     """Resume an interrupted run of the same key (no donors: its rows are there), or start a partial store and
     name the stores of the same config it can copy identical items from."""
@@ -317,7 +288,7 @@ def _open_writer(
         return StoreWriter.resume(path), []
     if status.exists:
         partial.unlink()  # another key's leftovers, or a file cut short at creation
-    donors = donor_stores(path, bb, config)  # before anything at `path` can change
+    donors = donor_stores(path, bb, config) if reuse else []  # before anything at `path` can change
     meta = {
         "cache_key": key,
         "config_key": config,

@@ -24,6 +24,7 @@ from tlcache.cli.options import (
 )
 from tlcache.embed import COMPILE_AUTO_RULE, COMPILE_CHOICES, ON_ERROR_CHOICES
 from tlcache.finetune.config import FinetuneConfig
+from tlcache.ray_engine import DEFAULT_SHARD_SIZE, ENGINES, RAY_OPTIONS, THREADS_PER_WORKER
 from tlcache.store import COMPRESSIONS, DTYPES
 
 if TYPE_CHECKING:
@@ -95,6 +96,39 @@ if TYPE_CHECKING:
     help="An item that cannot be read (a damaged image): skip leaves it out and lists it, here and in the store "
     "(`tlcache info`); fail does the same, then exits with status 2 naming every such item.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="Where to embed: this process, or a Ray cluster (pip install 'tlcache[ray]'): the items in shards, each "
+    "embedded by a worker into a store of its own (a rerun skips the finished ones), then the same store as local.",
+)
+@click.option(
+    "--address",
+    help="With --engine ray: the cluster to join, auto or HOST:PORT [default: a Ray started on this machine for "
+    "the run, unless RAY_ADDRESS names one].",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    help=f"With --engine ray: workers, each loading the model once [default: one per {THREADS_PER_WORKER} CPUs of "
+    "the cluster, or per --gpus-per-worker GPUs].",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --engine ray: GPUs for each worker; 0 runs the workers on CPUs.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SHARD_SIZE,
+    show_default=True,
+    help="With --engine ray: items per shard, the unit a worker embeds and a rerun skips when finished.",
+)
 @batch_option
 @device_option
 @workers_option
@@ -115,8 +149,10 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> EmbedRe
       tlcache embed photos/ -b torchvision:resnet50 --weights resnet50.pth --image-size 160
       tlcache embed notes.jsonl -b hf:./my-bert --pool cls --layer -2 --out notes.h5
       tlcache embed photos/ --views 4 --dtype float16   # 4 augmented views per image, half-size store
+      tlcache embed photos/ --engine ray --address auto --gpus-per-worker 1   # on a running Ray cluster
     """
     from tlcache.embed import embed_source
+    from tlcache.ray_engine import ray_options
 
     result = embed_source(
         source,
@@ -124,6 +160,7 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> EmbedRe
         num_workers=workers,
         progress=not no_progress,
         source_options=take(options, SOURCE_OPTIONS),
+        ray_options=ray_options(options["engine"], **take(options, RAY_OPTIONS)),
         **options,
     )
     emit(dict(result.__dict__), as_json, result.summary_line())

@@ -1,0 +1,70 @@
+"""What `tlcache embed` did: EmbedResult, its one-line summary, and the items it could not read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlcache.errors import UserError
+from tlcache.images import describe_unreadable
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    key: str
+    backbone: str
+    dim: int
+    rows: int
+    embedded: int  # rows computed by this call: 0 on a cache hit
+    reused: int  # rows copied from other stores of the same config (identical items)
+    seconds: float
+    cached: bool
+    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
+    engine: dict[str, Any] = field(default_factory=dict)  # on Ray: workers, shards, rows per second per worker
+
+    def summary_line(self) -> str:
+        left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
+        if self.cached:
+            return (
+                f"cache hit: {self.rows - len(self.skipped)} rows of {self.backbone} ({self.dim}-d) already "
+                f"embedded{left_out}, nothing computed -> {self.path}"
+            )
+        rate = f" ({self.embedded / self.seconds:.0f}/s)" if self.embedded and self.seconds > 0 else ""
+        kept = self.rows - self.embedded - self.reused - len(self.skipped)
+        notes = [f"{self.reused} reused from other stores"] if self.reused else []
+        notes += [f"{kept} kept from an interrupted run"] if kept else []
+        if self.truncated:
+            notes.append(f"{self.truncated} texts cut to the model's limit: their ends are not embedded")
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} unreadable, left out")
+        if self.engine:
+            notes.append(self._on_ray())
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        return (
+            f"embedded {self.embedded} of {self.rows} rows with {self.backbone} ({self.dim}-d) in "
+            f"{self.seconds:.1f} s{rate}{extra} -> {self.path}"
+        )
+
+    def _on_ray(self) -> str:
+        e = self.engine
+        before = f", {e['shards_done_before']} finished before" if e["shards_done_before"] else ""
+        rate = e["rows_per_second_per_worker"]
+        rate = f", {rate:.0f} rows/s per worker" if rate else ""
+        return f"on Ray: {e['ray_workers']} workers, {e['shards']} shards{before}{rate}"
+
+    def refused_if_skipped(self) -> EmbedResult:
+        """Itself when no item was left out; else a UserError naming them in one line (``--on-error fail``)."""
+        if self.skipped:
+            raise UserError(
+                f"{describe_unreadable(self.skipped)}; the other {self.rows - len(self.skipped)} items are "
+                f"embedded in {self.path}, which lists every bad one (`tlcache info`); fix or remove them and run "
+                "again (rows are reused), or use --on-error skip to go on without them"
+            )
+        return self
+
+    def skipped_lines(self) -> list[str]:
+        """One line per item left out, with why (the store lists them too: `tlcache info`)."""
+        return [f"skipped {item}: it {why}" for item, why in self.skipped]
