@@ -42,7 +42,9 @@ def tlcache_embed(folder: Path, out: Path, env: dict, *extra: str) -> dict:
     """One `tlcache embed` process, timed from start to exit; its JSON result."""
     command = [sys.executable, "-m", "tlcache.cli", "embed", str(folder), "--out", str(out), "--json", "--no-progress"]
     started = time.perf_counter()
-    done = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([*command, *extra], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command[3:])} {' '.join(extra)} failed:\n{done.stderr[-3000:]}")
     return {"seconds": time.perf_counter() - started, **json.loads(done.stdout)}
 
 
@@ -56,6 +58,7 @@ def start_ray(cpus: int, env: dict) -> tuple[str, float]:
         check=True,
     )
     seconds = time.perf_counter() - started
+    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"]  # this process joins it as the runs do
     import ray
 
     ray.init(address="auto", logging_level="ERROR")
@@ -126,7 +129,9 @@ def main() -> int:
     results = {"made": provenance("ray_engine.py"), "cpus": cpus, "shard_size": DEFAULT_SHARD_SIZE}
     with tempfile.TemporaryDirectory(prefix="tlcache-ray-") as tmp:
         work = Path(tmp)
-        env = {**os.environ, "TLCACHE_HOME": str(work / "home")}
+        # Ray turns token authentication on where a token exists (~/.ray/auth_token); a driver given an explicit
+        # address joins such a cluster only with RAY_AUTH_MODE=token, so the runtime and the runs use it always.
+        env = {**os.environ, "TLCACHE_HOME": str(work / "home"), "RAY_AUTH_MODE": "token"}
         folder, _ = fashion_mnist(work / "fm", n_train=args.items, n_test=10)
         address, results["ray_start_seconds"] = start_ray(cpus, env)
         try:

@@ -76,9 +76,14 @@ def connect(options: RayOptions):
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = options.address or "a Ray on this machine"
+            token = (
+                "; a cluster with token authentication also needs RAY_AUTH_MODE=token here"
+                if options.address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ
+                else ""
+            )
             raise UserError(
                 f"cannot connect to {where} ({str(exc).splitlines()[0]}); start one with `ray start --head` "
-                "and pass --address auto or HOST:PORT"
+                f"and pass --address auto or HOST:PORT{token}"
             ) from None
     return ray
 
