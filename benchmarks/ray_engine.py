@@ -13,7 +13,7 @@ The cost of a shard: the Ray run again with smaller shards (more of them); the s
 number of shards, by least squares, is what each shard adds (a shard's store created, published and copied, and
 its call's round trip), to size shards on a cluster.
 
-Run:  .venv/bin/python benchmarks/ray_engine.py   (about 15 minutes on 2 cores; needs `make fashion-mnist` and
+Run:  .venv/bin/python benchmarks/ray_engine.py   (about 17 minutes on 2 cores; needs `make fashion-mnist` and
       the [ray] extra)
 Writes benchmarks/results/ray_engine.md and ray_engine.json.
 """
@@ -93,7 +93,8 @@ def report(results: dict) -> str:
         "|---|---:|---|---:|---:|---:|",
         f"| local | {local['median']:.1f} | {', '.join(f'{s:.1f}' for s in local['seconds'])} | "
         f"{local['embedded']} | | |",
-        f"| ray (default shards of {results['shard_size']}) | {on_ray['median']:.1f} | "
+        f"| ray (default shards of {results['shard_size']}; rows/s in the worker "
+        f"{', '.join(str(r) for r in on_ray['rows_per_second_per_worker'])}) | {on_ray['median']:.1f} | "
         f"{', '.join(f'{s:.1f}' for s in on_ray['seconds'])} | {on_ray['embedded']} | {on_ray['workers']} | "
         f"{on_ray['shards']} |",
         "",
@@ -103,9 +104,12 @@ def report(results: dict) -> str:
         "",
         "## What a shard costs",
         "",
-        "| shard size | shards | wall s |",
-        "|---:|---:|---:|",
-        *(f"| {run['shard_size']} | {run['shards']} | {run['seconds']:.1f} |" for run in results["shard_runs"]),
+        "| shard size | shards | wall s | rows/s in the worker |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {run['shard_size']} | {run['shards']} | {run['seconds']:.1f} | {run['rows_per_second_per_worker']} |"
+            for run in results["shard_runs"]
+        ),
         "",
         f"Least squares over these runs: {results['per_shard_seconds'] * 1000:.0f} ms per shard, "
         f"{results['fixed_seconds']:.1f} s besides. A shard should hold enough items that this is small beside "
@@ -118,8 +122,8 @@ def report(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--shard-sizes", type=int, nargs="+", default=[100, 250, 1000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shard-sizes", type=int, nargs="+", default=[25, 100, 1000])
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     from tlcache.datasets import fashion_mnist
@@ -156,7 +160,14 @@ def main() -> int:
                     "--shard-size",
                     str(size),
                 )
-                shard_runs.append({"shard_size": size, "shards": done["engine"]["shards"], "seconds": done["seconds"]})
+                shard_runs.append(
+                    {
+                        "shard_size": size,
+                        "shards": done["engine"]["shards"],
+                        "seconds": done["seconds"],
+                        "rows_per_second_per_worker": done["engine"]["rows_per_second_per_worker"],
+                    }
+                )
                 print(f"shards of {size}: {done['seconds']:.1f} s")
         finally:
             subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
@@ -169,12 +180,14 @@ def main() -> int:
             "embedded": done[0]["embedded"],
             "workers": done[0].get("engine", {}).get("ray_workers"),
             "shards": done[0].get("engine", {}).get("shards"),
+            "rows_per_second_per_worker": [run.get("engine", {}).get("rows_per_second_per_worker") for run in done],
         }
     results["ratio"] = results["ray"]["median"] / results["local"]["median"]
     default_run = {
         "shard_size": DEFAULT_SHARD_SIZE,
         "shards": results["ray"]["shards"],
         "seconds": results["ray"]["median"],
+        "rows_per_second_per_worker": statistics.median(results["ray"]["rows_per_second_per_worker"]),
     }
     results["shard_runs"] = sorted([*shard_runs, default_run], key=lambda run: run["shards"])
     slope, intercept = np.polyfit(
