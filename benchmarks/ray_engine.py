@@ -13,7 +13,7 @@ The cost of a shard: the Ray run again with smaller shards (more of them); the s
 number of shards, by least squares, is what each shard adds (a shard's store created, published and copied, and
 its call's round trip), to size shards on a cluster.
 
-Run:  .venv/bin/python benchmarks/ray_engine.py   (about 17 minutes on 2 cores; needs `make fashion-mnist` and
+Run:  .venv/bin/python benchmarks/ray_engine.py   (about 15 minutes on 2 cores; needs `make fashion-mnist` and
       the [ray] extra)
 Writes benchmarks/results/ray_engine.md and ray_engine.json.
 """
@@ -122,8 +122,8 @@ def report(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--shard-sizes", type=int, nargs="+", default=[25, 100, 1000])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shard-sizes", type=int, nargs="+", default=[10, 50, 1000])
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     from tlcache.datasets import fashion_mnist

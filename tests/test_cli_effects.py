@@ -588,6 +588,7 @@ EMBED_RUN = HERE + "test_embed_batch_size_device_workers_and_compile_are_recorde
 PREDICT_TABLE = HERE + "test_predict_a_tsv_with_its_own_column_names"
 COMPARE = "test_compare.py::"
 RAY = "test_ray_engine.py::"
+EXPORT = "test_export.py::"
 COMPARE_CELLS = COMPARE + "test_compare_command_runs_the_cells_its_options_name"
 COMPARE_COLUMNS = COMPARE + "test_compare_command_reads_named_columns_and_holds_out_a_fraction"
 COMPARE_IMAGES = COMPARE + "test_compare_command_on_images_with_backbone_options"
@@ -692,6 +693,13 @@ ADDED = {
         "--no-progress": HERE + "test_no_progress_hides_the_bar_that_a_terminal_shows",
     },
     "gc": {"--json": HERE + "test_info_backbones_ls_and_gc_json"},
+    "export": {
+        "run_dir": EXPORT + "test_text_export_predicts_as_tlcache_predict_and_records_its_checks",
+        "--json": EXPORT + "test_text_export_predicts_as_tlcache_predict_and_records_its_checks",
+        "--out": EXPORT + "test_image_mlp_and_linear_svm_exports_predict_as_tlcache_predict",
+        "--force": EXPORT + "test_a_failed_gate_writes_nothing_unless_forced",
+        "--quantize": EXPORT + "test_int8_exports_of_a_text_and_an_image_model_pass_their_gates",
+    },
     "run": {
         "pipeline": "test_pipelines.py::test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all",
         "--dry-run": "test_pipelines.py::test_dry_run_says_what_would_run_and_runs_nothing",

@@ -10,6 +10,7 @@ from tlcache.backbones.base import DEVICE_CHOICES, LONG_TEXT, POOLING_CHOICES, P
 from tlcache.cli import cli
 from tlcache.cli.options import config_from_options
 from tlcache.embed import COMPILE_CHOICES, ON_ERROR_CHOICES
+from tlcache.export import QUANTIZE
 from tlcache.finetune.config import NORM_STATS, FinetuneConfig
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
 from tlcache.ray_engine import ENGINES
@@ -30,6 +31,7 @@ CHOICES = {
     "--calibrate": CALIBRATIONS,
     "--norm-stats": NORM_STATS,
     "--engine": ENGINES,
+    "--quantize": QUANTIZE,
 }
 
 

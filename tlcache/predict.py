@@ -11,6 +11,7 @@ import numpy as np
 
 from tlcache.backbones import create_backbone
 from tlcache.embed import embed_source
+from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.runs import load_head, write_predictions
 from tlcache.store import STORE_SUFFIX, FeatureStore
@@ -26,9 +27,8 @@ class PredictResult:
 
     def summary_line(self) -> str:
         scored = f", accuracy {self.accuracy:.4f} against the source's labels" if self.accuracy is not None else ""
-        left_out = (
-            f" ({len(self.skipped)} unreadable items left out: `tlcache info {self.store}`)" if self.skipped else ""
-        )
+        where = "" if self.store.suffix == ".onnx" else f": `tlcache info {self.store}`"
+        left_out = f" ({len(self.skipped)} unreadable items left out{where})" if self.skipped else ""
         return f"predicted {self.rows} rows{scored}{left_out} -> {self.out or 'stdout'}"
 
 
@@ -94,3 +94,41 @@ def predict(
         accuracy = float((np.array(predicted)[known] == truth_names).mean())
     out_path = Path(out) if out is not None else None
     return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped())
+
+
+def predict_exported(
+    model: str | Path,
+    source: str | Path,
+    *,
+    out: str | Path | None = "predictions.csv",
+    batch_size: int | None = None,
+    source_options: dict[str, Any] | None = None,
+) -> PredictResult:
+    """Predict ``source`` (a data source) with a model ``tlcache export`` wrote, through onnxruntime: torch is not
+    imported. The CSV is the one :func:`predict` writes; images that cannot be decoded are left out and listed."""
+    from tlcache.exported import load_exported
+    from tlcache.sources import load_source
+
+    exported = load_exported(model)
+    src = load_source(source, **{k: v for k, v in (source_options or {}).items() if v is not None}, fingerprint_index=None)
+    if src.modality != exported.modality:
+        raise UserError(f"{model} takes {exported.modality}s but {source} holds {src.modality}s")
+    outputs = exported.run(src.items, batch_size)
+    ids = [src.ids[i] for i in outputs.kept]
+    predicted = [exported.classes[i] for i in outputs.labels]
+    truth = None
+    if src.labels is not None:
+        truth = [src.labels[i] or "" for i in outputs.kept]
+    handle = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
+    try:
+        write_predictions(handle, ids, predicted, outputs.probabilities, exported.classes, truth)
+    finally:
+        if out is not None:
+            handle.close()
+    accuracy = None
+    if truth is not None and any(truth):
+        known = [i for i, name in enumerate(truth) if name]
+        accuracy = float(np.mean([predicted[i] == truth[i] for i in known]))
+    skipped = [(src.ids[position], why) for position, why in outputs.skipped]
+    return PredictResult(Path(out) if out is not None else None, len(ids), accuracy, Path(model), skipped)
+

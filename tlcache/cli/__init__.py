@@ -72,6 +72,7 @@ def _add_commands() -> None:
         heads.fit_head,
         heads.report,
         heads.predict,
+        heads.export,
         compare.compare,
         store.info,
         store.backbones,

@@ -19,6 +19,7 @@ from tlcache.cli.options import (
     take,
 )
 from tlcache.errors import UserError
+from tlcache.export import QUANTIZE
 from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
 
 if TYPE_CHECKING:
@@ -135,16 +136,30 @@ def report(run_dir) -> dict[str, Path]:
 @source_options
 @no_progress_option
 def predict(head, source, out, no_progress, **options) -> PredictResult:
-    """Predict SOURCE with the head in the run folder HEAD.
+    """Predict SOURCE with the head in the run folder HEAD, or with a model `tlcache export` wrote (HEAD.onnx).
 
     SOURCE is embedded with the head's own backbone, through the cache (or is a store of those features). A head
-    whose backbone or dim does not match the features is refused.
+    whose backbone or dim does not match the features is refused. An exported model runs through onnxruntime,
+    without torch or the cache.
 
     \b
     Examples:
       tlcache predict runs/minilm-<key>/logreg new-reviews.csv --out preds.csv
       tlcache predict runs/minilm-<key>/logreg cache/minilm-<key2>.h5 --out -
+      tlcache predict runs/minilm-<key>/logreg/model.onnx new-reviews.csv --out preds.csv
     """
+    if head.endswith(".onnx"):  # a model `tlcache export` wrote: onnxruntime, no torch
+        from tlcache.predict import predict_exported
+
+        result = predict_exported(
+            head,
+            source,
+            out=None if out == "-" else out,
+            batch_size=options["batch_size"],
+            source_options=take(options, SOURCE_OPTIONS),
+        )
+        click.echo(result.summary_line(), err=out == "-")
+        return result
     from tlcache.predict import predict as run_predict
 
     result = run_predict(
@@ -157,3 +172,53 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
     )
     click.echo(result.summary_line(), err=out == "-")
     return result
+
+
+@click.command()
+@click.argument("run_dir")
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZE),
+    default="none",
+    show_default=True,
+    help="none: fp32; int8: a text model's weights (dynamic), an image model's weights and activations (static, "
+    "calibrated on training images).",
+)
+@click.option("--out", "-o", help="The ONNX file to write [default: RUN_DIR/model.onnx or model-int8.onnx].")
+@click.option("--force", is_flag=True, help="Write the file even when it fails its parity checks (it says so).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export's record (its gates' figures) as JSON.")
+def export(run_dir, quantize, out, force, as_json) -> dict:
+    """Export the head in RUN_DIR with its backbone as one ONNX file, checked against the cache first.
+
+    The graph takes a batch of images (pixels) or texts (token ids) and gives the features, the head's scores,
+    probabilities and label; the tokenizer or the image preprocessing, the classes and the checks are recorded in
+    it. Before it is written, it runs on the run's test items (read again from their source): its features must
+    agree with the cached ones and its accuracy and ECE with the run's report (thresholds in `tlcache.export.GATES`;
+    exit 2 and nothing written when they do not, unless --force). Needs `pip install 'tlcache[export]'`; linear,
+    linear-svm, sgd and mlp heads export (svm and knn do not yet).
+
+    \b
+    Examples:
+      tlcache export runs/minilm-<key>/logreg
+      tlcache export runs/minilm-<key>/logreg --quantize int8 --out reviews-int8.onnx
+      tlcache predict reviews-int8.onnx new-reviews.csv --out preds.csv
+    """
+    from tlcache.export import export_run
+
+    try:
+        record = export_run(run_dir, out, quantize=quantize, force=force)
+    except ImportError as exc:
+        raise UserError(f"tlcache export needs {exc.name or 'onnx'}: pip install 'tlcache[export]'") from None
+    measured = record["gates"]["measured"]
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in record.items() if k != "text"}, indent=2))
+    else:
+        verdict = "passed" if record["gates"]["passed"] else "FAILED (written with --force)"
+        click.echo(
+            f"exported {record['head']} on {record['backbone']} ({'int8' if quantize == 'int8' else 'fp32'}, "
+            f"{record['bytes'] / 2**20:.1f} MiB) -> {record['path']}: on {measured['items']} test items, features "
+            f"cosine {measured['mean_cosine']:.5f} mean, {measured['min_cosine']:.5f} worst to the cache; accuracy "
+            f"{measured['accuracy']:.4f} (run {measured['run_accuracy']:.4f}); checks {verdict}"
+        )
+    return record
+

@@ -1,0 +1,155 @@
+"""`tlcache export` and the exported model, on tiny real models: a 2-layer BERT and a random resnet18."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_image_folder, write_text_csv
+from tlcache import export as export_module
+from tlcache.cli import cli
+from tlcache.exported import load_exported
+
+pytest.importorskip("onnxruntime", reason="the [export] extra (make setup installs it)")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def ok(*args) -> str:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def fitted_run(tmp_path: Path, source: Path, backbone: list, head: str) -> Path:
+    """A store of ``source`` and a head fitted on it with a held-out test split; the run folder."""
+    store = json.loads(ok("embed", source, *backbone, "--precision", "fp32", "--out", tmp_path / "cache", "--json"))
+    out = tmp_path / "runs" / source.stem / head
+    ok("fit-head", store["path"], "--head", head, "--out", out)
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def text_run(tmp_path, tiny_bert_dir):
+    source = write_text_csv(tmp_path / "reviews.csv", n=60)
+    return fitted_run(tmp_path, source, ["-b", f"hf:{tiny_bert_dir}"], "logreg")
+
+
+def assert_same_predictions(exported_csv: Path, torch_csv: Path) -> None:
+    """The exported model's CSV against `tlcache predict`'s: same ids, labels and columns, probabilities to 1e-4."""
+    ours, theirs = read_csv(exported_csv), read_csv(torch_csv)
+    assert [r["id"] for r in ours] == [r["id"] for r in theirs]
+    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
+    assert list(ours[0]) == list(theirs[0])
+    columns = [c for c in ours[0] if c.startswith("prob_")]
+    ours_p = np.array([[float(r[c]) for c in columns] for r in ours])
+    theirs_p = np.array([[float(r[c]) for c in columns] for r in theirs])
+    np.testing.assert_allclose(ours_p, theirs_p, atol=1e-4)
+
+
+def test_text_export_predicts_as_tlcache_predict_and_records_its_checks(tmp_path, text_run):
+    record = json.loads(ok("export", text_run, "--json"))
+    model_path = Path(record["path"])
+    assert model_path == text_run / "model.onnx" and model_path.is_file()
+    gates = record["gates"]
+    assert gates["passed"] and not record["forced"] and gates["thresholds"] == export_module.GATES["fp32"]
+    assert gates["measured"]["mean_cosine"] > 0.9999 and gates["measured"]["same_predictions"] == 1.0
+    new = write_text_csv(tmp_path / "new.csv", n=30, seed=5)
+    ok("predict", model_path, new, "--out", tmp_path / "exported.csv")
+    ok("predict", text_run, new, "--out", tmp_path / "torch.csv", "--no-progress")
+    assert_same_predictions(tmp_path / "exported.csv", tmp_path / "torch.csv")
+    model = load_exported(model_path)  # the serving API, and the record inside the file
+    assert model.metadata["head"] == "logreg" and model.metadata["classes"] == ["neg", "pos"]
+    assert model.metadata["gates"]["measured"] == gates["measured"] and model.metadata["quantize"] == "none"
+    texts = [row["text"] for row in read_csv(new)]
+    assert model.predict(texts) == [row["label"] for row in read_csv(tmp_path / "torch.csv")]
+    assert model.predict_proba(texts).shape == (30, 2) and model.features(texts).shape == (30, record["dim"])
+
+
+def test_image_mlp_and_linear_svm_exports_predict_as_tlcache_predict(tmp_path, resnet18_weights):
+    source = write_image_folder(tmp_path / "shapes", per_class=12)
+    backbone = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+    new = write_image_folder(tmp_path / "new", per_class=4, seed=3)
+    for head in ("mlp", "linear-svm"):
+        run_dir = fitted_run(tmp_path, source, backbone, head)
+        ok("export", run_dir, "--out", tmp_path / f"{head}.onnx")
+        ok("predict", tmp_path / f"{head}.onnx", new, "--out", tmp_path / f"{head}-exported.csv")
+        ok("predict", run_dir, new, "--out", tmp_path / f"{head}-torch.csv", "--no-progress")
+        assert_same_predictions(tmp_path / f"{head}-exported.csv", tmp_path / f"{head}-torch.csv")
+
+
+def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypatch):
+    strict = {**export_module.GATES["fp32"], "mean_cosine": 1.5}  # no export can reach it
+    monkeypatch.setitem(export_module.GATES, "fp32", strict)
+    result = run("export", text_run, "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "failed its parity checks (mean cosine" in result.stderr
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".tlcache-export-*"))
+    forced = json.loads(ok("export", text_run, "--out", tmp_path / "m.onnx", "--force", "--json"))
+    assert forced["forced"] and not forced["gates"]["passed"] and (tmp_path / "m.onnx").is_file()
+    with pytest.warns(UserWarning, match="failed its parity checks"):
+        assert load_exported(tmp_path / "m.onnx").metadata["forced"]
+
+
+def test_exports_that_cannot_be_made_say_why_in_one_line(tmp_path, text_run, tiny_bert_dir):
+    svm = fitted_run(tmp_path, write_text_csv(tmp_path / "more.csv", n=40), ["-b", f"hf:{tiny_bert_dir}"], "svm")
+    result = run("export", svm)
+    assert result.exit_code == 2 and "support vectors" in result.stderr and len(result.stderr.splitlines()) == 1
+    (tmp_path / "reviews.csv").write_text("text,label\nchanged,pos\n", encoding="utf-8")  # the source changed
+    result = run("export", text_run)
+    assert result.exit_code == 2 and "is not in its source as it was embedded" in result.stderr
+    not_a_model = tmp_path / "x.onnx"
+    not_a_model.write_bytes(b"not onnx")
+    result = run("predict", not_a_model, tmp_path / "more.csv")
+    assert result.exit_code == 2 and "is not a readable ONNX model" in result.stderr
+
+
+def test_predict_with_an_exported_model_does_not_import_torch(tmp_path, text_run):
+    ok("export", text_run, "--out", tmp_path / "m.onnx")
+    new = write_text_csv(tmp_path / "new.csv", n=10, seed=2)
+    script = (
+        "import sys\n"
+        "from tlcache.cli import cli\n"
+        f"cli(['predict', {str(tmp_path / 'm.onnx')!r}, {str(new)!r}, '--out', {str(tmp_path / 'p.csv')!r}],"
+        " standalone_mode=False)\n"
+        "from tlcache.exported import load_exported\n"
+        f"load_exported({str(tmp_path / 'm.onnx')!r}).predict(['a good film'])\n"
+        "print('torch' in sys.modules, 'sklearn' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["False", "False"]
+    assert len(read_csv(tmp_path / "p.csv")) == 10
+
+
+def test_int8_exports_of_a_text_and_an_image_model_pass_their_gates(tmp_path, text_run, resnet18_weights):
+    """int8 quantises the backbone (a text model's weight products dynamically, an image model's convolutions
+    statically, calibrated on training images), leaves the head in float, and runs the int8 gate."""
+    import onnx
+
+    source = write_image_folder(tmp_path / "shapes", per_class=12)
+    backbone = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
+    image_run = fitted_run(tmp_path, source, backbone, "logreg")
+    for run_dir, quantised_op in ((text_run, "MatMulInteger"), (image_run, "DequantizeLinear")):
+        record = json.loads(ok("export", run_dir, "--quantize", "int8", "--force", "--json"))
+        assert record["path"].endswith("model-int8.onnx") and record["quantize"] == "int8"
+        assert record["gates"]["gate"] == "int8" and record["gates"]["thresholds"] == export_module.GATES["int8"]
+        nodes = onnx.load(record["path"]).graph.node
+        assert any(node.op_type == quantised_op for node in nodes)
+        head_ops = {node.op_type for node in nodes if node.name.startswith("/head/")}
+        assert "MatMul" in head_ops and not head_ops & {"MatMulInteger", "QLinearMatMul"}
+        measured = record["gates"]["measured"]
+        assert 0.5 < measured["mean_cosine"] <= 1.0 + 1e-6 and measured["items"] > 0
+        ok("predict", record["path"], source if run_dir == image_run else tmp_path / "reviews.csv", "--out", "p.csv")
