@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-lp-vs-ft bench-ray bench-demo clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-lp-vs-ft bench-ray bench-export bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -93,6 +93,10 @@ bench-lp-vs-ft: setup fashion-mnist
 
 bench-ray: setup fashion-mnist
 	$(PY) benchmarks/ray_engine.py
+
+bench-export: setup
+	$(PIP) install --quiet 'sentence-transformers>=3.0'
+	$(PY) benchmarks/export.py
 
 bench-demo: setup
 	$(PY) benchmarks/demo_timing.py

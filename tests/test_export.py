@@ -91,6 +91,22 @@ def test_image_mlp_and_linear_svm_exports_predict_as_tlcache_predict(tmp_path, r
         assert_same_predictions(tmp_path / f"{head}-exported.csv", tmp_path / f"{head}-torch.csv")
 
 
+@pytest.mark.parametrize("size", [(40, 40), (97, 33), (31, 120), (224, 224), (17, 16)])
+def test_exported_image_preprocessing_is_the_backbones_transform(size):
+    """The serving side's numpy resize, crop and normalisation give the pixels torchvision's transform gives."""
+    from PIL import Image
+
+    from tlcache.backbones import create_backbone
+    from tlcache.exported import _pixels
+
+    backbone = create_backbone("torchvision:resnet18", weights="random", image_size=32)
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours, why = _pixels(image, backbone.preprocessing)
+    assert why is None
+    np.testing.assert_allclose(ours, backbone.transform()(image).numpy(), atol=1e-6)
+
+
 def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypatch):
     strict = {**export_module.GATES["fp32"], "mean_cosine": 1.5}  # no export can reach it
     monkeypatch.setitem(export_module.GATES, "fp32", strict)

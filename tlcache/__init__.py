@@ -15,6 +15,8 @@ from tlcache.cache import collect_garbage, list_stores
 from tlcache.compare import CompareResult, compare
 from tlcache.embed import EmbedResult, embed_source
 from tlcache.errors import UserError
+from tlcache.export import export_run
+from tlcache.exported import load_exported
 from tlcache.finetune import FinetuneConfig, FinetuneRun, finetune
 from tlcache.heads import fit_all_heads, fit_head, make_head
 from tlcache.pipeline import PipelineResult, run_pipeline
@@ -50,11 +52,13 @@ __all__ = [
     "compare",
     "create_backbone",
     "embed_source",
+    "export_run",
     "finetune",
     "fit_all_heads",
     "fit_head",
     "list_backbones",
     "list_stores",
+    "load_exported",
     "load_head",
     "make_head",
     "predict",

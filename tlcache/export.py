@@ -6,15 +6,15 @@ weights of their matrix products per channel; image backbones: static, their act
 training items). Before anything is written the exported graph is run through the serving code
 (tlcache.exported, the code `tlcache predict model.onnx` runs) on the items of the run's test split, read again
 from their source, and must agree with what the run measured: its features with the cached ones (cosine, mean and
-worst), its accuracy and calibration with the run's report. The thresholds (:data:`GATES`, by the export's precision and the store's) and what was
-measured are recorded in the file; a file that fails them is written only with ``force``, and then says so.
+worst), its accuracy and calibration with the run's report. The thresholds (:data:`GATES`, by the export's
+precision and the store's) and what was measured are recorded in the file; a file that fails them is written only
+with ``force``, and then says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import sys
 import tempfile
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tlcache.errors import UserError
-from tlcache.exported import EXPORT_FORMAT, METADATA_KEY, OUTPUTS, load_exported
+from tlcache.exported import EXPORT_FORMAT, OUTPUTS, load_exported, write_metadata
 
 QUANTIZE = ("none", "int8")
 OPSET = 17
@@ -34,7 +34,12 @@ OPSET = 17
 # store (MNIST-5k / efficientnet-lite0 in bf16: mean cosine 0.9989, worst 0.994); int8 by quantisation.
 GATES = {
     "fp32": {"mean_cosine": 0.9999, "min_cosine": 0.999, "accuracy_drop": 0.002, "ece_rise": 0.005},
-    "fp32 of a half-precision store": {"mean_cosine": 0.998, "min_cosine": 0.99, "accuracy_drop": 0.005, "ece_rise": 0.01},
+    "fp32 of a half-precision store": {
+        "mean_cosine": 0.998,
+        "min_cosine": 0.99,
+        "accuracy_drop": 0.005,
+        "ece_rise": 0.01,
+    },
     "int8": {"mean_cosine": 0.99, "min_cosine": 0.95, "accuracy_drop": 0.005, "ece_rise": 0.02},
 }
 CALIBRATION_ITEMS = 128  # training images whose activations set an int8 image model's ranges
@@ -64,8 +69,10 @@ def export_run(
     head = HeadModule(head_spec(pipeline))
     backbone = create_backbone(**sidecar["backbone_spec"]).at_precision("fp32")
     if getattr(backbone, "long_text", "truncate") == "chunk":
-        raise UserError("this head's store reads long texts window by window (--long-text chunk); an export reads "
-                        "them cut at the model's limit: fit the head on a store embedded with --long-text truncate")
+        raise UserError(
+            "this head's store reads long texts window by window (--long-text chunk); an export reads "
+            "them cut at the model's limit: fit the head on a store embedded with --long-text truncate"
+        )
     backbone.load("cpu")
     classes = [sidecar["classes"][i] for i in pipeline.classes_]
     metadata = _metadata(run_dir, sidecar, report, backbone, classes, quantize)
@@ -89,7 +96,7 @@ def export_run(
             )
         if quantize == "int8":
             graph = _quantize(graph, Path(tmp) / "int8.onnx", backbone, sidecar)
-        _write_metadata(graph, metadata)
+        write_metadata(graph, metadata)
         gates = check_parity(graph, run_dir, report, quantize, progress)
         metadata |= {"gates": gates, "forced": bool(force and not gates["passed"])}
         if not gates["passed"] and not force:
@@ -97,7 +104,7 @@ def export_run(
                 f"the export failed its parity checks ({'; '.join(gates['failed'])}); nothing was written. "
                 "--force writes it anyway, marked as failed"
             )
-        _write_metadata(graph, metadata)
+        write_metadata(graph, metadata)
         os.replace(graph, out)
     return {"path": str(out), "bytes": out.stat().st_size, **metadata}
 
@@ -160,16 +167,6 @@ def _example_inputs(backbone) -> tuple[tuple, list[str], dict]:
 
 def _batch_axes() -> dict:
     return {name: {0: "batch"} for name in OUTPUTS}
-
-
-def _write_metadata(graph: Path, metadata: dict) -> None:
-    import onnx
-
-    model = onnx.load(str(graph))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(model, str(graph))
 
 
 def _quantize(graph: Path, target: Path, backbone, sidecar: dict) -> Path:
@@ -283,8 +280,10 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, progre
         row = row_of.get(entry["id"])
         item = item_of.get(entry["id"])
         if row is None or item is None or item[1] != fingerprints[row]:
-            raise UserError(f"test item {entry['id']} of {run_dir} is not in its source as it was embedded; the "
-                            "export checks itself on the run's own items: embed and fit the head again")
+            raise UserError(
+                f"test item {entry['id']} of {run_dir} is not in its source as it was embedded; the "
+                "export checks itself on the run's own items: embed and fit the head again"
+            )
         rows.append(row)
         items.append(item[0])
     model = load_exported(graph)
@@ -307,8 +306,12 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, progre
         "run_ece": _report_ece(report),
         "same_predictions": float(np.mean([p == e["label"] for p, e in zip(predicted, tested)])),
     }
-    gate = "int8" if quantize == "int8" else "fp32" if store.meta.get("precision", "fp32") == "fp32" else (
-        "fp32 of a half-precision store"
+    gate = (
+        "int8"
+        if quantize == "int8"
+        else "fp32"
+        if store.meta.get("precision", "fp32") == "fp32"
+        else ("fp32 of a half-precision store")
     )
     limits = GATES[gate]
     failed = []
@@ -318,7 +321,8 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, progre
         failed.append(f"worst cosine to the cache {measured['min_cosine']:.5f} < {limits['min_cosine']}")
     if measured["accuracy"] < measured["run_accuracy"] - limits["accuracy_drop"]:
         failed.append(
-            f"accuracy {measured['accuracy']:.4f} < the run's {measured['run_accuracy']:.4f} - {limits['accuracy_drop']}"
+            f"accuracy {measured['accuracy']:.4f} < the run's {measured['run_accuracy']:.4f} "
+            f"- {limits['accuracy_drop']}"
         )
     if measured["run_ece"] is not None and measured["ece"] > measured["run_ece"] + limits["ece_rise"]:
         failed.append(f"ECE {measured['ece']:.4f} > the run's {measured['run_ece']:.4f} + {limits['ece_rise']}")

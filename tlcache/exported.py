@@ -129,6 +129,17 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     return ExportedModel(path, threads)
 
 
+def write_metadata(graph: Path, record: dict) -> None:
+    """Put ``record`` into the ONNX file ``graph`` as its ``tlcache`` metadata entry (the one it reads back)."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(record)
+    onnx.save(model, str(graph))
+
+
 def _open(path: Path, threads: int | None):
     import onnxruntime
 

@@ -110,7 +110,8 @@ def predict_exported(
     from tlcache.sources import load_source
 
     exported = load_exported(model)
-    src = load_source(source, **{k: v for k, v in (source_options or {}).items() if v is not None}, fingerprint_index=None)
+    columns = {name: value for name, value in (source_options or {}).items() if value is not None}
+    src = load_source(source, **columns, fingerprint_index=None)
     if src.modality != exported.modality:
         raise UserError(f"{model} takes {exported.modality}s but {source} holds {src.modality}s")
     outputs = exported.run(src.items, batch_size)
@@ -131,4 +132,3 @@ def predict_exported(
         accuracy = float(np.mean([predicted[i] == truth[i] for i in known]))
     skipped = [(src.ids[position], why) for position, why in outputs.skipped]
     return PredictResult(Path(out) if out is not None else None, len(ids), accuracy, Path(model), skipped)
-

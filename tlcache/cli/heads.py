@@ -221,4 +221,3 @@ def export(run_dir, quantize, out, force, as_json) -> dict:
             f"{measured['accuracy']:.4f} (run {measured['run_accuracy']:.4f}); checks {verdict}"
         )
     return record
-
