@@ -169,3 +169,15 @@ def test_int8_exports_of_a_text_and_an_image_model_pass_their_gates(tmp_path, te
         measured = record["gates"]["measured"]
         assert 0.5 < measured["mean_cosine"] <= 1.0 + 1e-6 and measured["items"] > 0
         ok("predict", record["path"], source if run_dir == image_run else tmp_path / "reviews.csv", "--out", "p.csv")
+
+
+def test_without_the_export_extra_both_commands_say_which_to_install(tmp_path, text_run):
+    ok("export", text_run, "--out", tmp_path / "m.onnx")
+    for blocked, args in (
+        ("onnx", ["export", str(text_run)]),
+        ("onnxruntime", ["predict", str(tmp_path / "m.onnx"), str(tmp_path / "reviews.csv")]),
+    ):
+        code = f"import sys; sys.modules[{blocked!r}] = None; from tlcache.cli import main; main()"
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].endswith("pip install 'tlcache[export]'"), done.stderr

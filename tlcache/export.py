@@ -51,7 +51,6 @@ def export_run(
     *,
     quantize: str = "none",
     force: bool = False,
-    progress: bool = True,
 ) -> dict[str, Any]:
     """Export the head in ``run_dir`` with its backbone to ``out`` (default ``RUN_DIR/model[-int8].onnx``); the
     artifact's metadata, with the gates' figures. UserError when a gate fails (and ``force`` is not given)."""
@@ -59,13 +58,17 @@ def export_run(
 
     from tlcache.backbones import create_backbone
     from tlcache.export_graph import ExportModule, HeadModule, head_spec
-    from tlcache.runs import load_head, read_report
+    from tlcache.runs import PREDICTIONS_FILE, load_head, read_report
 
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize {quantize} is not supported; use one of {', '.join(QUANTIZE)}")
     run_dir = Path(run_dir)
     pipeline, sidecar = load_head(run_dir)
     report = read_report(run_dir)
+    if not (run_dir / PREDICTIONS_FILE).is_file():
+        raise UserError(
+            f"{run_dir} holds no {PREDICTIONS_FILE}, the test items the export checks itself on; fit the head again"
+        )
     head = HeadModule(head_spec(pipeline))
     backbone = create_backbone(**sidecar["backbone_spec"]).at_precision("fp32")
     if getattr(backbone, "long_text", "truncate") == "chunk":
@@ -97,7 +100,7 @@ def export_run(
         if quantize == "int8":
             graph = _quantize(graph, Path(tmp) / "int8.onnx", backbone, sidecar)
         write_metadata(graph, metadata)
-        gates = check_parity(graph, run_dir, report, quantize, progress)
+        gates = check_parity(graph, run_dir, report, quantize)
         metadata |= {"gates": gates, "forced": bool(force and not gates["passed"])}
         if not gates["passed"] and not force:
             raise UserError(
@@ -264,13 +267,14 @@ def _source_of(store_path: str):
     return source, store
 
 
-def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, progress: bool) -> dict[str, Any]:
+def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str) -> dict[str, Any]:
     """The exported graph on the run's test items against the run: the gates' figures and verdict."""
     from tlcache.report import calibration_summary
+    from tlcache.runs import PREDICTIONS_FILE
 
     test_store = report["test"][len("store ") :] if report["test"].startswith("store ") else report["store"]
     source, store = _source_of(test_store)
-    with open(run_dir / "predictions.csv", newline="", encoding="utf-8") as handle:
+    with open(run_dir / PREDICTIONS_FILE, newline="", encoding="utf-8") as handle:
         tested = list(csv.DictReader(handle))
     row_of = {item_id: row for row, item_id in enumerate(store.ids())}
     item_of = dict(zip(source.ids, zip(source.items, source.fingerprints)))

@@ -141,7 +141,10 @@ def write_metadata(graph: Path, record: dict) -> None:
 
 
 def _open(path: Path, threads: int | None):
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("an exported model runs on onnxruntime: pip install 'tlcache[export]'") from None
 
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a model written by `tlcache export`")
