@@ -26,9 +26,9 @@ def save_results(name: str, results: dict, report: str, folder: Path = RESULTS) 
     print(report)
 
 
-def provenance(script: str, argv: list[str] | None = None) -> dict:
+def provenance(script: str, argv: list[str] | None = None, extra: tuple[str, ...] = ()) -> dict:
     """How a run was made: the command, when, at which commit of this repository (``+changes`` when the code or
-    the benchmarks differ from it), and on what: cores, threads, versions."""
+    the benchmarks differ from it), and on what: cores, threads, versions (``extra``: of the script's own peers)."""
     import torch
 
     args = sys.argv[1:] if argv is None else argv
@@ -42,7 +42,7 @@ def provenance(script: str, argv: list[str] | None = None) -> dict:
             "torch_threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         },
-        "versions": {"python": platform.python_version(), **{name: _version(name) for name in VERSIONED}},
+        "versions": {"python": platform.python_version(), **{name: _version(name) for name in (*VERSIONED, *extra)}},
     }
 
 

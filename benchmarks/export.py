@@ -256,7 +256,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    results: dict = {"made": provenance("export.py")}
+    results: dict = {"made": provenance("export.py", extra=("onnx", "onnxruntime", "sentence-transformers"))}
     with tempfile.TemporaryDirectory(prefix="tlcache-export-bench-") as tmp:
         work = Path(tmp)
         os.environ["TLCACHE_HOME"] = str(work / "home")

@@ -62,6 +62,11 @@ def export_run(
 
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize {quantize} is not supported; use one of {', '.join(QUANTIZE)}")
+    try:
+        import onnx  # noqa: F401 (torch's exporter needs it, and fails deep inside without it)
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"tlcache export needs {exc.name}: pip install 'tlcache[export]'") from None
     run_dir = Path(run_dir)
     pipeline, sidecar = load_head(run_dir)
     report = read_report(run_dir)

@@ -205,10 +205,7 @@ def export(run_dir, quantize, out, force, as_json) -> dict:
     """
     from tlcache.export import export_run
 
-    try:
-        record = export_run(run_dir, out, quantize=quantize, force=force)
-    except ImportError as exc:
-        raise UserError(f"tlcache export needs {exc.name or 'onnx'}: pip install 'tlcache[export]'") from None
+    record = export_run(run_dir, out, quantize=quantize, force=force)
     measured = record["gates"]["measured"]
     if as_json:
         click.echo(json.dumps({k: v for k, v in record.items() if k != "text"}, indent=2))
