@@ -181,3 +181,24 @@ def test_without_the_export_extra_both_commands_say_which_to_install(tmp_path, t
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines()[-1].endswith("pip install 'tlcache[export]'"), done.stderr
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda record: record.pop("classes"),
+        lambda record: record["text"].pop("tokenizer"),
+        lambda record: record["text"].update(tokenizer="{not json"),
+        lambda record: record.update(modality="audio"),
+        lambda record: record.update(format="someone-else/1"),
+    ],
+)
+def test_a_tampered_record_is_one_line_not_a_traceback(tmp_path, text_run, damage):
+    from tlcache.exported import write_metadata
+
+    ok("export", text_run, "--out", tmp_path / "m.onnx")
+    record = load_exported(tmp_path / "m.onnx").metadata
+    damage(record)
+    write_metadata(tmp_path / "m.onnx", record)
+    result = run("predict", tmp_path / "m.onnx", tmp_path / "reviews.csv")
+    assert result.exit_code == 2 and "; export " in result.stderr and len(result.stderr.splitlines()) == 1

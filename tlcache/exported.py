@@ -164,7 +164,10 @@ def _open(path: Path, threads: int | None):
     except ValueError:
         metadata = None
     if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{path} is an ONNX model but not one `tlcache export` wrote ({EXPORT_FORMAT}); export again")
+        raise UserError(f"{path} is an ONNX model but not one `tlcache export` wrote ({EXPORT_FORMAT}); export one")
+    problem = _metadata_problem(metadata, [node.name for node in session.get_inputs()])
+    if problem:
+        raise UserError(f"{path}'s record is damaged ({problem}); export it again")
     if metadata.get("forced"):
         import warnings
 
@@ -172,11 +175,35 @@ def _open(path: Path, threads: int | None):
     return session, metadata
 
 
+def _metadata_problem(metadata: dict, inputs: list[str]) -> str | None:
+    """What is wrong with an export's record (a hand-edited or damaged file), or None."""
+    classes = metadata.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
+        return "no list of class names"
+    if metadata.get("modality") == "image":
+        image = metadata.get("image")
+        keys = ("resize_shorter", "center_crop", "mean", "std")
+        if not (isinstance(image, dict) and all(key in image for key in keys) and inputs == ["pixels"]):
+            return "no image preprocessing for its pixels input"
+        return None
+    if metadata.get("modality") == "text":
+        text = metadata.get("text")
+        keys = ("tokenizer", "max_length", "pad_id")
+        if not (isinstance(text, dict) and all(key in text for key in keys)):
+            return "no tokenizer"
+        unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        return f"inputs it cannot feed: {sorted(unknown)}" if unknown else None
+    return f"modality {str(metadata.get('modality'))[:20]!r}"
+
+
 def _tokenizer(text: dict[str, Any]):
     """The model's own tokenizer (Hugging Face tokenizers' JSON, kept in the metadata), cutting at its limit."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_str(text["tokenizer"])
+    try:
+        tokenizer = Tokenizer.from_str(text["tokenizer"])
+    except Exception as exc:  # tokenizers raises its own Exception type for a malformed JSON
+        raise UserError(f"the exported model's tokenizer cannot be read ({str(exc)[:120]}); export it again") from None
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=int(text["max_length"]))
     return tokenizer
