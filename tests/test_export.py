@@ -79,11 +79,12 @@ def test_text_export_predicts_as_tlcache_predict_and_records_its_checks(tmp_path
     assert model.predict_proba(texts).shape == (30, 2) and model.features(texts).shape == (30, record["dim"])
 
 
-def test_image_mlp_and_linear_svm_exports_predict_as_tlcache_predict(tmp_path, resnet18_weights):
-    source = write_image_folder(tmp_path / "shapes", per_class=12)
+def test_image_mlp_linear_svm_and_svm_exports_predict_as_tlcache_predict(tmp_path, resnet18_weights):
+    classes = ("circle", "square", "disc")  # three: the RBF svm's one-against-one votes
+    source = write_image_folder(tmp_path / "shapes", per_class=12, classes=classes)
     backbone = ["-b", "torchvision:resnet18", "--weights", resnet18_weights, "--image-size", 32]
-    new = write_image_folder(tmp_path / "new", per_class=4, seed=3)
-    for head in ("mlp", "linear-svm"):
+    new = write_image_folder(tmp_path / "new", per_class=4, classes=classes, seed=3)
+    for head in ("mlp", "linear-svm", "svm"):
         run_dir = fitted_run(tmp_path, source, backbone, head)
         ok("export", run_dir, "--out", tmp_path / f"{head}.onnx")
         ok("predict", tmp_path / f"{head}.onnx", new, "--out", tmp_path / f"{head}-exported.csv")
@@ -120,9 +121,9 @@ def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypa
 
 
 def test_exports_that_cannot_be_made_say_why_in_one_line(tmp_path, text_run, tiny_bert_dir):
-    svm = fitted_run(tmp_path, write_text_csv(tmp_path / "more.csv", n=40), ["-b", f"hf:{tiny_bert_dir}"], "svm")
-    result = run("export", svm)
-    assert result.exit_code == 2 and "support vectors" in result.stderr and len(result.stderr.splitlines()) == 1
+    knn = fitted_run(tmp_path, write_text_csv(tmp_path / "more.csv", n=40), ["-b", f"hf:{tiny_bert_dir}"], "knn")
+    result = run("export", knn)
+    assert result.exit_code == 2 and "top-k vote" in result.stderr and len(result.stderr.splitlines()) == 1
     (tmp_path / "reviews.csv").write_text("text,label\nchanged,pos\n", encoding="utf-8")  # the source changed
     result = run("export", text_run)
     assert result.exit_code == 2 and "is not in its source as it was embedded" in result.stderr

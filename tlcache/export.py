@@ -189,6 +189,9 @@ def _quantize(graph: Path, target: Path, backbone, sidecar: dict) -> Path:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the calibrator prints its progress
             _run_quantiser(graph, target, backbone, sidecar, _float_nodes(graph, backbone.modality))
+    except Exception as exc:  # noqa: BLE001 (onnxruntime's quantiser fails in its own ways on a graph it cannot take)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"int8 quantisation of this model failed ({reason}); export it at fp32") from None
     finally:
         root.setLevel(level)
     return target
@@ -207,17 +210,24 @@ def _run_quantiser(graph: Path, target: Path, backbone, sidecar: dict, kept: lis
             extra_options={"MatMulConstBOnly": True},  # products of two activations (attention) stay in float
         )
         return
-    quantize_static(
-        str(graph),
-        str(target),
-        _CalibrationImages(_training_images(sidecar), backbone.preprocessing),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.Percentile,
-        nodes_to_exclude=kept,
-    )
+    images = _training_images(sidecar)
+    for method in (CalibrationMethod.Percentile, CalibrationMethod.MinMax):
+        try:
+            quantize_static(
+                str(graph),
+                str(target),
+                _CalibrationImages(images, backbone.preprocessing),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                nodes_to_exclude=kept,
+            )
+            return
+        except ValueError:  # a tensor of (nearly) one value has no histogram to take percentiles of: min-max then
+            if method == CalibrationMethod.MinMax:
+                raise
 
 
 def _float_nodes(graph: Path, modality: str) -> list[str]:

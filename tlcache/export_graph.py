@@ -1,7 +1,8 @@
 """A fitted head as torch operations, and the backbone and head as one module to export to ONNX.
 
-The head's preprocessing (dead columns dropped, standardisation or L2 normalisation), its decision values, its own
-decision (the sign of a binary score, else the argmax: never the argmax of calibrated probabilities) and its
+The head's preprocessing (dead columns dropped, standardisation or L2 normalisation), its decision values (an affine
+map, the mlp's two layers, or the RBF svm's kernel against its support vectors), its own decision (the sign of a
+binary score, else the argmax, or the svm's one-against-one vote: never the argmax of calibrated probabilities) and its
 probabilities (a softmax, one-against-rest logistic units, or the calibrator's Platt or isotonic maps) are written
 out from the fitted estimators' arrays, in float32, so the graph computes what the head computes (scikit-learn's
 float64 to float rounding). Heads that the graph cannot hold yet are refused in one line saying what they would need.
@@ -38,6 +39,31 @@ class _Scores(torch.nn.Module):
         return x
 
 
+class _RBFVotes(torch.nn.Module):
+    """An RBF ``SVC``: the kernel against its support vectors, its one-against-one decision values, and (for more
+    than two classes) scikit-learn's one-against-rest shape of them, the values its calibrator was fitted on;
+    the label is libsvm's vote (the first class of the most votes), as ``SVC.predict`` gives it."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.vectors = _tensor(spec["support_vectors"])
+        self.squared = (self.vectors * self.vectors).sum(dim=1)
+        self.gamma = float(spec["gamma"])
+        self.pair_weights = _tensor(spec["pair_weights"])  # (support vectors, pairs)
+        self.intercepts = _tensor(spec["intercepts"])
+        self.first, self.second = _tensor(spec["first"]), _tensor(spec["second"])  # (pairs, classes) one-hot
+
+    def forward(self, x: torch.Tensor):
+        distance = (x * x).sum(dim=1, keepdim=True) + self.squared - 2 * x @ self.vectors.T
+        decision = torch.exp(-self.gamma * distance.clamp(min=0)) @ self.pair_weights + self.intercepts
+        if self.first.shape[1] == 2:  # two classes: one decision value, positive for the second
+            return decision, (decision[:, 0] > 0).long()
+        won = (decision > 0).float()
+        votes = won @ self.first + (1 - won) @ self.second
+        confidence = decision @ (self.first - self.second)
+        return votes + confidence / (3 * (confidence.abs() + 1)), votes.argmax(dim=1)
+
+
 class HeadModule(torch.nn.Module):
     """Features (B, D) -> (scores (B, K or 1), probabilities (B, K), label (B,) as an index into the classes)."""
 
@@ -47,7 +73,7 @@ class HeadModule(torch.nn.Module):
         self.center = None if spec["center"] is None else _tensor(spec["center"])
         self.scale = None if spec["scale"] is None else _tensor(spec["scale"])
         self.l2 = spec["l2"]
-        self.scores = _Scores(spec["layers"])
+        self.scores = _RBFVotes(spec) if "support_vectors" in spec else _Scores(spec["layers"])
         self.probability = spec["probability"]  # softmax, ovr-logistic, platt or isotonic
         self.n_classes = spec["n_classes"]
         if self.probability == "platt":
@@ -66,8 +92,12 @@ class HeadModule(torch.nn.Module):
             norm = x.norm(dim=1, keepdim=True)
             x = x / torch.where(norm == 0, torch.ones_like(norm), norm)
         scores = self.scores(x)
+        label = None
+        if isinstance(scores, tuple):  # the model's own decision, not an argmax of its scores
+            scores, label = scores
         binary = scores.shape[1] == 1
-        label = (scores[:, 0] > 0).long() if binary else scores.argmax(dim=1)
+        if label is None:
+            label = (scores[:, 0] > 0).long() if binary else scores.argmax(dim=1)
         return scores, self._probabilities(scores, binary), label
 
     def _probabilities(self, scores: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -102,6 +132,7 @@ def head_spec(pipeline) -> dict[str, Any]:
     """The arrays of a fitted head pipeline, as :class:`HeadModule` takes them; UserError for a head it cannot hold."""
     from sklearn.linear_model import SGDClassifier
     from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import SVC
 
     from tlcache.linear import SweptLogisticRegression
     from tlcache.linear_svm import LinearSVM
@@ -128,12 +159,15 @@ def head_spec(pipeline) -> dict[str, Any]:
     elif isinstance(model, MLPHead):
         spec["layers"] = list(zip(model.coefs_, model.intercepts_))
         own = "softmax"
+    elif isinstance(model, SVC) and model.kernel == "rbf":
+        spec |= _rbf_spec(model)
+        own = None  # an SVC's probabilities are always its calibrator's
     else:
         raise UserError(_CANNOT.get(type(model).__name__, f"a {type(model).__name__} head cannot be exported yet"))
     calibrator = getattr(final, "calibrator_", None)
     if calibrator is None:
-        if isinstance(model, LinearSVM):
-            raise UserError("this linear-svm head has no calibrator (an older tlcache fitted it); fit it again")
+        if own is None or isinstance(model, LinearSVM):
+            raise UserError("this svm head has no calibrator (an older tlcache fitted it); fit it again")
         spec["probability"] = own
         return spec
     spec["probability"] = "platt" if calibrator.method == "sigmoid" else "isotonic"
@@ -144,12 +178,32 @@ def head_spec(pipeline) -> dict[str, Any]:
     return spec
 
 
+def _rbf_spec(model) -> dict[str, Any]:
+    """An RBF SVC's arrays in the graph's layout: for each pair (i, j) of classes, i < j, in libsvm's order, the
+    weight of every support vector in its decision value (a vector of class i carries its coefficient against j,
+    one of class j its coefficient against i) and the pair's intercept."""
+    n_classes = len(model.classes_)
+    starts = np.concatenate([[0], np.cumsum(model.n_support_)])
+    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+    weights = np.zeros((len(model.support_vectors_), len(pairs)))
+    for p, (i, j) in enumerate(pairs):
+        weights[starts[i] : starts[i + 1], p] = model.dual_coef_[j - 1, starts[i] : starts[i + 1]]
+        weights[starts[j] : starts[j + 1], p] = model.dual_coef_[i, starts[j] : starts[j + 1]]
+    one_hot = np.eye(n_classes)
+    return {
+        "support_vectors": model.support_vectors_,
+        "gamma": model._gamma,
+        "pair_weights": weights,
+        "intercepts": model.intercept_,
+        "first": one_hot[[i for i, _ in pairs]],
+        "second": one_hot[[j for _, j in pairs]],
+    }
+
+
 # What the heads that cannot be exported would need in the graph.
 _CANNOT = {
-    "SVC": "an svm (RBF) head cannot be exported yet: the graph would need its support vectors and their kernel "
-    "against every item, and its classes' one-against-one votes; fit logreg, linear-svm or mlp to export",
     "KNeighborsClassifier": "a knn head cannot be exported yet: the graph would hold every training vector and a "
-    "top-k vote over them; fit logreg, linear-svm or mlp to export",
+    "top-k vote over them; fit logreg, linear-svm, svm or mlp to export",
 }
 
 
