@@ -25,3 +25,21 @@ def test_unreadable_files_are_listed_and_collected(tmp_path):
     assert entry.state == "unreadable" and entry.key is None
     assert len(collect_garbage(tmp_path, dry_run=True)) == 1 and entry.path.exists()
     assert len(collect_garbage(tmp_path)) == 1 and not entry.path.exists()
+
+
+def test_gc_removes_the_shards_of_a_ray_run_that_is_not_running(tmp_path):
+    """Shard folders (tlcache.ray_engine) of a stopped or finished run go, their stores listed; those of a run in
+    progress (its store being written) stay."""
+    from tlcache.ray_engine import SHARDS_DIR
+
+    target = tmp_path / "hf-x-00000000-44444444444444444444.h5"
+    make_store(target, np.zeros((5, 3)), [0] * 5, ["x"], finish=False, cache_key="4" * 32)
+    live, stale = tmp_path / SHARDS_DIR / ("4" * 32), tmp_path / SHARDS_DIR / ("5" * 32)
+    for shards in (live, stale):
+        make_store(shards / "hf-x-00000000-66666666666666666666.h5", np.ones((2, 3)), [0, 0], ["x"])
+    with FileLock(str(lock_path(target))):  # the driver of a running Ray embed holds its store's lock
+        assert [e.path.parent for e in collect_garbage(tmp_path, dry_run=True)] == [stale]
+        assert [e.path.parent for e in collect_garbage(tmp_path)] == [stale]
+        assert live.is_dir() and not stale.exists()
+    removed = collect_garbage(tmp_path)  # the run stopped: its partial store and its shards go
+    assert {e.path.parent for e in removed} == {live, tmp_path} and not (tmp_path / SHARDS_DIR).exists()

@@ -63,6 +63,23 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
     return sorted(entries, key=lambda e: (e.last_used, e.path.name))
 
 
+def _idle_shards(folder: Path, entries: list[StoreEntry]) -> list[tuple[Path, list[StoreEntry]]]:
+    """The shard folders of Ray runs (tlcache.ray_engine) in ``folder`` that no run is writing, with their stores:
+    a finished run removes its own, so these are a stopped run's (resumable as a partial store is) or a leftover."""
+    from tlcache.ray_engine import SHARDS_DIR
+
+    root = folder / SHARDS_DIR
+    if not root.is_dir():
+        return []
+    running = {entry.key[:32] for entry in entries if entry.state == "running" and entry.key}
+    idle = []
+    for shards in sorted(path for path in root.iterdir() if path.is_dir()):
+        inside = list_stores(shards)
+        if shards.name not in running and not any(entry.state == "running" for entry in inside):
+            idle.append((shards, inside))
+    return idle
+
+
 def _state(path: Path, readable: bool, complete: bool) -> str:
     """A file with the partial suffix is never complete, whatever it says (a run killed while publishing it
     leaves one marked complete); one whose embed holds the lock is running (HDF5 will not open it meanwhile)."""
@@ -82,13 +99,22 @@ def _state(path: Path, readable: bool, complete: bool) -> str:
 def collect_garbage(
     folder: str | Path | None = None, unused_days: float | None = None, dry_run: bool = False
 ) -> list[StoreEntry]:
-    """Remove partial and unreadable stores that no process is writing, and, with ``unused_days``, complete
-    stores not written or hit for that long. Returns what was (or, with ``dry_run``, would be) removed."""
+    """Remove partial and unreadable stores that no process is writing, the shard folders of Ray runs that are not
+    running (their stores are listed), and, with ``unused_days``, complete stores not written or hit for that
+    long. Returns what was (or, with ``dry_run``, would be) removed."""
     from filelock import FileLock, Timeout
 
+    folder = Path(folder) if folder is not None else default_cache_dir()
     cutoff = time.time() - unused_days * 86400 if unused_days is not None else None
     removed = []
-    for entry in list_stores(folder):
+    entries = list_stores(folder)
+    for shards, inside in _idle_shards(folder, entries):
+        if not dry_run:
+            from tlcache.ray_engine import remove_shards
+
+            remove_shards(shards)
+        removed += inside
+    for entry in entries:
         stale = entry.state != "complete"
         unused = cutoff is not None and entry.path.stat().st_mtime < cutoff
         if not (stale or unused):

@@ -92,8 +92,8 @@ def ls(folder, as_json) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @json_option
 def gc(folder, unused_days, dry_run, as_json) -> None:
-    """Remove incomplete stores in FOLDER (default: the cache folder) that no embed is writing, and, with
-    --unused-days, complete stores not written or hit for that many days.
+    """Remove incomplete stores in FOLDER (default: the cache folder) that no embed is writing, the shard folders
+    of Ray runs that are not running, and, with --unused-days, complete stores not written or hit for that many days.
 
     \b
     Examples:
