@@ -696,7 +696,7 @@ ADDED = {
     "export": {
         "run_dir": EXPORT + "test_text_export_predicts_as_tlcache_predict_and_records_its_checks",
         "--json": EXPORT + "test_text_export_predicts_as_tlcache_predict_and_records_its_checks",
-        "--out": EXPORT + "test_image_mlp_linear_svm_and_svm_exports_predict_as_tlcache_predict",
+        "--out": EXPORT + "test_image_mlp_linear_svm_svm_and_knn_exports_predict_as_tlcache_predict",
         "--force": EXPORT + "test_a_failed_gate_writes_nothing_unless_forced",
         "--quantize": EXPORT + "test_int8_exports_of_a_text_and_an_image_model_pass_their_gates",
     },

@@ -1,11 +1,12 @@
 """A fitted head as torch operations, and the backbone and head as one module to export to ONNX.
 
 The head's preprocessing (dead columns dropped, standardisation or L2 normalisation), its decision values (an affine
-map, the mlp's two layers, or the RBF svm's kernel against its support vectors), its own decision (the sign of a
-binary score, else the argmax, or the svm's one-against-one vote: never the argmax of calibrated probabilities) and its
-probabilities (a softmax, one-against-rest logistic units, or the calibrator's Platt or isotonic maps) are written
-out from the fitted estimators' arrays, in float32, so the graph computes what the head computes (scikit-learn's
-float64 to float rounding). Heads that the graph cannot hold yet are refused in one line saying what they would need.
+map, the mlp's two layers, the RBF svm's kernel against its support vectors, or knn's weighted votes of its nearest
+training vectors), its own decision (the sign of a binary score, else the argmax, or the svm's one-against-one vote:
+never the argmax of calibrated probabilities) and its probabilities (a softmax, one-against-rest logistic units,
+knn's votes, or the calibrator's Platt or isotonic maps) are written out from the fitted estimators' arrays, in
+float32, so the graph computes what the head computes (scikit-learn's float64 to float rounding). A head of a kind
+tlcache does not fit is refused in one line.
 """
 
 from __future__ import annotations
@@ -64,6 +65,31 @@ class _RBFVotes(torch.nn.Module):
         return votes + confidence / (3 * (confidence.abs() + 1)), votes.argmax(dim=1)
 
 
+class _Neighbours(torch.nn.Module):
+    """A cosine, distance-weighted ``KNeighborsClassifier``: the k most similar training vectors, each voting with
+    the inverse of its cosine distance (only the exact matches, where there are any), as scikit-learn weighs them;
+    the votes normalised are its probabilities (and the values its calibrator maps), their argmax its label."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        vectors = _tensor(spec["neighbours"])
+        self.vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        self.one_hot = _tensor(np.eye(spec["n_classes"])[spec["neighbour_codes"]])  # (training rows, classes)
+        self.k = int(spec["k"])
+
+    def forward(self, x: torch.Tensor):
+        x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        similarity, index = torch.topk(x @ self.vectors.T, self.k, dim=1)
+        distance = (1 - similarity).clamp(min=0)
+        exact = distance == 0
+        any_exact = exact.any(dim=1, keepdim=True)
+        weight = torch.where(any_exact, exact.float(), 1 / torch.where(exact, torch.ones_like(distance), distance))
+        votes = (weight.unsqueeze(2) * self.one_hot[index]).sum(dim=1)
+        total = votes.sum(dim=1, keepdim=True)
+        proba = votes / torch.where(total > 0, total, torch.ones_like(total))
+        return proba, proba.argmax(dim=1)
+
+
 class HeadModule(torch.nn.Module):
     """Features (B, D) -> (scores (B, K or 1), probabilities (B, K), label (B,) as an index into the classes)."""
 
@@ -73,7 +99,12 @@ class HeadModule(torch.nn.Module):
         self.center = None if spec["center"] is None else _tensor(spec["center"])
         self.scale = None if spec["scale"] is None else _tensor(spec["scale"])
         self.l2 = spec["l2"]
-        self.scores = _RBFVotes(spec) if "support_vectors" in spec else _Scores(spec["layers"])
+        if "support_vectors" in spec:
+            self.scores = _RBFVotes(spec)
+        elif "neighbours" in spec:
+            self.scores = _Neighbours(spec)
+        else:
+            self.scores = _Scores(spec["layers"])
         self.probability = spec["probability"]  # softmax, ovr-logistic, platt or isotonic
         self.n_classes = spec["n_classes"]
         if self.probability == "platt":
@@ -101,6 +132,8 @@ class HeadModule(torch.nn.Module):
         return scores, self._probabilities(scores, binary), label
 
     def _probabilities(self, scores: torch.Tensor, binary: bool) -> torch.Tensor:
+        if self.probability == "votes":  # knn: its scores are its probabilities
+            return scores
         if self.probability == "softmax":
             if binary:
                 positive = torch.sigmoid(scores)
@@ -131,6 +164,7 @@ class HeadModule(torch.nn.Module):
 def head_spec(pipeline) -> dict[str, Any]:
     """The arrays of a fitted head pipeline, as :class:`HeadModule` takes them; UserError for a head it cannot hold."""
     from sklearn.linear_model import SGDClassifier
+    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import Normalizer, StandardScaler
     from sklearn.svm import SVC
 
@@ -159,11 +193,14 @@ def head_spec(pipeline) -> dict[str, Any]:
     elif isinstance(model, MLPHead):
         spec["layers"] = list(zip(model.coefs_, model.intercepts_))
         own = "softmax"
+    elif isinstance(model, KNeighborsClassifier) and model.metric == "cosine" and model.weights == "distance":
+        spec |= {"neighbours": model._fit_X, "neighbour_codes": model._y, "k": model.n_neighbors}
+        own = "votes"
     elif isinstance(model, SVC) and model.kernel == "rbf":
         spec |= _rbf_spec(model)
         own = None  # an SVC's probabilities are always its calibrator's
     else:
-        raise UserError(_CANNOT.get(type(model).__name__, f"a {type(model).__name__} head cannot be exported yet"))
+        raise UserError(f"a {type(model).__name__} head cannot be exported; tlcache's heads can (fit-head --head ...)")
     calibrator = getattr(final, "calibrator_", None)
     if calibrator is None:
         if own is None or isinstance(model, LinearSVM):
@@ -198,13 +235,6 @@ def _rbf_spec(model) -> dict[str, Any]:
         "first": one_hot[[i for i, _ in pairs]],
         "second": one_hot[[j for _, j in pairs]],
     }
-
-
-# What the heads that cannot be exported would need in the graph.
-_CANNOT = {
-    "KNeighborsClassifier": "a knn head cannot be exported yet: the graph would hold every training vector and a "
-    "top-k vote over them; fit logreg, linear-svm, svm or mlp to export",
-}
 
 
 def _isotonic_knots(maps: list) -> tuple[np.ndarray, np.ndarray]:

@@ -194,8 +194,8 @@ def export(run_dir, quantize, out, force, as_json) -> dict:
     probabilities and label; the tokenizer or the image preprocessing, the classes and the checks are recorded in
     it. Before it is written, it runs on the run's test items (read again from their source): its features must
     agree with the cached ones and its accuracy and ECE with the run's report (thresholds in `tlcache.export.GATES`;
-    exit 2 and nothing written when they do not, unless --force). Needs `pip install 'tlcache[export]'`; logreg,
-    linear-svm, sgd, mlp and svm heads export (knn does not yet).
+    exit 2 and nothing written when they do not, unless --force). Needs `pip install 'tlcache[export]'`; every head
+    exports (svm and knn with their support vectors or training vectors).
 
     \b
     Examples:
