@@ -211,3 +211,38 @@ def test_a_tampered_record_is_one_line_not_a_traceback(tmp_path, text_run, damag
     write_metadata(tmp_path / "m.onnx", record)
     result = run("predict", tmp_path / "m.onnx", tmp_path / "reviews.csv")
     assert result.exit_code == 2 and "; export " in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize(
+    ("head", "calibration"),
+    [
+        ("logreg", None),
+        ("logreg", "isotonic"),
+        ("linear-svm", None),
+        ("svm", None),
+        ("svm", "isotonic"),
+        ("mlp", None),
+        ("mlp", "sigmoid"),
+        ("knn", None),
+        ("sgd", None),
+    ],
+)
+def test_the_graph_of_every_head_computes_what_the_head_does(head, calibration, n_classes):
+    """HeadModule against the fitted scikit-learn pipeline itself, on rows it was not fitted on: the same decisions
+    and the same probabilities (every kind of score, vote and calibrator map)."""
+    import torch
+
+    from tlcache.export_graph import HeadModule, head_spec
+    from tlcache.heads import make_head
+
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 240)
+    X = rng.normal(size=(240, 6)) + 1.5 * np.eye(6)[y]
+    X[:, 5] = 1.0  # a dead column, which the standardising heads drop
+    grid = [1e-3, 1.0] if head == "mlp" else None  # two values: the sweep, in seconds
+    pipeline = make_head(head, seed=0, grid=grid, calibration=calibration).fit(X[:200], y[:200])
+    with torch.no_grad():
+        _, probabilities, label = HeadModule(head_spec(pipeline))(torch.as_tensor(X[200:], dtype=torch.float32))
+    np.testing.assert_array_equal(pipeline.classes_[label.numpy()], pipeline.predict(X[200:]))
+    np.testing.assert_allclose(probabilities.numpy(), pipeline.predict_proba(X[200:]), atol=2e-4)
