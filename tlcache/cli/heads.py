@@ -186,7 +186,7 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
 )
 @click.option("--out", "-o", help="The ONNX file to write [default: RUN_DIR/model.onnx or model-int8.onnx].")
 @click.option("--force", is_flag=True, help="Write the file even when it fails its parity checks (it says so).")
-@click.option("--json", "as_json", is_flag=True, help="Print the export's record (its gates' figures) as JSON.")
+@json_option
 def export(run_dir, quantize, out, force, as_json) -> dict:
     """Export the head in RUN_DIR with its backbone as one ONNX file, checked against the cache first.
 
@@ -207,14 +207,12 @@ def export(run_dir, quantize, out, force, as_json) -> dict:
 
     record = export_run(run_dir, out, quantize=quantize, force=force)
     measured = record["gates"]["measured"]
-    if as_json:
-        click.echo(json.dumps({k: v for k, v in record.items() if k != "text"}, indent=2))
-    else:
-        verdict = "passed" if record["gates"]["passed"] else "FAILED (written with --force)"
-        click.echo(
-            f"exported {record['head']} on {record['backbone']} ({'int8' if quantize == 'int8' else 'fp32'}, "
-            f"{record['bytes'] / 2**20:.1f} MiB) -> {record['path']}: on {measured['items']} test items, features "
-            f"cosine {measured['mean_cosine']:.5f} mean, {measured['min_cosine']:.5f} worst to the cache; accuracy "
-            f"{measured['accuracy']:.4f} (run {measured['run_accuracy']:.4f}); checks {verdict}"
-        )
+    verdict = "passed" if record["gates"]["passed"] else "FAILED (written with --force)"
+    line = (
+        f"exported {record['head']} on {record['backbone']} ({'int8' if quantize == 'int8' else 'fp32'}, "
+        f"{record['bytes'] / 2**20:.1f} MiB) -> {record['path']}: on {measured['items']} test items, features "
+        f"cosine {measured['mean_cosine']:.5f} mean, {measured['min_cosine']:.5f} worst to the cache; accuracy "
+        f"{measured['accuracy']:.4f} (run {measured['run_accuracy']:.4f}); checks {verdict}"
+    )
+    emit({k: v for k, v in record.items() if k != "text"}, as_json, line)  # the tokenizer's JSON stays in the file
     return record
