@@ -75,25 +75,24 @@ def predict(
     column_names = [classes[i] for i in pipeline.classes_]
     # The head's own decisions, as fit-head scored them (an SVM's calibrated probabilities may rank otherwise).
     predicted = [classes[i] for i in predict_rows(pipeline, store)]
-    true_labels = store.labels()
-    has_truth = bool((true_labels >= 0).any())
     store_classes = store.class_names
+    truth = [store_classes[t] if t >= 0 else "" for t in store.labels()]
+    accuracy = _write_csv(out, store.ids(), predicted, probabilities, column_names, truth)
+    out_path = Path(out) if out is not None else None
+    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped())
 
-    truth = [store_classes[t] if t >= 0 else "" for t in true_labels] if has_truth else None
+
+def _write_csv(out, ids, predicted: list[str], probabilities, columns: list[str], truth: list[str]) -> float | None:
+    """Write the predictions' CSV to ``out`` (stdout when None), with a true_label column when some item's class is
+    known (``truth``: names, "" for an unlabelled item); the accuracy over those items, or None."""
+    known = [i for i, name in enumerate(truth) if name]
     handle = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
     try:
-        write_predictions(handle, store.ids(), predicted, probabilities, column_names, truth)
+        write_predictions(handle, ids, predicted, probabilities, columns, truth if known else None)
     finally:
         if out is not None:
             handle.close()
-
-    accuracy = None
-    if has_truth:
-        known = true_labels >= 0
-        truth_names = np.array([store_classes[t] for t in true_labels[known]])
-        accuracy = float((np.array(predicted)[known] == truth_names).mean())
-    out_path = Path(out) if out is not None else None
-    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped())
+    return float(np.mean([predicted[i] == truth[i] for i in known])) if known else None
 
 
 def predict_exported(
@@ -117,18 +116,7 @@ def predict_exported(
     outputs = exported.run(src.items, batch_size)
     ids = [src.ids[i] for i in outputs.kept]
     predicted = [exported.classes[i] for i in outputs.labels]
-    truth = None
-    if src.labels is not None:
-        truth = [src.labels[i] or "" for i in outputs.kept]
-    handle = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
-    try:
-        write_predictions(handle, ids, predicted, outputs.probabilities, exported.classes, truth)
-    finally:
-        if out is not None:
-            handle.close()
-    accuracy = None
-    if truth is not None and any(truth):
-        known = [i for i, name in enumerate(truth) if name]
-        accuracy = float(np.mean([predicted[i] == truth[i] for i in known]))
+    truth = [(src.labels[i] or "") if src.labels is not None else "" for i in outputs.kept]
+    accuracy = _write_csv(out, ids, predicted, outputs.probabilities, exported.classes, truth)
     skipped = [(src.ids[position], why) for position, why in outputs.skipped]
     return PredictResult(Path(out) if out is not None else None, len(ids), accuracy, Path(model), skipped)
