@@ -12,7 +12,6 @@ import numpy as np
 
 from tlcache.calibration import CALIBRATIONS
 from tlcache.errors import UserError, check_choice
-from tlcache.imports import importing_ahead
 from tlcache.provenance import utc_now
 from tlcache.report import (
     Calibration,
@@ -185,16 +184,15 @@ def fit_head(
     few_shot = None
     if shots is not None and head == "sgd":
         raise UserError("--shots does not apply to the sgd head; use an in-memory head such as logreg")
-    with importing_ahead(torch=False):  # the report's matplotlib, while the head fits
-        if shots is not None:
-            runs = []
-            for repeat in range(repeats):
-                rows = sample_shots(train_rows, labels, shots, seed + repeat, str(train_store.path))
-                runs.append(_fit_once(head, train_store, rows, labels, n_views, seed + repeat, calibrate, options))
-            fitted = runs[0]
-            few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)
-        else:
-            fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
+    if shots is not None:
+        runs = []
+        for repeat in range(repeats):
+            rows = sample_shots(train_rows, labels, shots, seed + repeat, str(train_store.path))
+            runs.append(_fit_once(head, train_store, rows, labels, n_views, seed + repeat, calibrate, options))
+        fitted = runs[0]
+        few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)
+    else:
+        fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
     scored = _score(fitted["pipeline"], tested, len(train_store.class_names))
     report = _report(head, train_store, fitted, tested, scored, seed, n_views, class_weight, calibrate, few_shot)
     out_dir = Path(out) if out is not None else default_run_dir(train_store.path, head)
@@ -298,8 +296,7 @@ def fit_all_heads(
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     base = Path(out) if out is not None else default_run_dir(train_store.path)
     names = [head for head in heads or HEADS if head != "sgd"]
-    with importing_ahead(torch="mlp" in names):
-        runs = [fit_head(train_store, head, out=base / head, **kwargs) for head in names]
+    runs = [fit_head(train_store, head, out=base / head, **kwargs) for head in names]
     runs.sort(key=lambda run: -run.headline)
     write_leaderboard(base, runs)
     return runs
