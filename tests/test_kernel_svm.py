@@ -3,7 +3,8 @@ import pytest
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from tlcache.kernel_svm import SweptKernelSVC
+import tlcache.kernel_svm
+from tlcache.kernel_svm import SweptKernelSVC, rbf_decisions
 from tlcache.sweep import SweptClassifier
 
 
@@ -52,3 +53,24 @@ def test_over_the_memory_budget_the_sweep_runs_as_any_other(monkeypatch):
     monkeypatch.setattr(tlcache.kernel_svm, "rbf_kernel", lambda *a, **k: calls.append(a))
     model = SweptKernelSVC(SVC(), "C", (1.0, 10.0)).fit(X, y)
     assert calls == [] and np.mean(model.predict(X) == y) > 0.9
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_the_fitted_head_decides_as_libsvm_does(n_classes, monkeypatch):
+    rng = np.random.default_rng(n_classes)
+    centres = rng.normal(scale=1.2, size=(n_classes, 12))  # overlapping classes: close votes and small values
+    codes = np.arange(400) % n_classes
+    X = centres[codes] + rng.normal(size=(400, 12))
+    X_new = centres[np.arange(700) % n_classes] + rng.normal(size=(700, 12))
+    names = np.array([f"class {k}" for k in range(n_classes)])
+    head = SweptKernelSVC(SVC(), "C", (0.1, 1.0, 10.0)).fit(X, names[codes])
+    svc = head.model_
+    # A budget of 64 rows a chunk: 700 new rows in 11 chunks, the last one short.
+    monkeypatch.setattr(tlcache.kernel_svm, "PREDICT_BUDGET_BYTES", 8 * 64 * len(svc.support_vectors_))
+
+    decisions, votes = rbf_decisions(svc, X_new)
+    np.testing.assert_allclose(decisions, svc.decision_function(X_new), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(votes, svc.predict(X_new))
+    np.testing.assert_array_equal(head.predict(X_new), names[svc.predict(X_new)])
+    expected = head.calibrator_.predict_proba(svc.decision_function(X_new))
+    np.testing.assert_allclose(head.predict_proba(X_new), expected, rtol=0, atol=1e-9)

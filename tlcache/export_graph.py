@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tlcache.errors import UserError
+from tlcache.kernel_svm import rbf_pairs
 
 
 def _tensor(values) -> torch.Tensor:
@@ -197,7 +198,7 @@ def head_spec(pipeline) -> dict[str, Any]:
         spec |= {"neighbours": model._fit_X, "neighbour_codes": model._y, "k": model.n_neighbors}
         own = "votes"
     elif isinstance(model, SVC) and model.kernel == "rbf":
-        spec |= _rbf_spec(model)
+        spec |= rbf_pairs(model)
         own = None  # an SVC's probabilities are always its calibrator's
     else:
         raise UserError(f"a {type(model).__name__} head cannot be exported; tlcache's heads can (fit-head --head ...)")
@@ -213,28 +214,6 @@ def head_spec(pipeline) -> dict[str, Any]:
     else:
         spec["maps"] = _isotonic_knots(calibrator.maps_)
     return spec
-
-
-def _rbf_spec(model) -> dict[str, Any]:
-    """An RBF SVC's arrays in the graph's layout: for each pair (i, j) of classes, i < j, in libsvm's order, the
-    weight of every support vector in its decision value (a vector of class i carries its coefficient against j,
-    one of class j its coefficient against i) and the pair's intercept."""
-    n_classes = len(model.classes_)
-    starts = np.concatenate([[0], np.cumsum(model.n_support_)])
-    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
-    weights = np.zeros((len(model.support_vectors_), len(pairs)))
-    for p, (i, j) in enumerate(pairs):
-        weights[starts[i] : starts[i + 1], p] = model.dual_coef_[j - 1, starts[i] : starts[i + 1]]
-        weights[starts[j] : starts[j + 1], p] = model.dual_coef_[i, starts[j] : starts[j + 1]]
-    one_hot = np.eye(n_classes)
-    return {
-        "support_vectors": model.support_vectors_,
-        "gamma": model._gamma,
-        "pair_weights": weights,
-        "intercepts": model.intercept_,
-        "first": one_hot[[i for i, _ in pairs]],
-        "second": one_hot[[j for _, j in pairs]],
-    }
 
 
 def _isotonic_knots(maps: list) -> tuple[np.ndarray, np.ndarray]:

@@ -6,18 +6,26 @@ between its validation and training rows, is computed once (one matrix product, 
 and predictions read it (``SVC(kernel="precomputed")``). The numbers are those of ``SVC(kernel="rbf")`` with the
 same gamma, up to float rounding. The refit on all rows, the model that ships, is a plain ``SVC(kernel="rbf")``.
 When the matrices would not fit in KERNEL_BUDGET_BYTES, the sweep runs as any other.
+
+The fitted head predicts the same way: the kernel between new rows and the support vectors is one matrix product
+(in float64, as libsvm computes it), and each pair of classes' decision value one more (:func:`rbf_pairs`); libsvm
+computes every kernel value alone, 30 times slower on 1000 rows of 384 features.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.base import clone
 from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlcache.calibration import decision_values
 from tlcache.sweep import SweptClassifier
 
 KERNEL_BUDGET_BYTES = 1 << 30
+PREDICT_BUDGET_BYTES = 1 << 27  # the new rows' kernel against the support vectors, a chunk of rows at a time
 
 
 class SweptKernelSVC(SweptClassifier):
@@ -38,6 +46,21 @@ class SweptKernelSVC(SweptClassifier):
             self._kernels = {}
             self._sweep_parts = {id(part) for split in splits for part in split}
         return splits
+
+    def predict(self, X) -> np.ndarray:
+        """The refitted SVC's own decisions: libsvm's one-against-one vote (see :func:`rbf_decisions`)."""
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False)
+        if self.model_.kernel != "rbf":
+            return super().predict(X)
+        return self.classes_[rbf_decisions(self.model_, X)[1]]
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False)
+        if self.model_.kernel != "rbf" or getattr(self, "calibrator_", None) is None:
+            return super().predict_proba(X)
+        return self.calibrator_.predict_proba(rbf_decisions(self.model_, X)[0])
 
     def _fold_fit(self, value, X, codes, train):
         if self._kernels is None:
@@ -71,3 +94,48 @@ class SweptKernelSVC(SweptClassifier):
         if gamma == "auto":
             return 1.0 / X_train.shape[1]
         return float(gamma)
+
+
+def rbf_pairs(model) -> dict[str, Any]:
+    """An RBF ``SVC``'s arrays for its decisions as matrix products: for each pair (i, j) of classes, i < j, in
+    libsvm's order, the weight of every support vector in the pair's decision value (a vector of class i carries
+    its coefficient against j, one of class j its coefficient against i) and the pair's intercept; ``first`` and
+    ``second`` one-hot (pairs, classes) rows of i and j."""
+    n_classes = len(model.classes_)
+    starts = np.concatenate([[0], np.cumsum(model.n_support_)])
+    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+    weights = np.zeros((len(model.support_vectors_), len(pairs)))
+    for p, (i, j) in enumerate(pairs):
+        weights[starts[i] : starts[i + 1], p] = model.dual_coef_[j - 1, starts[i] : starts[i + 1]]
+        weights[starts[j] : starts[j + 1], p] = model.dual_coef_[i, starts[j] : starts[j + 1]]
+    one_hot = np.eye(n_classes)
+    return {
+        "support_vectors": model.support_vectors_,
+        "gamma": model._gamma,
+        "pair_weights": weights,
+        "intercepts": model.intercept_,
+        "first": one_hot[[i for i, _ in pairs]],
+        "second": one_hot[[j for _, j in pairs]],
+    }
+
+
+def rbf_decisions(model, X) -> tuple[np.ndarray, np.ndarray]:
+    """(``model.decision_function(X)``, ``model.predict(X)``) of an RBF ``SVC`` fitted on class indices 0..K-1,
+    from matrix products: the decision values in scikit-learn's one-against-rest shape for more than two classes,
+    and libsvm's vote (each pair's positive value a vote for its first class; the first class of the most votes)."""
+    arrays = rbf_pairs(model)
+    vectors = arrays["support_vectors"]
+    squared = np.einsum("ij,ij->i", vectors, vectors)
+    rows = max(1, PREDICT_BUDGET_BYTES // (8 * max(len(vectors), 1)))
+    decision = np.empty((len(X), arrays["pair_weights"].shape[1]))
+    for start in range(0, len(X), rows):
+        x = np.asarray(X[start : start + rows], dtype=np.float64)
+        distance = np.einsum("ij,ij->i", x, x)[:, None] + squared - 2 * (x @ vectors.T)
+        kernel = np.exp(-arrays["gamma"] * np.maximum(distance, 0.0))
+        decision[start : start + rows] = kernel @ arrays["pair_weights"] + arrays["intercepts"]
+    if len(model.classes_) == 2:  # one value, positive for the second class
+        return decision[:, 0], (decision[:, 0] > 0).astype(np.int64)
+    won = (decision > 0).astype(np.float64)
+    votes = won @ arrays["first"] + (1 - won) @ arrays["second"]
+    confidence = decision @ (arrays["first"] - arrays["second"])
+    return votes + confidence / (3 * (np.abs(confidence) + 1)), votes.argmax(axis=1)
