@@ -40,17 +40,20 @@ def test_shared_kernels_sweep_as_libsvm_does(n):
     assert shared.best_ == plain.best_
     np.testing.assert_allclose([s for _, s in shared.curve_], [s for _, s in plain.curve_], atol=2 / n)
     np.testing.assert_array_equal(shared.predict(X_test), plain.predict(X_test))  # the same refit ships
+    assert shared.model_.get_params()["kernel"] == "rbf" and shared.model_.n_features_in_ == X.shape[1]
+    np.testing.assert_allclose(shared.model_.support_vectors_, plain.model_.support_vectors_)
+    np.testing.assert_allclose(
+        shared.model_.decision_function(X_test), plain.model_.decision_function(X_test), rtol=0, atol=1e-6
+    )
     np.testing.assert_allclose(shared.predict_proba(X_test), plain.predict_proba(X_test), atol=0.02)
     assert not hasattr(shared, "_kernels")
 
 
 def test_over_the_memory_budget_the_sweep_runs_as_any_other(monkeypatch):
-    import tlcache.kernel_svm
-
     X, y = _rings(300, 2)
     monkeypatch.setattr(tlcache.kernel_svm, "KERNEL_BUDGET_BYTES", 1000)
     calls = []
-    monkeypatch.setattr(tlcache.kernel_svm, "rbf_kernel", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(tlcache.kernel_svm, "euclidean_distances", lambda *a, **k: calls.append(a))
     model = SweptKernelSVC(SVC(), "C", (1.0, 10.0)).fit(X, y)
     assert calls == [] and np.mean(model.predict(X) == y) > 0.9
 

@@ -1,11 +1,15 @@
 """The RBF SVM's sweep over C on kernel matrices computed once per split, not once per value of C.
 
 libsvm computes each kernel value it needs itself, one pair of rows at a time, and again for every C of the sweep
-and for every prediction; the values do not depend on C. Here each split's kernel between its training rows, and
-between its validation and training rows, is computed once (one matrix product, on every core) and every C's fit
-and predictions read it (``SVC(kernel="precomputed")``). The numbers are those of ``SVC(kernel="rbf")`` with the
-same gamma, up to float rounding. The refit on all rows, the model that ships, is a plain ``SVC(kernel="rbf")``.
-When the matrices would not fit in KERNEL_BUDGET_BYTES, the sweep runs as any other.
+and for every prediction; the values do not depend on C. Here the squared distances between every pair of rows are
+computed once (one matrix product, in float64 as libsvm computes, on every core); each split's kernel between its
+training rows, and between its validation and training rows, is read from them once (with the gamma of the split's
+training rows) and every C's fit and predictions read it (``SVC(kernel="precomputed")``); so are the calibrator's
+folds' kernels. The numbers are those of ``SVC(kernel="rbf")`` with the
+same gamma, up to float rounding. The refit on all rows is fitted on its kernel matrix too and ships as the plain
+``SVC(kernel="rbf")`` that fit is (its support vectors the rows the fit chose). When the matrices would not fit in
+KERNEL_BUDGET_BYTES, the sweep runs as any other. The matrices are computed in float64, as libsvm computes (and
+as scikit-learn does in one product only for float64 rows).
 
 The fitted head predicts the same way: the kernel between new rows and the support vectors is one matrix product
 (in float64, as libsvm computes it), and each pair of classes' decision value one more (:func:`rbf_pairs`); libsvm
@@ -18,13 +22,13 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlcache.calibration import decision_values
 from tlcache.sweep import SweptClassifier
 
-KERNEL_BUDGET_BYTES = 1 << 30
+KERNEL_BUDGET_BYTES = 2 << 30  # the distances, the splits' kernels and the refit's (at 11,000 rows on one split)
 PREDICT_BUDGET_BYTES = 1 << 27  # the new rows' kernel against the support vectors, a chunk of rows at a time
 
 
@@ -33,15 +37,18 @@ class SweptKernelSVC(SweptClassifier):
 
     def fit(self, X, y) -> SweptKernelSVC:
         self._kernels: dict | None = None
+        self._distances: np.ndarray | None = None
         try:
             return super().fit(X, y)
         finally:
-            for scratch in ("_kernels", "_sweep_parts"):  # a fitted head keeps no matrices
+            for scratch in ("_kernels", "_sweep_parts", "_distances"):  # a fitted head keeps no matrices
                 self.__dict__.pop(scratch, None)
 
     def _splits(self, codes) -> list[tuple[np.ndarray, np.ndarray]]:
         splits = super()._splits(codes)
-        cells = sum(len(train) * len(codes) for train, _ in splits)  # training and validation rows by training rows
+        # Training and validation rows by training rows, for each split; every row by every row, for the distances
+        # and for the refit's kernel.
+        cells = sum(len(train) * len(codes) for train, _ in splits) + 2 * len(codes) ** 2
         if self.param == "C" and self.estimator.kernel == "rbf" and 8 * cells <= KERNEL_BUDGET_BYTES:
             self._kernels = {}
             self._sweep_parts = {id(part) for split in splits for part in split}
@@ -74,13 +81,33 @@ class SweptKernelSVC(SweptClassifier):
         K = self._kernel(X, rows, train)
         return model.predict(K) if what == "predict" else decision_values(model, K)
 
+    def _refit(self, X, codes):
+        if self._kernels is None:
+            return super()._refit(X, codes)
+        self._kernels.clear()  # the sweep is over: its matrices make room for the refit's
+        self._sweep_parts = set()
+        rows = np.arange(len(codes))
+        model = self._fold_fit(self.best_, X, codes, rows)
+        # The same fitted SVC as SVC(kernel="rbf").fit(X, codes) is, with what libsvm keeps of a fit on rows.
+        model.set_params(kernel="rbf")
+        model._gamma = self._gamma(np.asarray(X, dtype=np.float64))
+        model.support_vectors_ = np.asarray(X[model.support_], dtype=np.float64)
+        model.shape_fit_ = X.shape
+        model.n_features_in_ = X.shape[1]
+        return model
+
     def _kernel(self, X, rows, train) -> np.ndarray:
         """K(X[rows], X[train]) with the gamma ``SVC`` would use when fitted on X[train]: kept for the sweep's
-        splits (the same arrays for every C), computed afresh for the calibrator's folds (used once)."""
+        splits (the same arrays for every C), computed afresh for the calibrator's folds and the refit (used
+        once)."""
         key = (id(rows), id(train))
         if key in self._kernels:
             return self._kernels[key]
-        K = rbf_kernel(X[rows], X[train], gamma=self._gamma(X[train]))
+        if self._distances is None:
+            self._distances = euclidean_distances(np.asarray(X, dtype=np.float64), squared=True)
+        K = self._distances[np.ix_(rows, train)]
+        K *= -self._gamma(np.asarray(X[train], dtype=np.float64))
+        np.exp(K, out=K)
         if {id(rows), id(train)} <= self._sweep_parts:
             self._kernels[key] = K
         return K
