@@ -108,6 +108,17 @@ def test_exported_image_preprocessing_is_the_backbones_transform(size):
     np.testing.assert_allclose(ours, backbone.transform()(image).numpy(), atol=1e-6)
 
 
+def test_an_export_removes_the_work_folders_of_killed_exports_and_keeps_running_ones(tmp_path, text_run):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f"{export_module.WORK_PREFIX}{int(gone.stdout)}-x1y2"  # its process has ended
+    running = tmp_path / f"{export_module.WORK_PREFIX}{os.getpid()}-a3b4"  # this test's process is alive
+    for work in (killed, running):
+        work.mkdir()
+        (work / "fp32.onnx").write_bytes(b"half a graph")
+    ok("export", text_run, "--out", tmp_path / "m.onnx")
+    assert not killed.exists() and (running / "fp32.onnx").is_file() and (tmp_path / "m.onnx").is_file()
+
+
 def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypatch):
     strict = {**export_module.GATES["fp32"], "mean_cosine": 1.5}  # no export can reach it
     monkeypatch.setitem(export_module.GATES, "fp32", strict)

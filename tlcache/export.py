@@ -42,6 +42,8 @@ GATES = {
     },
     "int8": {"mean_cosine": 0.99, "min_cosine": 0.95, "accuracy_drop": 0.005, "ece_rise": 0.02},
 }
+# An export works in a folder beside its output, named after its process, and moves the model out when done.
+WORK_PREFIX = ".tlcache-export-"
 CALIBRATION_ITEMS = 128  # training images whose activations set an int8 image model's ranges
 
 
@@ -88,7 +90,8 @@ def export_run(
     module = ExportModule(backbone, head, names).eval()
     out = Path(out) if out is not None else run_dir / f"model{'-int8' if quantize == 'int8' else ''}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tlcache-export-", dir=out.parent) as tmp:
+    remove_abandoned_exports(out.parent)
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent) as tmp:
         graph = Path(tmp) / "fp32.onnx"
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python values it takes as constants
@@ -115,6 +118,30 @@ def export_run(
         write_metadata(graph, metadata)
         os.replace(graph, out)
     return {"path": str(out), "bytes": out.stat().st_size, **metadata}
+
+
+def remove_abandoned_exports(folder: Path) -> list[Path]:
+    """Remove the work folders in ``folder`` of exports whose process is gone (killed, say: a clean exit removes
+    its own); those of running processes stay. Returns the folders removed."""
+    import shutil
+
+    removed = []
+    for work in folder.glob(f"{WORK_PREFIX}*-*"):
+        pid = work.name[len(WORK_PREFIX) :].split("-", 1)[0]
+        if work.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+            removed.append(work)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _metadata(run_dir: Path, sidecar: dict, report: dict, backbone, classes: list[str], quantize: str) -> dict:
