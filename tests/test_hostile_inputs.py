@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import write_image_folder
+from conftest import make_store, write_image_folder
 from tlcache.cache import list_stores
 from tlcache.cli import cli
 from tlcache.embed import embed_source
 from tlcache.errors import UserError
+from tlcache.heads import fit_head
 from tlcache.store import FeatureStore
 
 CASE_SECONDS = 120  # far above any case's time here: reaching it means a hang
@@ -402,3 +405,32 @@ def test_a_damaged_store_of_the_same_config_is_no_donor(tmp_path, tiny_bert_dir)
     result = embed_source(grown, f"hf:{tiny_bert_dir}", **options)  # no traceback, nothing copied from the NaN store
     assert result.reused == 0 and result.embedded == 13
     assert np.isfinite(FeatureStore(result.path).features()).all()
+
+
+_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=30)
+
+
+@FUZZ
+@given(names=st.lists(_names, min_size=2, max_size=4, unique=True))
+@example(names=["$x^$", "a$\\b$c"])  # matplotlib's maths markup, broken: it crashed the figure
+@example(names=["yes | no", "line\nbreak"])  # a table cell's separator, a line break
+def test_any_class_names_give_a_whole_report(tmp_path_factory, names):
+    root = tmp_path_factory.mktemp("names")
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % len(names)
+    X = rng.normal(size=(40, 4)) + 3 * np.eye(4)[y]
+    store = make_store(root / "s.h5", X, y, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph the font lacks is drawn as a box, not warned about
+        fit_head(store, "logreg", out=root / "run", test_fraction=0.5)
+    assert all((root / "run" / f"{figure}.png").stat().st_size > 0 for figure in ("confusion", "reliability", "sweep"))
+    markdown = (root / "run" / "report.md").read_text(encoding="utf-8").splitlines()
+    per_class = markdown[markdown.index("## Per class") + 4 :][: len(names)]
+    confusion = markdown[markdown.index("## Confusion matrix (rows: true class, columns: predicted)") + 2 :]
+    confusion = confusion[: len(names) + 2]  # its header, the separator and a row per class
+
+    def cells(row: str) -> int:
+        return len(re.split(r"(?<!\\)\|", row)) - 2  # the pipes not escaped, less the two at the ends
+
+    assert [cells(row) for row in per_class] == [5] * len(names)
+    assert [cells(row) for row in confusion] == [len(names) + 1] * (len(names) + 2)

@@ -3,6 +3,7 @@ Markdown page and the figures. Where they are written is :mod:`tlcache.runs`' bu
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -218,13 +219,14 @@ def render_markdown(report: RunReport) -> str:
     ]
     for row in metrics["per_class"]:
         lines.append(
-            f"| {row['class']} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+            f"| {_cell(row['class'])} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
+            f"{row['support']} |"
         )
     lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", ""]
-    lines.append("| | " + " | ".join(classes) + " |")
+    lines.append("| | " + " | ".join(map(_cell, classes)) + " |")
     lines.append("|---|" + "---:|" * len(classes))
     for name, row in zip(classes, metrics["confusion_matrix"]):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+        lines.append(f"| **{_cell(name)}** | " + " | ".join(str(v) for v in row) + " |")
     lines += _markdown_extras(report)
     return "\n".join(lines) + "\n"
 
@@ -322,8 +324,15 @@ def _groups_section(groups: GroupMetrics, report: RunReport) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     return lines + [
-        f"| {g['group']} | {g['accuracy']:.4f} | {g['macro_f1']:.4f} | {g['support']} |" for g in groups["per_group"]
+        f"| {_cell(g['group'])} | {g['accuracy']:.4f} | {g['macro_f1']:.4f} | {g['support']} |"
+        for g in groups["per_group"]
     ]
+
+
+def _cell(text: str) -> str:
+    """A name (a class's, a group's: the user's data) as one Markdown table cell: its pipes escaped, its line
+    breaks as spaces."""
+    return " ".join(str(text).replace("|", "\\|").splitlines()) or " "
 
 
 def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], column: str) -> GroupMetrics:
@@ -358,6 +367,14 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], col
 FIXED_MARGINS = {"left": 0.14, "right": 0.97, "top": 0.91, "bottom": 0.13}
 
 
+def _save(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG. A character the font lacks (in a class name, say) is drawn as a box, without
+    matplotlib's warning for each."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.savefig(path, dpi=100)
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
@@ -388,7 +405,7 @@ def plot_reliability(calibration: Calibration, path: Path) -> None:
     ax.set_title("reliability diagram (test set)")
     ax.legend(loc="upper left")
     fig.subplots_adjust(**FIXED_MARGINS)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -411,7 +428,7 @@ def plot_sweep(sweep: Sweep, head: str, path: Path) -> None:
     ax.set_title(f"{head}: {sweep['param']} sweep ({sweep['selection']})")
     ax.legend()
     fig.subplots_adjust(**FIXED_MARGINS)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -421,6 +438,7 @@ def plot_confusion(matrix: list[list[int]], class_names: Sequence[str], path: Pa
     plt = pyplot()
     counts = np.asarray(matrix)
     names = [name if len(name) <= 24 else name[:23] + "\u2026" for name in map(str, class_names)]
+    names = [name.replace("$", r"\$") for name in names]  # a literal dollar: matplotlib reads $...$ as maths
     k, rotate = len(names), len(names) > 4 or max(map(len, names)) > 8
     size = max(4.0, 0.5 * k + 2)
     label_inches = 0.085 * max(map(len, names))  # 10-point text, about 6 points a character
@@ -444,5 +462,5 @@ def plot_confusion(matrix: list[list[int]], class_names: Sequence[str], path: Pa
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix")
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
