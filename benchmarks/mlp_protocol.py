@@ -1,11 +1,13 @@
-"""The mlp head's protocol on validation data only: does its precision, its coarse-to-fine grid or its rewrite in
-torch change what it scores, against the head before issue 15 (scikit-learn's MLPClassifier, commit cadf4e3)?
+"""The mlp head's protocol on validation data only: does its precision, its coarse-to-fine grid, its early-stopping
+patience or its rewrite in torch change what it scores, against the head before issue 15 (scikit-learn's
+MLPClassifier, commit cadf4e3)?
 
 For each task's training store (Rotten Tomatoes 2000 / minilm, Fashion-MNIST 3000 / efficientnet-lite0 @96 px,
 MNIST-5k 4000 / efficientnet-lite0 @96 px), three outer splits hold out 20% of the training items (stratified,
 seeds 100, 101, 102); the head is fitted, with its own sweep inside, on the other 80% and scored on the held-out
 items. No test item is used. Variants: products in bf16 (the default where the CPU has it) or fp32; the grid's
-first stage every other value (the default) or every value; and the head of commit cadf4e3.
+first stage every other value (the default) or every value; stopping after 5 epochs without a better held-out
+accuracy (the default) or scikit-learn's 10; and the head of commit cadf4e3.
 
 Run:  .venv/bin/python benchmarks/mlp_protocol.py   (about 5 minutes on 2 cores; needs `make fashion-mnist`)
 Writes benchmarks/results/mlp_protocol.md and mlp_protocol.json.
@@ -27,7 +29,13 @@ from heads_benchmark import FM_BASE, checkout, embed
 
 BEFORE = "cadf4e3"
 OUTER_SEEDS = (100, 101, 102)
-VARIANTS = {"bf16, every other value first (default)": ("bf16", 2), "fp32": ("fp32", 2), "every value": ("bf16", 1)}
+# (products, grid stride, patience): the head's defaults and one change from them each.
+VARIANTS = {
+    "bf16, every other value first, patience 5 (default)": ("bf16", 2, 5),
+    "fp32": ("fp32", 2, 5),
+    "every value": ("bf16", 1, 5),
+    "patience 10 (scikit-learn's)": ("bf16", 2, 10),
+}
 
 # Run in a process of its own, for one variant (or the code at another commit): prints one JSON line per task.
 SCORE = """
@@ -40,10 +48,12 @@ from tlcache.heads import make_head
 stores, seeds, variant = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 if variant:
     import tlcache.backbones.base as base
+    import tlcache.heads as heads
     import tlcache.mlp as mlp
     if variant[0] == "fp32":
         base.resolve_precision = lambda precision, device: "fp32"
     mlp.SweptMLP.grid_stride = variant[1]
+    heads.MLP_PATIENCE = variant[2]
 for task, path in stores.items():
     store = FeatureStore(path)
     X, y = store.features(), store.labels()
