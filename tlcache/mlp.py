@@ -5,7 +5,7 @@ The recipe is scikit-learn's ``MLPClassifier`` with its defaults: ReLU, Glorot-u
 minibatch's size, a single logistic output unit for two classes (else a softmax), at most 300 epochs; with early
 stopping, 10% of the rows (stratified) are held out, the weights of the best held-out accuracy are kept and training
 stops after ``n_iter_no_change`` epochs (10) without a gain of 1e-4; without it, it stops after as many epochs in
-which the training loss fell by less than 1e-4. (tlcache's mlp head stops early after 5: see tlcache.heads.)
+which the training loss fell by less than 1e-4.
 
 What differs is how it runs. The products run in bfloat16 where the hardware has it (the weights, Adam and the
 loss stay in float32; scikit-learn's fit runs in float64), on a CUDA GPU when one is visible, forward and backward
