@@ -73,12 +73,12 @@ def main() -> int:
     buffering = "--buffering" in rest
     rest = [a for a in rest if a != "--buffering"]
     # Everything the work imports, imported first (and the figures' backend drawn once), so the baseline holds it.
+    import tlcache.figures
     import tlcache.heads
-    import tlcache.report
     import tlcache.store  # noqa: F401
 
     tlcache.heads.make_head("sgd")
-    tlcache.report.plot_confusion([[1, 0], [0, 1]], ["a", "b"], Path("/dev/null"))
+    tlcache.figures.plot_confusion([[1, 0], [0, 1]], ["a", "b"], Path("/dev/null"))
     baseline = _status("VmRSS")
     if task == "fit":
         cap = int(rest[0])

@@ -21,8 +21,9 @@ from typing import Any, TypedDict
 import numpy as np
 
 from tlcache.errors import UserError
+from tlcache.figures import render_figures
 from tlcache.paths import slug
-from tlcache.report import RunReport, render_figures, render_markdown
+from tlcache.report import RunReport, render_markdown
 
 HEAD_FILE_PATTERN = re.compile(r"head-[0-9a-f]{16}\.npz")
 LEGACY_HEAD_FILE = "head.joblib"  # a pickle, written by older versions of tlcache: never loaded

@@ -150,7 +150,7 @@ def _x(shots, all_per_class: float) -> float:
 
 def plot_learning_curve(summary: dict, path: Path) -> None:
     """Accuracy against labelled items per class (log axis), one line per method with its interval as a band."""
-    from tlcache.report import pyplot
+    from tlcache.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -177,7 +177,7 @@ def plot_learning_curve(summary: dict, path: Path) -> None:
 
 def plot_accuracy_time(summary: dict, path: Path) -> None:
     """Accuracy against wall time per run (log axis), one point per (method, shots)."""
-    from tlcache.report import pyplot
+    from tlcache.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
