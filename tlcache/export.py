@@ -352,13 +352,12 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str) -> dic
         "run_ece": _report_ece(report),
         "same_predictions": float(np.mean([p == e["label"] for p, e in zip(predicted, tested)])),
     }
-    gate = (
-        "int8"
-        if quantize == "int8"
-        else "fp32"
-        if store.meta.get("precision", "fp32") == "fp32"
-        else ("fp32 of a half-precision store")
-    )
+    if quantize == "int8":
+        gate = "int8"
+    elif store.meta.get("precision", "fp32") == "fp32":
+        gate = "fp32"
+    else:
+        gate = "fp32 of a half-precision store"
     limits = GATES[gate]
     failed = []
     if measured["mean_cosine"] < limits["mean_cosine"]:
