@@ -1,13 +1,14 @@
 """The mlp head's protocol on validation data only: does its precision, its coarse-to-fine grid, its early-stopping
-patience or its rewrite in torch change what it scores, against the head before issue 15 (scikit-learn's
-MLPClassifier, commit cadf4e3)?
+patience, its hidden layer's width or its rewrite in torch change what it scores, against the head before issue 15
+(scikit-learn's MLPClassifier, commit cadf4e3)?
 
 For each task's training store (Rotten Tomatoes 2000 / minilm, Fashion-MNIST 3000 / efficientnet-lite0 @96 px,
 MNIST-5k 4000 / efficientnet-lite0 @96 px), three outer splits hold out 20% of the training items (stratified,
 seeds 100, 101, 102); the head is fitted, with its own sweep inside, on the other 80% and scored on the held-out
 items. No test item is used. Variants: products in bf16 (the default where the CPU has it) or fp32; the grid's
 first stage every other value (the default) or every value; stopping after 10 epochs without a better held-out
-accuracy (scikit-learn's, the default) or after 5; and the head of commit cadf4e3.
+accuracy (scikit-learn's, the default) or after 5; a hidden layer of 512 units (the default) or 256 or 128; and the
+head of commit cadf4e3.
 
 Run:  .venv/bin/python benchmarks/mlp_protocol.py   (about 5 minutes on 2 cores; needs `make fashion-mnist`)
 Writes benchmarks/results/mlp_protocol.md and mlp_protocol.json.
@@ -29,12 +30,14 @@ from heads_benchmark import FM_BASE, checkout, embed
 
 BEFORE = "cadf4e3"
 OUTER_SEEDS = (100, 101, 102)
-# (products, grid stride, patience): the head's defaults and one change from them each.
+# (products, grid stride, patience, hidden units): the head's defaults and one change from them each.
 VARIANTS = {
-    "bf16, every other value first, patience 10 (default)": ("bf16", 2, 10),
-    "fp32": ("fp32", 2, 10),
-    "every value": ("bf16", 1, 10),
-    "patience 5": ("bf16", 2, 5),
+    "bf16, every other value first, patience 10, 512 hidden units (default)": ("bf16", 2, 10, 512),
+    "fp32": ("fp32", 2, 10, 512),
+    "every value": ("bf16", 1, 10, 512),
+    "patience 5": ("bf16", 2, 5, 512),
+    "256 hidden units": ("bf16", 2, 10, 256),
+    "128 hidden units": ("bf16", 2, 10, 128),
 }
 
 # Run in a process of its own, for one variant (or the code at another commit): prints one JSON line per task.
@@ -54,6 +57,7 @@ if variant:
         base.resolve_precision = lambda precision, device: "fp32"
     mlp.SweptMLP.grid_stride = variant[1]
     heads.MLP_PATIENCE = variant[2]
+    heads.MLP_HIDDEN = variant[3]
 for task, path in stores.items():
     store = FeatureStore(path)
     X, y = store.features(), store.labels()

@@ -44,6 +44,7 @@ MLP_EARLY_STOPPING_MIN_ROWS = 1000
 # scikit-learn's 10. Five takes 40-65% less time and lost 0.7 points of held-out accuracy on MNIST-5k
 # (benchmarks/results/mlp_protocol.md).
 MLP_PATIENCE = 10
+MLP_HIDDEN = 512  # ReLU units in the mlp's hidden layer
 CLASS_WEIGHTS = ("balanced",)
 # The hyperparameter each head sweeps, and its default grid (log-spaced for regularisation strengths).
 GRIDS: dict[str, tuple[str, tuple]] = {
@@ -120,7 +121,11 @@ def make_head(
     if name == "mlp":  # scikit-learn's MLPClassifier recipe in torch, alpha swept coarse to fine (tlcache.mlp)
         early_stopping = n_train is None or n_train >= MLP_EARLY_STOPPING_MIN_ROWS
         mlp = MLPHead(
-            hidden=512, early_stopping=early_stopping, n_iter_no_change=MLP_PATIENCE, max_iter=300, random_state=seed
+            hidden=MLP_HIDDEN,
+            early_stopping=early_stopping,
+            n_iter_no_change=MLP_PATIENCE,
+            max_iter=300,
+            random_state=seed,
         )
         swept = SweptMLP(mlp, param, values, calibration, random_state=seed)
         return make_pipeline(DropDeadFeatures(), StandardScaler(), swept)
