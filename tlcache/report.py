@@ -345,3 +345,20 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], col
 
 # Margins for figures whose labels are known in advance: a fixed layout costs no extra drawing pass (tight_layout
 # draws the figure once more to measure it; 0.1 s a figure, the larger part of a report's time on cached features).
+
+
+def sweep_summary(pipeline) -> Sweep | None:
+    """The sweep a fitted head ran (parameter, curve, best value, how it selected), or None."""
+    model = pipeline.steps[-1][1]
+    if not hasattr(model, "curve_"):
+        return None
+    accuracies = dict(getattr(model, "accuracy_curve_", model.curve_))  # logreg chooses by log-loss
+    return {
+        "param": model.param_,
+        "best": model.best_,
+        "score": model.score_name_,
+        "selection": model.selection_,
+        "curve": [[value, score] for value, score in model.curve_],
+        "extension": dict(getattr(model, "extension_", {"direction": None, "steps": 0, "at_edge": False})),
+        "validation_accuracy": float(accuracies[model.best_]),
+    }

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     type=click.Choice([*HEADS, "all"]),
     default="logreg",
     show_default=True,
-    help="all: every head but sgd, and a leaderboard. sgd streams the store (any size fits).",
+    help="all: every head but sgd, and a leaderboard (with two cores or more, the mlp trains in a second process "
+    "beside the others). sgd streams the store (any size fits).",
 )
 @click.option("--test", help="A store of the same features to test on (instead of a held-out fraction).")
 @click.option(
