@@ -115,5 +115,9 @@ def test_fit_all_heads_trains_the_mlp_beside_the_others_and_gets_the_run_it_gets
     assert beside["sweep"] == alone.report["sweep"]
     predictions = (tmp_path / "all" / "mlp" / "predictions.csv").read_text()
     assert predictions == (tmp_path / "alone" / "predictions.csv").read_text()
+    # The same files, figures included (drawn by the parent for the mlp's run).
+    assert sorted(path.name for path in (tmp_path / "all" / "mlp").iterdir()) == sorted(
+        path.name for path in (tmp_path / "alone").iterdir()
+    )
     leaderboard = json.loads((tmp_path / "all" / "leaderboard.json").read_text())
     assert sorted(row["head"] for row in leaderboard) == ["logreg", "mlp"]

@@ -81,6 +81,9 @@ def plot_sweep(sweep: Sweep, head: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(values, scores, marker="o")
     ax.axvline(sweep["best"], color="grey", linestyle="--", linewidth=1, label=f"chosen: {sweep['best']:g}")
+    if len(set(values)) == 1:  # a grid of one value (--grid): a window around it, not matplotlib's warning
+        only = values[0]
+        ax.set_xlim(*((only / 3, only * 3) if sweep["param"] != "n_neighbors" else (only - 1, only + 1)))
     if sweep["param"] != "n_neighbors":
         from matplotlib.ticker import FuncFormatter, NullLocator
 

@@ -30,6 +30,7 @@ from tlcache.runs import (
     default_run_dir,
     feature_identity,
     save_predictions,
+    write_figures,
     write_head,
     write_leaderboard,
     write_report,
@@ -154,6 +155,7 @@ def fit_head(
     calibrate: str | None = None,
     shots: int | None = None,
     repeats: int = 5,
+    figures: bool = True,
 ) -> HeadRun:
     """Fit ``head`` on a store's labelled rows and evaluate it on ``test`` (a store of the same features) or on a
     stratified ``test_fraction`` held out with ``seed``. Writes the head (head-<digest>.npz, see tlcache.runs),
@@ -163,7 +165,8 @@ def fit_head(
     data and refitted on all of it; the curve goes into the report. ``calibrate`` ("sigmoid" or "isotonic")
     calibrates the probabilities and reports the expected calibration error before and after. ``shots`` switches
     to the few-shot protocol: ``shots`` items per class are drawn ``repeats`` times (seeds ``seed`` ..
-    ``seed + repeats - 1``) and the report gives the mean and spread; no head is saved then.
+    ``seed + repeats - 1``) and the report gives the mean and spread; no head is saved then. ``figures`` False
+    leaves the PNG figures to :func:`tlcache.runs.write_figures`.
 
     A store with augmented views trains on them too (each training item's views join the training set with its
     label; test items are never augmented) unless ``use_views`` is False. The ``sgd`` head reads the store in row
@@ -196,7 +199,7 @@ def fit_head(
     if few_shot is None:
         write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
         _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
-    write_report(report, out_dir)
+    write_report(report, out_dir, figures=figures)
     return HeadRun(out_dir, report)
 
 
@@ -289,38 +292,28 @@ def fit_all_heads(
     store, heads: tuple[str, ...] | None = None, out: str | Path | None = None, **kwargs
 ) -> list[HeadRun]:
     """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs, best first,
-    and writes leaderboard.json and leaderboard.md beside their run folders.
-
-    With two cores or more, the mlp head (torch) trains in a forked process while the others fit in this one
-    (tlcache.forked): the same runs, sooner."""
+    and writes leaderboard.json and leaderboard.md beside their run folders. With two cores or more, the mlp (torch)
+    trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner."""
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     base = Path(out) if out is not None else default_run_dir(train_store.path)
     names = [head for head in heads or HEADS if head != "sgd"]
 
-    def fit(group: list[str]) -> list[HeadRun]:
-        return [fit_head(train_store, head, out=base / head, **kwargs) for head in group]
+    def fit(group: list[str], **extra) -> list[HeadRun]:
+        return [fit_head(train_store, head, out=base / head, **kwargs, **extra) for head in group]
 
     if "mlp" in names and len(names) > 1:
-        _import_shared()
-        mlp, others = side_by_side(lambda: fit(["mlp"]), lambda: fit([head for head in names if head != "mlp"]))
-        runs = mlp + others
+        for head in names:  # scikit-learn and the heads' modules, imported before a fork shares them
+            make_head(head)
+        aside, here = side_by_side(
+            lambda: fit(["mlp"], figures=False), lambda: fit([head for head in names if head != "mlp"])
+        )
+        write_figures(aside[0].report, aside[0].out_dir)
+        runs = aside + here
     else:
         runs = fit(names)
     runs.sort(key=lambda run: -run.headline)
     write_leaderboard(base, runs)
     return runs
-
-
-def _import_shared() -> None:
-    """What every head's run uses (scikit-learn's estimators and metrics, the heads' modules, matplotlib), imported
-    here before a fork, so that the forked process has it too instead of importing it again."""
-    import sklearn.metrics  # noqa: F401
-
-    from tlcache import figures, headfile  # noqa: F401
-
-    figures.pyplot()
-    for head in HEADS:
-        make_head(head)
 
 
 def _fit_once(head, store, rows, labels, n_views, seed, calibrate, options) -> dict[str, Any]:

@@ -229,15 +229,22 @@ def _check_head_fits(pipeline, sidecar: Sidecar, head_file: Path) -> None:
         )
 
 
-def write_report(report: RunReport, out_dir: Path) -> dict[str, Path]:
+def write_report(report: RunReport, out_dir: Path, figures: bool = True) -> dict[str, Path]:
     """The report as JSON (for programs), Markdown (for people) and PNG figures: the confusion matrix, the
-    reliability diagram, and the regularisation curve of the sweep."""
+    reliability diagram, and the regularisation curve of the sweep (``figures`` False: left to
+    :func:`write_figures`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / REPORT_FILE, "markdown": out_dir / MARKDOWN_FILE}
     write_whole(paths["json"], (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     write_whole(paths["markdown"], render_markdown(report).encode("utf-8"))
-    paths.update(render_figures(report, _figure_paths(out_dir)))
+    if figures:
+        paths.update(write_figures(report, out_dir))
     return paths
+
+
+def write_figures(report: RunReport, out_dir: Path) -> dict[str, Path]:
+    """A report's PNG figures in its run folder."""
+    return render_figures(report, _figure_paths(out_dir))
 
 
 def write_predictions(
