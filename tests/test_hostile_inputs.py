@@ -434,3 +434,22 @@ def test_any_class_names_give_a_whole_report(tmp_path_factory, names):
 
     assert [cells(row) for row in per_class] == [5] * len(names)
     assert [cells(row) for row in confusion] == [len(names) + 1] * (len(names) + 2)
+
+
+def test_every_head_onto_a_full_disk_is_one_line_from_either_process(tmp_path, tiny_disk):
+    import subprocess
+    import sys
+
+    # A fresh interpreter, as a user runs it: the mlp trains in a forked process, which can be the one to fill the
+    # disk; its error comes back to the command's process and out as one line.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8)).astype(np.float32)
+    store = make_store(tmp_path / "s.h5", X, np.arange(120) % 3, ["a", "b", "c"])
+    command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(store), "--head", "all"]
+    done = subprocess.run([*command, "--out", str(tiny_disk / "runs")], capture_output=True, text=True)
+    _one_line_error(done.returncode, done.stderr)
+    assert "No space left on device" in done.stderr and "free space and run it again" in done.stderr
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_disk)], check=True)
+    done = subprocess.run([*command, "--out", str(tiny_disk / "runs")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tiny_disk / "runs" / "mlp" / "confusion.png").exists()
