@@ -204,7 +204,9 @@ class _Model:
         logits = torch.addmm(self.b2.to(compute), hidden, W2).float()
         loss, d_logits = _loss_and_gradient(logits, y)
         d_logits_c = d_logits.to(compute)
-        d_pre = (d_logits_c @ W2.T) * (pre > 0)
+        # ReLU's backward: the gradient where pre > 0, else 0, in one pass (a product with the mask `pre > 0` took a
+        # compare, a cast and a multiply: a tenth of the mlp's time on Rotten Tomatoes; the same numbers).
+        d_pre = torch.ops.aten.threshold_backward(d_logits_c @ W2.T, pre, 0)
         grads = [(X.T @ d_pre).float(), d_pre.float().sum(dim=0), (hidden.T @ d_logits_c).float(), d_logits.sum(dim=0)]
         self.t += 1
         # Adam in one pass over each tensor (the kernel torch.optim.Adam(fused=True) runs, without the optimiser
