@@ -343,10 +343,6 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], col
     }
 
 
-# Margins for figures whose labels are known in advance: a fixed layout costs no extra drawing pass (tight_layout
-# draws the figure once more to measure it; 0.1 s a figure, the larger part of a report's time on cached features).
-
-
 def sweep_summary(pipeline) -> Sweep | None:
     """The sweep a fitted head ran (parameter, curve, best value, how it selected), or None."""
     model = pipeline.steps[-1][1]
