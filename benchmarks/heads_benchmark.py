@@ -134,29 +134,34 @@ def checkout(commit: str, into: Path) -> Path:
     return into
 
 
-def head_all(code: Path, train_path: Path, test_path: Path, work: Path) -> dict:
-    """``tlcache fit-head TRAIN --head all --test TEST --seed S`` with the tlcache package at ``code``, each seed a
-    process of its own timed from start to exit; the median wall time and each head's accuracy per seed."""
-    # Run from the work folder: `python -c` puts the current folder first on sys.path, ahead of PYTHONPATH.
-    work.mkdir(parents=True)
-    environment = {**os.environ, "PYTHONPATH": str(code)}
-    where = [sys.executable, "-c", "import tlcache; print(tlcache.__file__)"]
-    found = subprocess.run(where, env=environment, cwd=work, text=True, capture_output=True, check=True).stdout
-    assert Path(found.strip()).is_relative_to(code), f"tlcache came from {found.strip()}, not from {code}"
-    times, fits, accuracies = [], [], {}
+def head_all(codes: dict[str, Path], train_path: Path, test_path: Path, work: Path) -> dict[str, dict]:
+    """``tlcache fit-head TRAIN --head all --test TEST --seed S`` with each side's tlcache package (``codes``), each
+    seed a process of its own timed from start to exit, the sides taking turns seed by seed (a machine whose speed
+    drifts weighs on both alike); per side, the median wall time and each head's accuracy per seed."""
+    runs = {}
+    for side, code in codes.items():
+        # Run from the work folder: `python -c` puts the current folder first on sys.path, ahead of PYTHONPATH.
+        (work / side).mkdir(parents=True)
+        environment = {**os.environ, "PYTHONPATH": str(code)}
+        where = [sys.executable, "-c", "import tlcache; print(tlcache.__file__)"]
+        found = subprocess.run(where, env=environment, cwd=work / side, text=True, capture_output=True, check=True)
+        assert Path(found.stdout.strip()).is_relative_to(code), f"tlcache came from {found.stdout}, not from {code}"
+        runs[side] = (environment, [], [], {})
     for seed in SEEDS:
-        out = work / f"seed-{seed}"
-        command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(train_path)]
-        command += ["--head", "all", "--test", str(test_path), "--seed", str(seed), "--out", str(out)]
-        started = time.perf_counter()
-        subprocess.run(command, check=True, env=environment, cwd=work, capture_output=True)
-        times.append(time.perf_counter() - started)
-        board = json.loads((out / "leaderboard.json").read_text())
-        fits.append(sum(row["fit_seconds"] for row in board))
-        for row in board:
-            accuracies.setdefault(row["head"], []).append(row["accuracy"])
-    print(f"  {code.name}: {np.median(times):.1f} s, fits {np.median(fits):.1f} s", flush=True)
-    return _side(times, fits, accuracies)
+        for side, (environment, times, fits, accuracies) in runs.items():
+            out = work / side / f"seed-{seed}"
+            command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(train_path)]
+            command += ["--head", "all", "--test", str(test_path), "--seed", str(seed), "--out", str(out)]
+            started = time.perf_counter()
+            subprocess.run(command, check=True, env=environment, cwd=work / side, capture_output=True)
+            times.append(time.perf_counter() - started)
+            board = json.loads((out / "leaderboard.json").read_text())
+            fits.append(sum(row["fit_seconds"] for row in board))
+            for row in board:
+                accuracies.setdefault(row["head"], []).append(row["accuracy"])
+    for side, (_, times, fits, _) in runs.items():
+        print(f"  {side}: {np.median(times):.1f} s, fits {np.median(fits):.1f} s", flush=True)
+    return {side: _side(times, fits, accuracies) for side, (_, times, fits, accuracies) in runs.items()}
 
 
 def in_process(train_path: Path, test_path: Path) -> dict:
@@ -255,10 +260,7 @@ def _side(times: list[float], fits: list[float], accuracies: dict) -> dict:
 def speed(train_path: Path, test_path: Path, work: Path, before: Path) -> dict:
     """`fit-head --head all` before this issue's heads and now, each with its import floor; tlcache's heads and
     GridSearchCV in process; on the same stores."""
-    sides = {
-        "before": head_all(before, train_path, test_path, work / "before"),
-        "now": head_all(ROOT, train_path, test_path, work / "now"),
-    }
+    sides = head_all({"before": before, "now": ROOT}, train_path, test_path, work)
     for side, code in (("before", before), ("now", ROOT)):
         sides[side]["floor_s"] = import_floor(code, FLOOR_IMPORTS[side], work / side)
     return {**sides, "in_process": in_process(train_path, test_path)}
@@ -382,7 +384,8 @@ def render_speed(speed: dict) -> list[str]:
         "calibrated wrapping for the SVMs, libsvm computing its kernel for every C, scikit-learn's MLP); now: the "
         "same command with this commit's (on two cores, the mlp head trains in a forked process beside the other "
         "four, each process on one core). Each seed is a process of its own, timed from start to exit (imports, "
-        "reading the stores, the five heads with their sweeps, 15 figures and the reports). Wall time: median over "
+        "reading the stores, the five heads with their sweeps, 15 figures and the reports), the two sides taking "
+        "turns seed by seed. Wall time: median over "
         f"seeds {list(SEEDS)}; fits: the five heads' fit times summed (the leaderboard's fit s, the mlp's including "
         "torch's import now), median over seeds; import floor: a process that imports what the command's process "
         "imports (tlcache's CLI and heads, scikit-learn, matplotlib, and scikit-learn's MLP and calibration before; "
