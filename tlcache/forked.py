@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -66,7 +67,13 @@ class _Child:
         context = multiprocessing.get_context("fork")
         self._receiving, sending = context.Pipe(duplex=False)
         self._process = context.Process(target=_run, args=(call, sending, threads), daemon=True)
-        self._process.start()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of any fork in a process with threads; here they are BLAS's idle pool threads,
+            # which the libraries re-create in a child (pthread_atfork), and no torch pool (see forking_pays).
+            warnings.filterwarnings(
+                "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
+            )
+            self._process.start()
         sending.close()  # the child holds the only sending end: its exit ends the pipe
 
     def wait(self) -> None:
