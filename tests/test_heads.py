@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_store
 from tlcache.errors import UserError
-from tlcache.heads import HEADS, check_head_matches, fit_head, make_head
+from tlcache.heads import HEADS, check_head_matches, fit_all_heads, fit_head, make_head
 from tlcache.runs import load_head
 from tlcache.store import FeatureStore
 
@@ -328,3 +328,11 @@ def test_fitting_every_head_imports_nothing_off_the_main_thread(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "runs" / "mlp" / "report.json").exists()
     assert done.stdout.strip().splitlines()[-1] == "off main: []"
+
+
+def test_every_head_refuses_an_option_one_of_them_lacks_before_any_fit(tmp_path):
+    X, y = _blobs(90, 0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    with pytest.raises(UserError, match="--class-weight is not supported by the mlp head"):
+        fit_all_heads(store, out=tmp_path / "runs", class_weight="balanced")
+    assert not (tmp_path / "runs").exists()  # logreg, linear-svm and svm would take it: none was fitted first

@@ -301,9 +301,10 @@ def fit_all_heads(
     def fit(group: list[str], **extra) -> list[HeadRun]:
         return [fit_head(train_store, head, out=base / head, **kwargs, **extra) for head in group]
 
+    options = {"grid": kwargs.get("grid"), "class_weight": kwargs.get("class_weight")}
+    for head in names:  # every head's options checked before any fit (and its modules imported before a fork)
+        make_head(head, calibration=kwargs.get("calibrate"), **options)
     if "mlp" in names and len(names) > 1:
-        for head in names:  # scikit-learn and the heads' modules, imported before a fork shares them
-            make_head(head)
         aside, here = side_by_side(
             lambda: fit(["mlp"], figures=False), lambda: fit([head for head in names if head != "mlp"])
         )
