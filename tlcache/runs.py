@@ -293,7 +293,7 @@ def render_report(run_dir: str | Path) -> dict[str, Path]:
     markdown = Path(run_dir) / MARKDOWN_FILE
     try:
         text = render_markdown(report)
-        figures = render_figures(report, _figure_paths(Path(run_dir)))
+        figures = write_figures(report, Path(run_dir))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a hand-edited or foreign file
         raise UserError(
             f"{Path(run_dir) / REPORT_FILE} lacks or has malformed entries ({type(exc).__name__}: {exc}); fit the "
