@@ -82,20 +82,18 @@ class _Child:
     def result(self):
         """The call's result, or its error raised here."""
         try:
-            done, value = self._receiving.recv()
+            outcome = self._receiving.recv()
         except EOFError:  # it ended without sending: killed, or exited from under the call
-            self.wait()
-            done, value = False, RuntimeError(f"a worker process ended without a result (exit code {self.exit_code})")
+            outcome = None
         finally:
             self._receiving.close()
             self.wait()
+        if outcome is None:
+            raise RuntimeError(f"a worker process ended without a result (exit code {self._process.exitcode})")
+        done, value = outcome
         if not done:
             raise value
         return value
-
-    @property
-    def exit_code(self) -> int | None:
-        return self._process.exitcode
 
 
 def _run(call: Callable, sending, threads: int) -> None:
