@@ -42,6 +42,7 @@ def _allowed() -> dict[str, type]:
 
     from tlcache.calibration import DecisionCalibrator
     from tlcache.kernel_svm import SweptKernelSVC
+    from tlcache.knn import SweptKNN
     from tlcache.linear import SweptLogisticRegression
     from tlcache.linear_svm import LinearSVM, SweptLinearSVM
     from tlcache.mlp import MLPHead, SweptMLP
@@ -60,6 +61,7 @@ def _allowed() -> dict[str, type]:
         DropDeadFeatures,
         SweptClassifier,
         SweptKernelSVC,
+        SweptKNN,
         SweptLogisticRegression,
         SweptLinearSVM,
         LinearSVM,

@@ -85,11 +85,11 @@ def make_head(
     from sklearn.svm import SVC
 
     from tlcache.kernel_svm import SweptKernelSVC
+    from tlcache.knn import SweptKNN
     from tlcache.linear import SweptLogisticRegression
     from tlcache.linear_svm import LinearSVM, SweptLinearSVM
     from tlcache.mlp import MLPHead, SweptMLP
     from tlcache.scaling import DropDeadFeatures
-    from tlcache.sweep import SweptClassifier
 
     if name not in HEADS:
         raise UserError(f"unknown head '{name}'; use one of {', '.join(HEADS)}")
@@ -133,9 +133,9 @@ def make_head(
         )
         swept = SweptMLP(mlp, param, values, calibration, random_state=seed)
         return make_pipeline(DropDeadFeatures(), StandardScaler(), swept)
-    # knn: cosine similarity of the raw embeddings, as retrieval uses them
+    # knn: cosine similarity of the raw embeddings, as retrieval uses them; neighbours found once per split
     values = [int(v) for v in values]
-    swept = SweptClassifier(
+    swept = SweptKNN(
         KNeighborsClassifier(metric="cosine", weights="distance"), param, values, calibration, random_state=seed
     )
     return make_pipeline(swept)
