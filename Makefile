@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-embed bench-lp-vs-ft bench-ray bench-export bench-demo clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-head-protocols bench-embed bench-lp-vs-ft bench-ray bench-export bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -82,6 +82,10 @@ bench-store: setup fashion-mnist
 
 bench-heads: setup fashion-mnist
 	$(PY) benchmarks/heads_benchmark.py
+
+bench-head-protocols: setup fashion-mnist
+	$(PY) benchmarks/mlp_protocol.py
+	$(PY) benchmarks/sweep_stride.py
 
 bench-embed: setup fashion-mnist
 	$(PIP) install --quiet 'sentence-transformers>=3.0'

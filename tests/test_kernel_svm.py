@@ -38,7 +38,8 @@ def test_shared_kernels_sweep_as_libsvm_does(n):
     shared = SweptKernelSVC(SVC(), "C", grid).fit(X, y)
     plain = SweptClassifier(SVC(), "C", grid).fit(X, y)
     assert shared.best_ == plain.best_
-    np.testing.assert_allclose([s for _, s in shared.curve_], [s for _, s in plain.curve_], atol=2 / n)
+    every_value = dict(plain.curve_)  # the shared sweep scores some of them (coarse to fine): each as libsvm does
+    np.testing.assert_allclose([s for _, s in shared.curve_], [every_value[c] for c, _ in shared.curve_], atol=2 / n)
     np.testing.assert_array_equal(shared.predict(X_test), plain.predict(X_test))  # the same refit ships
     assert shared.model_.get_params()["kernel"] == "rbf" and shared.model_.n_features_in_ == X.shape[1]
     np.testing.assert_allclose(shared.model_.support_vectors_, plain.model_.support_vectors_)
@@ -47,6 +48,18 @@ def test_shared_kernels_sweep_as_libsvm_does(n):
     )
     np.testing.assert_allclose(shared.predict_proba(X_test), plain.predict_proba(X_test), atol=0.02)
     assert not hasattr(shared, "_kernels")
+
+
+def test_coarse_to_fine_scores_fewer_values_and_finds_the_best_of_every_value():
+    X, y = _rings(1500, 3)
+    grid = tuple(np.logspace(-1, 2, 10))
+    coarse = SweptKernelSVC(SVC(), "C", grid).fit(X, y)
+    every = SweptKernelSVC(SVC(), "C", grid)
+    every.grid_stride = 1
+    every.fit(X, y)
+    assert len(coarse.curve_) < len(every.curve_) == len(grid)
+    assert set(coarse.curve_) <= set(every.curve_)  # the values it scored, scored alike
+    assert coarse.best_ == every.best_ and max(s for _, s in every.curve_) > min(s for _, s in every.curve_)
 
 
 def test_over_the_memory_budget_the_sweep_runs_as_any_other(monkeypatch):

@@ -32,7 +32,12 @@ PREDICT_BUDGET_BYTES = 1 << 27  # the new rows' kernel against the support vecto
 
 
 class SweptKernelSVC(SweptClassifier):
-    """:class:`SweptClassifier` for an RBF ``SVC`` over ``C``, sharing each split's kernel across the grid."""
+    """:class:`SweptClassifier` for an RBF ``SVC`` over ``C``, sharing each split's kernel across the grid, coarse
+    to fine (every other value of the grid, then the neighbours of the best; see sweep_grid)."""
+
+    # On 30 held-out splits of three tasks, coarse to fine chose the C that every value chose 29 times, scoring 8
+    # values of 10, with equal or better held-out accuracy (benchmarks/results/sweep_stride.md).
+    grid_stride = 2
 
     def fit(self, X, y) -> SweptKernelSVC:
         self._kernels: dict | None = None
