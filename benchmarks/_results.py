@@ -38,6 +38,7 @@ def provenance(script: str, argv: list[str] | None = None, extra: tuple[str, ...
         "commit": _commit(),
         "machine": {
             "arch": platform.machine(),
+            "cpu": _cpu(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -50,9 +51,10 @@ def made_by(meta: dict) -> str:
     """One line for a results file: the command, date, commit, machine and versions of ``provenance``."""
     m, v = meta["machine"], meta["versions"]
     versions = ", ".join(f"{name} {version}" for name, version in v.items())
+    cpu = f"{m['cpu']}, " if m.get("cpu") else ""  # results made before the CPU was recorded have none
     return (
-        f"Made by `{meta['command']}` on {meta['date']} at commit {meta['commit']} ({m['arch']}, {m['cores']} cores, "
-        f"{m['torch_threads']} torch threads, {m['device']}; {versions})."
+        f"Made by `{meta['command']}` on {meta['date']} at commit {meta['commit']} ({m['arch']}, {cpu}"
+        f"{m['cores']} cores, {m['torch_threads']} torch threads, {m['device']}; {versions})."
     )
 
 
@@ -68,6 +70,20 @@ def _commit() -> str:
     # The results files themselves are written by the run: they do not make the code differ.
     changed = [line for line in changed.splitlines() if "benchmarks/results/" not in line]
     return commit + ("+changes" if changed else "")
+
+
+def _cpu() -> str:
+    """The CPU's model and its bfloat16 matrix instructions (AMX tiles, AVX-512 BF16 or none): machines of one kind
+    here differ in them, and the bf16 products of embedding and of the mlp head with them, so a speed ratio holds
+    for the CPU it names."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "no bf16 instructions"
+    return f"{model or platform.processor() or 'unknown'} ({bf16})"
 
 
 def _version(name: str) -> str:
