@@ -32,12 +32,12 @@ PREDICT_BUDGET_BYTES = 1 << 27  # the new rows' kernel against the support vecto
 
 
 class SweptKernelSVC(SweptClassifier):
-    """:class:`SweptClassifier` for an RBF ``SVC`` over ``C``, sharing each split's kernel across the grid, coarse
-    to fine (every other value of the grid, then the neighbours of the best; see sweep_grid)."""
+    """:class:`SweptClassifier` for an RBF ``SVC`` over ``C``, sharing each split's kernel across the grid."""
 
-    # On 30 held-out splits of three tasks, coarse to fine chose the C that every value chose 29 times, scoring 8
-    # values of 10, with equal or better held-out accuracy (benchmarks/results/sweep_stride.md).
-    grid_stride = 2
+    # Every value of the grid is scored. Coarse to fine (grid_stride 2, as the mlp's alpha) scored 8 of 10 values and
+    # saved a tenth of the fit, but chose another C than every value on 1 of 30 held-out splits
+    # (benchmarks/results/sweep_stride.md) and on 2 of the heads benchmark's 6 sweeps: not the same optimum.
+    grid_stride = 1
 
     def fit(self, X, y) -> SweptKernelSVC:
         self._kernels: dict | None = None
