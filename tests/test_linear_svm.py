@@ -53,12 +53,17 @@ def test_the_optimum_of_liblinears_problem(n_classes, C):
 
 def test_warm_starts_along_the_grid_save_iterations_and_change_nothing():
     X, y = _blobs(600, 3, 1)
-    model = LinearSVM(C=0.01, warm_start=True).fit(X, y)
-    for C in (0.1, 1.0):
+    grid = np.logspace(-2, 0, 5)  # the head's grids' step, half a decade
+    model = LinearSVM(C=grid[0], warm_start=True).fit(X, y)
+    warm, cold_total = [], []
+    for C in grid[1:]:
         cold = LinearSVM(C=C).fit(X, y)
         model.set_params(C=C).fit(X, y)
-        assert model.n_iter_ < cold.n_iter_
+        warm.append(model.n_iter_)
+        cold_total.append(cold.n_iter_)
         _close_decisions(model, cold, X)
+    # Along the path, not at each step: one step can cost an iteration more than a cold start (seen: 119 to 118).
+    assert sum(warm) < 0.8 * sum(cold_total)
 
 
 def test_the_swept_head_chooses_as_a_cold_sweep_does():
