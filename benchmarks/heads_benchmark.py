@@ -70,6 +70,19 @@ def embed(source, backbone: str, cache: Path, **options) -> Path:
     return tlcache.embed_source(source, backbone, out=cache, precision="fp32", progress=False, **options).path
 
 
+def held_out_stores(work: Path) -> dict[str, Path]:
+    """The training stores the protocol studies (mlp_protocol.py, sweep_stride.py) split into their own held-out
+    items: Rotten Tomatoes / minilm, and Fashion-MNIST 3000 and MNIST-5k 4000 / efficientnet-lite0 at 96 px."""
+    from tlcache.datasets import fashion_mnist, mnist_5k, rotten_tomatoes
+
+    cache = work / "cache"
+    return {
+        "Rotten Tomatoes": embed(rotten_tomatoes(work / "rt")[0], "minilm", cache),
+        "Fashion-MNIST": embed(fashion_mnist(work / "fm")[0], "efficientnet-lite0", cache, **FM_BASE),
+        "MNIST-5k": embed(mnist_5k(work / "mnist")[0], "efficientnet-lite0", cache, **FM_BASE),
+    }
+
+
 def timing(train_path: Path, test_path: Path) -> dict:
     """Median and range over ``TIMED_REPEATS`` fits (after one warm-up fit each) of scikit-learn's default logistic
     regression, on raw and on standardised features, and of tlcache's swept logreg head."""

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from _results import made_by, provenance, save_results
-from heads_benchmark import FM_BASE, checkout, embed
+from heads_benchmark import BEFORE, checkout, held_out_stores
 
-BEFORE = "cadf4e3"
 OUTER_SEEDS = (100, 101, 102)
 # (products, grid stride, patience, hidden units): the head's defaults and one change from them each.
 VARIANTS = {
@@ -81,18 +80,11 @@ def score(stores: dict, variant, code: Path | None, work: Path) -> dict:
 
 
 def main() -> int:
-    from tlcache.datasets import fashion_mnist, mnist_5k, rotten_tomatoes
-
     results = {"meta": provenance("mlp_protocol.py"), "sides": {}}
     with tempfile.TemporaryDirectory(prefix="tlcache-mlp-") as tmp:
         work = Path(tmp)
         os.environ["TLCACHE_HOME"] = str(work / "home")
-        cache = work / "cache"
-        stores = {
-            "Rotten Tomatoes": str(embed(rotten_tomatoes(work / "rt")[0], "minilm", cache)),
-            "Fashion-MNIST": str(embed(fashion_mnist(work / "fm")[0], "efficientnet-lite0", cache, **FM_BASE)),
-            "MNIST-5k": str(embed(mnist_5k(work / "mnist")[0], "efficientnet-lite0", cache, **FM_BASE)),
-        }
+        stores = {task: str(path) for task, path in held_out_stores(work).items()}
         for name, variant in VARIANTS.items():
             print(f"{name} ...", flush=True)
             results["sides"][name] = score(stores, variant, None, work)

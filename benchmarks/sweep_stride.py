@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from _results import made_by, provenance, save_results
-from heads_benchmark import FM_BASE, embed
+from heads_benchmark import held_out_stores
 
 OUTER_SEEDS = tuple(range(100, 110))
 STRIDES = {"every value": 1, "every other value, then the best's neighbours": 2}
@@ -54,19 +54,11 @@ def study(path: str) -> dict:
 
 
 def main() -> int:
-    from tlcache.datasets import fashion_mnist, mnist_5k, rotten_tomatoes
-
     results = {"meta": provenance("sweep_stride.py"), "tasks": {}}
     with tempfile.TemporaryDirectory(prefix="tlcache-stride-") as tmp:
         work = Path(tmp)
         os.environ["TLCACHE_HOME"] = str(work / "home")
-        cache = work / "cache"
-        stores = {
-            "Rotten Tomatoes": embed(rotten_tomatoes(work / "rt")[0], "minilm", cache),
-            "Fashion-MNIST": embed(fashion_mnist(work / "fm")[0], "efficientnet-lite0", cache, **FM_BASE),
-            "MNIST-5k": embed(mnist_5k(work / "mnist")[0], "efficientnet-lite0", cache, **FM_BASE),
-        }
-        for task, path in stores.items():
+        for task, path in held_out_stores(work).items():
             print(f"{task} ...", flush=True)
             results["tasks"][task] = study(str(path))
     save_results("sweep_stride", results, report(results))

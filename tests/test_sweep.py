@@ -180,3 +180,34 @@ def test_coarse_to_fine_finds_a_peak_between_the_coarse_values_with_fewer_fits()
     calls.clear(), stages.clear()
     sweep_grid(grid, score, "alpha", prepare=stages.append)
     assert stages == [grid] and calls == grid
+
+
+class _SharedWork(SweptClassifier):
+    """A sweep that keeps shared work while it fits, and fails part way through when asked to."""
+
+    _scratch = ("_work",)
+
+    def __init__(self, estimator=None, param="C", grid=(0.01, 1.0), fail_at=None):
+        super().__init__(estimator, param, grid)
+        self.fail_at = fail_at
+
+    def _begin_fit(self) -> None:
+        self._work = []
+
+    def _prepare(self, values, X, codes, splits) -> None:
+        self._work.extend(values)
+        if self.fail_at in values:
+            raise RuntimeError("the sweep failed part way through")
+
+
+@pytest.mark.parametrize("fail_at", [None, 1.0])
+def test_a_sweeps_shared_work_is_dropped_however_fit_ends(fail_at):
+    X, y = np.random.default_rng(0).normal(size=(200, 4)), np.repeat([0, 1], 100)
+    head = _SharedWork(LogisticRegression(), grid=(0.01, 0.1, 1.0), fail_at=fail_at)
+    if fail_at is None:
+        head.fit(X, y)
+        assert head.best_ in (0.01, 0.1, 1.0)
+    else:
+        with pytest.raises(RuntimeError, match="part way"):
+            head.fit(X, y)
+    assert not hasattr(head, "_work")

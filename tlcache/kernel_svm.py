@@ -39,14 +39,12 @@ class SweptKernelSVC(SweptClassifier):
     # (benchmarks/results/sweep_stride.md) and on 2 of the heads benchmark's 6 sweeps: not the same optimum.
     grid_stride = 1
 
-    def fit(self, X, y) -> SweptKernelSVC:
-        self._kernels: dict | None = None
+    _scratch = ("_kernels", "_sweep_parts", "_distances")
+
+    def _begin_fit(self) -> None:
+        self._kernels: dict | None = None  # None: the matrices would not fit, and the sweep runs as any other
+        self._sweep_parts: set = set()
         self._distances: np.ndarray | None = None
-        try:
-            return super().fit(X, y)
-        finally:
-            for scratch in ("_kernels", "_sweep_parts", "_distances"):  # a fitted head keeps no matrices
-                self.__dict__.pop(scratch, None)
 
     def _splits(self, codes) -> list[tuple[np.ndarray, np.ndarray]]:
         splits = super()._splits(codes)

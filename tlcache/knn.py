@@ -19,12 +19,10 @@ class SweptKNN(SweptClassifier):
     """:class:`SweptClassifier` for a ``KNeighborsClassifier`` with distance weights over ``n_neighbors``, sharing
     each split's neighbours across the grid."""
 
-    def fit(self, X, y) -> SweptKNN:
-        self._neighbours: dict = {}
-        try:
-            return super().fit(X, y)
-        finally:
-            self.__dict__.pop("_neighbours", None)  # a fitted head keeps only its refitted model
+    _scratch = ("_neighbours",)
+
+    def _begin_fit(self) -> None:
+        self._neighbours: dict = {}  # id(training rows) -> (validation rows, their distances, neighbours' codes)
 
     def _prepare(self, values: list, X, codes, splits) -> None:
         if self.param != "n_neighbors" or self.estimator.weights != "distance":
@@ -38,7 +36,7 @@ class SweptKNN(SweptClassifier):
                 self._neighbours[id(train)] = (valid, distances, codes[train][indices])
 
     def _fold_apply(self, model, what: str, X, train, rows) -> np.ndarray:
-        found = getattr(self, "_neighbours", {}).get(id(train))
+        found = self._neighbours.get(id(train))
         k = model.n_neighbors
         if what != "predict" or found is None or found[0] is not rows or found[1].shape[1] < k:
             return super()._fold_apply(model, what, X, train, rows)

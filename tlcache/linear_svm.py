@@ -141,12 +141,10 @@ class SweptLinearSVM(SweptClassifier):
     solution of the nearest C already fitted on those rows; the refit on all rows and the calibrator's fold fits
     start from the chosen C's solution."""
 
-    def fit(self, X, y) -> SweptLinearSVM:
+    _scratch = ("_solutions",)
+
+    def _begin_fit(self) -> None:
         self._solutions: dict = {}  # id(rows) -> (rows, {C: model})
-        try:
-            return super().fit(X, y)
-        finally:
-            self.__dict__.pop("_solutions", None)  # a fitted head keeps no scratch models
 
     def _fold_fit(self, value, X, codes, train):
         rows, fitted = self._solutions.setdefault(id(train), (train, {}))

@@ -297,12 +297,10 @@ class SweptMLP(SweptClassifier):
 
     grid_stride = 2
 
-    def fit(self, X, y) -> SweptMLP:
-        self._prepared: dict = {}
-        try:
-            return super().fit(X, y)
-        finally:
-            self.__dict__.pop("_prepared", None)  # a fitted head keeps only its refitted model
+    _scratch = ("_prepared",)
+
+    def _begin_fit(self) -> None:
+        self._prepared: dict = {}  # (id(training rows), alpha) -> a model fitted with the others of its stage
 
     def _prepare(self, values: list, X, codes, splits) -> None:
         for train, _ in splits:

@@ -158,6 +158,9 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
     """
 
     grid_stride = 1
+    # The attributes in which a subclass keeps a sweep's shared work (kernels, neighbours, models fitted together),
+    # set by _begin_fit and removed when fit ends, however it ends: a fitted head keeps only what predicts.
+    _scratch: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -180,6 +183,17 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y) -> SweptClassifier:
+        self._begin_fit()
+        try:
+            return self._fit(X, y)
+        finally:
+            for name in self._scratch:
+                self.__dict__.pop(name, None)
+
+    def _begin_fit(self) -> None:
+        """Set the attributes named in ``_scratch`` to their state before a sweep."""
+
+    def _fit(self, X, y) -> SweptClassifier:
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
