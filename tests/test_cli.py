@@ -329,7 +329,11 @@ def test_group_column_gives_per_group_metrics(tmp_path, tiny_bert_dir):
 def test_fit_head_option_errors(tmp_path, text_stores):
     train, _ = text_stores
     assert_user_error(run("fit-head", train["path"], "--grid", "1,abc"), "not a comma-separated list")
-    assert_user_error(run("fit-head", train["path"], "--grid", "0,1"), "needs positive values")
+    assert_user_error(run("fit-head", train["path"], "--grid", "0,1"), "needs finite values above 0")
+    for grid in ("nan", "1,inf", ","):
+        assert_user_error(run("fit-head", train["path"], "--grid", grid), "--grid")
+    assert_user_error(run("fit-head", train["path"], "--head", "knn", "--grid", "0.5,3"), "needs whole numbers")
+    assert run("fit-head", train["path"], "--seed", -1).exit_code == 2
     assert_user_error(run("fit-head", train["path"], "--head", "mlp", "--class-weight", "balanced"), "not supported")
 
 

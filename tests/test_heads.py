@@ -220,6 +220,14 @@ def test_calibration_lowers_the_ece_of_an_over_confident_head(tmp_path):
     np.testing.assert_array_equal(pipeline.predict(X_test32), plain.predict(X_test32))
 
 
+def test_a_grid_given_with_repeats_is_swept_once_per_value(tmp_path):
+    X, y = _blobs(60, 0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    run = fit_head(store, "logreg", grid=[1.0, 0.01, 1.0, 0.01], out=tmp_path / "r")
+    Cs = [C for C, _ in run.report["sweep"]["curve"]]
+    assert Cs == sorted(set(Cs)) and Cs.count(0.01) == Cs.count(1.0) == 1
+
+
 def test_sweep_is_reported_with_its_curve(tmp_path):
     X, y = _blobs(150, 0, shift=1.0)
     run = fit_head(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]), "logreg", out=tmp_path / "run")
@@ -288,6 +296,10 @@ def test_class_weight_balanced_helps_the_rare_class(tmp_path):
         ("mlp", {"class_weight": "balanced"}, "not supported by the mlp head"),
         ("sgd", {"calibrate": "sigmoid"}, "not supported by the sgd head"),
         ("sgd", {"shots": 2}, "--shots does not apply to the sgd head"),
+        ("logreg", {"grid": [0.1, float("nan")]}, "logreg head's C needs finite values above 0"),
+        ("svm", {"grid": [float("inf")]}, "svm head's C needs finite values above 0"),
+        ("mlp", {"grid": [-1.0, 1.0]}, "mlp head's alpha needs finite values above 0"),
+        ("knn", {"grid": [1, 2.5]}, "knn head's n_neighbors needs whole numbers"),
     ],
 )
 def test_refused_combinations(tmp_path, head, options, message):

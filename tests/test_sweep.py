@@ -211,3 +211,12 @@ def test_a_sweeps_shared_work_is_dropped_however_fit_ends(fail_at):
         with pytest.raises(RuntimeError, match="part way"):
             head.fit(X, y)
     assert not hasattr(head, "_work")
+
+
+def test_a_value_given_twice_is_scored_once():
+    X, y = np.random.default_rng(0).normal(size=(300, 5)), np.repeat([0, 1], 150)
+    calls = []
+    values, _, _ = sweep_grid([1.0, 0.1, 1.0], lambda v: calls.append(v) or -abs(np.log10(v)), "C")
+    assert values[:2] == [0.1, 1.0] and sorted(calls) == sorted(set(calls))
+    Cs = [C for C, _ in SweptLogisticRegression(Cs=(1.0, 1.0, 0.1)).fit(X, y).curve_]
+    assert Cs == sorted(set(Cs))

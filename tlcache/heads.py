@@ -90,6 +90,7 @@ def make_head(
     from tlcache.linear_svm import LinearSVM, SweptLinearSVM
     from tlcache.mlp import MLPHead, SweptMLP
     from tlcache.scaling import DropDeadFeatures
+    from tlcache.sweep import checked_grid
 
     if name not in HEADS:
         raise UserError(f"unknown head '{name}'; use one of {', '.join(HEADS)}")
@@ -105,7 +106,7 @@ def make_head(
             raise UserError("--calibrate is not supported by the sgd head, which streams the store")
         return make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed))
     param, default_grid = GRIDS[name]
-    values = list(grid) if grid else list(default_grid)
+    values = checked_grid(name, param, grid) if grid else list(default_grid)
     if name == "logreg":
         classifier = SweptLogisticRegression(
             Cs=values, class_weight=class_weight, random_state=seed, calibration=calibration

@@ -45,7 +45,13 @@ if TYPE_CHECKING:
     show_default=True,
     help="Fraction held out for testing when no --test is given.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the splits, the sweep and the head.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Seed for the splits, the sweep and the head.",
+)
 @click.option(
     "--grid",
     callback=lambda ctx, param, text: _parse_grid(text),
@@ -106,8 +112,8 @@ def _parse_grid(text: str | None) -> list[float] | None:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--grid {text!r} is not a comma-separated list of numbers, e.g. 0.001,0.01,0.1") from None
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"--grid {text!r} needs positive values, e.g. 0.001,0.01,0.1")
+    if not values:
+        raise UserError(f"--grid {text!r} holds no values, e.g. 0.001,0.01,0.1")
     return values
 
 
