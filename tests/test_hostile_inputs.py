@@ -453,3 +453,33 @@ def test_every_head_onto_a_full_disk_is_one_line_from_either_process(tmp_path, t
     done = subprocess.run([*command, "--out", str(tiny_disk / "runs")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tiny_disk / "runs" / "mlp" / "confusion.png").exists()
+
+
+def test_output_paths_in_the_way_are_one_line_before_any_work(tmp_path, monkeypatch):
+    import tlcache.heads
+
+    rng = np.random.default_rng(0)
+    store = make_store(tmp_path / "s.h5", rng.normal(size=(60, 4)).astype(np.float32), np.arange(60) % 2, ["a", "b"])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    fits = []
+    monkeypatch.setattr(tlcache.heads, "_fit_once", lambda *a, **k: fits.append(a))  # counts fits; none may start
+    in_the_way = {a_file: "is a file, not a folder", a_file / "run": f"lies under {a_file}, which is a file"}
+    for out, message in in_the_way.items():
+        for head in ("logreg", "all"):
+            code, _, stderr = _invoke(["fit-head", store, "--head", head, "--out", out])
+            _one_line_error(code, stderr)
+            assert message in stderr
+    assert fits == []
+    monkeypatch.undo()
+    assert _invoke(["fit-head", store, "--out", tmp_path / "run"])[0] == 0
+    for out, message in ((tmp_path, "is a folder; name a file in it"), (a_file / "p.csv", "its folder")):
+        code, _, stderr = _invoke(["predict", tmp_path / "run", store, "--out", out])
+        _one_line_error(code, stderr)
+        assert message in stderr
+    # Deeper down, where no early check reaches: a folder where a figure is written.
+    (tmp_path / "run" / "confusion.png").unlink()
+    (tmp_path / "run" / "confusion.png").mkdir()
+    code, _, stderr = _invoke(["report", tmp_path / "run"])
+    _one_line_error(code, stderr)
+    assert "confusion.png" in stderr and "pass another path" in stderr

@@ -26,6 +26,7 @@ import numpy as np
 
 from tlcache.errors import UserError
 from tlcache.exported import EXPORT_FORMAT, OUTPUTS, load_exported, write_metadata
+from tlcache.paths import check_output_file
 
 QUANTIZE = ("none", "int8")
 OPSET = 17
@@ -70,6 +71,8 @@ def export_run(
     except ImportError as exc:
         raise UserError(f"tlcache export needs {exc.name}: pip install 'tlcache[export]'") from None
     run_dir = Path(run_dir)
+    if out is not None:
+        check_output_file(out)
     pipeline, sidecar = load_head(run_dir)
     report = read_report(run_dir)
     if not (run_dir / PREDICTIONS_FILE).is_file():

@@ -13,6 +13,7 @@ import numpy as np
 from tlcache.calibration import CALIBRATIONS
 from tlcache.errors import UserError, check_choice
 from tlcache.forked import side_by_side
+from tlcache.paths import check_output_folder
 from tlcache.provenance import utc_now
 from tlcache.report import (
     Calibration,
@@ -174,6 +175,7 @@ def fit_head(
     batches and never holds all features in memory. A store with groups gets per-group metrics.
     """
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    out_dir = check_output_folder(out) if out is not None else default_run_dir(train_store.path, head)
     labels = train_store.labels()
     train_rows, tested = _test_set(train_store, labels, test, test_fraction, seed)
     if len(np.unique(labels[train_rows])) < 2:
@@ -196,7 +198,6 @@ def fit_head(
         fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
     scored = _score(fitted["pipeline"], tested, len(train_store.class_names))
     report = _report(head, train_store, fitted, tested, scored, seed, n_views, class_weight, calibrate, few_shot)
-    out_dir = Path(out) if out is not None else default_run_dir(train_store.path, head)
     if few_shot is None:
         write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
         _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
@@ -296,7 +297,7 @@ def fit_all_heads(
     and writes leaderboard.json and leaderboard.md beside their run folders. With two cores or more, the mlp (torch)
     trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner."""
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    base = Path(out) if out is not None else default_run_dir(train_store.path)
+    base = check_output_folder(out) if out is not None else default_run_dir(train_store.path)
     names = [head for head in heads or HEADS if head != "sgd"]
 
     def fit(group: list[str], **extra) -> list[HeadRun]:

@@ -34,3 +34,29 @@ def printable(name: str) -> str:
     """A file name as text that can be stored and printed: bytes that are not UTF-8 (which Python keeps as lone
     surrogates) written as \\xNN escapes. The file is still opened by its real name."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_output_folder(folder: str | Path, option: str = "--out") -> Path:
+    """``folder`` as a Path, refused in one line before any work when it cannot be written into: a file, a folder
+    whose first existing parent is a file, or one without write permission."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            where = "is a file" if path == folder else f"lies under {path}, which is a file"
+            raise UserError(f"{option} {folder} {where}, not a folder; pass a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{option} {folder}: {path} cannot be written into (permissions); pass another folder")
+        break
+    return folder
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """``path`` as a Path, refused in one line before any work when no file can be written there: a folder, or a
+    path whose folder cannot be written into (see :func:`check_output_folder`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
+    check_output_folder(path.parent, option=f"{option} {path}: its folder")
+    return path

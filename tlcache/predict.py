@@ -13,6 +13,7 @@ from tlcache.backbones import create_backbone
 from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
+from tlcache.paths import check_output_file
 from tlcache.runs import load_head, write_predictions
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
@@ -50,6 +51,8 @@ def predict(
     ``true_label`` when the source has labels. Items that cannot be read (damaged images) are left out of the
     CSV and listed in the result's ``skipped``.
     """
+    if out is not None:
+        check_output_file(out)
     pipeline, sidecar = load_head(head)
     source = Path(source)
     if source.suffix == STORE_SUFFIX and source.is_file():
@@ -108,6 +111,8 @@ def predict_exported(
     from tlcache.exported import load_exported
     from tlcache.sources import load_source
 
+    if out is not None:
+        check_output_file(out)
     exported = load_exported(model)
     columns = {name: value for name, value in (source_options or {}).items() if value is not None}
     src = load_source(source, **columns, fingerprint_index=None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from tlcache.errors import DISK_ERRORS, UserError
+from tlcache.errors import DISK_ERRORS, PATH_ERRORS, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -28,11 +28,15 @@ class _Group(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
-        except OSError as exc:  # the disk filled up or failed while writing: a state to fix, not a bug
-            if exc.errno not in DISK_ERRORS:
-                raise
+        except OSError as exc:  # the disk filled up or failed, or a path is in the way: a state to fix, not a bug
             where = f" {exc.filename}" if exc.filename else ""
-            click.echo(f"error: cannot write{where} ({os.strerror(exc.errno)}); free space and run it again", err=True)
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            if exc.errno in DISK_ERRORS:
+                click.echo(f"error: cannot write{where} ({why}); free space and run it again", err=True)
+            elif exc.errno in PATH_ERRORS:
+                click.echo(f"error: cannot use{where} ({why}); pass another path", err=True)
+            else:
+                raise
             ctx.exit(EXIT_USER_ERROR)
 
 

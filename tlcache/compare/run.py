@@ -33,6 +33,7 @@ from tlcache.compare.summary import summarise, write_compare_report
 from tlcache.errors import UserError, check_choice
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.heads import HEADS, make_head
+from tlcache.paths import check_output_folder
 from tlcache.report import classification_metrics
 from tlcache.sources import Source, load_source
 from tlcache.splits import remap_labels, sample_shots, stratified_split
@@ -91,6 +92,7 @@ def compare(
     _check_request(heads, finetunes, shots, repeats, budget)
     config = finetune_config or FinetuneConfig()
     config.validate()
+    out_dir = check_output_folder(out)
     source_options = source_options or {}
     train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
     backbone, *others = (backbone or DEFAULT_BACKBONES[train_src.modality]).split(",")
@@ -100,7 +102,6 @@ def compare(
     )  # on_error: methods compare on the same items, so every one must be read
     data, embedded = _embedded(train_src, test_src, backbone, backbone_options, wanted, embed)
     data.check_shots(shots)
-    out_dir = Path(out)
     identity = _identity(train_src, test_src, embedded[0].key, backbone, backbone_options, config)
     frozen = [CellKey(m, "frozen", shot, seed) for shot in shots for seed in range(repeats) for m in heads]
     tuned = [CellKey(m, "finetune", shot, seed) for shot in shots for seed in range(repeats) for m in finetunes]
