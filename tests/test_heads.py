@@ -348,3 +348,34 @@ def test_every_head_refuses_an_option_one_of_them_lacks_before_any_fit(tmp_path)
     with pytest.raises(UserError, match="--class-weight is not supported by the mlp head"):
         fit_all_heads(store, out=tmp_path / "runs", class_weight="balanced")
     assert not (tmp_path / "runs").exists()  # logreg, linear-svm and svm would take it: none was fitted first
+
+
+def test_every_head_shows_a_bar_of_the_heads_done_on_a_terminal_and_nothing_elsewhere(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    X, y = _blobs(90, 0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(store), "--head", "all"]
+    terminal, its_end = pty.openpty()
+    fcntl.ioctl(its_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    done = subprocess.run([*command, "--out", tmp_path / "tty"], stdout=subprocess.PIPE, stderr=its_end)
+    os.close(its_end)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # the other end is closed and everything was read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+    assert done.returncode == 0
+    assert "fit heads" in shown.decode() and f"{len(HEADS) - 1}/{len(HEADS) - 1}" in shown.decode()
+    piped = subprocess.run([*command, "--out", tmp_path / "pipe"], capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert len(piped.stdout.splitlines()) == len(HEADS)  # a line per head (sgd aside) and the leaderboard's

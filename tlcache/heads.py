@@ -3,6 +3,7 @@ separate test data, few-shot draws, calibration, per-group metrics), and fitting
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,29 +292,47 @@ def _sidecar(head: str, seed: int, store: FeatureStore) -> Sidecar:
 
 
 def fit_all_heads(
-    store, heads: tuple[str, ...] | None = None, out: str | Path | None = None, **kwargs
+    store, heads: tuple[str, ...] | None = None, out: str | Path | None = None, progress: bool = True, **kwargs
 ) -> list[HeadRun]:
     """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs, best first,
     and writes leaderboard.json and leaderboard.md beside their run folders. With two cores or more, the mlp (torch)
-    trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner."""
+    trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner.
+    ``progress``: a bar of the heads done, on a terminal."""
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: this process forks, and a fork copies one thread only
+
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     base = check_output_folder(out) if out is not None else default_run_dir(train_store.path)
     names = [head for head in heads or HEADS if head != "sgd"]
+    bar = Bar(total=len(names), unit="head", desc="fit heads", disable=None if progress else True, file=sys.stderr)
 
-    def fit(group: list[str], **extra) -> list[HeadRun]:
-        return [fit_head(train_store, head, out=base / head, **kwargs, **extra) for head in group]
+    def fit(group: list[str], shown: bool = True, **extra) -> list[HeadRun]:
+        runs = []
+        for head in group:
+            if shown:
+                bar.set_postfix_str(head)
+            runs.append(fit_head(train_store, head, out=base / head, **kwargs, **extra))
+            if shown:
+                bar.update(1)
+        return runs
 
     options = {"grid": kwargs.get("grid"), "class_weight": kwargs.get("class_weight")}
     for head in names:  # every head's options checked before any fit (and its modules imported before a fork)
         make_head(head, calibration=kwargs.get("calibrate"), **options)
-    if "mlp" in names and len(names) > 1:
-        aside, here = side_by_side(
-            lambda: fit(["mlp"], figures=False), lambda: fit([head for head in names if head != "mlp"])
-        )
-        write_figures(aside[0].report, aside[0].out_dir)
-        runs = aside + here
-    else:
-        runs = fit(names)
+    with bar:
+        if "mlp" in names and len(names) > 1:
+            # The forked process leaves the bar to this one: two processes writing one line garble it.
+            aside, here = side_by_side(
+                lambda: fit(["mlp"], shown=False, figures=False), lambda: fit([head for head in names if head != "mlp"])
+            )
+            bar.set_postfix_str("mlp")
+            write_figures(aside[0].report, aside[0].out_dir)
+            bar.update(1)
+            runs = aside + here
+        else:
+            runs = fit(names)
     runs.sort(key=lambda run: -run.headline)
     write_leaderboard(base, runs)
     return runs

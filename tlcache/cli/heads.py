@@ -70,8 +70,9 @@ if TYPE_CHECKING:
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Few-shot draws.")
 @click.option("--out", "-o", help="Run folder for the head and its report [default: runs/<store>/<head>].")
 @click.option("--no-views", is_flag=True, help="Ignore the store's augmented views (train on plain items only).")
+@no_progress_option
 @json_option
-def fit_head(store, head, out, grid, no_views, as_json, **options) -> HeadRun | list[HeadRun]:
+def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) -> HeadRun | list[HeadRun]:
     """Fit a scikit-learn head on the features in STORE and report how well it does.
 
     The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
@@ -92,7 +93,7 @@ def fit_head(store, head, out, grid, no_views, as_json, **options) -> HeadRun | 
 
     options.update(use_views=not no_views, grid=grid)
     if head == "all":
-        runs = fit_all_heads(store, out=out, **options)
+        runs = fit_all_heads(store, out=out, progress=not no_progress, **options)
         if as_json:
             click.echo(json.dumps([{"out_dir": str(r.out_dir), **r.report} for r in runs], indent=2, default=str))
             return runs
