@@ -126,7 +126,12 @@ def test_no_progress_hides_the_bar_that_a_terminal_shows(tmp_path, tiny_bert_dir
     hidden = run(*args, "--out", tmp_path / "other", "--no-progress")
     assert hidden.exit_code == 0 and hidden.stderr == ""
 
-    assert run("fit-head", json.loads(run(*args, "--json").stdout)["path"], "--out", tmp_path / "run").exit_code == 0
+    store = json.loads(run(*args, "--json").stdout)["path"]
+    assert run("fit-head", store, "--out", tmp_path / "run").exit_code == 0
+    shown = run("fit-head", store, "--head", "all", "--out", tmp_path / "all")
+    assert shown.exit_code == 0 and "fit heads" in shown.stderr and "5/5" in shown.stderr
+    hidden = run("fit-head", store, "--head", "all", "--out", tmp_path / "all-hidden", "--no-progress")
+    assert hidden.exit_code == 0 and hidden.stderr == ""
     new = write_text_csv(tmp_path / "new.csv", n=6, seed=3)
     shown = run("predict", tmp_path / "run", new, "--cache-dir", tmp_path / "p1", "--out", tmp_path / "a.csv")
     assert shown.exit_code == 0 and "6/6" in shown.stderr
@@ -647,6 +652,7 @@ ADDED = {
         "--shots": HERE + "test_fit_head_few_shot_shots_repeats_and_seed",
         "--repeats": HERE + "test_fit_head_few_shot_shots_repeats_and_seed",
         "--no-views": HERE + "test_fit_head_no_views_trains_on_the_plain_items",
+        "--no-progress": HERE + "test_no_progress_hides_the_bar_that_a_terminal_shows",
     },
     "finetune": {
         "--weights": IMAGE_OPTIONS,
