@@ -257,6 +257,15 @@ def test_weights_that_do_not_fit_are_refused(tmp_path, resnet18_weights):
     backbone = create_backbone("torchvision:resnet18", weights=str(path))
     with pytest.raises(UserError, match="does not fit torchvision:resnet18"):
         backbone.load("cpu")
+    state = torch.load(resnet18_weights)
+    state["conv1.weight"] = torch.zeros(3, 3)
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"does not fit torchvision:resnet18 \(size mismatch for conv1.weight"):
+        create_backbone("torchvision:resnet18", weights=str(path)).load("cpu")
+    for not_a_state_dict, kind in (([1, 2, 3], "list"), (torch.zeros(3), "Tensor"), ({"a": "b"}, "dict")):
+        torch.save(not_a_state_dict, path)
+        with pytest.raises(UserError, match=f"holds a {kind}, not a state_dict of tensors"):
+            create_backbone("torchvision:resnet18", weights=str(path)).load("cpu")
 
 
 def test_offline_download_failure_is_one_clear_line(monkeypatch):

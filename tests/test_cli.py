@@ -182,6 +182,11 @@ def test_predict_from_a_store_and_to_stdout(tmp_path, text_stores):
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("id,label,prob_neg,prob_pos") and len(lines) == 21
+    into_a_new_folder = tmp_path / "new" / "deeper" / "p.csv"
+    result = run("predict", tmp_path / "run", test["path"], "--out", into_a_new_folder)
+    assert result.exit_code == 0, result.output
+    assert into_a_new_folder.read_text(encoding="utf-8").strip().splitlines() == lines
+    assert sorted(p.name for p in into_a_new_folder.parent.iterdir()) == ["p.csv"]  # no partial file left beside it
 
 
 def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_bert_dir):

@@ -137,6 +137,18 @@ def test_bad_requests_get_one_line_before_any_work(texts, tiny_bert_dir, overrid
     assert not (texts / "cache").exists()
 
 
+def test_an_unlabelled_test_source_is_refused_before_any_work(texts, tiny_bert_dir):
+    (texts / "unlabelled.csv").write_text("id,text\n1,a film\n2,another film\n", encoding="utf-8")
+    with pytest.raises(UserError, match="holds no labelled items"):
+        _run(texts, tiny_bert_dir, test=texts / "unlabelled.csv")
+    assert not (texts / "cache").exists()
+
+
+def test_a_method_or_count_named_twice_runs_once(texts, tiny_bert_dir):
+    result = _run(texts, tiny_bert_dir, heads=("logreg", "logreg"), finetunes=(), shots=(4, 4, "all"), repeats=1)
+    assert sorted((cell["method"], str(cell["shots"])) for cell in result.cells) == [("logreg", "4"), ("logreg", "all")]
+
+
 # The command line: each option's effect (listed in test_cli_effects.OPTION_TESTS).
 
 SETTINGS = {  # every fine-tune setting of `tlcache compare`, away from its default: (as typed, as recorded)

@@ -152,6 +152,23 @@ def test_exports_that_cannot_be_made_say_why_in_one_line(tmp_path, text_run):
     assert result.exit_code == 2 and "is not a readable ONNX model" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (b"", "is damaged"),
+        (b"id,label,prob_neg,prob_pos,true_label\r\n", "is damaged"),
+        (b"label,true_label\r\npos,pos\r\n", "is damaged"),
+        (b"id,label\r\n1,pos\r\n", "is damaged"),
+        (b"\x92\xff\x00 not text", "cannot be read"),
+    ],
+)
+def test_a_damaged_predictions_file_is_one_line_before_the_export(tmp_path, text_run, damage, message):
+    (text_run / "predictions.csv").write_bytes(damage)
+    result = run("export", text_run, "--out", tmp_path / "model.onnx")
+    assert result.exit_code == 2 and message in result.stderr and "fit the head again" in result.stderr
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_predict_with_an_exported_model_does_not_import_torch(tmp_path, text_run):
     ok("export", text_run, "--out", tmp_path / "m.onnx")
     new = write_text_csv(tmp_path / "new.csv", n=10, seed=2)

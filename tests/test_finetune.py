@@ -87,6 +87,21 @@ def test_unknown_strategy_and_k_beyond_the_blocks_are_refused(tiny_bert_dir, tex
         finetune(text_csv, f"hf:{tiny_bert_dir}", config=FinetuneConfig(strategy="top-4"), progress=False)
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"lr": float("nan")}, "--lr nan must be a finite number"),
+        ({"head_lr": float("inf")}, "--head-lr inf must be a finite number"),
+        ({"clip": float("nan")}, "--clip nan must be a finite number"),
+        ({"seed": -5}, "--seed -5 must be in 0..4294967295"),
+        ({"seed": 2**32}, "--seed 4294967296 must be in"),
+    ],
+)
+def test_settings_that_are_not_numbers_or_seeds_are_refused_before_any_work(setting, message):
+    with pytest.raises(UserError, match=message):
+        FinetuneConfig(**setting).validate()
+
+
 def _fast(**overrides) -> FinetuneConfig:
     defaults = dict(epochs=2, batch_size=8, precision="fp32", lr=1e-3, head_lr=1e-2, patience=0, val_fraction=0.25)
     return FinetuneConfig(**{**defaults, **overrides})

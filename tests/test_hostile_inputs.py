@@ -232,6 +232,11 @@ def _tamper(path: Path, how: str) -> None:
             handle["labels"].attrs["class_names"] = '{"a": 1}'
         elif how == "wrong dim":
             attrs["dim"] = 3
+        elif how == "features a group":
+            del handle["features"]
+            handle.create_group("features")
+        elif how in ("no backbone", "no backbone_spec"):
+            del attrs[how.removeprefix("no ")]
 
 
 TAMPERINGS = [
@@ -249,6 +254,9 @@ TAMPERINGS = [
     "fewer rows than it says",
     "class names not a list",
     "wrong dim",
+    "features a group",
+    "no backbone",
+    "no backbone_spec",
 ]
 
 

@@ -15,6 +15,9 @@ from tlcache.store import (
     store_filename,
 )
 
+# What every store records, and its readers need: its key and the backbone that made it.
+MINIMAL_META = {"cache_key": "k", "backbone": "test-bb", "backbone_spec": {"name": "test-bb"}}
+
 
 def test_round_trip(tmp_path):
     rows = np.random.default_rng(0).normal(size=(10, 5)).astype(np.float32)
@@ -39,7 +42,7 @@ def test_rows_can_be_written_in_any_order_with_views(tmp_path):
     rng = np.random.default_rng(1)
     features, views = rng.normal(size=(6, 4)), rng.normal(size=(6, 2, 4))
     writer = StoreWriter.create(
-        tmp_path / "v.h5", {"cache_key": "k"}, list("abcdef"), [0] * 6, ["x"], list("123456"), dim=4, views=2
+        tmp_path / "v.h5", MINIMAL_META, list("abcdef"), [0] * 6, ["x"], list("123456"), dim=4, views=2
     )
     for rows in (np.array([1, 3, 5]), np.array([0]), np.array([2, 4])):
         assert not writer.done[rows].any()
@@ -53,7 +56,7 @@ def test_rows_can_be_written_in_any_order_with_views(tmp_path):
 
 
 def test_finish_refuses_missing_rows(tmp_path):
-    writer = StoreWriter.create(tmp_path / "m.h5", {"cache_key": "k"}, ["a", "b"], [0, 0], ["x"], ["1", "2"], dim=2)
+    writer = StoreWriter.create(tmp_path / "m.h5", MINIMAL_META, ["a", "b"], [0, 0], ["x"], ["1", "2"], dim=2)
     writer.write(np.array([0]), np.zeros((1, 2)))
     with pytest.raises(RuntimeError, match="1 rows neither written nor skipped"):
         writer.finish({})
@@ -63,7 +66,7 @@ def test_finish_refuses_missing_rows(tmp_path):
 def test_compressed_store_reads_the_same(tmp_path, compression):
     rows = np.round(np.random.default_rng(0).normal(size=(3000, 16)), 1).astype(np.float32)
     writer = StoreWriter.create(
-        tmp_path / "c.h5", {"cache_key": "k"}, [str(i) for i in range(3000)], [0] * 3000, ["x"], ["f"] * 3000, dim=16
+        tmp_path / "c.h5", MINIMAL_META, [str(i) for i in range(3000)], [0] * 3000, ["x"], ["f"] * 3000, dim=16
     )
     writer.write(np.arange(3000), rows)
     writer.finish({}, compression=compression)
@@ -81,7 +84,7 @@ def test_float16_store_is_half_the_size_and_reads_as_float32(tmp_path):
     full = make_store(tmp_path / "f32.h5", rows, [0] * 2000, ["a"])
     writer = StoreWriter.create(
         tmp_path / "h.h5",
-        {"cache_key": "k"},
+        MINIMAL_META,
         [str(i) for i in range(2000)],
         [0] * 2000,
         ["a"],

@@ -61,7 +61,7 @@ def export_run(
 
     from tlcache.backbones import create_backbone
     from tlcache.export_graph import ExportModule, HeadModule, head_spec
-    from tlcache.runs import PREDICTIONS_FILE, load_head, read_report
+    from tlcache.runs import load_head, read_report
 
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize {quantize} is not supported; use one of {', '.join(QUANTIZE)}")
@@ -75,10 +75,7 @@ def export_run(
         check_output_file(out)
     pipeline, sidecar = load_head(run_dir)
     report = read_report(run_dir)
-    if not (run_dir / PREDICTIONS_FILE).is_file():
-        raise UserError(
-            f"{run_dir} holds no {PREDICTIONS_FILE}, the test items the export checks itself on; fit the head again"
-        )
+    tested_items(run_dir)  # the test items the export checks itself on, refused now if they cannot be read
     head = HeadModule(head_spec(pipeline))
     backbone = create_backbone(**sidecar["backbone_spec"]).at_precision("fp32")
     if getattr(backbone, "long_text", "truncate") == "chunk":
@@ -312,15 +309,34 @@ def _source_of(store_path: str):
     return source, store
 
 
+def tested_items(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of the run's predictions.csv (id, label, true_label, ...); UserError when it is missing or
+    damaged."""
+    from tlcache.runs import PREDICTIONS_FILE
+
+    path = run_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{run_dir} holds no {PREDICTIONS_FILE}, the test items the export checks itself on; fit the head again"
+        )
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            tested = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); fit the head again") from None
+    needed = ("id", "label", "true_label")
+    if not tested or not all(None not in row and all(row.get(name) is not None for name in needed) for row in tested):
+        raise UserError(f"{path} is damaged (no rows, or rows without id, label and true_label); fit the head again")
+    return tested
+
+
 def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str) -> dict[str, Any]:
     """The exported graph on the run's test items against the run: the gates' figures and verdict."""
     from tlcache.report import calibration_summary
-    from tlcache.runs import PREDICTIONS_FILE
 
     test_store = report["test"][len("store ") :] if report["test"].startswith("store ") else report["store"]
     source, store = _source_of(test_store)
-    with open(run_dir / PREDICTIONS_FILE, newline="", encoding="utf-8") as handle:
-        tested = list(csv.DictReader(handle))
+    tested = tested_items(run_dir)
     row_of = {item_id: row for row, item_id in enumerate(store.ids())}
     item_of = dict(zip(source.ids, zip(source.items, source.fingerprints)))
     fingerprints = store.fingerprints()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
-from tlcache.runs import load_head, write_predictions
+from tlcache.runs import load_head, write_predictions, write_whole
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -89,12 +90,13 @@ def _write_csv(out, ids, predicted: list[str], probabilities, columns: list[str]
     """Write the predictions' CSV to ``out`` (stdout when None), with a true_label column when some item's class is
     known (``truth``: names, "" for an unlabelled item); the accuracy over those items, or None."""
     known = [i for i, name in enumerate(truth) if name]
-    handle = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
-    try:
-        write_predictions(handle, ids, predicted, probabilities, columns, truth if known else None)
-    finally:
-        if out is not None:
-            handle.close()
+    if out is None:
+        write_predictions(sys.stdout, ids, predicted, probabilities, columns, truth if known else None)
+    else:  # whole or not at all, into its folder, made if need be
+        text = io.StringIO(newline="")
+        write_predictions(text, ids, predicted, probabilities, columns, truth if known else None)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_whole(Path(out), text.getvalue().encode("utf-8"))
     return float(np.mean([predicted[i] == truth[i] for i in known])) if known else None
 
 

@@ -16,9 +16,13 @@ _JSON_ATTRS = ("backbone_spec", "preprocessing", "source_options", "views_config
 def layout_problem(handle: h5py.File, meta: dict[str, Any], class_names: Any) -> str | None:
     """What is wrong with an opened store's layout, or None: every part a store is read by, with the shapes,
     types and ranges its attributes promise (a tampered or damaged file must not be read as data)."""
-    for name in ("complete", "n_rows", "dim", "cache_key"):
+    import h5py
+
+    for name in ("complete", "n_rows", "dim", "cache_key", "backbone", "backbone_spec"):
         if name not in meta:
             return f"no '{name}' attribute"
+    if not isinstance(meta["backbone_spec"], dict):
+        return "its backbone_spec is not a mapping"
     n, dim, views = meta["n_rows"], meta["dim"], meta.get("views", 0)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, dim, views)) or n < 0 or dim < 1:
         return f"n_rows {n!r}, dim {dim!r}, views {views!r}: not counts"
@@ -28,7 +32,7 @@ def layout_problem(handle: h5py.File, meta: dict[str, Any], class_names: Any) ->
     if views:
         expected["views"] = (n, views, dim)
     for name, shape in expected.items():
-        if name not in handle:
+        if not isinstance(handle.get(name), h5py.Dataset):
             return f"no '{name}' dataset"
         if handle[name].shape != shape:
             return f"'{name}' has shape {handle[name].shape}, not {shape}"

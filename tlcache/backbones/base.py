@@ -83,8 +83,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
-                return state[key]
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UserError(
+            f"{path} holds a {type(state).__name__}, not a state_dict of tensors; save model.state_dict() with "
+            "torch.save or safetensors"
+        )
     return state
+
+
+def load_weights(model: torch.nn.Module, state: dict, path, model_name: str) -> tuple[list[str], list[str]]:
+    """``model.load_state_dict(state, strict=False)``'s missing and unexpected keys; a tensor of another shape than
+    the model's is refused in one line."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatch for <key>: ...
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line] or [str(exc)]
+        raise UserError(
+            f"--weights {path} does not fit {model_name} ({lines[0][:200]}); pass a state_dict of that model"
+        ) from None
+    return list(missing), list(unexpected)
 
 
 def parameter_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tlcache.backbones.base import IMAGE_OPTIONS, MAP_POOLINGS, ImageBackbone, pool, read_state_dict
+from tlcache.backbones.base import IMAGE_OPTIONS, MAP_POOLINGS, ImageBackbone, load_weights, pool, read_state_dict
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file
@@ -138,7 +138,7 @@ class EfficientNetLite(ImageBackbone):
         # image_size sizes the static "same" padding of every convolution for the input actually used.
         model = self._skeleton()
         state = read_state_dict(self.weights_path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = load_weights(model, state, self.weights_path, self.name)
         if missing or unexpected:
             raise UserError(
                 f"--weights {self.weights_path} does not fit {self.name} "

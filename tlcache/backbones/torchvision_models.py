@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, pool, read_state_dict
+from tlcache.backbones.base import IMAGE_OPTIONS, ImageBackbone, load_weights, pool, read_state_dict
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, take_options
 from tlcache.errors import UserError
 from tlcache.hashing import hash_file, new_hasher
@@ -183,7 +183,7 @@ class TorchvisionBackbone(ImageBackbone):
             model = torchvision.models.get_model(self.arch, weights=None)
             state = read_state_dict(self.weights)
             head_keys = {k for k in model.state_dict() if k.startswith(("fc.", "head.", "heads.", "classifier."))}
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing, unexpected = load_weights(model, state, self.weights, f"torchvision:{self.arch}")
             # A state_dict saved without its classifier is fine: the classifier is stripped anyway.
             if set(missing) - head_keys or unexpected:
                 raise UserError(

@@ -89,6 +89,8 @@ def compare(
     from tlcache.embed import DEFAULT_BACKBONES, embed_source
 
     clock = Budget(budget)
+    # A method or a count named twice is run once (a cell is one method at one count and seed).
+    heads, finetunes, shots = (tuple(dict.fromkeys(names)) for names in (heads, finetunes, shots))
     _check_request(heads, finetunes, shots, repeats, budget)
     config = finetune_config or FinetuneConfig()
     config.validate()
@@ -244,7 +246,10 @@ def _split(src: Source, test, test_fraction: float, source_options: dict) -> tup
     if len(src.class_names) < 2:
         raise UserError(f"{src.path}: compare needs labelled items of two classes or more")
     if test is not None:
-        return src.subset(labelled), load_source(test, **source_options), f"source {test}"
+        test_src = load_source(test, **source_options)
+        if not (np.asarray(test_src.label_indices) >= 0).any():
+            raise UserError(f"--test {test} holds no labelled items; compare scores every method on labelled ones")
+        return src.subset(labelled), test_src, f"source {test}"
     train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, TEST_SPLIT_SEED, str(src.path))
     return src.subset(train_rows), src.subset(test_rows), f"{test_fraction:g} of {src.path} held out, stratified"
 

@@ -4,7 +4,8 @@ its field here, and the command line's options are made from them (see :func:`tl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tlcache.backbones.base import PRECISIONS
@@ -74,6 +75,12 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         top_k(self.strategy)
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{item.name.replace('_', '-')} {value} must be a finite number")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed {self.seed} must be in 0..{2**32 - 1}")
         for name in ("epochs", "batch_size", "accumulate"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} must be 1 or more")
