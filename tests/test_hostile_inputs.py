@@ -237,6 +237,10 @@ def _tamper(path: Path, how: str) -> None:
             handle.create_group("features")
         elif how in ("no backbone", "no backbone_spec"):
             del attrs[how.removeprefix("no ")]
+        elif how == "a class name twice":
+            handle["labels"].attrs["class_names"] = '["a", "a"]'
+        elif how == "complete with a row never written":
+            handle["done"][5] = False
 
 
 TAMPERINGS = [
@@ -257,6 +261,8 @@ TAMPERINGS = [
     "features a group",
     "no backbone",
     "no backbone_spec",
+    "a class name twice",
+    "complete with a row never written",
 ]
 
 

@@ -28,6 +28,8 @@ def layout_problem(handle: h5py.File, meta: dict[str, Any], class_names: Any) ->
         return f"n_rows {n!r}, dim {dim!r}, views {views!r}: not counts"
     if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
         return "its class names are not a list of strings"
+    if len(set(class_names)) != len(class_names):
+        return "a class name appears twice"
     expected = {"features": (n, dim), "labels": (n,), "ids": (n,), "fingerprints": (n,), "done": (n,)}
     if views:
         expected["views"] = (n, views, dim)
@@ -36,6 +38,8 @@ def layout_problem(handle: h5py.File, meta: dict[str, Any], class_names: Any) ->
             return f"no '{name}' dataset"
         if handle[name].shape != shape:
             return f"'{name}' has shape {handle[name].shape}, not {shape}"
+    if meta["complete"] and not handle["done"][()].all():  # skipped rows are gone from a finished store
+        return "it is marked complete but some rows were never written"
     labels = handle["labels"][()]
     if labels.dtype.kind not in "iu" or (n and (labels.min() < -1 or labels.max() >= len(class_names))):
         return f"labels outside -1..{len(class_names) - 1}"
