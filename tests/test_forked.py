@@ -1,8 +1,10 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,8 +68,39 @@ def test_an_error_aside_is_raised_here_as_it_was():
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang():
-    with pytest.raises(RuntimeError, match="ended without a result \\(exit code 3\\)"):
+    with pytest.raises(UserError, match="ended without a result \\(exit code 3\\)"):
         side_by_side(lambda: os._exit(3), lambda: 1, fork=True)
+    with pytest.raises(UserError, match="ended without a result \\(killed by signal 9\\); run the command again"):
+        side_by_side(lambda: os.kill(os.getpid(), signal.SIGKILL), lambda: 1, fork=True)
+
+
+def test_a_worker_dies_with_the_process_that_forked_it(tmp_path):
+    # The command's process killed with SIGKILL takes its worker with it (no worker goes on writing run folders).
+    script = (
+        "import os, sys, time\n"
+        "from tlcache.forked import side_by_side\n"
+        "def aside():\n"
+        "    open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "side_by_side(aside, lambda: time.sleep(60), fork=True)\n"
+    )
+    pid_file = tmp_path / "worker.pid"
+    command = subprocess.Popen([sys.executable, "-c", script, str(pid_file)])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    command.kill()
+    command.wait()
+    while time.monotonic() < deadline:
+        try:  # gone, or dead and not yet reaped (a zombie: state Z)
+            if Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived the process that forked it")
 
 
 def test_a_result_that_cannot_travel_is_an_error():

@@ -17,7 +17,7 @@ from conftest import make_store
 from tlcache import headfile
 from tlcache.errors import UserError
 from tlcache.heads import fit_head, make_head
-from tlcache.runs import LEGACY_HEAD_FILE, SIDECAR_FILE, load_head
+from tlcache.runs import LEGACY_HEAD_FILE, PREDICTIONS_FILE, SIDECAR_FILE, load_head, write_whole
 
 
 def _data(n_classes: int):
@@ -171,3 +171,58 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot be resumed safely"):
         start_or_resume(tmp_path, {}, resume=True)
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from tlcache.runs import writing_run
+with writing_run(Path(sys.argv[1])):
+    Path(sys.argv[2]).touch()
+    time.sleep(5)
+    Path(sys.argv[3]).touch()
+"""
+
+
+def test_a_run_folder_is_written_by_one_process_at_a_time(tmp_path):
+    """Two runs into one folder: the second writes once the first has written its last file (a mix of the two
+    runs' files lost a head: the first run's sidecar named a head file the second had removed)."""
+    X, y = _data(3)
+    store = make_store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    run, holding, released = tmp_path / "run", tmp_path / "holding", tmp_path / "released"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), str(holding), str(released)])
+    deadline = time.monotonic() + 60
+    while not holding.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fit_head(store, "logreg", out=run, test_fraction=0.25)
+    assert released.exists()  # it waited for the other writer
+    holder.wait()
+    load_head(run)
+
+
+def test_a_run_removes_what_a_run_before_it_left_and_it_does_not_write(tmp_path):
+    run = _store_and_run(tmp_path)
+    (run / "model.onnx").write_bytes(b"an export of the head being replaced")
+    fit_head(tmp_path / "s.h5", "svm", out=run, test_fraction=0.25)
+    assert not (run / "model.onnx").exists() and load_head(run)[1]["head"] == "svm"
+    fit_head(tmp_path / "s.h5", "logreg", out=run, test_fraction=0.25, shots=2, repeats=2)  # few-shot: no head
+    left = {path.name for path in run.iterdir()}
+    assert not left & {SIDECAR_FILE, PREDICTIONS_FILE} and not any(name.startswith("head-") for name in left)
+    assert json.loads((run / "report.json").read_text())["few_shot"]["shots"] == 2
+
+
+def test_a_whole_file_is_written_through_this_processs_own_partial_file(tmp_path):
+    target = tmp_path / "report.json"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        abandoned = tmp_path / f".report.json.{int(dead.stdout)}.partial"  # its writer was killed
+        running = tmp_path / f".report.json.{other.pid}.partial"  # its writer is still writing
+        abandoned.write_text("half")
+        running.write_text("half")
+        write_whole(target, b"whole")
+        assert target.read_bytes() == b"whole"
+        assert not abandoned.exists() and running.exists()
+    finally:
+        other.kill()
+        other.wait()

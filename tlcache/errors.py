@@ -7,8 +7,17 @@ from collections.abc import Iterable
 
 # Errors of a disk that is full or failing: a state the user can fix (free space, fix the disk), not a bug.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
-# A path that cannot be used as given: a file where a folder is needed or the other way, or no permission.
-PATH_ERRORS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP)
+# A path that cannot be used as given: gone, a file where a folder is needed or the other way, or no permission.
+PATH_ERRORS = (
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+)
 
 
 class UserError(ValueError):

@@ -26,7 +26,7 @@ import numpy as np
 
 from tlcache.errors import UserError
 from tlcache.exported import EXPORT_FORMAT, OUTPUTS, load_exported, write_metadata
-from tlcache.paths import check_output_file
+from tlcache.paths import check_output_file, process_running
 
 QUANTIZE = ("none", "int8")
 OPSET = 17
@@ -61,7 +61,7 @@ def export_run(
 
     from tlcache.backbones import create_backbone
     from tlcache.export_graph import ExportModule, HeadModule, head_spec
-    from tlcache.runs import load_head, read_report
+    from tlcache.runs import EXPORT_FILES, load_head, read_report
 
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize {quantize} is not supported; use one of {', '.join(QUANTIZE)}")
@@ -88,7 +88,7 @@ def export_run(
     metadata = _metadata(run_dir, sidecar, report, backbone, classes, quantize)
     inputs, names, axes = _example_inputs(backbone)
     module = ExportModule(backbone, head, names).eval()
-    out = Path(out) if out is not None else run_dir / f"model{'-int8' if quantize == 'int8' else ''}.onnx"
+    out = Path(out) if out is not None else run_dir / EXPORT_FILES[quantize == "int8"]
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_exports(out.parent)
     with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent) as tmp:
@@ -128,20 +128,10 @@ def remove_abandoned_exports(folder: Path) -> list[Path]:
     removed = []
     for work in folder.glob(f"{WORK_PREFIX}*-*"):
         pid = work.name[len(WORK_PREFIX) :].split("-", 1)[0]
-        if work.is_dir() and pid.isdigit() and not _running(int(pid)):
+        if work.is_dir() and pid.isdigit() and not process_running(int(pid)):
             shutil.rmtree(work, ignore_errors=True)
             removed.append(work)
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _metadata(run_dir: Path, sidecar: dict, report: dict, backbone, classes: list[str], quantize: str) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -22,9 +23,12 @@ from typing import TypeVar
 
 from threadpoolctl import threadpool_limits
 
+from tlcache.errors import UserError
+
 A = TypeVar("A")
 B = TypeVar("B")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def usable_cores() -> int:
@@ -66,7 +70,7 @@ class _Child:
     def __init__(self, call: Callable, threads: int):
         context = multiprocessing.get_context("fork")
         self._receiving, sending = context.Pipe(duplex=False)
-        self._process = context.Process(target=_run, args=(call, sending, threads), daemon=True)
+        self._process = context.Process(target=_run, args=(call, sending, threads, os.getpid()), daemon=True)
         with warnings.catch_warnings():
             # Python 3.12+ warns of any fork in a process with threads; here they are BLAS's idle pool threads,
             # which the libraries re-create in a child (pthread_atfork), and no torch pool (see forking_pays).
@@ -88,16 +92,19 @@ class _Child:
         finally:
             self._receiving.close()
             self.wait()
-        if outcome is None:
-            raise RuntimeError(f"a worker process ended without a result (exit code {self._process.exitcode})")
+        if outcome is None:  # a state to tell in one line (the system's out-of-memory killer, say), not a bug
+            code = self._process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise UserError(f"a worker process ended without a result ({how}); run the command again")
         done, value = outcome
         if not done:
             raise value
         return value
 
 
-def _run(call: Callable, sending, threads: int) -> None:
+def _run(call: Callable, sending, threads: int, parent: int) -> None:
     """In the child: its share of the cores, then ``call()``; sends (True, result) or (False, error)."""
+    _die_with(parent)
     for variable in THREAD_VARIABLES:  # read by torch when it is imported, and by OpenMP and BLAS pools started later
         os.environ[variable] = str(threads)
     try:
@@ -114,3 +121,16 @@ def _run(call: Callable, sending, threads: int) -> None:
         sending.send((False, RuntimeError(f"a worker process's outcome could not be sent back: {text}")))
     finally:
         sending.close()
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` dies (Linux's PR_SET_PDEATHSIG): a command killed with
+    SIGKILL leaves no worker behind, writing into its run folders."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux's C library: the worker ends when its work does
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)

@@ -29,6 +29,7 @@ from tlcache.runs import (
     HeadRun,
     Sidecar,
     check_same_features,
+    clear_previous_run,
     default_run_dir,
     feature_identity,
     save_predictions,
@@ -36,6 +37,7 @@ from tlcache.runs import (
     write_head,
     write_leaderboard,
     write_report,
+    writing_run,
 )
 from tlcache.splits import remap_labels, sample_shots, stratified_split
 from tlcache.store import FeatureStore
@@ -199,10 +201,12 @@ def fit_head(
         fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
     scored = _score(fitted["pipeline"], tested, len(train_store.class_names))
     report = _report(head, train_store, fitted, tested, scored, seed, n_views, class_weight, calibrate, few_shot)
-    if few_shot is None:
-        write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
-        _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
-    write_report(report, out_dir, figures=figures)
+    with writing_run(out_dir):
+        clear_previous_run(out_dir, head=few_shot is None)
+        if few_shot is None:
+            write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
+            _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
+        write_report(report, out_dir, figures=figures)
     return HeadRun(out_dir, report)
 
 
@@ -328,7 +332,8 @@ def fit_all_heads(
                 lambda: fit(["mlp"], shown=False, figures=False), lambda: fit([head for head in names if head != "mlp"])
             )
             bar.set_postfix_str("mlp")
-            write_figures(aside[0].report, aside[0].out_dir)
+            with writing_run(aside[0].out_dir):
+                write_figures(aside[0].report, aside[0].out_dir)
             bar.update(1)
             runs = aside + here
         else:

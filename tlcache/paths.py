@@ -60,3 +60,14 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
         raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
     check_output_folder(path.parent, option=f"{option} {path}: its folder")
     return path
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process of this id is alive (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

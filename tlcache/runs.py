@@ -8,12 +8,14 @@ not at all (:func:`write_whole`)."""
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -22,7 +24,7 @@ import numpy as np
 
 from tlcache.errors import UserError
 from tlcache.figures import render_figures
-from tlcache.paths import slug
+from tlcache.paths import process_running, slug
 from tlcache.report import RunReport, render_markdown
 
 HEAD_FILE_PATTERN = re.compile(r"head-[0-9a-f]{16}\.npz")
@@ -32,6 +34,8 @@ REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 FIGURE_FILES = {"confusion": "confusion.png", "reliability": "reliability.png", "sweep": "sweep.png"}
 PREDICTIONS_FILE = "predictions.csv"
+EXPORT_FILES = ("model.onnx", "model-int8.onnx")  # `tlcache export`'s default names in a run folder
+LOCK_FILE = ".tlcache.lock"
 LEADERBOARD_FILE = "leaderboard.json"
 LEADERBOARD_MARKDOWN = "leaderboard.md"
 # What must agree between the features a head was fitted on and the features it is given.
@@ -120,6 +124,29 @@ def check_same_features(expected: dict, actual: dict, what: str, subject: str = 
             )
 
 
+@contextmanager
+def writing_run(out_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (made with the folder if need be): one process writes a run folder at a time,
+    another's run waiting for this one's last file, so that the folder holds one run's files, not a mix."""
+    from filelock import FileLock
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / LOCK_FILE)):
+        yield
+
+
+def clear_previous_run(out_dir: Path, head: bool) -> None:
+    """Remove what a run in ``out_dir`` before this one left that this one does not write over: its exports (of
+    the head this run replaces) and, for a run that saves no head (``head`` False: few-shot), its head, sidecar and
+    predictions."""
+    stale = [out_dir / name for name in EXPORT_FILES]
+    if not head:
+        stale += [out_dir / SIDECAR_FILE, out_dir / PREDICTIONS_FILE, out_dir / LEGACY_HEAD_FILE]
+        stale += out_dir.glob("head-*.npz")
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> Path:
     """The fitted head under a name of its digest, then the sidecar that names it, each written whole (see
     :func:`write_whole`); the head files it replaces go last. Killed at any point, the folder's sidecar names a
@@ -141,8 +168,14 @@ def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> Path:
 
 def write_whole(path: Path, data: bytes) -> None:
     """``data`` to a temporary file beside ``path``, flushed to disk, then renamed over it: a reader (or a kill)
-    sees the old file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
+    sees the old file or the new one, never half of one. The temporary file is this process's own (two processes
+    writing one file each write theirs whole, and the last rename wins); those of killed processes are removed."""
+    stem = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(stem)}*.partial"):
+        pid = stale.name[len(stem) : -len(".partial")]
+        if pid.isdigit() and not process_running(int(pid)):
+            stale.unlink(missing_ok=True)
+    partial = path.with_name(f"{stem}{os.getpid()}.partial")
     try:
         with open(partial, "wb") as handle:
             handle.write(data)
@@ -289,17 +322,20 @@ def read_report(run_dir: str | Path) -> RunReport:
 def render_report(run_dir: str | Path) -> dict[str, Path]:
     """Write report.md and the figures of a run folder again from its report.json (`tlcache report`). A report
     that lacks what they show, or holds it in another shape, is one line naming it."""
-    report = read_report(run_dir)
-    markdown = Path(run_dir) / MARKDOWN_FILE
-    try:
-        text = render_markdown(report)
-        figures = write_figures(report, Path(run_dir))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a hand-edited or foreign file
-        raise UserError(
-            f"{Path(run_dir) / REPORT_FILE} lacks or has malformed entries ({type(exc).__name__}: {exc}); fit the "
-            "head again"
-        ) from None
-    write_whole(markdown, text.encode("utf-8"))
+    run_dir = Path(run_dir)
+    read_report(run_dir)  # a folder without a report is refused before its lock is made
+    with writing_run(run_dir):
+        report = read_report(run_dir)
+        markdown = run_dir / MARKDOWN_FILE
+        try:
+            text = render_markdown(report)
+            figures = write_figures(report, run_dir)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a hand-edited or foreign file
+            raise UserError(
+                f"{run_dir / REPORT_FILE} lacks or has malformed entries ({type(exc).__name__}: {exc}); fit the "
+                "head again"
+            ) from None
+        write_whole(markdown, text.encode("utf-8"))
     return {"markdown": markdown, **figures}
 
 
