@@ -127,7 +127,10 @@ def test_no_progress_hides_the_bar_that_a_terminal_shows(tmp_path, tiny_bert_dir
     assert hidden.exit_code == 0 and hidden.stderr == ""
 
     store = json.loads(run(*args, "--json").stdout)["path"]
-    assert run("fit-head", store, "--out", tmp_path / "run").exit_code == 0
+    shown = run("fit-head", store, "--out", tmp_path / "run")
+    assert shown.exit_code == 0 and "logreg sweep" in shown.stderr and "11/11" in shown.stderr
+    hidden = run("fit-head", store, "--out", tmp_path / "run-hidden", "--no-progress")
+    assert hidden.exit_code == 0 and hidden.stderr == ""
     shown = run("fit-head", store, "--head", "all", "--out", tmp_path / "all")
     assert shown.exit_code == 0 and "fit heads" in shown.stderr and "5/5" in shown.stderr
     hidden = run("fit-head", store, "--head", "all", "--out", tmp_path / "all-hidden", "--no-progress")

@@ -10,7 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from conftest import make_store
 from tlcache.heads import fit_head
 from tlcache.linear import SweptLogisticRegression, fit_multinomial
-from tlcache.sweep import MAX_EXTENSIONS, SweptClassifier, sweep_grid
+from tlcache.sweep import MAX_EXTENSIONS, SweptClassifier, reporting_progress, sweep_grid
 
 
 def _expected_failures(estimator):
@@ -220,3 +220,18 @@ def test_a_value_given_twice_is_scored_once():
     assert values[:2] == [0.1, 1.0] and sorted(calls) == sorted(set(calls))
     Cs = [C for C, _ in SweptLogisticRegression(Cs=(1.0, 1.0, 0.1)).fit(X, y).curve_]
     assert Cs == sorted(set(Cs))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_sweep_reports_each_value_it_scores_where_asked(stride):
+    calls, seen = [], []
+    with reporting_progress(lambda *report: seen.append(report)):
+        values, _, extension = sweep_grid(
+            list(range(1, 11)), lambda v: calls.append(v) or -abs(v - 11), "k", stride=stride
+        )
+    assert extension["steps"] > 0  # the best lies past the grid: the plan grows
+    assert [done for _, done, _ in seen[:-1]] == list(range(1, len(calls) + 1))
+    assert all(param == "k" and done <= planned for param, done, planned in seen)
+    assert seen[-1] == ("k", len(calls), len(calls))
+    sweep_grid([1, 2], lambda v: -v, "k")  # outside the block: nothing reported
+    assert len(seen) == len(calls) + 1

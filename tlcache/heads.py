@@ -3,7 +3,6 @@ separate test data, few-shot draws, calibration, per-group metrics), and fitting
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from tlcache.calibration import CALIBRATIONS
 from tlcache.errors import UserError, check_choice
 from tlcache.forked import side_by_side
 from tlcache.paths import check_output_folder
+from tlcache.progress import progress_bar, sweep_bar
 from tlcache.provenance import utc_now
 from tlcache.report import (
     Calibration,
@@ -161,6 +161,7 @@ def fit_head(
     shots: int | None = None,
     repeats: int = 5,
     figures: bool = True,
+    progress: bool = True,
 ) -> HeadRun:
     """Fit ``head`` on a store's labelled rows and evaluate it on ``test`` (a store of the same features) or on a
     stratified ``test_fraction`` held out with ``seed``. Writes the head (head-<digest>.npz, see tlcache.runs),
@@ -171,7 +172,8 @@ def fit_head(
     calibrates the probabilities and reports the expected calibration error before and after. ``shots`` switches
     to the few-shot protocol: ``shots`` items per class are drawn ``repeats`` times (seeds ``seed`` ..
     ``seed + repeats - 1``) and the report gives the mean and spread; no head is saved then. ``figures`` False
-    leaves the PNG figures to :func:`tlcache.runs.write_figures`.
+    leaves the PNG figures to :func:`tlcache.runs.write_figures`. ``progress``: a bar of the values swept, on a
+    terminal.
 
     A store with augmented views trains on them too (each training item's views join the training set with its
     label; test items are never augmented) unless ``use_views`` is False. The ``sgd`` head reads the store in row
@@ -198,7 +200,8 @@ def fit_head(
         fitted = runs[0]
         few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)
     else:
-        fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
+        with sweep_bar(head, progress):
+            fitted = _fit_once(head, train_store, train_rows, labels, n_views, seed, calibrate, options)
     scored = _score(fitted["pipeline"], tested, len(train_store.class_names))
     report = _report(head, train_store, fitted, tested, scored, seed, n_views, class_weight, calibrate, few_shot)
     with writing_run(out_dir):
@@ -302,22 +305,17 @@ def fit_all_heads(
     and writes leaderboard.json and leaderboard.md beside their run folders. With two cores or more, the mlp (torch)
     trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner.
     ``progress``: a bar of the heads done, on a terminal."""
-    from tqdm.auto import tqdm
-
-    class Bar(tqdm):
-        monitor_interval = 0  # no monitor thread: this process forks, and a fork copies one thread only
-
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     base = check_output_folder(out) if out is not None else default_run_dir(train_store.path)
     names = [head for head in heads or HEADS if head != "sgd"]
-    bar = Bar(total=len(names), unit="head", desc="fit heads", disable=None if progress else True, file=sys.stderr)
+    bar = progress_bar(progress, total=len(names), unit="head", desc="fit heads")
 
     def fit(group: list[str], shown: bool = True, **extra) -> list[HeadRun]:
         runs = []
         for head in group:
             if shown:
                 bar.set_postfix_str(head)
-            runs.append(fit_head(train_store, head, out=base / head, **kwargs, **extra))
+            runs.append(fit_head(train_store, head, out=base / head, progress=False, **kwargs, **extra))
             if shown:
                 bar.update(1)
         return runs

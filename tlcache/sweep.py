@@ -10,7 +10,9 @@ MAX_EXTENSIONS steps; ``extension_`` says how far it went and whether the best i
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypedDict
 
 import numpy as np
@@ -24,6 +26,19 @@ from tlcache.calibration import DecisionCalibrator, calibration_values, decision
 from tlcache.errors import UserError
 
 MAX_EXTENSIONS = 3
+# Called by every sweep after each value it scores, where a caller asks (see reporting_progress).
+_on_scored: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("on_scored", default=None)
+
+
+@contextmanager
+def reporting_progress(callback: Callable[[str, int, int], None]) -> Iterator[None]:
+    """Within: every sweep calls ``callback(param, values scored, values it plans to score)`` after each value it
+    scores (the plan grows when the grid is extended), and once more when it is done (scored == planned)."""
+    token = _on_scored.set(callback)
+    try:
+        yield
+    finally:
+        _on_scored.reset(token)
 
 
 class Extension(TypedDict):
@@ -52,6 +67,9 @@ def sweep_grid(
     values before they are scored one by one (so that a caller can fit them together)."""
     values = sorted(set(values))  # a value given twice is scored once
     scored: dict = {}
+    report = _on_scored.get()
+    # The values the coarse stage and the fine stage around its best score at most.
+    planned = len(values) if stride <= 1 else min(len(values), -(-len(values) // stride) + 1 + 2 * (stride - 1))
 
     def run(stage: list) -> None:
         stage = [value for value in stage if value not in scored]
@@ -59,6 +77,8 @@ def sweep_grid(
             prepare(stage)
         for value in stage:
             scored[value] = score(value)
+            if report is not None:
+                report(param, len(scored), max(planned, len(scored)))
 
     coarse = sorted(set(range(0, len(values), max(stride, 1))) | {len(values) - 1})
     run([values[i] for i in coarse])
@@ -84,6 +104,8 @@ def sweep_grid(
             values.insert(0, value)
             scores.insert(0, scored[value])
     at_edge = _better_end(scores, lower_is_better) is not None
+    if report is not None:
+        report(param, len(scored), len(scored))
     return values, scores, {"direction": direction, "steps": steps, "at_edge": at_edge}
 
 

@@ -101,7 +101,7 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
             click.echo(run.summary_line())
         click.echo(f"leaderboard -> {runs[0].out_dir.parent / 'leaderboard.md'}")
         return runs
-    run = fit(store, head, out=out, **options)
+    run = fit(store, head, out=out, progress=not no_progress, **options)
     emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
     return run
 
