@@ -38,7 +38,9 @@ def layout_problem(handle: h5py.File, meta: dict[str, Any], class_names: Any) ->
             return f"no '{name}' dataset"
         if handle[name].shape != shape:
             return f"'{name}' has shape {handle[name].shape}, not {shape}"
-    if meta["complete"] and not handle["done"][()].all():  # skipped rows are gone from a finished store
+    # A finished store holds every row it lists; before it is published (a kill then is finished by the next run),
+    # the rows it skipped are still there, never written.
+    if meta["complete"] and np.count_nonzero(handle["done"][()] == 0) > meta.get("n_skipped", 0):
         return "it is marked complete but some rows were never written"
     labels = handle["labels"][()]
     if labels.dtype.kind not in "iu" or (n and (labels.min() < -1 or labels.max() >= len(class_names))):
