@@ -72,10 +72,10 @@ def export_run(
         raise UserError(f"tlcache export needs {exc.name}: pip install 'tlcache[export]'") from None
     run_dir = Path(run_dir)
     if out is not None:
-        check_output_file(out)
+        check_output_file(out, example="model.onnx")
     pipeline, sidecar = load_head(run_dir)
     report = read_report(run_dir)
-    tested_items(run_dir)  # the test items the export checks itself on, refused now if they cannot be read
+    tested = tested_items(run_dir)  # the test items the export checks itself on, refused now if unreadable
     head = HeadModule(head_spec(pipeline))
     backbone = create_backbone(**sidecar["backbone_spec"]).at_precision("fp32")
     if getattr(backbone, "long_text", "truncate") == "chunk":
@@ -108,7 +108,7 @@ def export_run(
         if quantize == "int8":
             graph = _quantize(graph, Path(tmp) / "int8.onnx", backbone, sidecar)
         write_metadata(graph, metadata)
-        gates = check_parity(graph, run_dir, report, quantize)
+        gates = check_parity(graph, run_dir, report, quantize, tested)
         metadata |= {"gates": gates, "forced": bool(force and not gates["passed"])}
         if not gates["passed"] and not force:
             raise UserError(
@@ -320,13 +320,13 @@ def tested_items(run_dir: Path) -> list[dict[str, str]]:
     return tested
 
 
-def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str) -> dict[str, Any]:
-    """The exported graph on the run's test items against the run: the gates' figures and verdict."""
+def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, tested: list[dict]) -> dict[str, Any]:
+    """The exported graph on the run's test items (``tested``: its predictions.csv, see :func:`tested_items`)
+    against the run: the gates' figures and verdict."""
     from tlcache.report import calibration_summary
 
     test_store = report["test"][len("store ") :] if report["test"].startswith("store ") else report["store"]
     source, store = _source_of(test_store)
-    tested = tested_items(run_dir)
     row_of = {item_id: row for row, item_id in enumerate(store.ids())}
     item_of = dict(zip(source.ids, zip(source.items, source.fingerprints)))
     fingerprints = store.fingerprints()

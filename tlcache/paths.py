@@ -52,12 +52,13 @@ def check_output_folder(folder: str | Path, option: str = "--out") -> Path:
     return folder
 
 
-def check_output_file(path: str | Path, option: str = "--out") -> Path:
-    """``path`` as a Path, refused in one line before any work when no file can be written there: a folder, or a
-    path whose folder cannot be written into (see :func:`check_output_folder`)."""
+def check_output_file(path: str | Path, option: str = "--out", example: str = "predictions.csv") -> Path:
+    """``path`` as a Path, refused in one line before any work when no file can be written there: a folder (the
+    message suggests ``example`` in it), or a path whose folder cannot be written into (see
+    :func:`check_output_folder`)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
+        raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {path / example}")
     check_output_folder(path.parent, option=f"{option} {path}: its folder")
     return path
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
-from tlcache.runs import load_head, write_predictions, write_whole
+from tlcache.runs import load_head, write_predictions, write_predictions_file
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -93,10 +92,8 @@ def _write_csv(out, ids, predicted: list[str], probabilities, columns: list[str]
     if out is None:
         write_predictions(sys.stdout, ids, predicted, probabilities, columns, truth if known else None)
     else:  # whole or not at all, into its folder, made if need be
-        text = io.StringIO(newline="")
-        write_predictions(text, ids, predicted, probabilities, columns, truth if known else None)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_whole(Path(out), text.getvalue().encode("utf-8"))
+        write_predictions_file(Path(out), ids, predicted, probabilities, columns, truth if known else None)
     return float(np.mean([predicted[i] == truth[i] for i in known])) if known else None
 
 

@@ -296,13 +296,18 @@ def write_predictions(
 
 def save_predictions(out_dir: Path, ids, predicted, probabilities, classes: Sequence[str], truth) -> Path:
     """predictions.csv in a run folder: every test item's prediction beside its true class (see
-    :func:`write_predictions`), so that users can run their own paired tests. Written whole (:func:`write_whole`):
-    a reader never sees half a file."""
+    :func:`write_predictions`), so that users can run their own paired tests."""
+    path = out_dir / PREDICTIONS_FILE
+    write_predictions_file(path, ids, predicted, probabilities, classes, truth)
+    return path
+
+
+def write_predictions_file(path: Path, ids, predicted, probabilities, classes: Sequence[str], truth=None) -> None:
+    """The CSV of :func:`write_predictions` to ``path``, written whole (:func:`write_whole`): a reader never sees
+    half a file."""
     text = io.StringIO(newline="")
     write_predictions(text, ids, predicted, probabilities, classes, truth)
-    path = out_dir / PREDICTIONS_FILE
     write_whole(path, text.getvalue().encode("utf-8"))
-    return path
 
 
 def read_report(run_dir: str | Path) -> RunReport:
