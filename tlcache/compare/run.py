@@ -89,9 +89,7 @@ def compare(
     from tlcache.embed import DEFAULT_BACKBONES, embed_source
 
     clock = Budget(budget)
-    # A method or a count named twice is run once (a cell is one method at one count and seed).
-    heads, finetunes, shots = (tuple(dict.fromkeys(names)) for names in (heads, finetunes, shots))
-    _check_request(heads, finetunes, shots, repeats, budget)
+    heads, finetunes, shots = _checked_request(heads, finetunes, shots, repeats, budget)
     config = finetune_config or FinetuneConfig()
     config.validate()
     out_dir = check_output_folder(out)
@@ -220,7 +218,10 @@ def _probe_finetune(data: _Data, tuner: _Tuner, config, out_dir: Path):
     return probe_rates(small, first, large, second)
 
 
-def _check_request(heads, finetunes, shots, repeats: int, budget: float | None) -> None:
+def _checked_request(heads, finetunes, shots, repeats: int, budget: float | None) -> tuple[tuple, tuple, tuple]:
+    """The heads, fine-tunes and counts asked for, each once (a cell is one method at one count and seed); a
+    request that cannot run is one line."""
+    heads, finetunes, shots = (tuple(dict.fromkeys(names)) for names in (heads, finetunes, shots))
     for head in heads:
         check_choice("--heads", head, [h for h in HEADS if h != "sgd"])
     for method in finetunes:
@@ -236,6 +237,7 @@ def _check_request(heads, finetunes, shots, repeats: int, budget: float | None) 
         raise UserError("a fine-tune needs 2 or more items per class (one held out for validation); raise --shots")
     if budget is not None and budget <= 0:
         raise UserError(f"--budget {budget:g} s must be more than nothing")
+    return heads, finetunes, shots
 
 
 def _split(src: Source, test, test_fraction: float, source_options: dict) -> tuple[Source, Source, str]:
