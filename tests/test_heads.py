@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -8,7 +6,7 @@ import pytest
 
 from conftest import make_store
 from tlcache.errors import UserError
-from tlcache.heads import HEADS, check_head_matches, fit_all_heads, fit_head, make_head
+from tlcache.heads import HEADS, check_head_matches, fit_head, make_head
 from tlcache.runs import load_head
 from tlcache.store import FeatureStore
 
@@ -306,76 +304,3 @@ def test_refused_combinations(tmp_path, head, options, message):
     X, y = _blobs(60, 0)
     with pytest.raises(UserError, match=message):
         fit_head(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]), head, out=tmp_path / "r", **options)
-
-
-# Modules are imported on the main thread only. A module imported on a thread while the main thread works is seen
-# half made by code that probes ``sys.modules``: scipy's array-API checks read ``torch.Tensor`` from whatever
-# ``sys.modules["torch"]`` holds, so scikit-learn's import crashed one `fit-head --head all` in three while an
-# earlier tlcache imported torch ahead on a thread. The script records every module imported by a thread other than
-# the main one, then fits every head with its report.
-OFF_MAIN_SCRIPT = """
-import importlib.abc, sys, threading
-off_main = []
-
-class Watch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if threading.current_thread() is not threading.main_thread():
-            off_main.append((threading.current_thread().name, name))
-        return None
-
-sys.meta_path.insert(0, Watch())
-import tlcache
-tlcache.fit_all_heads(sys.argv[1], out=sys.argv[2], seed=0)
-print("off main:", off_main)
-"""
-
-
-def test_fitting_every_head_imports_nothing_off_the_main_thread(tmp_path):
-    rng = np.random.default_rng(0)
-    X = np.vstack([rng.normal(0, 1, (30, 8)), rng.normal(1.5, 1, (30, 8))]).astype(np.float32)
-    store = make_store(tmp_path / "s.h5", X, np.repeat([0, 1], 30), ["a", "b"])
-    done = subprocess.run(
-        [sys.executable, "-c", OFF_MAIN_SCRIPT, str(store), str(tmp_path / "runs")], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "runs" / "mlp" / "report.json").exists()
-    assert done.stdout.strip().splitlines()[-1] == "off main: []"
-
-
-def test_every_head_refuses_an_option_one_of_them_lacks_before_any_fit(tmp_path):
-    X, y = _blobs(90, 0)
-    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
-    with pytest.raises(UserError, match="--class-weight is not supported by the mlp head"):
-        fit_all_heads(store, out=tmp_path / "runs", class_weight="balanced")
-    assert not (tmp_path / "runs").exists()  # logreg, linear-svm and svm would take it: none was fitted first
-
-
-def test_every_head_shows_a_bar_of_the_heads_done_on_a_terminal_and_nothing_elsewhere(tmp_path):
-    import fcntl
-    import os
-    import pty
-    import struct
-    import termios
-
-    X, y = _blobs(90, 0)
-    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
-    command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(store), "--head", "all"]
-    terminal, its_end = pty.openpty()
-    fcntl.ioctl(its_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
-    done = subprocess.run([*command, "--out", tmp_path / "tty"], stdout=subprocess.PIPE, stderr=its_end)
-    os.close(its_end)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(terminal, 65536)
-        except OSError:  # the other end is closed and everything was read
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(terminal)
-    assert done.returncode == 0
-    assert "fit heads" in shown.decode() and f"{len(HEADS) - 1}/{len(HEADS) - 1}" in shown.decode()
-    piped = subprocess.run([*command, "--out", tmp_path / "pipe"], capture_output=True, text=True)
-    assert piped.returncode == 0 and piped.stderr == ""
-    assert len(piped.stdout.splitlines()) == len(HEADS)  # a line per head (sgd aside) and the leaderboard's

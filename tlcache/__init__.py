@@ -10,6 +10,7 @@ function here; ``__all__`` is the public API the README shows.
 >>> run.accuracy                                                           # doctest: +SKIP
 """
 
+from tlcache.all_heads import fit_all_heads
 from tlcache.backbones import Backbone, create_backbone, list_backbones
 from tlcache.cache import collect_garbage, list_stores
 from tlcache.compare import CompareResult, compare
@@ -18,7 +19,7 @@ from tlcache.errors import UserError
 from tlcache.export import export_run
 from tlcache.exported import load_exported
 from tlcache.finetune import FinetuneConfig, FinetuneRun, finetune
-from tlcache.heads import fit_all_heads, fit_head, make_head
+from tlcache.heads import fit_head, make_head
 from tlcache.pipeline import PipelineResult, run_pipeline
 from tlcache.predict import PredictResult, predict
 from tlcache.runs import HeadRun, load_head, render_report

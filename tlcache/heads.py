@@ -12,9 +12,8 @@ import numpy as np
 
 from tlcache.calibration import CALIBRATIONS
 from tlcache.errors import UserError, check_choice
-from tlcache.forked import side_by_side
 from tlcache.paths import check_output_folder
-from tlcache.progress import progress_bar, sweep_bar
+from tlcache.progress import sweep_bar
 from tlcache.provenance import utc_now
 from tlcache.report import (
     Calibration,
@@ -33,9 +32,7 @@ from tlcache.runs import (
     default_run_dir,
     feature_identity,
     save_predictions,
-    write_figures,
     write_head,
-    write_leaderboard,
     write_report,
     writing_run,
 )
@@ -296,49 +293,6 @@ def _sidecar(head: str, seed: int, store: FeatureStore) -> Sidecar:
         **feature_identity(meta),
         "tlcache_version": meta.get("tlcache_version"),
     }
-
-
-def fit_all_heads(
-    store, heads: tuple[str, ...] | None = None, out: str | Path | None = None, progress: bool = True, **kwargs
-) -> list[HeadRun]:
-    """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs, best first,
-    and writes leaderboard.json and leaderboard.md beside their run folders. With two cores or more, the mlp (torch)
-    trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner.
-    ``progress``: a bar of the heads done, on a terminal."""
-    train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    base = check_output_folder(out) if out is not None else default_run_dir(train_store.path)
-    names = [head for head in heads or HEADS if head != "sgd"]
-    bar = progress_bar(progress, total=len(names), unit="head", desc="fit heads")
-
-    def fit(group: list[str], shown: bool = True, **extra) -> list[HeadRun]:
-        runs = []
-        for head in group:
-            if shown:
-                bar.set_postfix_str(head)
-            runs.append(fit_head(train_store, head, out=base / head, progress=False, **kwargs, **extra))
-            if shown:
-                bar.update(1)
-        return runs
-
-    options = {"grid": kwargs.get("grid"), "class_weight": kwargs.get("class_weight")}
-    for head in names:  # every head's options checked before any fit (and its modules imported before a fork)
-        make_head(head, calibration=kwargs.get("calibrate"), **options)
-    with bar:
-        if "mlp" in names and len(names) > 1:
-            # The forked process leaves the bar to this one: two processes writing one line garble it.
-            aside, here = side_by_side(
-                lambda: fit(["mlp"], shown=False, figures=False), lambda: fit([head for head in names if head != "mlp"])
-            )
-            bar.set_postfix_str("mlp")
-            with writing_run(aside[0].out_dir):
-                write_figures(aside[0].report, aside[0].out_dir)
-            bar.update(1)
-            runs = aside + here
-        else:
-            runs = fit(names)
-    runs.sort(key=lambda run: -run.headline)
-    write_leaderboard(base, runs)
-    return runs
 
 
 def _fit_once(head, store, rows, labels, n_views, seed, calibrate, options) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
       tlcache fit-head train.h5 --test test.h5 --shots 8 --repeats 5 # few-shot: mean and spread
       tlcache fit-head big.h5 --head sgd                            # reads the store in row batches
     """
-    from tlcache.heads import fit_all_heads
+    from tlcache.all_heads import fit_all_heads
     from tlcache.heads import fit_head as fit
 
     options.update(use_views=not no_views, grid=grid)
