@@ -125,6 +125,8 @@ def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypa
     result = run("export", text_run, "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2 and "failed its parity checks (mean cosine" in result.stderr
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".tlcache-export-*"))
+    result = run("export", text_run, "--out", tmp_path / "new" / "folders" / "m.onnx")
+    assert result.exit_code == 2 and not (tmp_path / "new").exists()  # the folders it made for the file, removed
     forced = json.loads(ok("export", text_run, "--out", tmp_path / "m.onnx", "--force", "--json"))
     assert forced["forced"] and not forced["gates"]["passed"] and (tmp_path / "m.onnx").is_file()
     with pytest.warns(UserWarning, match="failed its parity checks"):

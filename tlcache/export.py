@@ -26,7 +26,7 @@ import numpy as np
 
 from tlcache.errors import UserError
 from tlcache.exported import EXPORT_FORMAT, OUTPUTS, load_exported, write_metadata
-from tlcache.paths import check_output_file, process_running
+from tlcache.paths import check_output_file, folder_for_output, process_running
 
 QUANTIZE = ("none", "int8")
 OPSET = 17
@@ -89,9 +89,11 @@ def export_run(
     inputs, names, axes = _example_inputs(backbone)
     module = ExportModule(backbone, head, names).eval()
     out = Path(out) if out is not None else run_dir / EXPORT_FILES[quantize == "int8"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_exports(out.parent)
-    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent) as tmp:
+    remove_abandoned_exports(out.parent)  # nothing, when the folder is not there yet
+    with (
+        folder_for_output(out.parent),
+        tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out.parent) as tmp,
+    ):
         graph = Path(tmp) / "fp32.onnx"
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python values it takes as constants

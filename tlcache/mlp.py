@@ -143,12 +143,10 @@ def _train(template: MLPHead, X, codes, n_classes: int, alphas, device, compute,
     active = list(models)
     for _ in range(template.max_iter):
         order = torch.randperm(n, generator=generator).to(device)
-        batches = [order[start : start + batch] for start in range(0, n, batch)]
+        # The epoch's minibatches gathered once for every model (a gather per model and step was 5% of the time).
+        batches = [(X_fit[rows], y_fit[rows]) for rows in order.split(batch)]
         # Model by model, each through the whole epoch: its weights and optimiser state stay in the CPU's cache.
-        losses = [
-            float(sum(model.step(X_fit[rows], y_fit[rows], compute) * len(rows) for rows in batches))
-            for model in active
-        ]
+        losses = [float(sum(model.step(X_b, y_b, compute) * len(y_b) for X_b, y_b in batches)) for model in active]
         if valid_rows is not None:
             scores = _accuracies(active, X_all[valid_rows], y_all[valid_rows], compute)
         else:  # higher is better: the negated training loss, penalty included

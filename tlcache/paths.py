@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from tlcache.errors import UserError
@@ -61,6 +63,21 @@ def check_output_file(path: str | Path, option: str = "--out", example: str = "p
         raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {path / example}")
     check_output_folder(path.parent, option=f"{option} {path}: its folder")
     return path
+
+
+@contextlib.contextmanager
+def folder_for_output(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` and its missing parents for the work of the block; when the block fails, remove those it made
+    (left empty): a command that fails leaves no trace at its output path."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for made in missing:
+            with contextlib.suppress(OSError):  # not empty (another process wrote there meanwhile), or gone
+                made.rmdir()
+        raise
 
 
 def process_running(pid: int) -> bool:
