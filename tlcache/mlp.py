@@ -24,6 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlcache.sweep import SweptClassifier
+from tlcache.threads import adaptive_threads
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -135,28 +136,40 @@ def _train(template: MLPHead, X, codes, n_classes: int, alphas, device, compute,
     fit_rows, valid_rows = _early_stopping_split(template, codes, seed)
     X_all = torch.from_numpy(X).to(device=device, dtype=compute)
     y_all = torch.from_numpy(codes.astype(np.int64)).to(device)
-    X_fit, y_fit = X_all[fit_rows], y_all[fit_rows]
-    n = len(fit_rows)
-    batch = min(template.batch_size, n)
+    fitting = (X_all[fit_rows], y_all[fit_rows])
+    held_out = (X_all[valid_rows], y_all[valid_rows]) if valid_rows is not None else None
     # Every model starts from the same weights, as separate fits with one seed would: the sweep sees alpha alone.
     models = [_Model(X.shape[1], template.hidden, n_classes, alpha, template, seed, device) for alpha in alphas]
-    active = list(models)
-    for _ in range(template.max_iter):
-        order = torch.randperm(n, generator=generator).to(device)
-        # The epoch's minibatches gathered once for every model (a gather per model and step was 5% of the time).
-        batches = [(X_fit[rows], y_fit[rows]) for rows in order.split(batch)]
-        # Model by model, each through the whole epoch: its weights and optimiser state stay in the CPU's cache.
-        losses = [float(sum(model.step(X_b, y_b, compute) * len(y_b) for X_b, y_b in batches)) for model in active]
-        if valid_rows is not None:
-            scores = _accuracies(active, X_all[valid_rows], y_all[valid_rows], compute)
-        else:  # higher is better: the negated training loss, penalty included
-            scores = [-(loss / n + model.penalty() / batch) for model, loss in zip(active, losses)]
-        for model, score in zip(active, scores):
-            model.epoch_ended(float(score), keep_best=valid_rows is not None)
-        active = [model for model in active if not model.stopped]
-        if not active:
-            break
+    with adaptive_threads(enabled=device.type == "cpu") as threads:
+        for _ in range(template.max_iter):
+            if not _epoch(models, template.batch_size, fitting, held_out, generator, compute, threads):
+                break
     return models
+
+
+def _epoch(models: list[_Model], batch_size: int, fitting, held_out, generator, compute, threads) -> bool:
+    """One epoch of every model not stopped yet, then each one's early-stopping check; whether any goes on."""
+    import torch
+
+    X_fit, y_fit = fitting
+    n = len(y_fit)
+    batch = min(batch_size, n)
+    order = torch.randperm(n, generator=generator).to(X_fit.device)
+    # The epoch's minibatches gathered once for every model (a gather per model and step was 5% of the time).
+    batches = [(X_fit[rows], y_fit[rows]) for rows in order.split(batch)]
+    active = [model for model in models if not model.stopped]
+    losses = []
+    for model in active:  # model by model, each through the whole epoch: its weights stay in the CPU's cache
+        losses.append(float(sum(model.step(X_b, y_b, compute) * len(y_b) for X_b, y_b in batches)))
+        if threads is not None:
+            threads.tick()  # as many threads as the cores this process gets (tlcache.threads)
+    if held_out is not None:
+        scores = _accuracies(active, *held_out, compute)
+    else:  # higher is better: the negated training loss, penalty included
+        scores = [-(loss / n + model.penalty() / batch) for model, loss in zip(active, losses)]
+    for model, score in zip(active, scores):
+        model.epoch_ended(float(score), keep_best=held_out is not None)
+    return any(not model.stopped for model in active)
 
 
 class _Model:

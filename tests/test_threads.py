@@ -1,0 +1,77 @@
+"""torch's thread count following the cores the process gets: the decisions, and that they change no number."""
+
+import numpy as np
+import pytest
+import torch
+
+from tlcache import threads as threads_module
+from tlcache.mlp import MLPHead, fit_many
+from tlcache.threads import FIRST_RETRY_SECONDS, ThreadCount, adaptive_threads
+
+
+def test_all_threads_run_while_they_get_their_cores():
+    count = ThreadCount(2)
+    assert [count.measured(share, now) for now, share in enumerate([1.98, 1.6, 1.9])] == [2, 2, 2]
+
+
+def test_fewer_cores_than_threads_runs_as_many_threads_as_cores_then_tries_all_again_after_a_pause():
+    count = ThreadCount(2)
+    assert count.measured(1.24, now=0.0) == 1  # beside one busy process
+    assert count.measured(1.0, now=FIRST_RETRY_SECONDS / 2) == 1  # one thread gets its core: no news of the other
+    assert count.measured(1.0, now=FIRST_RETRY_SECONDS) == 2  # the pause is over: both tried again
+    assert count.measured(1.01, now=FIRST_RETRY_SECONDS + 0.1) == 1  # still busy: back to one
+    # Refused twice: the next pause is twice the first.
+    assert count.measured(1.0, now=FIRST_RETRY_SECONDS + 0.1 + 1.5 * FIRST_RETRY_SECONDS) == 1
+    assert count.measured(1.0, now=FIRST_RETRY_SECONDS + 0.1 + 2 * FIRST_RETRY_SECONDS) == 2
+    assert count.measured(1.95, now=10.0) == 2  # the core is free again: both stay, and the pause starts short again
+    assert count.retry_after == FIRST_RETRY_SECONDS
+
+
+def test_many_threads_drop_to_the_cores_they_get_and_never_below_one():
+    count = ThreadCount(8)
+    assert count.measured(5.1, now=0.0) == 5
+    assert count.measured(0.2, now=0.1) == 1
+    assert ThreadCount(1).measured(0.3, now=0.0) == 1
+    assert ThreadCount(0).most == 1
+
+
+def _fit(X, y):
+    return [model.coefs_ + model.intercepts_ for model in fit_many(MLPHead(hidden=16, max_iter=8), X, y, [1e-4, 1.0])]
+
+
+def test_the_mlp_gives_the_same_numbers_on_one_thread_on_two_and_switching_between_them(monkeypatch):
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    X = (rng.normal(size=(300, 40)) + np.eye(3, 40)[y]).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _fit(X, y)
+        torch.set_num_threads(2)
+        two = _fit(X, y)
+        decided = []
+
+        def alternate(self, share, now):  # a new count after every unit of work
+            decided.append(1 if not decided or decided[-1] == 2 else 2)
+            return decided[-1]
+
+        monkeypatch.setattr(threads_module, "CHECK_SECONDS", 0.0)
+        monkeypatch.setattr(ThreadCount, "measured", alternate)
+        switching = _fit(X, y)
+        assert torch.get_num_threads() == 2  # as it was before the fit
+    finally:
+        torch.set_num_threads(before)
+    assert len(decided) > 10
+    for a, b, c in zip(one, two, switching):
+        for x, w, z in zip(a, b, c):
+            assert np.array_equal(x, w) and np.array_equal(x, z)
+
+
+def test_the_thread_count_is_as_it_was_after_the_block_even_when_it_fails():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), adaptive_threads() as threads:
+        threads._torch.set_num_threads(1)
+        raise RuntimeError("the training failed")
+    assert torch.get_num_threads() == before
+    with adaptive_threads(enabled=False) as nothing:
+        assert nothing is None

@@ -1,0 +1,86 @@
+"""torch's thread count for a long run of small products (the mlp head's training), following the cores the process
+actually gets.
+
+torch's threads meet after every parallel product. When another process holds one of the cores, the thread that
+lost its core holds the others up at every meeting: the mlp's training on Rotten Tomatoes took 5 times as long on
+two threads as on one beside a single busy process, and 10 times beside another two-threaded one
+(benchmarks/results/mlp_threads.md). How many cores the process got shows in its CPU time over the wall time
+(about 2.0 on two free cores; 1.2 beside one busy process; 1.0 beside two busy threads), measured at the end of
+each unit of work: when it gets fewer cores than it runs threads, it runs as many threads as it got, and tries all
+of them again after a pause that doubles each time they are still not to be had. The mlp's products give the same
+numbers on any number of threads (``tests/test_threads.py``), so this changes the time only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+CHECK_SECONDS = 0.05  # the least wall time over which the process's share of the cores is measured
+SHORT = 0.75  # a share below this fraction of the threads running means fewer cores than threads
+FIRST_RETRY_SECONDS = 1.0  # how long fewer threads run before all are tried again; doubles while refused
+
+
+class ThreadCount:
+    """The decisions, apart from the clocks and torch: :meth:`measured` takes the share of the cores the process
+    got over the last interval (CPU seconds per wall second) at time ``now`` and returns the threads to run next."""
+
+    def __init__(self, most: int):
+        self.most = self.running = max(1, most)
+        self.retry_after = FIRST_RETRY_SECONDS
+        self.retry_at = math.inf
+
+    def measured(self, share: float, now: float) -> int:
+        if self.running > 1 and share < SHORT * self.running:
+            if self.running == self.most:  # all threads were tried and not to be had: wait longer next time
+                self.retry_at = now + self.retry_after
+                self.retry_after *= 2
+            self.running = max(1, min(self.running - 1, int(share + 0.25)))
+        elif self.running == self.most:
+            self.retry_after = FIRST_RETRY_SECONDS  # all threads had their cores: the pause starts short again
+        elif now >= self.retry_at:
+            self.running, self.retry_at = self.most, math.inf
+        return self.running
+
+
+class AdaptiveThreads:
+    """torch's thread count, set from :class:`ThreadCount`'s decisions at each :meth:`tick` (the end of a unit of
+    work) once ``CHECK_SECONDS`` have passed since the last."""
+
+    def __init__(self, decide: ThreadCount | None = None):
+        import torch
+
+        self._torch = torch
+        self.decide = decide or ThreadCount(torch.get_num_threads())
+        self._start()
+
+    def _start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def tick(self) -> None:
+        wall = time.perf_counter() - self._wall
+        if wall < CHECK_SECONDS:
+            return
+        share = (time.process_time() - self._cpu) / wall
+        running = self.decide.measured(share, time.perf_counter())
+        if running != self._torch.get_num_threads():
+            self._torch.set_num_threads(running)
+        self._start()
+
+
+@contextmanager
+def adaptive_threads(enabled: bool = True) -> Iterator[AdaptiveThreads | None]:
+    """An :class:`AdaptiveThreads` for the block (None when not ``enabled``: on a GPU, say); torch's thread count is
+    as it was after it."""
+    if not enabled:
+        yield None
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield AdaptiveThreads()
+    finally:
+        torch.set_num_threads(before)
