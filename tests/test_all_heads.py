@@ -1,13 +1,15 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import make_store
-from tlcache.all_heads import fit_all_heads
+from tlcache.all_heads import fit_all_heads, validation_rank
 from tlcache.errors import UserError
 from tlcache.heads import HEADS
+from tlcache.runs import HeadRun
 
 
 def _three_blobs(path, n=90, seed=0):
@@ -87,3 +89,14 @@ def test_every_head_shows_a_bar_of_the_heads_done_on_a_terminal_and_nothing_else
     piped = subprocess.run([*command, "--out", tmp_path / "pipe"], capture_output=True, text=True)
     assert piped.returncode == 0 and piped.stderr == ""
     assert len(piped.stdout.splitlines()) == len(HEADS)  # a line per head (sgd aside) and the leaderboard's
+
+
+def _run(head, validation, test):
+    report = {"head": head, "sweep": {"validation_accuracy": validation}, "metrics": {"accuracy": test}}
+    return HeadRun(Path(head), report)
+
+
+def test_heads_are_ranked_by_validation_accuracy_never_by_the_test_items():
+    runs = [_run("logreg", 0.80, 0.90), _run("svm", 0.85, 0.70), _run("knn", 0.80, 0.95), _run("mlp", 0.80, 0.99)]
+    ranked = sorted(runs, key=validation_rank, reverse=True)
+    assert [run.report["head"] for run in ranked] == ["svm", "logreg", "mlp", "knn"]  # ties in the order of HEADS

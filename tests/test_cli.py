@@ -296,9 +296,10 @@ def test_head_all_prints_a_leaderboard(tmp_path, text_stores):
     assert result.exit_code == 0, result.output
     board = json.loads((tmp_path / "runs" / "leaderboard.json").read_text())
     assert {row["head"] for row in board} == {"logreg", "linear-svm", "svm", "mlp", "knn"}
-    accuracies = [row["accuracy"] for row in board]
-    assert accuracies == sorted(accuracies, reverse=True)
-    assert "leaderboard ->" in result.stdout and (tmp_path / "runs" / "leaderboard.md").exists()
+    validation = [row["validation_accuracy"] for row in board]
+    assert validation == sorted(validation, reverse=True)  # ranked on validation data, never on the test items
+    assert "leaderboard (ranked by validation accuracy) ->" in result.stdout
+    assert "Ranked by validation accuracy" in (tmp_path / "runs" / "leaderboard.md").read_text()
 
 
 def test_report_renders_again_from_json(tmp_path, text_stores):

@@ -16,8 +16,9 @@ from tlcache.store import FeatureStore
 def fit_all_heads(
     store, heads: tuple[str, ...] | None = None, out: str | Path | None = None, progress: bool = True, **kwargs
 ) -> list[HeadRun]:
-    """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs, best first,
-    and writes leaderboard.json and leaderboard.md beside their run folders. With two cores or more, the mlp (torch)
+    """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs ranked by
+    validation accuracy (:func:`validation_rank`), and writes leaderboard.json and leaderboard.md in that order
+    beside their run folders. With two cores or more, the mlp (torch)
     trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner.
     ``progress``: a bar of the heads done, on a terminal."""
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
@@ -51,6 +52,13 @@ def fit_all_heads(
             runs = aside + here
         else:
             runs = fit(names)
-    runs.sort(key=lambda run: -run.headline)
+    runs.sort(key=validation_rank, reverse=True)
     write_leaderboard(base, runs)
     return runs
+
+
+def validation_rank(run: HeadRun) -> tuple[float, int]:
+    """A head's rank among the heads of one store: its validation accuracy (on the rows its sweep held out, the same
+    rows for every head), ties to the first in HEADS's order; never the test items' accuracy, which would choose a
+    head on them. A head without a sweep ranks last."""
+    return run.report.get("sweep", {}).get("validation_accuracy", -1.0), -HEADS.index(run.report["head"])

@@ -374,12 +374,9 @@ def _output_of(result: Any, out: Path) -> Path | None:
     predictions file (None: written to stdout). Of the heads of ``fit-head --head all``, the one with the best
     validation accuracy (the rows its sweep held out, the same for every head), never the best on the test items."""
     if isinstance(result, list):
-        from tlcache.heads import HEADS
+        from tlcache.all_heads import validation_rank
 
-        def by_validation(run) -> tuple:  # ties to the first in HEADS's order, never to the test items' order
-            return run.report.get("sweep", {}).get("validation_accuracy", -1.0), -HEADS.index(run.report["head"])
-
-        result = max(result, key=by_validation)
+        result = max(result, key=validation_rank)
     for attribute in ("out_dir", "out"):  # a run's folder; predict's file
         found = getattr(result, attribute, None)
         if found is not None:

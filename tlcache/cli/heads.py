@@ -99,7 +99,7 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
             return runs
         for run in runs:
             click.echo(run.summary_line())
-        click.echo(f"leaderboard -> {runs[0].out_dir.parent / 'leaderboard.md'}")
+        click.echo(f"leaderboard (ranked by validation accuracy) -> {runs[0].out_dir.parent / 'leaderboard.md'}")
         return runs
     run = fit(store, head, out=out, progress=not no_progress, **options)
     emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
