@@ -62,6 +62,35 @@ def test_every_cell_row_and_plot_that_compare_promises(texts, tiny_bert_dir):
     for figure in ("learning_curve.png", "accuracy_time.png"):
         assert (texts / "cmp" / figure).stat().st_size > 5000
     assert (texts / "cmp" / "finetunes" / "ft-all-seed1" / "predictions.csv").exists()
+    # One epoch each: every fine-tune was best at its last epoch, and the report says they may not be done.
+    tuned = [cell for cell in result.cells if cell["kind"] == "finetune"]
+    assert all(cell["best_epoch"] == cell["epochs_run"] == 1 for cell in tuned)
+    assert rows[("ft", "all")]["still_rising"] == 2 and rows[("logreg", "all")]["still_rising"] == 0
+    assert "Still improving" in markdown and "ft at all (2 of 2 seeds)" in markdown
+    assert "fine-tune - frozen (points)" in markdown  # which side is taken from which
+
+
+def test_a_fine_tune_that_stopped_improving_before_its_last_epoch_is_not_flagged(texts, tiny_bert_dir):
+    from dataclasses import replace
+
+    result = _run(
+        texts,
+        tiny_bert_dir,
+        finetunes=("ft",),
+        heads=("logreg",),
+        shots=("all",),
+        repeats=1,
+        finetune_config=replace(FAST, epochs=3, lr=1e-1, head_lr=1.0, patience=1),
+    )
+    (cell,) = [cell for cell in result.cells if cell["kind"] == "finetune"]
+    report = json.loads((texts / "cmp" / "finetunes" / "ft-all-seed0" / "report.json").read_text())
+    assert (cell["best_epoch"], cell["epochs_run"]) == (
+        report["finetune"]["best_epoch"],
+        report["finetune"]["epochs_run"],
+    )
+    assert cell["best_epoch"] < cell["epochs_run"]  # a step this large overshoots after the first epoch: it stopped
+    assert result.summary["rows"][-1]["still_rising"] == 0
+    assert "Still improving" not in (texts / "cmp" / "compare.md").read_text()
 
 
 def test_a_killed_compare_resumes_without_recomputing_a_finished_cell(texts, tiny_bert_dir, monkeypatch):
@@ -208,6 +237,7 @@ def test_compare_command_reads_named_columns_and_holds_out_a_fraction(tmp_path, 
     result = run("compare", *arguments, *columns)
     assert result.exit_code == 0, result.output
     assert "ft-all-seed0: accuracy" in result.stdout and "cells run, 0 reused" in result.stdout
+    assert "note: fine-tunes still improving at their last epoch (ft at all)" in result.stdout  # one epoch only
     summary = json.loads((tmp_path / "runs" / "compare-table" / "compare.json").read_text())
     assert summary["n_test"] == 10 and summary["classes"] == ["neg", "pos"]
     tested = (tmp_path / "runs" / "compare-table" / "finetunes" / "ft-all-seed0" / "predictions.csv").read_text()

@@ -119,7 +119,9 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
     fine-tune's epoch) is made on validation items carved from the training items. Each cell is saved as it ends:
     run the same command again to resume, or with more --shots or methods to add only their cells. Writes
     compare.json, compare.md, learning_curve.png and accuracy_time.png to --out, with a recommendation that
-    follows from paired tests (McNemar, seed by seed) by the rule it states.
+    follows from paired tests (McNemar, seed by seed) by the rule it states. Each fine-tune cell keeps its run
+    folder in --out/finetunes/, with the fine-tuned model: a copy of the backbone's weights per cell (delete the
+    folder when the comparison is done; a rerun then fine-tunes only cells it has not saved).
 
     \b
     Examples:
@@ -151,6 +153,10 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
         click.echo(json.dumps({"out_dir": str(result.out_dir), "ran": result.ran, **result.summary}, indent=2))
         return result
     click.echo(f"{advice['headline']}" + (f"; {advice['crossing']}" if advice["crossing"] else ""))
+    rising = [row for row in result.summary["rows"] if row.get("still_rising")]
+    if rising:
+        where = ", ".join(f"{row['method']} at {row['shots']}" for row in rising)
+        click.echo(f"note: fine-tunes still improving at their last epoch ({where}): more --epochs may raise them")
     left_out = len(result.summary["budget"]["left_out"])
     skipped = f", {left_out} left out to stay within --budget" if left_out else ""
     done = f"{result.ran} cells run, {len(result.cells) - result.ran} reused{skipped}"

@@ -54,6 +54,8 @@ def _row(method: str, shots, group: list[dict]) -> dict:
         "cached": all(cell["cached"] for cell in group),
         # With candidate features (--layers): how many of the group's cells chose each, on validation items.
         "features": _counts([cell["features"] for cell in group if cell.get("features")]),
+        # Fine-tunes whose validation accuracy was best at their last epoch: still rising when they stopped.
+        "still_rising": sum(1 for cell in group if "best_epoch" in cell and cell["best_epoch"] == cell["epochs_run"]),
     }
 
 
@@ -110,6 +112,17 @@ def render_markdown(summary: dict) -> str:
             f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.2f} | "
             f"{'features' if row['cached'] else 'no'} |"
         )
+    rising = [row for row in summary["rows"] if row.get("still_rising")]
+    if rising:
+        names = ", ".join(
+            f"{row['method']} at {_shots_words(row['shots'])} ({row['still_rising']} of {len(row['seeds'])} seeds)"
+            for row in rising
+        )
+        lines += [
+            "",
+            f"Still improving: these fine-tunes were best on their validation items at their last epoch: {names}. "
+            "More `--epochs` may raise them; the figures here are of the fine-tunes as they ran.",
+        ]
     budget = summary.get("budget") or {}
     if budget.get("left_out"):
         names = ", ".join(f"{c['method']} at {_shots_words(c['shots'])}, seed {c['seed']}" for c in budget["left_out"])
@@ -132,7 +145,7 @@ def render_markdown(summary: dict) -> str:
 
 def paired_table(advice: dict) -> list[str]:
     """The recommendation's paired tests as a Markdown table, a row per shot count."""
-    lines = ["| items per class | best frozen | best fine-tune | difference (points) | p per seed | verdict |"]
+    lines = ["| items per class | best frozen | best fine-tune | fine-tune - frozen (points) | p per seed | verdict |"]
     lines += ["|---:|---|---|---:|---|---|"]
     for row in advice["by_shots"]:
         difference = "" if row["difference_points"] is None else f"{row['difference_points']:+.1f}"
