@@ -267,13 +267,22 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
     assert "removed 1 stores" in run("gc", cache).stdout
     assert not (cache / (cut.name + ".partial")).exists() and Path(done["path"]).exists()
 
-    old = time.time() - 40 * 86400
-    os.utime(done["path"], (old, old))
+    def age(days):  # the store, and its lock file, which reads mark (tlcache.cache.mark_used)
+        old = time.time() - days * 86400
+        for path in (done["path"], done["path"] + ".lock"):
+            os.utime(path, (old, old))
+
+    age(40)
     assert "removed 0 stores" in run("gc", cache, "--unused-days", 60).stdout
     # A cache hit counts as a use: the store is young again and survives a 30-day gc.
     embed_json(tmp_path / "a.csv", "-b", f"hf:{tiny_bert_dir}", "--out", cache)
     assert "removed 0 stores" in run("gc", cache, "--unused-days", 30).stdout
-    os.utime(done["path"], (old, old))
+    age(40)  # and so does fitting a head on it, which leaves the store's own time as it was
+    written = Path(done["path"]).stat().st_mtime
+    assert run("fit-head", done["path"], "--head", "knn", "--out", tmp_path / "knn").exit_code == 0
+    assert Path(done["path"]).stat().st_mtime == written
+    assert "removed 0 stores" in run("gc", cache, "--unused-days", 30).stdout
+    age(40)
     assert "removed 1 stores" in run("gc", cache, "--unused-days", 30).stdout
     assert json.loads(run("ls", cache, "--json").stdout) == []
 

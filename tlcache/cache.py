@@ -22,10 +22,29 @@ class StoreEntry:
     n_rows: int
     size_bytes: int
     state: str  # "complete", "partial" (an interrupted embed: run it again), "running" (being written) or "unreadable"
-    last_used: str  # ISO time of the last write or cache hit
+    last_used: str  # ISO time of the last write, cache hit or fit (last_used)
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "path": str(self.path)}
+
+
+def mark_used(path: Path) -> None:
+    """Count a read of the store at ``path`` as a use, for `tlcache gc --unused-days` (:func:`last_used`): the time
+    of its lock file, not of the store, whose own time stays that of its last write (a recipe's record of the step
+    that wrote it compares it)."""
+    try:
+        lock_path(path).touch()
+    except OSError:  # a read-only cache still serves reads
+        pass
+
+
+def last_used(path: Path) -> float:
+    """When the store at ``path`` was last written, hit by an embed or read by a fit (:func:`mark_used`)."""
+    try:
+        marked = lock_path(path).stat().st_mtime
+    except OSError:
+        marked = 0.0
+    return max(path.stat().st_mtime, marked)
 
 
 def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
@@ -57,7 +76,7 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
                 n_rows=status.n_rows,
                 size_bytes=stat.st_blocks * 512,  # partial stores are sparse: count what is really on disk
                 state=state,
-                last_used=datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds"),
+                last_used=datetime.fromtimestamp(last_used(path), timezone.utc).isoformat(timespec="seconds"),
             )
         )
     return sorted(entries, key=lambda e: (e.last_used, e.path.name))
@@ -116,7 +135,7 @@ def collect_garbage(
         removed += inside
     for entry in entries:
         stale = entry.state != "complete"
-        unused = cutoff is not None and entry.path.stat().st_mtime < cutoff
+        unused = cutoff is not None and last_used(entry.path) < cutoff
         if not (stale or unused):
             continue
         final = entry.path.with_name(entry.path.name.removesuffix(PARTIAL_SUFFIX))

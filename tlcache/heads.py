@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tlcache.cache import mark_used
 from tlcache.calibration import CALIBRATIONS
 from tlcache.errors import UserError, check_choice
 from tlcache.paths import check_output_folder
@@ -180,6 +181,8 @@ def fit_head(
     out_dir = check_output_folder(out) if out is not None else default_run_dir(train_store.path, head)
     labels = train_store.labels()
     train_rows, tested = _test_set(train_store, labels, test, test_fraction, seed)
+    for used in {train_store.path, tested.store.path}:  # a fit is a use, as a cache hit is (tlcache gc)
+        mark_used(used)
     if len(np.unique(labels[train_rows])) < 2:
         raise UserError(f"{train_store.path}: the training rows hold a single class; a head needs two or more")
     n_views = train_store.n_views if use_views else 0

@@ -93,7 +93,8 @@ def ls(folder, as_json) -> None:
 @json_option
 def gc(folder, unused_days, dry_run, as_json) -> None:
     """Remove incomplete stores in FOLDER (default: the cache folder) that no embed is writing, the shard folders
-    of Ray runs that are not running, and, with --unused-days, complete stores not written or hit for that many days.
+    of Ray runs that are not running, and, with --unused-days, complete stores not written, hit or fitted on for
+    that many days.
 
     \b
     Examples:
