@@ -101,9 +101,11 @@ def test_unlabelled_text_and_float16(tmp_path, tiny_bert_dir):
     assert store.features().dtype == np.float32 and store.features().shape == (3, 32)
 
 
-def test_modality_mismatch_is_refused(text_csv, resnet18_weights):
-    with pytest.raises(UserError, match="embeds images but .* holds texts"):
+def test_modality_mismatch_is_refused(text_csv, image_folder, resnet18_weights, tiny_bert_dir):
+    with pytest.raises(UserError, match="embeds images but .* holds texts; use a text backbone such as minilm"):
         embed_source(text_csv, **_resnet(resnet18_weights))
+    with pytest.raises(UserError, match="holds images; use an image backbone such as efficientnet-lite0"):
+        embed_source(image_folder, f"hf:{tiny_bert_dir}")
 
 
 def test_decoding_in_worker_processes_gives_the_same_rows(tmp_path, resnet18_weights):

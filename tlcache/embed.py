@@ -212,7 +212,8 @@ def _resolve_backbone(backbone: str | Backbone | None, src: Source, options: dic
     if bb.modality != src.modality:
         raise UserError(
             f"backbone {bb.name} embeds {bb.modality}s but {src.path} holds {src.modality}s; "
-            f"use a {src.modality} backbone such as {DEFAULT_BACKBONES[src.modality]} (see `tlcache backbones`)"
+            f"use {'an' if src.modality == 'image' else 'a'} {src.modality} backbone such as "
+            f"{DEFAULT_BACKBONES[src.modality]} (see `tlcache backbones`)"
         )
     return bb
 

@@ -15,6 +15,7 @@ from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
 from tlcache.runs import load_head, write_predictions, write_predictions_file
+from tlcache.sources import modality_of_path
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -59,6 +60,8 @@ def predict(
         store = FeatureStore(source)
     else:
         backbone = create_backbone(**sidecar["backbone_spec"])
+        fitted_on = f"head {head} was fitted on {backbone.modality} features ({backbone.name})"
+        check_source_modality(source, backbone.modality, fitted_on)
         result = embed_source(
             source,
             backbone,
@@ -83,6 +86,17 @@ def predict(
     accuracy = _write_csv(out, store.ids(), predicted, probabilities, column_names, truth)
     out_path = Path(out) if out is not None else None
     return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped())
+
+
+def check_source_modality(source: Path, modality: str, wants: str) -> None:
+    """Refuse a source of the other modality before it is read: reading it would fail on something beside the
+    point (a table with no 'text' column) or advise another backbone, which a predict user cannot choose.
+    ``wants``: what takes ``modality``, e.g. "head X was fitted on image features (B)"."""
+    held = modality_of_path(source)
+    if held is None or held == modality:
+        return
+    wanted = "images (an image folder)" if modality == "image" else "texts (a .csv, .tsv or .jsonl file)"
+    raise UserError(f"{wants} but {source} holds {held}s; pass {wanted}")
 
 
 def _write_csv(out, ids, predicted: list[str], probabilities, columns: list[str], truth: list[str]) -> float | None:
@@ -113,6 +127,7 @@ def predict_exported(
     if out is not None:
         check_output_file(out)
     exported = load_exported(model)
+    check_source_modality(Path(source), exported.modality, f"{model} takes {exported.modality}s")
     columns = {name: value for name, value in (source_options or {}).items() if value is not None}
     src = load_source(source, **columns, fingerprint_index=None)
     if src.modality != exported.modality:
