@@ -166,7 +166,7 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
             batch_size=options["batch_size"],
             source_options=take(options, SOURCE_OPTIONS),
         )
-        click.echo(result.summary_line(), err=out == "-")
+        _say_predicted(result, out)
         return result
     from tlcache.predict import predict as run_predict
 
@@ -178,8 +178,16 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
         source_options=take(options, SOURCE_OPTIONS),
         **options,
     )
-    click.echo(result.summary_line(), err=out == "-")
+    _say_predicted(result, out)
     return result
+
+
+def _say_predicted(result: PredictResult, out: str) -> None:
+    """The summary, and a note when some items are of classes the head never saw (on stderr when the CSV goes to
+    stdout)."""
+    click.echo(result.summary_line(), err=out == "-")
+    if note := result.unseen_line():
+        click.echo(note, err=out == "-")
 
 
 @click.command()
