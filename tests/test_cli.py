@@ -220,6 +220,18 @@ def test_info_and_backbones(tmp_path, text_stores):
     assert table.splitlines()[0].split()[:4] == ["name", "modality", "dim", "offline"]
 
 
+def test_info_prints_names_of_any_script_as_text(tmp_path):
+    names = ["frisch \U0001f345", "gr\u00fcn"]
+    store = make_store(
+        tmp_path / "s.h5", np.zeros((4, 3)), [0, 1, 0, 1], names, source_options={"label_column": "Schl\u00fcssel"}
+    )
+    shown = run("info", store)
+    assert shown.exit_code == 0, shown.output
+    assert '"frisch \U0001f345": 2' in shown.stdout and '"label_column": "Schl\u00fcssel"' in shown.stdout
+    assert "\\u" not in shown.stdout
+    assert json.loads(run("info", store, "--json").stdout)["classes"] == {names[0]: 2, names[1]: 2}
+
+
 def incomplete_store(path):
     return make_store(path, np.zeros((5, 3)), [0, 1, 0, 1, 0], ["x", "y"], finish=False)
 

@@ -28,7 +28,7 @@ def info(store, as_json) -> dict:
     width = max(len(k) for k in summary)
     for name, value in summary.items():
         if isinstance(value, (dict, list)):
-            value = json.dumps(value)
+            value = json.dumps(value, ensure_ascii=False)  # a class or column name as its own letters
         click.echo(f"{name:<{width}}  {value}")
     return summary
 
