@@ -419,6 +419,9 @@ def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(
     assert "3 texts cut to the model's limit" in result.summary_line()
     meta = FeatureStore(result.path).meta
     assert meta["truncated_rows"] == 3 and meta["max_tokens"] <= 64
+    hit = embed_source(path, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert hit.cached and hit.truncated == 3  # the store's count, not none
+    assert "3 texts cut to the model's limit" in hit.summary_line()
 
 
 def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_bert_dir, monkeypatch):
