@@ -78,7 +78,8 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
     The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
     data, the linear-probe protocol, and the best value refitted on all of it. Writes the head (head-<digest>.npz:
     arrays plus JSON, no pickle), head.json (the features it needs), report.json, report.md, predictions.csv and
-    PNG figures (confusion matrix, reliability diagram, sweep).
+    PNG figures (confusion matrix, reliability diagram, sweep). A few-shot study (--shots) writes its report and
+    figures only: no head to predict with.
 
     \b
     Examples:
