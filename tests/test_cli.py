@@ -290,6 +290,22 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
     assert json.loads(run("ls", cache, "--json").stdout) == []
 
 
+def test_ls_of_no_stores_says_which_folder_it_listed_and_how_to_list_another(tmp_path):
+    home = tmp_path / "tlcache-home"  # $TLCACHE_HOME (conftest); nothing embedded into it yet
+    for made in (False, True):
+        if made:
+            home.mkdir()
+        shown = run("ls")
+        assert shown.exit_code == 0, shown.output
+        assert shown.stdout.strip().splitlines() == [
+            f"no stores in {home}, the default cache folder ($TLCACHE_HOME, else ~/.cache/tlcache); for stores that "
+            "`tlcache embed --out FOLDER` wrote, run `tlcache ls FOLDER`"
+        ]
+    (tmp_path / "cache").mkdir()
+    assert run("ls", tmp_path / "cache").stdout.strip() == f"no stores in {tmp_path / 'cache'}"
+    assert json.loads(run("ls", "--json").stdout) == []
+
+
 def test_embed_layer_pool_views_and_compression_options(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=3)
     base = resnet_args(resnet18_weights)
