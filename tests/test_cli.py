@@ -220,6 +220,18 @@ def test_info_and_backbones(tmp_path, text_stores):
     assert table.splitlines()[0].split()[:4] == ["name", "modality", "dim", "offline"]
 
 
+def test_info_prints_names_of_any_script_as_text(tmp_path):
+    names = ["frisch \U0001f345", "gr\u00fcn"]
+    store = make_store(
+        tmp_path / "s.h5", np.zeros((4, 3)), [0, 1, 0, 1], names, source_options={"label_column": "Schl\u00fcssel"}
+    )
+    shown = run("info", store)
+    assert shown.exit_code == 0, shown.output
+    assert '"frisch \U0001f345": 2' in shown.stdout and '"label_column": "Schl\u00fcssel"' in shown.stdout
+    assert "\\u" not in shown.stdout
+    assert json.loads(run("info", store, "--json").stdout)["classes"] == {names[0]: 2, names[1]: 2}
+
+
 def incomplete_store(path):
     return make_store(path, np.zeros((5, 3)), [0, 1, 0, 1, 0], ["x", "y"], finish=False)
 
@@ -285,6 +297,22 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
     age(40)
     assert "removed 1 stores" in run("gc", cache, "--unused-days", 30).stdout
     assert json.loads(run("ls", cache, "--json").stdout) == []
+
+
+def test_ls_of_no_stores_says_which_folder_it_listed_and_how_to_list_another(tmp_path):
+    home = tmp_path / "tlcache-home"  # $TLCACHE_HOME (conftest); nothing embedded into it yet
+    for made in (False, True):
+        if made:
+            home.mkdir()
+        shown = run("ls")
+        assert shown.exit_code == 0, shown.output
+        assert shown.stdout.strip().splitlines() == [
+            f"no stores in {home}, the default cache folder ($TLCACHE_HOME, else ~/.cache/tlcache); for stores that "
+            "`tlcache embed --out FOLDER` wrote, run `tlcache ls FOLDER`"
+        ]
+    (tmp_path / "cache").mkdir()
+    assert run("ls", tmp_path / "cache").stdout.strip() == f"no stores in {tmp_path / 'cache'}"
+    assert json.loads(run("ls", "--json").stdout) == []
 
 
 def test_embed_layer_pool_views_and_compression_options(tmp_path, resnet18_weights):

@@ -101,9 +101,11 @@ def test_unlabelled_text_and_float16(tmp_path, tiny_bert_dir):
     assert store.features().dtype == np.float32 and store.features().shape == (3, 32)
 
 
-def test_modality_mismatch_is_refused(text_csv, resnet18_weights):
-    with pytest.raises(UserError, match="embeds images but .* holds texts"):
+def test_modality_mismatch_is_refused(text_csv, image_folder, resnet18_weights, tiny_bert_dir):
+    with pytest.raises(UserError, match="embeds images but .* holds texts; use a text backbone such as minilm"):
         embed_source(text_csv, **_resnet(resnet18_weights))
+    with pytest.raises(UserError, match="holds images; use an image backbone such as efficientnet-lite0"):
+        embed_source(image_folder, f"hf:{tiny_bert_dir}")
 
 
 def test_decoding_in_worker_processes_gives_the_same_rows(tmp_path, resnet18_weights):
@@ -417,6 +419,9 @@ def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(
     assert "3 texts cut to the model's limit" in result.summary_line()
     meta = FeatureStore(result.path).meta
     assert meta["truncated_rows"] == 3 and meta["max_tokens"] <= 64
+    hit = embed_source(path, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert hit.cached and hit.truncated == 3  # the store's count, not none
+    assert "3 texts cut to the model's limit" in hit.summary_line()
 
 
 def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_bert_dir, monkeypatch):

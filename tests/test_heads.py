@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -250,6 +251,29 @@ def test_few_shot_sampling_is_reproducible_from_its_seed(tmp_path):
     assert first["accuracy"]["values"] != other["accuracy"]["values"]
     assert first["accuracy"]["mean"] == pytest.approx(np.mean(first["accuracy"]["values"]))
     assert not list((tmp_path / "a").glob("head*"))  # an evaluation protocol: no head to keep
+
+
+def test_a_few_shot_study_heads_its_report_with_the_mean_and_is_no_head_to_predict_or_export_with(tmp_path):
+    from tlcache.export import export_run
+    from tlcache.predict import predict
+
+    X, y = _blobs(120, 0, shift=1.0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    run = fit_head(store, "logreg", shots=3, repeats=4, seed=2, out=tmp_path / "few", figures=False)
+    few = run.report["few_shot"]
+    assert few["accuracy"]["values"][0] != pytest.approx(few["accuracy"]["mean"])  # repeat 1 is not the headline
+    headline = f"{few['accuracy']['mean']:.4f} ± {few['accuracy']['std']:.4f}"
+    assert headline in run.summary_line()
+    markdown = (tmp_path / "few" / "report.md").read_text(encoding="utf-8")
+    assert f"| accuracy | {headline} (mean ± std over 4 repeats of 3 per class) |" in markdown
+    assert f"{run.accuracy:.4f}" not in markdown.split("## Per class")[0]
+    assert "## Per class (repeat 1 of 4, seed 2)" in markdown
+
+    expected = "holds a few-shot study (fit-head --shots 3 --repeats 4), which saves its report but no head"
+    for attempt in (lambda: predict(tmp_path / "few", store, out=tmp_path / "p.csv"), lambda: export_run(run.out_dir)):
+        with pytest.raises(UserError, match=re.escape(expected)) as refused:
+            attempt()
+        assert str(refused.value).endswith("run fit-head without --shots to get a head")
 
 
 def test_few_shot_rows_are_k_per_class():

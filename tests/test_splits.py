@@ -51,3 +51,16 @@ def test_labels_of_another_dataset_map_onto_the_training_classes():
     assert y.tolist() == [1, 0, 0, 1]
     with pytest.raises(UserError, match="test.csv has classes the training data lacks \\(z\\)"):
         remap_labels(np.array([0, 1]), ["a", "z"], ["a", "b"], "test.csv")
+
+
+def test_too_few_items_for_the_shots_names_the_smallest_class_and_its_count(tmp_path):
+    y = np.array([0] * 12 + [1] * 4 + [2] * 7)
+    names = ["common", "rare", "middling"]
+    store = make_store(tmp_path / "s.h5", np.random.default_rng(0).normal(size=(23, 4)), y, names)
+    test = make_store(tmp_path / "t.h5", np.zeros((3, 4)), [0, 1, 2], names)
+    with pytest.raises(UserError) as refused:
+        fit_head(store, test=test, shots=10, repeats=2, out=tmp_path / "run", figures=False, progress=False)
+    assert str(refused.value) == (
+        f"{store}: class 'rare' has only 4 training items, fewer than --shots 10, as do 'middling' (7); "
+        "use --shots 4 or fewer"
+    )

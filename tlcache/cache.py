@@ -51,6 +51,8 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
     """Every store and partial store in ``folder`` (default: the cache folder), oldest use first."""
     import h5py
 
+    if folder is None and not default_cache_dir().exists():  # nothing embedded into the default cache yet
+        return []
     folder = Path(folder) if folder is not None else default_cache_dir()
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass a cache folder (default $TLCACHE_HOME or ~/.cache/tlcache)")

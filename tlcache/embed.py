@@ -126,7 +126,10 @@ def embed_source(
 
     def result(embedded: int, reused: int, dim: int, cached: bool, truncated: int = 0) -> EmbedResult:
         seconds = time.perf_counter() - started
-        skipped = FeatureStore(path).skipped()
+        store = FeatureStore(path)
+        if cached:  # the texts were cut when the store was written; a hit reads nothing to count them again
+            truncated = int(store.meta.get("truncated_rows") or 0)
+        skipped = store.skipped()
         done = EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached, truncated, skipped)
         return done.refused_if_skipped() if on_error == "fail" else done
 
@@ -212,7 +215,8 @@ def _resolve_backbone(backbone: str | Backbone | None, src: Source, options: dic
     if bb.modality != src.modality:
         raise UserError(
             f"backbone {bb.name} embeds {bb.modality}s but {src.path} holds {src.modality}s; "
-            f"use a {src.modality} backbone such as {DEFAULT_BACKBONES[src.modality]} (see `tlcache backbones`)"
+            f"use {'an' if src.modality == 'image' else 'a'} {src.modality} backbone such as "
+            f"{DEFAULT_BACKBONES[src.modality]} (see `tlcache backbones`)"
         )
     return bb
 

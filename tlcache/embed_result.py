@@ -21,16 +21,17 @@ class EmbedResult:
     reused: int  # rows copied from other stores of the same config (identical items)
     seconds: float
     cached: bool
-    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images)
+    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images); a hit: the store's
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
     engine: dict[str, Any] = field(default_factory=dict)  # on Ray: workers, shards, rows per second per worker
 
     def summary_line(self) -> str:
         left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
         if self.cached:
+            cut = f", {self.truncated} texts cut to the model's limit" if self.truncated else ""
             return (
                 f"cache hit: {self.rows - len(self.skipped)} rows of {self.backbone} ({self.dim}-d) already "
-                f"embedded{left_out}, nothing computed -> {self.path}"
+                f"embedded{left_out}{cut}, nothing computed -> {self.path}"
             )
         rate = f" ({self.embedded / self.seconds:.0f}/s)" if self.embedded and self.seconds > 0 else ""
         kept = self.rows - self.embedded - self.reused - len(self.skipped)

@@ -195,7 +195,9 @@ def fit_head(
     if shots is not None:
         runs = []
         for repeat in range(repeats):
-            rows = sample_shots(train_rows, labels, shots, seed + repeat, str(train_store.path))
+            rows = sample_shots(
+                train_rows, labels, shots, seed + repeat, str(train_store.path), train_store.class_names
+            )
             runs.append(_fit_once(head, train_store, rows, labels, n_views, seed + repeat, calibrate, options))
         fitted = runs[0]
         few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)

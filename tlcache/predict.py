@@ -15,6 +15,7 @@ from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
 from tlcache.runs import load_head, write_predictions, write_predictions_file
+from tlcache.sources import modality_of_path
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -25,12 +26,25 @@ class PredictResult:
     accuracy: float | None  # against the source's own labels, when it has them
     store: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
+    # Labelled items per class the head was not trained on: it cannot predict them, so the accuracy counts them wrong.
+    unseen_classes: dict[str, int] = field(default_factory=dict)
 
     def summary_line(self) -> str:
         scored = f", accuracy {self.accuracy:.4f} against the source's labels" if self.accuracy is not None else ""
         where = "" if self.store.suffix == ".onnx" else f": `tlcache info {self.store}`"
         left_out = f" ({len(self.skipped)} unreadable items left out{where})" if self.skipped else ""
         return f"predicted {self.rows} rows{scored}{left_out} -> {self.out or 'stdout'}"
+
+    def unseen_line(self) -> str | None:
+        """A note on the items of classes the head was not trained on, or None when there are none."""
+        if not self.unseen_classes:
+            return None
+        counts = ", ".join(f"{name} ({n})" for name, n in self.unseen_classes.items())
+        n = sum(self.unseen_classes.values())
+        return (
+            f"note: {n} items are of classes the head was not trained on: {counts}; it cannot predict them, so the "
+            "accuracy counts them as errors"
+        )
 
 
 def predict(
@@ -59,6 +73,8 @@ def predict(
         store = FeatureStore(source)
     else:
         backbone = create_backbone(**sidecar["backbone_spec"])
+        fitted_on = f"head {head} was fitted on {backbone.modality} features ({backbone.name})"
+        check_source_modality(source, backbone.modality, fitted_on)
         result = embed_source(
             source,
             backbone,
@@ -82,7 +98,26 @@ def predict(
     truth = [store_classes[t] if t >= 0 else "" for t in store.labels()]
     accuracy = _write_csv(out, store.ids(), predicted, probabilities, column_names, truth)
     out_path = Path(out) if out is not None else None
-    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped())
+    unseen = _unseen_classes(truth, column_names)
+    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen)
+
+
+def check_source_modality(source: Path, modality: str, wants: str) -> None:
+    """Refuse a source of the other modality before it is read: reading it would fail on something beside the
+    point (a table with no 'text' column) or advise another backbone, which a predict user cannot choose.
+    ``wants``: what takes ``modality``, e.g. "head X was fitted on image features (B)"."""
+    held = modality_of_path(source)
+    if held is None or held == modality:
+        return
+    wanted = "images (an image folder)" if modality == "image" else "texts (a .csv, .tsv or .jsonl file)"
+    raise UserError(f"{wants} but {source} holds {held}s; pass {wanted}")
+
+
+def _unseen_classes(truth: list[str], classes: list[str]) -> dict[str, int]:
+    """How many labelled items (``truth``: "" for unlabelled) are of each class not in ``classes``, by name."""
+    known = set(classes)
+    unseen = sorted(name for name in truth if name and name not in known)
+    return {name: unseen.count(name) for name in dict.fromkeys(unseen)}
 
 
 def _write_csv(out, ids, predicted: list[str], probabilities, columns: list[str], truth: list[str]) -> float | None:
@@ -113,6 +148,7 @@ def predict_exported(
     if out is not None:
         check_output_file(out)
     exported = load_exported(model)
+    check_source_modality(Path(source), exported.modality, f"{model} takes {exported.modality}s")
     columns = {name: value for name, value in (source_options or {}).items() if value is not None}
     src = load_source(source, **columns, fingerprint_index=None)
     if src.modality != exported.modality:
@@ -123,4 +159,5 @@ def predict_exported(
     truth = [(src.labels[i] or "") if src.labels is not None else "" for i in outputs.kept]
     accuracy = _write_csv(out, ids, predicted, outputs.probabilities, exported.classes, truth)
     skipped = [(src.ids[position], why) for position, why in outputs.skipped]
-    return PredictResult(Path(out) if out is not None else None, len(ids), accuracy, Path(model), skipped)
+    unseen = _unseen_classes(truth, exported.classes)
+    return PredictResult(Path(out) if out is not None else None, len(ids), accuracy, Path(model), skipped, unseen)

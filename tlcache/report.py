@@ -180,20 +180,27 @@ def render_markdown(report: RunReport) -> str:
         title = f"{report['backbone']} fine-tuned ({tune['strategy']})"
     else:
         title = f"{report['head']} head on {report['backbone']} features"
+    few = report.get("few_shot")
+    # A few-shot study's headline is its mean over repeats, as the command line gives it; the tables are repeat 1's.
+    scores = [f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}"]
+    if few:
+        over = f" (mean ± std over {few['repeats']} repeats of {few['shots']} per class)"
+        scores = [f"{few[m]['mean']:.4f} ± {few[m]['std']:.4f}{over}" for m in ("accuracy", "macro_f1")]
+    of_repeat = f" (repeat 1 of {few['repeats']}, seed {few['seeds'][0]})" if few else ""
     lines = [
         f"# {title}",
         "",
         "| | |",
         "|---|---|",
-        f"| accuracy | {metrics['accuracy']:.4f} |",
-        f"| macro F1 | {metrics['macro_f1']:.4f} |",
-        f"| train rows | {report['n_train']} |",
+        f"| accuracy | {scores[0]} |",
+        f"| macro F1 | {scores[1]} |",
+        f"| train rows | {report['n_train']}{' per repeat' if few else ''} |",
         f"| test rows | {report['n_test']} ({report['test']}) |",
-        f"| fit time | {report['fit_seconds']:.2f} s |",
+        f"| fit time | {report['fit_seconds']:.2f} s{' (repeat 1)' if few else ''} |",
         f"| seed | {report['seed']} |",
         f"| store | `{report['store']}` |" if "store" in report else f"| source | `{report['source']}` |",
         "",
-        "## Per class",
+        f"## Per class{of_repeat}",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
@@ -203,7 +210,7 @@ def render_markdown(report: RunReport) -> str:
             f"| {_cell(row['class'])} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
             f"{row['support']} |"
         )
-    lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", ""]
+    lines += ["", f"## Confusion matrix{of_repeat} (rows: true class, columns: predicted)", ""]
     lines.append("| | " + " | ".join(map(_cell, classes)) + " |")
     lines.append("|---|" + "---:|" * len(classes))
     for name, row in zip(classes, metrics["confusion_matrix"]):
@@ -251,7 +258,8 @@ def _few_shot_section(few: FewShot, report: RunReport) -> list[str]:
         f"## Few-shot: {few['shots']} per class, {few['repeats']} repeats",
         "",
         f"Accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro F1 {f1['mean']:.4f} ± {f1['std']:.4f} (mean ± "
-        f"standard deviation over repeats; the tables above show repeat 1). Seeds: {few['seeds']}.",
+        f"standard deviation over repeats; the per-class table and the confusion matrix show repeat 1). Seeds: "
+        f"{few['seeds']}.",
     ]
 
 

@@ -198,6 +198,11 @@ def load_head(path: str | Path) -> tuple[Any, Sidecar]:
         raise UserError(f"{path} does not exist; pass a run folder written by `tlcache fit-head`")
     sidecar_file = folder / SIDECAR_FILE
     if not sidecar_file.is_file():
+        if few := _few_shot_study(folder):
+            raise UserError(
+                f"{folder} holds a few-shot study (fit-head --shots {few.get('shots')} --repeats {few.get('repeats')}),"
+                " which saves its report but no head; run fit-head without --shots to get a head"
+            )
         raise UserError(f"{folder} holds no head with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`")
     sidecar = _read_sidecar(sidecar_file)
     name = sidecar.get("head_file")
@@ -220,6 +225,16 @@ def load_head(path: str | Path) -> tuple[Any, Sidecar]:
         raise UserError(f"{head_file} was refused: {exc}; fit the head again") from None
     _check_head_fits(pipeline, sidecar, head_file)
     return pipeline, sidecar
+
+
+def _few_shot_study(folder: Path) -> dict | None:
+    """The few-shot summary of the report in ``folder``, when it holds one: such a run saves no head."""
+    try:
+        report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    few = report.get("few_shot") if isinstance(report, dict) else None
+    return few if isinstance(few, dict) else None
 
 
 def _read_sidecar(path: Path) -> Sidecar:

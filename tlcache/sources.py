@@ -125,6 +125,15 @@ def load_source(
     )
 
 
+def modality_of_path(path: str | Path) -> str | None:
+    """The modality :func:`load_source` reads ``path`` as (a folder: images; a table: texts), without reading it;
+    None when it reads it as neither (a missing path, another kind of file)."""
+    path = Path(path)
+    if path.is_dir():
+        return "image"
+    return "text" if path.suffix.lower() in TABLE_EXTENSIONS else None
+
+
 def source_from_items(
     items: Sequence, modality: str, labels: Sequence | None = None, fingerprint_index: Path | None | str = "default"
 ) -> Source:

@@ -31,17 +31,34 @@ def stratified_split(
     return np.sort(kept), np.sort(held)
 
 
-def sample_shots(rows: np.ndarray, labels: np.ndarray, shots: int, seed: int, where: str) -> np.ndarray:
-    """``shots`` rows of every class, drawn with ``seed``; the same seed always draws the same rows."""
+def sample_shots(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    shots: int,
+    seed: int,
+    where: str,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """``shots`` rows of every class, drawn with ``seed``; the same seed always draws the same rows. A class with
+    fewer rows is refused, by its name in ``class_names`` (which ``labels`` index)."""
     if shots < 1:
         raise UserError(f"--shots {shots} must be 1 or more")
+    present, counts = np.unique(labels[rows], return_counts=True)
+    if (short := counts < shots).any():
+        order = np.argsort(counts[short], kind="stable")  # the smallest class first
+        named = [
+            f"{class_names[label]!r}" if class_names is not None else f"{label}" for label in present[short][order]
+        ]
+        few = counts[short][order]
+        also = [f"{name} ({count})" for name, count in zip(named[1:4], few[1:4])]
+        also += [f"{len(named) - 4} more"] if len(named) > 4 else []
+        as_do = f", as do {', '.join(also)}" if also else ""
+        raise UserError(
+            f"{where}: class {named[0]} has only {few[0]} training items, fewer than --shots {shots}{as_do}; "
+            f"use --shots {few[0]} or fewer"
+        )
     rng = np.random.default_rng(seed)
-    picked = []
-    for label in np.unique(labels[rows]):
-        of_class = rows[labels[rows] == label]
-        if len(of_class) < shots:
-            raise UserError(f"{where}: a class has only {len(of_class)} training items, fewer than --shots {shots}")
-        picked.append(rng.choice(of_class, size=shots, replace=False))
+    picked = [rng.choice(rows[labels[rows] == label], size=shots, replace=False) for label in present]
     return np.sort(np.concatenate(picked))
 
 

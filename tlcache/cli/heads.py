@@ -78,7 +78,8 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
     The head's regularisation (C for logreg and the SVMs, alpha for mlp, k for knn) is swept on held-out training
     data, the linear-probe protocol, and the best value refitted on all of it. Writes the head (head-<digest>.npz:
     arrays plus JSON, no pickle), head.json (the features it needs), report.json, report.md, predictions.csv and
-    PNG figures (confusion matrix, reliability diagram, sweep).
+    PNG figures (confusion matrix, reliability diagram, sweep). A few-shot study (--shots) writes its report and
+    figures only: no head to predict with.
 
     \b
     Examples:
@@ -166,7 +167,7 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
             batch_size=options["batch_size"],
             source_options=take(options, SOURCE_OPTIONS),
         )
-        click.echo(result.summary_line(), err=out == "-")
+        _say_predicted(result, out)
         return result
     from tlcache.predict import predict as run_predict
 
@@ -178,8 +179,16 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
         source_options=take(options, SOURCE_OPTIONS),
         **options,
     )
-    click.echo(result.summary_line(), err=out == "-")
+    _say_predicted(result, out)
     return result
+
+
+def _say_predicted(result: PredictResult, out: str) -> None:
+    """The summary, and a note when some items are of classes the head never saw (on stderr when the CSV goes to
+    stdout)."""
+    click.echo(result.summary_line(), err=out == "-")
+    if note := result.unseen_line():
+        click.echo(note, err=out == "-")
 
 
 @click.command()

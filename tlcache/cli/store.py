@@ -28,7 +28,7 @@ def info(store, as_json) -> dict:
     width = max(len(k) for k in summary)
     for name, value in summary.items():
         if isinstance(value, (dict, list)):
-            value = json.dumps(value)
+            value = json.dumps(value, ensure_ascii=False)  # a class or column name as its own letters
         click.echo(f"{name:<{width}}  {value}")
     return summary
 
@@ -71,6 +71,9 @@ def ls(folder, as_json) -> None:
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
         return
+    if not entries:  # an empty table would not say which folder was looked in
+        click.echo(_nothing_listed(folder))
+        return
     rows = [("key", "backbone", "rows", "size", "state", "last used", "source")] + [
         (
             (e.key or "?")[:12],
@@ -112,6 +115,17 @@ def gc(folder, unused_days, dry_run, as_json) -> None:
     for entry in removed:
         click.echo(f"{verb} {entry.path} ({entry.state}, {_size(entry.size_bytes)})")
     click.echo(f"{verb} {len(removed)} stores, {_size(freed)}")
+
+
+def _nothing_listed(folder: str | None) -> str:
+    from tlcache.paths import default_cache_dir
+
+    if folder is not None:
+        return f"no stores in {folder}"
+    return (
+        f"no stores in {default_cache_dir()}, the default cache folder ($TLCACHE_HOME, else ~/.cache/tlcache); "
+        "for stores that `tlcache embed --out FOLDER` wrote, run `tlcache ls FOLDER`"
+    )
 
 
 def _size(n_bytes: int) -> str:

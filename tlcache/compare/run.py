@@ -295,7 +295,7 @@ class _Data:
         labelled = np.flatnonzero(self.labels >= 0)
         if shots == "all":
             return labelled
-        return sample_shots(labelled, self.labels, int(shots), seed, str(self.train.path))
+        return sample_shots(labelled, self.labels, int(shots), seed, str(self.train.path), self.class_names)
 
     def items_per_class(self) -> float:
         """What "all" means in labelled items per class (the mean over classes), for the learning curve."""
