@@ -21,7 +21,7 @@ class EmbedResult:
     reused: int  # rows copied from other stores of the same config (identical items)
     seconds: float
     cached: bool
-    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images); a hit: the store's
+    truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images); on a hit, as recorded
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
     engine: dict[str, Any] = field(default_factory=dict)  # on Ray: workers, shards, rows per second per worker
 
