@@ -18,9 +18,9 @@ def fit_all_heads(
 ) -> list[HeadRun]:
     """Fit every head (except the streaming ``sgd``) with the same split and seed; returns the runs ranked by
     validation accuracy (:func:`validation_rank`), and writes leaderboard.json and leaderboard.md in that order
-    beside their run folders. With two cores or more, the mlp (torch)
-    trains in a forked process beside the others (tlcache.forked), its figures drawn here: the same runs, sooner.
-    ``progress``: a bar of the heads done, on a terminal."""
+    beside their run folders. With two cores or more, the mlp (torch) trains in a forked process beside the others
+    (tlcache.forked), its figures drawn here: the same runs, sooner. ``progress``: a bar of the heads done, on a
+    terminal."""
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     base = check_output_folder(out) if out is not None else default_run_dir(train_store.path)
     names = [head for head in heads or HEADS if head != "sgd"]

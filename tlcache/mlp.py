@@ -155,7 +155,7 @@ def _epoch(models: list[_Model], batch_size: int, fitting, held_out, generator, 
     n = len(y_fit)
     batch = min(batch_size, n)
     order = torch.randperm(n, generator=generator).to(X_fit.device)
-    # The epoch's minibatches gathered once for every model (a gather per model and step was 5% of the time).
+    # The epoch's minibatches gathered once for every model (a gather per model and step: 5-15% of the time).
     batches = [(X_fit[rows], y_fit[rows]) for rows in order.split(batch)]
     active = [model for model in models if not model.stopped]
     losses = []

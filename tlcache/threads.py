@@ -2,13 +2,14 @@
 actually gets.
 
 torch's threads meet after every parallel product. When another process holds one of the cores, the thread that
-lost its core holds the others up at every meeting: the mlp's training on Rotten Tomatoes took 5 times as long on
-two threads as on one beside a single busy process, and 10 times beside another two-threaded one
-(benchmarks/results/mlp_threads.md). How many cores the process got shows in its CPU time over the wall time
-(about 2.0 on two free cores; 1.2 beside one busy process; 1.0 beside two busy threads), measured at the end of
-each unit of work: when it gets fewer cores than it runs threads, it runs as many threads as it got, and tries all
-of them again after a pause that doubles each time they are still not to be had. The mlp's products give the same
-numbers on any number of threads (``tests/test_threads.py``), so this changes the time only.
+lost its core holds the others up at every meeting: the mlp's fit on MNIST-5k took 4.4 times as long beside one
+busy process as on free cores, and 7.8 times beside a two-threaded torch process; running as many threads as the
+cores it got, 2.0 and 3.3 times (benchmarks/results/mlp_threads.md). How many cores the process got shows in its
+CPU time over the wall time (about 2.0 on two free cores; 1.2 beside one busy process; 1.0 beside two busy
+threads), measured at the end of each unit of work: when it gets fewer cores than it runs threads, it runs as many
+threads as it got, and tries all of them again after a pause that doubles each time they are still not to be had.
+The mlp's products give the same numbers on any number of threads (``tests/test_threads.py``), so this changes the
+time only.
 """
 
 from __future__ import annotations
