@@ -315,6 +315,14 @@ def test_ls_of_no_stores_says_which_folder_it_listed_and_how_to_list_another(tmp
     assert json.loads(run("ls", "--json").stdout) == []
 
 
+def test_gc_before_anything_was_embedded_into_the_default_cache_removes_nothing(tmp_path):
+    assert not (tmp_path / "tlcache-home").exists()  # $TLCACHE_HOME (conftest)
+    done = run("gc", "--unused-days", 0)
+    assert done.exit_code == 0 and "removed 0 stores" in done.stdout
+    assert not (tmp_path / "tlcache-home").exists()  # and makes no folder
+    assert_user_error(run("gc", tmp_path / "nowhere"), "is not a folder")  # a folder named that is not there
+
+
 def test_embed_layer_pool_views_and_compression_options(tmp_path, resnet18_weights):
     folder = write_image_folder(tmp_path / "imgs", per_class=3)
     base = resnet_args(resnet18_weights)

@@ -121,10 +121,12 @@ def collect_garbage(
     folder: str | Path | None = None, unused_days: float | None = None, dry_run: bool = False
 ) -> list[StoreEntry]:
     """Remove partial and unreadable stores that no process is writing, the shard folders of Ray runs that are not
-    running (their stores are listed), and, with ``unused_days``, complete stores not written or hit for that
-    long. Returns what was (or, with ``dry_run``, would be) removed."""
+    running (their stores are listed), and, with ``unused_days``, complete stores not written, hit or fitted on
+    (:func:`last_used`) for that long. Returns what was (or, with ``dry_run``, would be) removed."""
     from filelock import FileLock, Timeout
 
+    if folder is None and not default_cache_dir().exists():  # nothing embedded into the default cache yet
+        return []
     folder = Path(folder) if folder is not None else default_cache_dir()
     cutoff = time.time() - unused_days * 86400 if unused_days is not None else None
     removed = []
