@@ -47,13 +47,21 @@ def last_used(path: Path) -> float:
     return max(path.stat().st_mtime, marked)
 
 
+def _listed_folder(folder: str | Path | None) -> Path | None:
+    """``folder``, else the default cache folder; None when that was never made (nothing embedded into it yet)."""
+    if folder is not None:
+        return Path(folder)
+    default = default_cache_dir()
+    return default if default.exists() else None
+
+
 def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
     """Every store and partial store in ``folder`` (default: the cache folder), oldest use first."""
     import h5py
 
-    if folder is None and not default_cache_dir().exists():  # nothing embedded into the default cache yet
+    folder = _listed_folder(folder)
+    if folder is None:
         return []
-    folder = Path(folder) if folder is not None else default_cache_dir()
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass a cache folder (default $TLCACHE_HOME or ~/.cache/tlcache)")
     entries = []
@@ -125,9 +133,9 @@ def collect_garbage(
     (:func:`last_used`) for that long. Returns what was (or, with ``dry_run``, would be) removed."""
     from filelock import FileLock, Timeout
 
-    if folder is None and not default_cache_dir().exists():  # nothing embedded into the default cache yet
+    folder = _listed_folder(folder)
+    if folder is None:
         return []
-    folder = Path(folder) if folder is not None else default_cache_dir()
     cutoff = time.time() - unused_days * 86400 if unused_days is not None else None
     removed = []
     entries = list_stores(folder)

@@ -150,9 +150,7 @@ def predict_exported(
     exported = load_exported(model)
     check_source_modality(Path(source), exported.modality, f"{model} takes {exported.modality}s")
     columns = {name: value for name, value in (source_options or {}).items() if value is not None}
-    src = load_source(source, **columns, fingerprint_index=None)
-    if src.modality != exported.modality:
-        raise UserError(f"{model} takes {exported.modality}s but {source} holds {src.modality}s")
+    src = load_source(source, **columns, fingerprint_index=None)  # of the model's modality: checked above
     outputs = exported.run(src.items, batch_size)
     ids = [src.ids[i] for i in outputs.kept]
     predicted = [exported.classes[i] for i in outputs.labels]

@@ -50,11 +50,11 @@ class AdaptiveThreads:
     """torch's thread count, set from :class:`ThreadCount`'s decisions at each :meth:`tick` (the end of a unit of
     work) once ``CHECK_SECONDS`` have passed since the last."""
 
-    def __init__(self, decide: ThreadCount | None = None):
+    def __init__(self):
         import torch
 
         self._torch = torch
-        self.decide = decide or ThreadCount(torch.get_num_threads())
+        self.decide = ThreadCount(torch.get_num_threads())
         self._start()
 
     def _start(self) -> None:
