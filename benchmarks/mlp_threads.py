@@ -69,7 +69,10 @@ def fit(code: Path, store: Path, work: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(codes: dict[str, Path], stores: dict[str, Path], work: Path) -> dict:
+def measure(codes: dict[str, Path], stores: dict[str, Path], work: Path, run=None) -> dict:
+    """``run(code, store, work)`` (default: :func:`fit`) for each task, condition and side, the sides taking turns:
+    per task and condition, each side's seconds and digests."""
+    run = run or fit
     results = {}
     for task, store in stores.items():
         for condition, competitor in COMPETITORS.items():
@@ -79,7 +82,7 @@ def measure(codes: dict[str, Path], stores: dict[str, Path], work: Path) -> dict
                     busy = subprocess.Popen([sys.executable, "-c", competitor]) if competitor else None
                     try:
                         time.sleep(1.0 if busy else 0.0)  # the competitor under way
-                        done = fit(code, store, work)
+                        done = run(code, store, work)
                     finally:
                         if busy:
                             busy.kill()

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_image_folder, write_text_csv
+from tlcache import FeatureStore
 from tlcache import threads as threads_module
+from tlcache.embed import embed_source
 from tlcache.mlp import MLPHead, fit_many
 from tlcache.threads import FIRST_RETRY_SECONDS, ThreadCount, adaptive_threads
 
@@ -39,32 +42,62 @@ def _fit(X, y):
     return [model.coefs_ + model.intercepts_ for model in fit_many(MLPHead(hidden=16, max_iter=8), X, y, [1e-4, 1.0])]
 
 
+def _on_one_two_and_switching_threads(monkeypatch, run) -> tuple[list, list]:
+    """``run()`` on one torch thread, on two, and with a new count after every unit of work (the count as it was
+    after each); the three results, and the counts decided."""
+    before = torch.get_num_threads()
+    decided = []
+
+    def alternate(self, share, now):
+        decided.append(1 if not decided or decided[-1] == 2 else 2)
+        return decided[-1]
+
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+        with monkeypatch.context() as patch:
+            patch.setattr(threads_module, "CHECK_SECONDS", 0.0)
+            patch.setattr(ThreadCount, "measured", alternate)
+            switching = run()
+        assert torch.get_num_threads() == 2  # as it was before
+    finally:
+        torch.set_num_threads(before)
+    return [one, two, switching], decided
+
+
 def test_the_mlp_gives_the_same_numbers_on_one_thread_on_two_and_switching_between_them(monkeypatch):
     rng = np.random.default_rng(0)
     y = np.arange(300) % 3
     X = (rng.normal(size=(300, 40)) + np.eye(3, 40)[y]).astype(np.float32)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _fit(X, y)
-        torch.set_num_threads(2)
-        two = _fit(X, y)
-        decided = []
-
-        def alternate(self, share, now):  # a new count after every unit of work
-            decided.append(1 if not decided or decided[-1] == 2 else 2)
-            return decided[-1]
-
-        monkeypatch.setattr(threads_module, "CHECK_SECONDS", 0.0)
-        monkeypatch.setattr(ThreadCount, "measured", alternate)
-        switching = _fit(X, y)
-        assert torch.get_num_threads() == 2  # as it was before the fit
-    finally:
-        torch.set_num_threads(before)
+    (one, two, switching), decided = _on_one_two_and_switching_threads(monkeypatch, lambda: _fit(X, y))
     assert len(decided) > 10
     for a, b, c in zip(one, two, switching):
         for x, w, z in zip(a, b, c):
             assert np.array_equal(x, w) and np.array_equal(x, z)
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_embedding_gives_the_same_features_on_one_thread_on_two_and_switching_between_them(
+    modality, monkeypatch, tmp_path, resnet18_weights, tiny_bert_dir
+):
+    if modality == "image":
+        source = write_image_folder(tmp_path / "shapes", per_class=10, size=48)
+        options = {"backbone": "torchvision:resnet18", "weights": str(resnet18_weights), "image_size": 64}
+    else:
+        source = write_text_csv(tmp_path / "reviews.csv", n=20)
+        options = {"backbone": f"hf:{tiny_bert_dir}"}
+    runs = iter(range(3))
+
+    def embed():  # each into a folder of its own, nothing reused
+        out = tmp_path / f"cache-{next(runs)}"
+        result = embed_source(source, out=out, batch_size=2, device="cpu", progress=False, reuse=False, **options)
+        return FeatureStore(result.path).features()
+
+    (one, two, switching), decided = _on_one_two_and_switching_threads(monkeypatch, embed)
+    assert len(decided) == 10  # one count decided after each batch's forward pass: 20 items, batches of 2
+    assert np.array_equal(one, two) and np.array_equal(one, switching)
 
 
 def test_the_thread_count_is_as_it_was_after_the_block_even_when_it_fails():

@@ -47,6 +47,7 @@ from tlcache.store import (
     probe_store,
     resolve_store_path,
 )
+from tlcache.threads import adaptive_threads, measured
 
 DEFAULT_BACKBONES = {"image": "efficientnet-lite0", "text": "minilm"}
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -371,16 +372,24 @@ def _run_batches(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    with bar, torch.inference_mode(), bb.autocast():
+    # On a CPU, as many torch threads as the cores the process gets, each batch's forward pass measured on its own
+    # (tlcache.threads: the features are the same on any number of threads).
+    with bar, torch.inference_mode(), bb.autocast(), adaptive_threads(bb.device.type == "cpu") as threads:
         if src.modality == "image":
-            _run_image_batches(src, bb, writer, pending, batch_size, views_config, workers, compiled_forward, bar)
+            forward = compiled_forward
+            _run_image_batches(src, bb, writer, pending, batch_size, views_config, workers, forward, bar, threads)
         else:
             for rows in _length_sorted_batches(bb, src, pending, batch_size, token_lengths):
-                writer.write(rows, bb.features([src.items[i] for i in rows]).float().cpu().numpy())
+                texts = [src.items[i] for i in rows]
+                with measured(threads):
+                    features = bb.features(texts).float().cpu().numpy()
+                writer.write(rows, features)
                 bar.update(len(rows))
 
 
-def _run_image_batches(src, bb, writer, pending, batch_size, views_config, workers, compiled_forward, bar) -> None:
+def _run_image_batches(
+    src, bb, writer, pending, batch_size, views_config, workers, compiled_forward, bar, threads
+) -> None:
     on_cuda = bb.device.type == "cuda"
     n_views = views_config["n"] if views_config else 0
     view_seeds = [[view_seed(src.fingerprints[i], v) for v in range(n_views)] for i in pending] if n_views else None
@@ -402,11 +411,12 @@ def _run_image_batches(src, bb, writer, pending, batch_size, views_config, worke
             rows = np.delete(rows, failed)
             if not len(rows):
                 continue
-        features = forward(pixels).float().cpu().numpy()
-        view_features = None
-        if views is not None:
-            flat = forward(views.flatten(0, 1))
-            view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
+        with measured(threads):
+            features = forward(pixels).float().cpu().numpy()
+            view_features = None
+            if views is not None:
+                flat = forward(views.flatten(0, 1))
+                view_features = flat.float().cpu().numpy().reshape(len(rows), n_views, -1)
         writer.write(rows, features, view_features)
         bar.update(len(rows))
 

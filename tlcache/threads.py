@@ -1,5 +1,5 @@
-"""torch's thread count for a long run of small products (the mlp head's training), following the cores the process
-actually gets.
+"""torch's thread count for a long run of torch work (the mlp head's training, embedding on a CPU), following the
+cores the process actually gets.
 
 torch's threads meet after every parallel product. When another process holds one of the cores, the thread that
 lost its core holds the others up at every meeting: the mlp's fit on MNIST-5k took 4.4 times as long beside one
@@ -8,8 +8,10 @@ cores it got, 2.0 and 3.3 times (benchmarks/results/mlp_threads.md). How many co
 CPU time over the wall time (about 2.0 on two free cores; 1.2 beside one busy process; 1.0 beside two busy
 threads), measured at the end of each unit of work: when it gets fewer cores than it runs threads, it runs as many
 threads as it got, and tries all of them again after a pause that doubles each time they are still not to be had.
-The mlp's products give the same numbers on any number of threads (``tests/test_threads.py``), so this changes the
-time only.
+The mlp's products, and the backbones' forward passes, give the same numbers on any number of threads
+(``tests/test_threads.py``), so this changes the time only. Embedding lost less than the mlp beside other work
+(its products are larger) but still much: Rotten Tomatoes' texts through minilm took 19.0 s beside one busy process
+against 12.0 s on one thread (benchmarks/results/embed_threads.md).
 """
 
 from __future__ import annotations
@@ -48,16 +50,17 @@ class ThreadCount:
 
 class AdaptiveThreads:
     """torch's thread count, set from :class:`ThreadCount`'s decisions at each :meth:`tick` (the end of a unit of
-    work) once ``CHECK_SECONDS`` have passed since the last."""
+    work) once ``CHECK_SECONDS`` have passed since the last; :meth:`restart` before a unit that follows work on
+    one thread (decoding an image, tokenising) measures that unit alone."""
 
     def __init__(self):
         import torch
 
         self._torch = torch
         self.decide = ThreadCount(torch.get_num_threads())
-        self._start()
+        self.restart()
 
-    def _start(self) -> None:
+    def restart(self) -> None:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
 
     def tick(self) -> None:
@@ -68,7 +71,7 @@ class AdaptiveThreads:
         running = self.decide.measured(share, time.perf_counter())
         if running != self._torch.get_num_threads():
             self._torch.set_num_threads(running)
-        self._start()
+        self.restart()
 
 
 @contextmanager
@@ -85,3 +88,13 @@ def adaptive_threads(enabled: bool = True) -> Iterator[AdaptiveThreads | None]:
         yield AdaptiveThreads()
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def measured(threads: AdaptiveThreads | None) -> Iterator[None]:
+    """The block as one unit of ``threads``' work, measured alone (nothing when ``threads`` is None)."""
+    if threads is not None:
+        threads.restart()
+    yield
+    if threads is not None:
+        threads.tick()
