@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Exact pins: these wheels lie on the project's machines; an unpinned resolver fetches gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-head-protocols bench-embed bench-lp-vs-ft bench-ray bench-export bench-demo clean-venv
+.PHONY: setup demo test test-floors lint compiler fashion-mnist pipeline-data bench-store bench-heads bench-head-protocols bench-embed bench-lp-vs-ft bench-ray bench-export bench-threads bench-demo clean-venv
 
 setup: $(VENV)/.installed
 
@@ -101,6 +101,10 @@ bench-ray: setup fashion-mnist
 bench-export: setup
 	$(PIP) install --quiet 'sentence-transformers>=3.0'
 	$(PY) benchmarks/export.py
+
+bench-threads: setup
+	$(PY) benchmarks/mlp_threads.py
+	$(PY) benchmarks/embed_threads.py
 
 bench-demo: setup
 	$(PY) benchmarks/demo_timing.py

@@ -9,9 +9,10 @@ CPU time over the wall time (about 2.0 on two free cores; 1.2 beside one busy pr
 threads), measured at the end of each unit of work: when it gets fewer cores than it runs threads, it runs as many
 threads as it got, and tries all of them again after a pause that doubles each time they are still not to be had.
 The mlp's products, and the backbones' forward passes, give the same numbers on any number of threads
-(``tests/test_threads.py``), so this changes the time only. Embedding lost less than the mlp beside other work
-(its products are larger) but still much: Rotten Tomatoes' texts through minilm took 19.0 s beside one busy process
-against 12.0 s on one thread (benchmarks/results/embed_threads.md).
+(``tests/test_threads.py``), so this changes the time only. Embedding loses less than the mlp beside other work
+(its products are larger) but still much: beside one busy process, Rotten Tomatoes' 2000 texts through minilm took
+23.1 s with torch's count fixed and 17.2 s with it following the cores; beside a two-threaded torch process, 30.8 s
+and 23.3 s (benchmarks/results/embed_threads.md).
 """
 
 from __future__ import annotations
