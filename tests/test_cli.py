@@ -286,8 +286,11 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
 
     age(40)
     assert "removed 0 stores" in run("gc", cache, "--unused-days", 60).stdout
-    # A cache hit counts as a use: the store is young again and survives a 30-day gc.
-    embed_json(tmp_path / "a.csv", "-b", f"hf:{tiny_bert_dir}", "--out", cache)
+    # A cache hit counts as a use: the store is young again and survives a 30-day gc. Its own time stays that of
+    # its last write, which a recipe's record of the step that wrote it compares (tlcache.step_records).
+    written = Path(done["path"]).stat().st_mtime
+    assert embed_json(tmp_path / "a.csv", "-b", f"hf:{tiny_bert_dir}", "--out", cache)["cached"]
+    assert Path(done["path"]).stat().st_mtime == written
     assert "removed 0 stores" in run("gc", cache, "--unused-days", 30).stdout
     age(40)  # and so does fitting a head on it, which leaves the store's own time as it was
     written = Path(done["path"]).stat().st_mtime

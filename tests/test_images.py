@@ -1,4 +1,5 @@
-"""Images for embedding and fine-tuning: seeded random transforms, decoding failures as one line."""
+"""Images for embedding and fine-tuning: decoding (16-bit, float and turned pictures), seeded random transforms,
+decoding failures as one line."""
 
 import numpy as np
 import pytest
@@ -6,8 +7,10 @@ import torch
 
 from conftest import write_image_folder
 from tlcache.backbones import create_backbone
+from tlcache.embed import embed_source
 from tlcache.errors import UserError
-from tlcache.images import ImageFiles, decoded_batches, image_batches, item_seed, training_transform
+from tlcache.images import ImageFiles, as_rgb, decoded_batches, image_batches, item_seed, training_transform
+from tlcache.store import FeatureStore
 
 
 @pytest.fixture
@@ -61,3 +64,52 @@ def test_decoded_batches_go_on_past_bad_files_and_say_which(tmp_path, backbone, 
     assert [0 if pixels is None else len(pixels) for pixels, _, _ in batches] == [1, 2, 0]
     clean = ImageFiles([paths[0]], backbone.transform())[0][0]
     torch.testing.assert_close(batches[0][0][0], clean)  # the good item of a batch with a bad one is intact
+
+
+def _greys(seed: int) -> np.ndarray:
+    """An 8-bit greyscale picture with structure (a gradient and noise), 24 x 40."""
+    rng = np.random.default_rng(seed)
+    return (np.linspace(0, 255, 40)[None, :] * 0.6 + rng.integers(0, 100, (24, 40))).astype(np.uint8)
+
+
+def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped():
+    from PIL import Image
+
+    eight = _greys(0)
+    expected = np.asarray(as_rgb(Image.fromarray(eight)))
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # 0-255 -> 0-65535, mode I;16
+    assert sixteen.mode == "I;16" and np.asarray(sixteen.convert("RGB")).mean() > 250  # Pillow's own: nearly white
+    np.testing.assert_array_equal(np.asarray(as_rgb(sixteen)), expected)
+    np.testing.assert_array_equal(np.asarray(as_rgb(sixteen.convert("I"))), expected)
+    floats = Image.fromarray(eight.astype(np.float32) / 255.0)
+    assert floats.mode == "F"
+    np.testing.assert_array_equal(np.asarray(as_rgb(floats)), expected)
+
+
+def test_an_image_is_turned_upright_by_its_exif_orientation(tmp_path):
+    from PIL import Image
+
+    upright = Image.fromarray(_greys(1)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show": a phone held sideways stores the picture turned
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
+    with Image.open(tmp_path / "sideways.png") as image:
+        assert image.size == (24, 40)
+        np.testing.assert_array_equal(np.asarray(as_rgb(image)), np.asarray(upright))
+
+
+def test_a_folder_of_16_bit_pngs_embeds_as_the_same_pictures_in_8_bits(tmp_path, backbone):
+    from PIL import Image
+
+    for bits, folder in ((8, tmp_path / "eight"), (16, tmp_path / "sixteen")):
+        for index in range(4):
+            (folder / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
+            pixels = _greys(index)
+            image = Image.fromarray(pixels if bits == 8 else pixels.astype(np.uint16) * 257)
+            image.save(folder / f"class{index % 2}" / f"{index}.png")
+    stores = [
+        embed_source(folder, backbone, out=tmp_path / "cache", progress=False, precision="fp32")
+        for folder in (tmp_path / "eight", tmp_path / "sixteen")
+    ]
+    assert stores[0].key != stores[1].key  # other files, another store
+    np.testing.assert_array_equal(FeatureStore(stores[0].path).features(), FeatureStore(stores[1].path).features())

@@ -20,6 +20,7 @@ import numpy as np
 from tlcache import ray_engine
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
 from tlcache.backbones.base import resolve_precision
+from tlcache.cache import mark_used
 from tlcache.embed_result import EmbedResult
 from tlcache.errors import DISK_ERRORS, UserError, check_choice
 from tlcache.images import (
@@ -243,14 +244,11 @@ def _refuse_replacing(path: Path) -> None:
 
 
 def _hit(path: Path, key: str):
-    """The store's status when ``path`` holds the complete store for ``key``, else None. A hit counts as a use
-    (the file's mtime is what `tlcache gc --unused-days` goes by)."""
+    """The store's status when ``path`` holds the complete store for ``key``, else None. A hit counts as a use, for
+    `tlcache gc --unused-days` (:func:`tlcache.cache.mark_used`, which leaves the store's own time as it was)."""
     status = probe_store(path)
     if status.complete and status.key == key:
-        try:
-            os.utime(path)
-        except OSError:  # a read-only cache still serves hits
-            pass
+        mark_used(path)
         return status
     return None
 

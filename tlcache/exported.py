@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tlcache.errors import UserError
+from tlcache.images import as_rgb
 
 EXPORT_FORMAT = "tlcache-export/1"
 METADATA_KEY = "tlcache"
@@ -216,10 +217,10 @@ def _pixels(image, preprocessing: dict[str, Any]) -> tuple[np.ndarray | None, st
 
     try:
         if isinstance(image, Image.Image):
-            rgb = image.convert("RGB")
+            rgb = as_rgb(image)
         else:
             with Image.open(image) as opened:
-                rgb = opened.convert("RGB")
+                rgb = as_rgb(opened)
     except Exception as exc:  # Pillow raises many types for damaged files
         return None, f"could not be decoded ({exc})"
     shorter, crop = int(preprocessing["resize_shorter"]), int(preprocessing["center_crop"])

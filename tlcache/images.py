@@ -22,6 +22,10 @@ from tlcache.hashing import hash_bytes
 AUGMENTATIONS = ("crop", "shift", "flip", "color", "rotate", "erase")
 DEFAULT_AUGMENT = ("crop", "flip")
 VIEWS_SEED = 0
+# How images become 8-bit RGB (as_rgb): in the cache key of every image backbone, so a store decoded otherwise is
+# never served.
+DECODING = "RGB, upright by EXIF, 16-bit and float scaled"
+EXIF_ORIENTATION = 0x0112
 
 # Seeded transforms draw from torch's global generator, which decoding threads share.
 _GLOBAL_RNG = threading.Lock()
@@ -41,9 +45,27 @@ def _decoded(path: str | Path) -> tuple[Any, str | None]:
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB"), None
+            return as_rgb(image), None
     except Exception as exc:  # PIL raises many types for damaged files
         return None, f"could not be decoded ({exc})"
+
+
+def as_rgb(image):
+    """A PIL image as 8-bit RGB the way it is shown: turned upright by its EXIF orientation (a phone photo taken
+    sideways is stored sideways), and with more than 8 bits per pixel scaled from its type's full range (16-bit
+    greyscale PNGs and TIFFs of medical, microscopy or depth images, and Pillow's 32-bit integer mode, from
+    0-65535; 32-bit floats from 0-1, as torchvision's ``to_dtype(..., scale=True)`` reads them). Pillow's own
+    conversion clips those at 255: a 16-bit image turned white, a float one black. Every image path (embedding,
+    fine-tuning, the Embedder, exported models) decodes through here; the recipe is in the image cache key."""
+    from PIL import Image, ImageOps
+
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64) * scale)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def unreadable_headers(paths: Sequence[str | Path]) -> dict[int, str]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tlcache.errors import UserError
+from tlcache.images import DECODING, as_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -302,7 +303,7 @@ class ImageBackbone(Backbone):
     @property
     def preprocessing(self) -> dict[str, Any]:
         return {
-            "convert": "RGB",
+            "convert": DECODING,
             "crop_ratio": self.crop_ratio,
             "resize_shorter": round(self.image_size / self.crop_ratio),
             "interpolation": "bilinear",
@@ -401,8 +402,11 @@ class ImageBackbone(Backbone):
         transform = self.transform()
         tensors = []
         for item in items:
-            image = item if isinstance(item, Image.Image) else Image.open(item)
-            tensors.append(transform(image.convert("RGB")))
+            if isinstance(item, Image.Image):
+                tensors.append(transform(as_rgb(item)))
+            else:
+                with Image.open(item) as image:
+                    tensors.append(transform(as_rgb(image)))
         with torch.inference_mode(), self.autocast():
             out = self.forward(self.to_device(torch.stack(tensors)))
         return out.float().cpu().numpy()
