@@ -84,6 +84,24 @@ def test_test_store_of_other_features_is_refused(tmp_path):
         fit_head(train, test=other, out=tmp_path / "run")
 
 
+def test_a_head_fitted_on_images_decoded_by_an_earlier_version_is_refused_saying_so(tmp_path):
+    from tlcache.images import DECODING
+
+    X, y = _blobs(60, 0)
+    preprocessing = {"convert": DECODING, "resize_shorter": 256, "center_crop": 224}
+    old = make_store(tmp_path / "old.h5", X, y, ["a", "b", "c"], preprocessing={**preprocessing, "convert": "RGB"})
+    fit_head(old, out=tmp_path / "run")
+    _, sidecar = load_head(tmp_path / "run")
+    now = FeatureStore(make_store(tmp_path / "now.h5", X, y, ["a", "b", "c"], preprocessing=preprocessing))
+    with pytest.raises(UserError, match="differ in preprocessing; their images were decoded by different tlcache"):
+        check_head_matches(sidecar, now, tmp_path / "run")
+    resized = FeatureStore(
+        make_store(tmp_path / "resized.h5", X, y, ["a", "b", "c"], preprocessing={**preprocessing, "center_crop": 96})
+    )
+    with pytest.raises(UserError, match="differ in preprocessing; embed with the same backbone and options"):
+        check_head_matches(sidecar, resized, tmp_path / "run")
+
+
 def test_head_mismatch_is_refused(tmp_path):
     X, y = _blobs(60, 0)
     fit_head(_store(tmp_path / "train.h5", X, y, ["a", "b", "c"]), out=tmp_path / "run")

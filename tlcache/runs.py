@@ -117,11 +117,24 @@ def check_same_features(expected: dict, actual: dict, what: str, subject: str = 
     precision or dim."""
     for name in FEATURE_IDENTITY:
         if expected.get(name) != actual.get(name):
+            advice = "embed with the same backbone and options"
+            if name == "preprocessing" and _differ_only_in_decoding(expected[name], actual[name]):
+                advice = (
+                    "their images were decoded by different tlcache versions (see `convert` in `tlcache info`: "
+                    "16-bit, float and EXIF-turned images are now read as shown); embed the older again and fit "
+                    "its heads again"
+                )
             raise UserError(
                 f"{subject} {expected['backbone']} features ({expected['dim']}-d) but {what} holds "
-                f"{actual['backbone']} features ({actual['dim']}-d) that differ in {name}; "
-                f"embed with the same backbone and options"
+                f"{actual['backbone']} features ({actual['dim']}-d) that differ in {name}; {advice}"
             )
+
+
+def _differ_only_in_decoding(one: Any, other: Any) -> bool:
+    """Whether two image preprocessings are the same but for how images become RGB (tlcache.images.DECODING)."""
+    if not (isinstance(one, dict) and isinstance(other, dict)):
+        return False
+    return {k: v for k, v in one.items() if k != "convert"} == {k: v for k, v in other.items() if k != "convert"}
 
 
 @contextmanager
