@@ -8,6 +8,7 @@ from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import fit_head
 from tlcache.predict import predict
+from tlcache.runs import SIDECAR_FILE
 
 
 def _head(source, tmp_path, name, **backbone) -> str:
@@ -58,3 +59,20 @@ def test_items_of_classes_the_head_never_saw_are_named_and_counted_as_errors(tmp
     assert note.startswith("note: 3 items are of classes the head was not trained on: emu (3)")
     assert note.endswith("the accuracy counts them as errors")
     assert predict(run_dir, tmp_path / "train.h5", out=tmp_path / "t.csv", progress=False).unseen_line() is None
+
+
+def test_a_head_whose_backbone_now_gives_other_features_is_refused_before_anything_is_embedded(
+    tmp_path, resnet18_weights
+):
+    import json
+
+    resnet = {"backbone": "torchvision:resnet18", "weights": str(resnet18_weights), "image_size": 32}
+    run_dir = _head(write_image_folder(tmp_path / "imgs", per_class=3), tmp_path, "run", **resnet)
+    sidecar_path = tmp_path / "run" / SIDECAR_FILE
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["preprocessing"]["convert"] = "RGB"  # as the tlcache before images were read as shown wrote it
+    sidecar_path.write_text(json.dumps(sidecar))
+    new = write_image_folder(tmp_path / "new", per_class=2, seed=5)
+    with pytest.raises(UserError, match="differ in preprocessing; their images were decoded by different tlcache"):
+        predict(run_dir, new, out=tmp_path / "p.csv", cache_dir=tmp_path / "new-cache", progress=False)
+    assert not (tmp_path / "new-cache").exists() and not (tmp_path / "p.csv").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
-from tlcache.runs import load_head, write_predictions, write_predictions_file
+from tlcache.runs import Sidecar, check_same_features, load_head, write_predictions, write_predictions_file
 from tlcache.sources import modality_of_path
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
@@ -75,6 +76,7 @@ def predict(
         backbone = create_backbone(**sidecar["backbone_spec"])
         fitted_on = f"head {head} was fitted on {backbone.modality} features ({backbone.name})"
         check_source_modality(source, backbone.modality, fitted_on)
+        _check_backbone_matches(sidecar, backbone, Path(head))  # before embedding features the head would refuse
         result = embed_source(
             source,
             backbone,
@@ -100,6 +102,18 @@ def predict(
     out_path = Path(out) if out is not None else None
     unseen = _unseen_classes(truth, column_names)
     return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen)
+
+
+def _check_backbone_matches(sidecar: Sidecar, backbone, head: Path) -> None:
+    """Refuse, before anything is embedded, a backbone that would give features other than the head's: its
+    weights file changed since, or this tlcache decodes images otherwise. Precision and dim are checked on the
+    store (:func:`tlcache.heads.check_head_matches`)."""
+    made = {"backbone": backbone.name, "backbone_key": backbone.key_name, "weights_digest": backbone.weights_digest}
+    made |= {"preprocessing": json.loads(json.dumps(backbone.preprocessing)), "layer": backbone.layer}
+    made |= {"pooling": backbone.pooling, "precision": sidecar.get("precision"), "dim": sidecar.get("dim")}
+    check_same_features(
+        sidecar, made, f"its backbone as this tlcache makes it ({backbone.name})", f"head {head} was fitted on"
+    )
 
 
 def check_source_modality(source: Path, modality: str, wants: str) -> None:
