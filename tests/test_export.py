@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,10 +121,14 @@ def test_an_export_removes_the_work_folders_of_killed_exports_and_keeps_running_
 
 
 def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypatch):
-    strict = {**export_module.GATES["fp32"], "mean_cosine": 1.5}  # no export can reach it
+    strict = {**export_module.GATES["fp32"], "mean_cosine": 1.5, "min_cosine": 1.5}  # no export can reach them
     monkeypatch.setitem(export_module.GATES, "fp32", strict)
     result = run("export", text_run, "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2 and "failed its parity checks (mean cosine" in result.stderr
+    tested = {row["id"] for row in read_csv(text_run / "predictions.csv")}
+    worst = re.search(r"worst cosine to the cache [0-9.]+ < 1.5, item (\S+?)\)", result.stderr)
+    assert worst and worst[1] in tested  # the item furthest from its cached features, named
+    assert "half precision" not in result.stderr  # the run's features are fp32
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".tlcache-export-*"))
     result = run("export", text_run, "--out", tmp_path / "new" / "folders" / "m.onnx")
     assert result.exit_code == 2 and not (tmp_path / "new").exists()  # the folders it made for the file, removed
@@ -131,6 +136,19 @@ def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypa
     assert forced["forced"] and not forced["gates"]["passed"] and (tmp_path / "m.onnx").is_file()
     with pytest.warns(UserWarning, match="failed its parity checks"):
         assert load_exported(tmp_path / "m.onnx").metadata["forced"]
+
+
+def test_a_run_on_half_precision_features_that_fails_its_gate_is_told_of_fp32_features(
+    tmp_path, tiny_bert_dir, monkeypatch
+):
+    source = write_text_csv(tmp_path / "reviews.csv", n=40)
+    store = json.loads(ok("embed", source, "-b", f"hf:{tiny_bert_dir}", "--precision", "bf16", "--json"))
+    ok("fit-head", store["path"], "--head", "logreg", "--out", tmp_path / "run")
+    strict = {**export_module.GATES["fp32 of a half-precision store"], "min_cosine": 1.5}
+    monkeypatch.setitem(export_module.GATES, "fp32 of a half-precision store", strict)
+    result = run("export", tmp_path / "run", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "worst cosine to the cache" in result.stderr
+    assert "features embedded with --precision fp32 is checked to the fp32 limits" in result.stderr
 
 
 def test_exports_that_cannot_be_made_say_why_in_one_line(tmp_path, text_run):

@@ -43,6 +43,11 @@ GATES = {
     },
     "int8": {"mean_cosine": 0.99, "min_cosine": 0.95, "accuracy_drop": 0.005, "ece_rise": 0.02},
 }
+# The export runs in fp32; a run on bf16 or fp16 features is checked against those, to looser limits.
+_HALF_PRECISION_ADVICE = (
+    "The run's features are half precision and the export fp32: a run on features embedded with --precision fp32 "
+    "is checked to the fp32 limits. "
+)
 # An export works in a folder beside its output, named after its process, and moves the model out when done.
 WORK_PREFIX = ".tlcache-export-"
 CALIBRATION_ITEMS = 128  # training images whose activations set an int8 image model's ranges
@@ -115,6 +120,7 @@ def export_run(
         if not gates["passed"] and not force:
             raise UserError(
                 f"the export failed its parity checks ({'; '.join(gates['failed'])}); nothing was written. "
+                f"{_HALF_PRECISION_ADVICE if gates['gate'] == 'fp32 of a half-precision store' else ''}"
                 "--force writes it anyway, marked as failed"
             )
         write_metadata(graph, metadata)
@@ -357,6 +363,7 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, tested
         "items": len(items),
         "mean_cosine": float(cosine.mean()),
         "min_cosine": float(cosine.min()),
+        "worst_item": str(tested[int(cosine.argmin())]["id"]),
         "accuracy": float(np.mean([p == e["true_label"] for p, e in zip(predicted, tested)])),
         "run_accuracy": float(report["metrics"]["accuracy"]),
         "ece": calibration_summary(outputs.probabilities, np.asarray(truth))["ece"],
@@ -374,7 +381,8 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, tested
     if measured["mean_cosine"] < limits["mean_cosine"]:
         failed.append(f"mean cosine to the cache {measured['mean_cosine']:.5f} < {limits['mean_cosine']}")
     if measured["min_cosine"] < limits["min_cosine"]:
-        failed.append(f"worst cosine to the cache {measured['min_cosine']:.5f} < {limits['min_cosine']}")
+        worst = f"{measured['min_cosine']:.5f} < {limits['min_cosine']}, item {measured['worst_item']}"
+        failed.append(f"worst cosine to the cache {worst}")
     if measured["accuracy"] < measured["run_accuracy"] - limits["accuracy_drop"]:
         failed.append(
             f"accuracy {measured['accuracy']:.4f} < the run's {measured['run_accuracy']:.4f} "
