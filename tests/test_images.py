@@ -1,6 +1,8 @@
 """Images for embedding and fine-tuning: decoding (16-bit, float and turned pictures), seeded random transforms,
 decoding failures as one line."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,21 @@ def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped():
     np.testing.assert_array_equal(np.asarray(as_rgb(sixteen.convert("I"))), expected)
     floats = Image.fromarray(eight.astype(np.float32) / 255.0)
     assert floats.mode == "F"
-    np.testing.assert_array_equal(np.asarray(as_rgb(floats)), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # values in range: no warning
+        np.testing.assert_array_equal(np.asarray(as_rgb(floats)), expected)
+        as_rgb(sixteen)
+
+
+def test_values_outside_the_range_an_image_is_read_from_or_8_bit_data_in_a_wide_type_are_warned_of():
+    from PIL import Image
+
+    eight = _greys(2)
+    for outside in (Image.fromarray(eight.astype(np.float32)), Image.fromarray(eight.astype(np.int32) * 1000)):
+        with pytest.warns(UserWarning, match="outside the range they are read from"):
+            assert np.asarray(as_rgb(outside)).max() == 255
+    with pytest.warns(UserWarning, match="hold values up to 255 only"):
+        assert np.asarray(as_rgb(Image.fromarray(eight.astype(np.int32)))).max() <= 1
 
 
 def test_an_image_is_turned_upright_by_its_exif_orientation(tmp_path):

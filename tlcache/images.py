@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,14 @@ VIEWS_SEED = 0
 # never served.
 DECODING = "RGB, upright by EXIF, 16-bit and float scaled"
 EXIF_ORIENTATION = 0x0112
+OUT_OF_RANGE = (
+    "some images hold values outside the range they are read from (float images 0-1, 32-bit integer images "
+    "0-65535); those values are clipped: save such images rescaled to it"
+)
+EIGHT_BITS_WIDE = (
+    "some 16-bit or 32-bit images hold values up to 255 only; they are read from 0-65535, so nearly black: save "
+    "8-bit data as 8-bit images"
+)
 
 # Seeded transforms draw from torch's global generator, which decoding threads share.
 _GLOBAL_RNG = threading.Lock()
@@ -64,6 +73,11 @@ def as_rgb(image):
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
         values = np.nan_to_num(np.asarray(image, dtype=np.float64) * scale)
+        # One message each, so each is shown once, not once an image.
+        if values.min() < -0.5 or values.max() > 255.5:
+            warnings.warn(OUT_OF_RANGE, UserWarning, stacklevel=2)
+        elif image.mode != "F" and 0 < values.max() <= 255.0 / 257.0:
+            warnings.warn(EIGHT_BITS_WIDE, UserWarning, stacklevel=2)
         image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     return image.convert("RGB")
 
