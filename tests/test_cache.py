@@ -43,3 +43,25 @@ def test_gc_removes_the_shards_of_a_ray_run_that_is_not_running(tmp_path):
         assert live.is_dir() and not stale.exists()
     removed = collect_garbage(tmp_path)  # the run stopped: its partial store and its shards go
     assert {e.path.parent for e in removed} == {live, tmp_path} and not (tmp_path / SHARDS_DIR).exists()
+
+
+def test_a_listing_tells_stores_of_one_backbone_and_source_apart(tmp_path):
+    """`tlcache ls` names what differs between stores of the same backbone and source: image size, precision, a
+    layer or pooling not the default, views, and images decoded otherwise than this tlcache does (never served)."""
+    from tlcache.images import DECODING
+
+    def store(name: str, **meta):
+        return make_store(tmp_path / f"bb-{name}-00000000-{name * 20}.h5", np.zeros((4, 3)), [0] * 4, ["x"], **meta)
+
+    image = {"backbone_spec": {"name": "bb", "image_size": 96}, "preprocessing": {"convert": DECODING}}
+    store("1", precision="bf16", **image)
+    store("2", precision="fp32", layer="blocks.5", pooling="max", **image)
+    store("3", precision="bf16", backbone_spec={"name": "bb", "image_size": 96}, preprocessing={"convert": "RGB"})
+    store("4", precision="fp32", modality="text", layer="last", preprocessing={"max_length": 8})
+    described = {entry.path.name[3:4]: entry.features for entry in list_stores(tmp_path)}
+    assert described == {
+        "1": "96 px, bf16",
+        "2": "96 px, fp32, layer blocks.5, max pooling",
+        "3": "96 px, bf16, decoded by another tlcache",
+        "4": "fp32",
+    }

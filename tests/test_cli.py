@@ -272,6 +272,8 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
     assert states == {Path(done["path"]).name: "complete", cut.name + ".partial": "partial"}
     table = run("ls", cache).stdout
     assert "4/5" in table and "partial" in table and "complete" in table
+    precision = FeatureStore(done["path"]).meta["precision"]  # bf16 or fp32, as the machine has it
+    assert [e["features"] for e in listing if e["state"] == "complete"] == [precision]  # a text store: no size
 
     dry = run("gc", cache, "--dry-run")
     assert dry.exit_code == 0 and "would remove 1 stores" in dry.stdout

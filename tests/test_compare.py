@@ -237,7 +237,7 @@ def test_compare_command_reads_named_columns_and_holds_out_a_fraction(tmp_path, 
     result = run("compare", *arguments, *columns)
     assert result.exit_code == 0, result.output
     assert "ft-all-seed0: accuracy" in result.stdout and "cells run, 0 reused" in result.stdout
-    assert "note: fine-tunes still improving at their last epoch (ft at all)" in result.stdout  # one epoch only
+    assert "still improving at their last epoch (ft at all (1 of 1 seeds))" in result.stdout  # one epoch only
     summary = json.loads((tmp_path / "runs" / "compare-table" / "compare.json").read_text())
     assert summary["n_test"] == 10 and summary["classes"] == ["neg", "pos"]
     tested = (tmp_path / "runs" / "compare-table" / "finetunes" / "ft-all-seed0" / "predictions.csv").read_text()

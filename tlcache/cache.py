@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ class StoreEntry:
     size_bytes: int
     state: str  # "complete", "partial" (an interrupted embed: run it again), "running" (being written) or "unreadable"
     last_used: str  # ISO time of the last write, cache hit or fit (last_used)
+    features: str | None = None  # what tells the store from others of its backbone and source (describe_features)
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "path": str(self.path)}
@@ -69,11 +71,12 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
         if not path.name.endswith((STORE_SUFFIX, STORE_SUFFIX + PARTIAL_SUFFIX)) or not path.is_file():
             continue
         status = probe_store(path)
-        backbone = source = None
+        backbone = source = features = None
         if status.readable:
             with h5py.File(path, "r") as handle:
                 backbone = str(handle.attrs.get("backbone", ""))
                 source = str(handle.attrs.get("source_path", ""))
+                features = describe_features(handle.attrs)
         state = _state(path, status.readable, status.complete)
         stat = path.stat()
         entries.append(
@@ -87,9 +90,44 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
                 size_bytes=stat.st_blocks * 512,  # partial stores are sparse: count what is really on disk
                 state=state,
                 last_used=datetime.fromtimestamp(last_used(path), timezone.utc).isoformat(timespec="seconds"),
+                features=features,
             )
         )
     return sorted(entries, key=lambda e: (e.last_used, e.path.name))
+
+
+def describe_features(attrs) -> str:
+    """A store's options in a few words, from its attributes: the image size, the precision, a layer or pooling
+    other than the backbone's default, augmented views, and "decoded by another tlcache" for images decoded by a tlcache
+    before tlcache.images.DECODING (no embed serves such a store now). Two stores of one backbone and source differ
+    in these."""
+    from tlcache.images import DECODING
+
+    def attr(name: str):
+        value = attrs.get(name)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def parsed(name: str) -> dict:
+        try:
+            value = json.loads(attr(name) or "{}")
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    spec, preprocessing, image = parsed("backbone_spec"), parsed("preprocessing"), attr("modality") == "image"
+    words = [f"{spec['image_size']} px"] if image and spec.get("image_size") else []
+    words += [str(attr("precision"))] if attr("precision") else []
+    layer, pooling = attr("layer"), attr("pooling")
+    if layer and layer not in ("penultimate", "last"):
+        words.append(f"layer {layer}")
+    if pooling and pooling != "mean":
+        words.append(f"{pooling} pooling")
+    views = attr("views")
+    if views and int(views) > 0:
+        words.append(f"{int(views)} views")
+    if image and preprocessing and preprocessing.get("convert") != DECODING:
+        words.append("decoded by another tlcache")
+    return ", ".join(words)
 
 
 def _idle_shards(folder: Path, entries: list[StoreEntry]) -> list[tuple[Path, list[StoreEntry]]]:

@@ -20,6 +20,7 @@ from tlcache.cli.options import (
     take,
 )
 from tlcache.compare.run import DEFAULT_HEADS, DEFAULT_SHOTS, FINETUNES
+from tlcache.compare.summary import still_rising
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
 
@@ -153,10 +154,9 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
         click.echo(json.dumps({"out_dir": str(result.out_dir), "ran": result.ran, **result.summary}, indent=2))
         return result
     click.echo(f"{advice['headline']}" + (f"; {advice['crossing']}" if advice["crossing"] else ""))
-    rising = [row for row in result.summary["rows"] if row.get("still_rising")]
+    rising = still_rising(result.summary)
     if rising:
-        where = ", ".join(f"{row['method']} at {row['shots']}" for row in rising)
-        click.echo(f"note: fine-tunes still improving at their last epoch ({where}): more --epochs may raise them")
+        click.echo(f"note: fine-tunes still improving at their last epoch ({rising}): more --epochs may raise them")
     left_out = len(result.summary["budget"]["left_out"])
     skipped = f", {left_out} left out to stay within --budget" if left_out else ""
     done = f"{result.ran} cells run, {len(result.cells) - result.ran} reused{skipped}"

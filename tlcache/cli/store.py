@@ -58,7 +58,8 @@ def backbones(as_json) -> None:
 @click.argument("folder", required=False)
 @json_option
 def ls(folder, as_json) -> None:
-    """List the stores in FOLDER (default: the cache folder): key, backbone, rows, size, state, source.
+    """List the stores in FOLDER (default: the cache folder): key, backbone, features (image size, precision,
+    layer, views where not the default), rows, size, state, last use, source.
 
     \b
     Example:
@@ -74,10 +75,11 @@ def ls(folder, as_json) -> None:
     if not entries:  # an empty table would not say which folder was looked in
         click.echo(_nothing_listed(folder))
         return
-    rows = [("key", "backbone", "rows", "size", "state", "last used", "source")] + [
+    rows = [("key", "backbone", "features", "rows", "size", "state", "last used", "source")] + [
         (
             (e.key or "?")[:12],
             e.backbone or "?",
+            e.features or "?",
             f"{e.rows_done}/{e.n_rows}" if e.state in ("partial", "running") else str(e.n_rows),
             _size(e.size_bytes),
             e.state,

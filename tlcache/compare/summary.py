@@ -59,6 +59,16 @@ def _row(method: str, shots, group: list[dict]) -> dict:
     }
 
 
+def still_rising(summary: dict) -> str:
+    """The fine-tunes whose validation accuracy was best at their last epoch, as words ("ft at 8 per class (2 of
+    3 seeds), ..."); empty when there are none. compare.md and the command's last lines say the same."""
+    return ", ".join(
+        f"{row['method']} at {_shots_words(row['shots'])} ({row['still_rising']} of {len(row['seeds'])} seeds)"
+        for row in summary["rows"]
+        if row.get("still_rising")
+    )
+
+
 def _counts(names: list[str]) -> dict[str, int] | None:
     return {name: names.count(name) for name in dict.fromkeys(names)} or None
 
@@ -112,15 +122,11 @@ def render_markdown(summary: dict) -> str:
             f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.2f} | "
             f"{'features' if row['cached'] else 'no'} |"
         )
-    rising = [row for row in summary["rows"] if row.get("still_rising")]
+    rising = still_rising(summary)
     if rising:
-        names = ", ".join(
-            f"{row['method']} at {_shots_words(row['shots'])} ({row['still_rising']} of {len(row['seeds'])} seeds)"
-            for row in rising
-        )
         lines += [
             "",
-            f"Still improving: these fine-tunes were best on their validation items at their last epoch: {names}. "
+            f"Still improving: these fine-tunes were best on their validation items at their last epoch: {rising}. "
             "More `--epochs` may raise them; the figures here are of the fine-tunes as they ran.",
         ]
     budget = summary.get("budget") or {}
