@@ -179,10 +179,20 @@ def test_recommend_frozen_when_it_wins_on_every_seed():
     )
 
 
-def test_recommend_a_seed_significant_the_other_way_is_level():
-    (row,) = recommend(_cells([(5, 95), (5, 95), (60, 5)]))["by_shots"]
-    assert row["difference_points"] > 0 and row["seeds_significant"] == 3
+def test_recommend_a_seed_significant_the_other_way_is_level_and_the_report_says_which():
+    """Three significant seeds, one against the mean (a new user's 4-shot row read "p 0.001, 6e-08, 0.02" beside
+    "level"): the row, the headline and the table show each seed's direction."""
+    result = recommend(_cells([(5, 95), (5, 95), (60, 5)]))
+    (row,) = result["by_shots"]
+    assert row["difference_points"] > 0 and row["seeds_significant"] == 3 and row["seeds_against"] == 1
     assert row["verdict"] == "level"
+    assert row["seed_points"] == [100 * 90 / N_ITEMS, 100 * 90 / N_ITEMS, -100 * 55 / N_ITEMS]
+    assert result["headline"].endswith("p < 0.001 on 3 of 3 seeds, 1 of them the other way")
+    from tlcache.compare.summary import paired_table
+
+    table_row = paired_table(result)[2]
+    assert f"+{100 * 90 / N_ITEMS:.1f} ({row['p_values'][0]:.3g})" in table_row
+    assert f"-{100 * 55 / N_ITEMS:.1f} ({row['p_values'][2]:.3g})" in table_row
 
 
 def test_recommend_crossing_from_frozen_to_finetune():

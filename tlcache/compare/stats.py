@@ -62,8 +62,9 @@ def mcnemar_exact(a_correct: Sequence[int] | np.ndarray, b_correct: Sequence[int
 def recommend(cells: Sequence[Cell], alpha: float = 0.05) -> dict:
     """The verdict of :data:`RULE` at each shot count of the finished ``cells`` (dicts with ``method``, ``kind``,
     ``shots``, ``seed``, ``accuracy``, ``seconds``, ``correct``), with a one-sentence headline for the largest shot
-    count and a sentence on where the verdict changes (None when it does not). ``p_values`` are per seed both
-    best methods ran, in seed order; ``n_seeds`` counts those seeds."""
+    count and a sentence on where the verdict changes (None when it does not). ``p_values``, and ``seed_points``
+    (fine-tune minus frozen, in points), are per seed both best methods ran, in seed order; ``n_seeds`` counts
+    those seeds, ``seeds_against`` those significant in favour of the side behind on the mean."""
     if not cells:
         raise ValueError("recommend needs at least one finished cell")
     grouped = _group(cells)
@@ -132,36 +133,40 @@ def _compare(shots: object, by_kind: Mapping[str, Mapping], alpha: float) -> dic
         row[f"{kind}_seconds"] = _mean(methods[best], "seconds") if best else None
     if best_frozen is None or best_finetune is None:
         only = "frozen only" if best_finetune is None else "finetune only"
-        return {**row, "difference_points": None, "p_values": [], "seeds_significant": 0, "n_seeds": 0, "verdict": only}
+        nothing = {"difference_points": None, "p_values": [], "seed_points": [], "seeds_significant": 0}
+        return {**row, **nothing, "seeds_against": 0, "n_seeds": 0, "verdict": only}
     tests = _paired_tests(frozen[best_frozen], finetune[best_finetune])
     difference = 100 * (row["finetune_accuracy"] - row["frozen_accuracy"])
-    p_values = [p for p, _ in tests]
+    p_values = [p for p, _, _ in tests]
     return {
         **row,
         "difference_points": difference,
         "p_values": p_values,
+        # Per seed, fine-tune minus frozen on its test items: a significant seed may go against the mean.
+        "seed_points": [100 * gain / n for _, gain, n in tests],
         "seeds_significant": sum(p < alpha for p in p_values),
+        "seeds_against": sum(p < alpha and gain * difference < 0 for p, gain, _ in tests),
         "n_seeds": len(p_values),
         "verdict": _verdict(difference, tests, alpha),
     }
 
 
-def _paired_tests(frozen: Mapping[object, Cell], finetune: Mapping[object, Cell]) -> list[tuple[float, int]]:
-    """(McNemar p, fine-tune's correct items minus frozen's) for each seed both ran, in seed order."""
+def _paired_tests(frozen: Mapping[object, Cell], finetune: Mapping[object, Cell]) -> list[tuple[float, int, int]]:
+    """(McNemar p, fine-tune's correct items minus frozen's, test items) for each seed both ran, in seed order."""
     tests = []
     for seed in sorted(frozen.keys() & finetune.keys()):
         a, b = frozen[seed]["correct"], finetune[seed]["correct"]
-        tests.append((mcnemar_exact(a, b), int(np.sum(b)) - int(np.sum(a))))
+        tests.append((mcnemar_exact(a, b), int(np.sum(b)) - int(np.sum(a)), len(a)))
     return tests
 
 
-def _verdict(difference_points: float, tests: list[tuple[float, int]], alpha: float) -> str:
+def _verdict(difference_points: float, tests: list[tuple[float, int, int]], alpha: float) -> str:
     """ "finetune" or "frozen" for a higher mean backed by p < alpha in its favour on every paired seed, else
     "level" (also when no seed is paired)."""
     if difference_points == 0 or not tests:
         return "level"
     sign = 1 if difference_points > 0 else -1
-    if all(p < alpha and np.sign(gain) == sign for p, gain in tests):
+    if all(p < alpha and np.sign(gain) == sign for p, gain, _ in tests):
         return "finetune" if sign > 0 else "frozen"
     return "level"
 
@@ -186,14 +191,17 @@ def _p_floor(p: float) -> str:
     return f"{math.floor(p * 10**decimals + 1e-9) / 10**decimals:g}"
 
 
-def _evidence(p_values: list[float], alpha: float) -> str:
-    """The paired tests in words: "p < 0.05 on 3 of 3 seeds", "p >= 0.41 on 3 seeds", "p = 1 on 3 seeds"."""
+def _evidence(p_values: list[float], alpha: float, against: int = 0) -> str:
+    """The paired tests in words: "p < 0.05 on 3 of 3 seeds", "p >= 0.41 on 3 seeds", "p = 1 on 3 seeds";
+    ``against`` of the significant seeds favour the side behind on the mean: "p < 0.05 on 3 of 3 seeds, 1 of them
+    the other way"."""
     if not p_values:
         return "no seed in common"
     significant = [p for p in p_values if p < alpha]
     if significant:
         bound = "0.001" if max(significant) < 0.001 < alpha else f"{alpha:g}"
-        return f"p < {bound} on {len(significant)} of {len(p_values)} seeds"
+        other_way = f", {against} of them the other way" if against else ""
+        return f"p < {bound} on {len(significant)} of {len(p_values)} seeds{other_way}"
     smallest = min(p_values)
     return f"p {'=' if smallest >= 1 else '>='} {_p_floor(smallest)} on {_seeds(len(p_values))}"
 
@@ -211,7 +219,8 @@ def _headline(row: Mapping, alpha: float) -> str:
         return f"frozen only ({frozen}): {100 * row['frozen_accuracy']:.1f}% {where}, no fine-tune to compare"
     if verdict == "finetune only":
         return f"fine-tune only ({finetune}): {100 * row['finetune_accuracy']:.1f}% {where}, no frozen head to compare"
-    gain, evidence = f"{row['difference_points']:+.1f} points", _evidence(row["p_values"], alpha)
+    gain = f"{row['difference_points']:+.1f} points"
+    evidence = _evidence(row["p_values"], alpha, row["seeds_against"])
     if verdict == "finetune":
         cost = f"{_seconds(row['finetune_seconds'])} per run against {_seconds(row['frozen_seconds'])} for {frozen}"
         return f"fine-tune ({finetune}): {gain} {where}, {evidence}, {cost} on cached features"

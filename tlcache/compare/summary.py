@@ -151,11 +151,12 @@ def render_markdown(summary: dict) -> str:
 
 def paired_table(advice: dict) -> list[str]:
     """The recommendation's paired tests as a Markdown table, a row per shot count."""
-    lines = ["| items per class | best frozen | best fine-tune | fine-tune - frozen (points) | p per seed | verdict |"]
+    header = "| items per class | best frozen | best fine-tune | fine-tune - frozen (points) | per seed: points (p) |"
+    lines = [header + " verdict |"]
     lines += ["|---:|---|---|---:|---|---|"]
     for row in advice["by_shots"]:
         difference = "" if row["difference_points"] is None else f"{row['difference_points']:+.1f}"
-        p_values = ", ".join(f"{p:.3g}" for p in row["p_values"])
+        p_values = ", ".join(f"{d:+.1f} ({p:.3g})" for d, p in zip(row["seed_points"], row["p_values"]))
         lines.append(
             f"| {_shots_words(row['shots'])} | {row['best_frozen'] or ''} | {row['best_finetune'] or ''} | "
             f"{difference} | {p_values} | {row['verdict']} |"
