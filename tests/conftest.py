@@ -93,6 +93,7 @@ def make_store(path: Path, X, y, class_names, finish: bool = True, **meta) -> Pa
 
     X = np.asarray(X, dtype=np.float32)
     backbone = meta.pop("backbone", "test-bb")
+    fingerprints = meta.pop("fingerprints", None)
     meta = {
         "cache_key": f"key-{path.stem}",
         "config_key": "config",
@@ -114,7 +115,7 @@ def make_store(path: Path, X, y, class_names, finish: bool = True, **meta) -> Pa
         [f"id{i}" for i in range(n)],
         list(y),
         list(class_names),
-        [f"fp{i}" for i in range(n)],
+        fingerprints or [f"{path.stem}-fp{i}" for i in range(n)],  # items of one store only: no test in training
         dim=X.shape[1],
     )
     for start in range(0, n, 4):

@@ -355,7 +355,8 @@ def test_finetune_patience_stops_early_on_a_table_with_its_own_columns(tmp_path,
     # The columns are the ones named: others are refused before any work.
     assert_user_error(run(*base, *columns[:4], "--id-column", "region"), "column 'region' has repeated ids")
     assert_user_error(run(*base, *columns[2:]), "no column 'text'")
-    assert_user_error(run(*base, *columns[:2], *columns[4:]), "needs labelled items of two classes")
+    unlabelled = "needs labelled items of two classes or more; it has no column 'label': name the label column"
+    assert_user_error(run(*base, *columns[:2], *columns[4:]), unlabelled)
 
 
 def test_finetune_group_column_gives_per_group_metrics(tmp_path, tiny_bert_dir):

@@ -137,6 +137,22 @@ def test_load_head_refuses_folders_without_a_head(tmp_path):
         load_head(tmp_path / "nowhere")
 
 
+def test_load_head_given_a_store_or_the_folder_of_every_head_says_what_to_pass(tmp_path):
+    """A new user passed a feature store, and the folder of `fit-head --head all`, where a head goes: each was told
+    only that the folder 'holds no head'."""
+    from tlcache.all_heads import fit_all_heads
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    store = _store(tmp_path / "s.h5", rng.normal(size=(60, 4)) + 2 * y[:, None], y, ["a", "b"])
+    with pytest.raises(UserError, match="s.h5 is a feature store, not a head; pass the run folder"):
+        load_head(store)
+    runs = fit_all_heads(store, heads=("logreg", "knn"), out=tmp_path / "all", progress=False)
+    best = runs[0].report["head"]
+    with pytest.raises(UserError, match=f"in each of its folders .*; pass one, e.g. .*{best}, the best on validation"):
+        load_head(tmp_path / "all")
+
+
 def test_sgd_head_streams_and_matches_in_memory_accuracy(tmp_path, monkeypatch):
     import tlcache.heads as heads
 

@@ -178,3 +178,16 @@ def test_json_numbers_that_are_equal_are_one_label(tmp_path):
     source = load_source(path)
     assert source.class_names == ["1", "2"]
     assert source.label_indices == [0, 0, 1, -1, -1]
+
+
+def test_empty_texts_are_refused_by_row_as_missing_ones_are(tmp_path):
+    """A new user's CSV with an empty and a whitespace-only text embedded both (one vector for every empty item),
+    trained on them and predicted them, silently; a missing text (a JSON null) was refused already."""
+    table = tmp_path / "blank.csv"
+    table.write_text('text,label\nfine film,pos\n"",neg\ndull,neg\n"   ",pos\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"blank.csv: 2 rows with an empty 'text' \(row 3, 5\); fill them in or drop"):
+        load_source(table)
+    lines = tmp_path / "blank.jsonl"
+    lines.write_text('{"text": "fine", "label": "pos"}\n{"text": " ", "label": "neg"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"1 row with an empty 'text' \(row 2\); fill it in or drop it"):
+        load_source(lines)

@@ -64,3 +64,21 @@ def test_too_few_items_for_the_shots_names_the_smallest_class_and_its_count(tmp_
         f"{store}: class 'rare' has only 4 training items, fewer than --shots 10, as do 'middling' (7); "
         "use --shots 4 or fewer"
     )
+
+
+def test_test_items_are_not_held_out_of_classes_of_one_item_each(tmp_path):
+    """A new user's swapped columns (--text-column label --label-column text) gave 1500 classes of one item each:
+    fit-head held out 300 items of classes it never trained on and scored 0. Holding out test items where most
+    classes have a single item is refused, saying what to check; a validation split of a one-shot draw is not."""
+    ids = np.arange(20)
+    with pytest.raises(UserError, match="20 of its 20 classes have a single labelled item.*--label-column"):
+        stratified_split(ids, ids, 0.2, seed=0, where="data")
+    y = np.array([0] * 10 + [1] * 10 + list(range(2, 10)))  # 8 of 10 classes single
+    with pytest.raises(UserError, match="8 of its 10 classes"):
+        stratified_split(np.arange(len(y)), y, 0.2, seed=0, where="data")
+    kept, held = stratified_split(ids, ids, 0.2, seed=0, where="data", flag="--val-fraction")
+    assert len(held) == 4 and len(kept) == 16
+    store = make_store(tmp_path / "ids.h5", np.eye(20), ids, [f"text {i}" for i in ids])
+    with pytest.raises(UserError, match="single labelled item"):
+        fit_head(store, "logreg", out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -37,7 +37,7 @@ from tlcache.runs import (
     write_report,
     writing_run,
 )
-from tlcache.splits import remap_labels, sample_shots, stratified_split
+from tlcache.splits import remap_labels, sample_shots, shared_with_training, stratified_split
 from tlcache.store import FeatureStore
 
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
@@ -223,24 +223,29 @@ class _TestSet:
     rows: np.ndarray
     labels: np.ndarray
     description: str
+    in_training: int = 0  # test items whose content is also a training item's (splits.shared_with_training)
 
 
 def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction: float, seed: int):
     """(training rows, test set): every labelled row and a test store of the same features, or a stratified
     ``test_fraction`` of the labelled rows held out with ``seed``."""
     labelled = _labelled_rows(train_store, labels)
+    fingerprints = train_store.fingerprints()
     if test is None:
         where = str(train_store.path)
         train_rows, rows = stratified_split(labelled, labels[labelled], test_fraction, seed, where)
-        return train_rows, _TestSet(
-            train_store, rows, labels[rows], f"{test_fraction:g} held out, stratified, seed {seed}"
-        )
+        shared = shared_with_training([fingerprints[r] for r in train_rows], [fingerprints[r] for r in rows], where)
+        description = f"{test_fraction:g} held out, stratified, seed {seed}"
+        return train_rows, _TestSet(train_store, rows, labels[rows], description, shared)
     test_store = test if isinstance(test, FeatureStore) else FeatureStore(test)
-    check_same_features(train_store.meta, test_store.meta, f"test store {test_store.path}")
+    where = f"test store {test_store.path}"
+    check_same_features(train_store.meta, test_store.meta, where)
     test_labels = test_store.labels()
     rows = _labelled_rows(test_store, test_labels)
     y = remap_labels(test_labels[rows], test_store.class_names, train_store.class_names, str(test_store.path))
-    return labelled, _TestSet(test_store, rows, y, f"store {test_store.path}")
+    tested = test_store.fingerprints()
+    shared = shared_with_training([fingerprints[r] for r in labelled], [tested[r] for r in rows], where)
+    return labelled, _TestSet(test_store, rows, y, f"store {test_store.path}", shared)
 
 
 def _score(pipeline, tested: _TestSet, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,6 +277,7 @@ def _report(
         "n_train": int(len(fitted["rows"])),
         "views_per_item": n_views,
         "n_test": int(len(tested.labels)),
+        "test_in_training": tested.in_training,
         "classes": classes,
         "class_weight": class_weight,
         "fit_seconds": round(fitted["seconds"], 4),

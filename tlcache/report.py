@@ -113,6 +113,7 @@ class RunReport(_ReportCore, total=False):
     source: str  # finetune: the training source
     n_val: int  # finetune: items held out for early stopping
     views_per_item: int
+    test_in_training: int  # test items whose content is also a training item's
     class_weight: str | None
     sweep: Sweep
     calibration: Calibration
@@ -172,6 +173,10 @@ def calibration_summary(probabilities: np.ndarray, y_true: np.ndarray, n_bins: i
     return {"ece": float(ece), "bins": bins}
 
 
+# The most classes whose confusion matrix report.md shows as a table (report.json always holds it).
+TABLE_MAX_CLASSES = 30
+
+
 def render_markdown(report: RunReport) -> str:
     metrics = report["metrics"]
     classes = report["classes"]
@@ -196,6 +201,14 @@ def render_markdown(report: RunReport) -> str:
         f"| macro F1 | {scores[1]} |",
         f"| train rows | {report['n_train']}{' per repeat' if few else ''} |",
         f"| test rows | {report['n_test']} ({report['test']}) |",
+        *(
+            [
+                f"| **test items also in training** | {report['test_in_training']} (the same content: the accuracy "
+                "overstates how the model does on new items) |"
+            ]
+            if report.get("test_in_training")
+            else []
+        ),
         f"| fit time | {report['fit_seconds']:.2f} s{' (repeat 1)' if few else ''} |",
         f"| seed | {report['seed']} |",
         f"| store | `{report['store']}` |" if "store" in report else f"| source | `{report['source']}` |",
@@ -211,10 +224,13 @@ def render_markdown(report: RunReport) -> str:
             f"{row['support']} |"
         )
     lines += ["", f"## Confusion matrix{of_repeat} (rows: true class, columns: predicted)", ""]
-    lines.append("| | " + " | ".join(map(_cell, classes)) + " |")
-    lines.append("|---|" + "---:|" * len(classes))
-    for name, row in zip(classes, metrics["confusion_matrix"]):
-        lines.append(f"| **{_cell(name)}** | " + " | ".join(str(v) for v in row) + " |")
+    if len(classes) > TABLE_MAX_CLASSES:  # a table of k^2 cells: 9 MB for a new user's 1500 classes
+        lines.append(f"{len(classes)} classes, too many for a table here: `confusion_matrix` in report.json.")
+    else:
+        lines.append("| | " + " | ".join(map(_cell, classes)) + " |")
+        lines.append("|---|" + "---:|" * len(classes))
+        for name, row in zip(classes, metrics["confusion_matrix"]):
+            lines.append(f"| **{_cell(name)}** | " + " | ".join(str(v) for v in row) + " |")
     lines += _markdown_extras(report)
     return "\n".join(lines) + "\n"
 

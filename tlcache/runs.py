@@ -200,6 +200,14 @@ def write_whole(path: Path, data: bytes) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
+def _leaderboard_heads(folder: Path) -> list[str]:
+    """The heads of the leaderboard.json in ``folder`` (`fit-head --head all`), best first; empty without one."""
+    try:
+        return [str(row["head"]) for row in json.loads((folder / LEADERBOARD_FILE).read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+
+
 def load_head(path: str | Path) -> tuple[Any, Sidecar]:
     """A fitted head and its sidecar from a run folder (or a file in it), each checked: the sidecar's entries,
     the head file's digest against the sidecar's, and the head file's contents (classes tlcache allows only)."""
@@ -215,6 +223,15 @@ def load_head(path: str | Path) -> tuple[Any, Sidecar]:
             raise UserError(
                 f"{folder} holds a few-shot study (fit-head --shots {few.get('shots')} --repeats {few.get('repeats')}),"
                 " which saves its report but no head; run fit-head without --shots to get a head"
+            )
+        if path.is_file() and path.suffix == ".h5":
+            raise UserError(f"{path} is a feature store, not a head; pass the run folder `tlcache fit-head` wrote")
+        heads = sorted(child.name for child in folder.iterdir() if (child / SIDECAR_FILE).is_file())
+        if heads:  # the folder of a `fit-head --head all`: its leaderboard ranks them by validation accuracy
+            ranked = [name for name in _leaderboard_heads(folder) if name in heads]
+            example = f"{folder / ranked[0]}, the best on validation data" if ranked else str(folder / heads[0])
+            raise UserError(
+                f"{folder} holds a head in each of its folders ({', '.join(ranked or heads)}); pass one, e.g. {example}"
             )
         raise UserError(f"{folder} holds no head with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`")
     sidecar = _read_sidecar(sidecar_file)

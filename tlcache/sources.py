@@ -134,6 +134,20 @@ def modality_of_path(path: str | Path) -> str | None:
     return "text" if path.suffix.lower() in TABLE_EXTENSIONS else None
 
 
+def classes_needed(src: Source, purpose: str) -> None:
+    """A UserError unless ``src`` has labelled items of two classes or more, for ``purpose`` ("compare",
+    "fine-tuning"); a source without labels is told where labels come from."""
+    if len(src.class_names) >= 2:
+        return
+    if src.labels is None and src.modality == "text":
+        how = f"it has no column '{DEFAULT_LABEL_COLUMN}': name the label column with --label-column"
+    elif src.labels is None:
+        how = "put its images in one sub-folder per class"
+    else:
+        how = f"it has {len(src.class_names)} class"
+    raise UserError(f"{src.path}: {purpose} needs labelled items of two classes or more; {how}")
+
+
 def source_from_items(
     items: Sequence, modality: str, labels: Sequence | None = None, fingerprint_index: Path | None | str = "default"
 ) -> Source:
@@ -346,6 +360,14 @@ def _table_source(
             ids.append(str(n))
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique (or use --id-column)")
+    # An empty text embeds to the same vector whatever its item (it was trained on and predicted, silently).
+    empty = [n + row_offset for n, text in enumerate(texts) if not text.strip()]
+    if empty:
+        where = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise UserError(
+            f"{path}: {len(empty)} row{'s' if len(empty) > 1 else ''} with an empty '{text_column}' (row "
+            f"{where}); fill {'them' if len(empty) > 1 else 'it'} in or drop {'them' if len(empty) > 1 else 'it'}"
+        )
     labels = [_label_text(row.get(label_column)) for row in rows] if label_column else None
     groups = [_cell_text(row.get(group_column)) or "(none)" for row in rows] if group_column else None
     return Source(

@@ -3,6 +3,7 @@ draws, and labels of another dataset mapped onto the training classes."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,8 +15,8 @@ def stratified_split(
     rows: np.ndarray, y: np.ndarray, fraction: float, seed: int, where: str, flag: str = "--test-fraction"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held out) rows, each sorted: ``fraction`` of ``rows`` held out with ``seed``, stratified by ``y``
-    (a plain random split when a class has a single item, which cannot be on both sides). ``where`` and ``flag``
-    name the data and the option in messages."""
+    (a plain random split when a class has a single item, which cannot be on both sides; refused for test items when
+    most classes have one). ``where`` and ``flag`` name the data and the option in messages."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < fraction < 1.0:
@@ -23,6 +24,14 @@ def stratified_split(
     if len(y) < 4:
         raise UserError(f"{where} has only {len(y)} labelled items; holding out {flag} {fraction:g} needs more")
     counts = np.bincount(y)
+    present, single = int(np.count_nonzero(counts)), int(np.count_nonzero(counts == 1))
+    # Test items held out where most classes have one item: most could not be both learnt and tested (a label
+    # column of ids, say). A validation split of a one-shot draw is not refused: its classes are known.
+    if flag == "--test-fraction" and single > present / 2:
+        raise UserError(
+            f"{where}: {single} of its {present} classes have a single labelled item, which cannot be both trained "
+            f"and tested on; check that the label column holds the classes (--label-column), or give a --test set"
+        )
     stratify = y if counts[counts > 0].min() >= 2 else None
     try:
         kept, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
@@ -70,3 +79,24 @@ def remap_labels(y: np.ndarray, names: Sequence[str], train_names: Sequence[str]
         raise UserError(f"{where} has classes the training data lacks ({', '.join(unknown[:5])}); use matching data")
     index = {name: i for i, name in enumerate(train_names)}
     return np.array([index[names[i]] for i in y], dtype=np.int64)
+
+
+def shared_with_training(train_fingerprints: Sequence[str], test_fingerprints: Sequence[str], where: str) -> int:
+    """How many test items are also training items (the same content: the same text, the same image file's bytes),
+    with a warning that says so; a UserError when every one is, for the accuracy would be recall of items
+    trained on (the training data given as the test data). ``where`` names the test data."""
+    seen = set(train_fingerprints)
+    shared = sum(fingerprint in seen for fingerprint in test_fingerprints)
+    if shared and shared == len(test_fingerprints):
+        raise UserError(
+            f"{where}: every one of its {shared} test items is also a training item (the same content); "
+            "the accuracy would measure recall of what was trained on: test on other items"
+        )
+    if shared:
+        warnings.warn(
+            f"{where}: {shared} of {len(test_fingerprints)} test items are also training items (the same content), "
+            "so the test accuracy overstates how the model does on new items; remove them from the test data",
+            UserWarning,
+            stacklevel=2,
+        )
+    return shared

@@ -297,6 +297,10 @@ def _as_index(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
+# Files a user may pass where a store goes: the data embed reads (a CSV, say), not a store.
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".txt", ".png", ".jpg", ".jpeg")
+
+
 class FeatureStore:
     """A complete store, opened for reading. Anything else is refused with one clear line.
 
@@ -314,8 +318,12 @@ class FeatureStore:
                 self.path = partial  # say how far the interrupted run got
             else:
                 raise UserError(f"{self.path} does not exist; pass a .h5 store written by `tlcache embed`")
-        if self.path.is_dir():
-            raise UserError(f"{self.path} is a folder; pass a .h5 store written by `tlcache embed`")
+        if self.path.is_dir() or self.path.suffix.lower() in DATA_SUFFIXES:
+            what = "a folder" if self.path.is_dir() else "a data file"
+            raise UserError(
+                f"{self.path} is {what}, not a feature store; embed it first (`tlcache embed {self.path}`) and pass "
+                "the .h5 store it writes"
+            )
         try:
             with h5py.File(self.path, "r") as handle:
                 if "tlcache_schema" not in handle.attrs:

@@ -35,8 +35,8 @@ from tlcache.finetune.config import FinetuneConfig
 from tlcache.heads import HEADS, make_head
 from tlcache.paths import check_output_folder
 from tlcache.report import classification_metrics
-from tlcache.sources import Source, load_source
-from tlcache.splits import remap_labels, sample_shots, stratified_split
+from tlcache.sources import Source, classes_needed, load_source
+from tlcache.splits import remap_labels, sample_shots, shared_with_training, stratified_split
 from tlcache.store import FeatureStore
 
 DEFAULT_HEADS = ("logreg", "svm", "mlp")
@@ -245,15 +245,29 @@ def _split(src: Source, test, test_fraction: float, source_options: dict) -> tup
     ``test_fraction`` of ``src`` held out once (seed TEST_SPLIT_SEED), the same items for every cell."""
     labels = np.asarray(src.label_indices)
     labelled = np.flatnonzero(labels >= 0)
-    if len(src.class_names) < 2:
-        raise UserError(f"{src.path}: compare needs labelled items of two classes or more")
+    classes_needed(src, "compare")
     if test is not None:
         test_src = load_source(test, **source_options)
         if not (np.asarray(test_src.label_indices) >= 0).any():
             raise UserError(f"--test {test} holds no labelled items; compare scores every method on labelled ones")
-        return src.subset(labelled), test_src, f"source {test}"
+        tested = np.flatnonzero(np.asarray(test_src.label_indices) >= 0)
+        shared = shared_with_training(
+            [src.fingerprints[r] for r in labelled], [test_src.fingerprints[r] for r in tested], f"--test {test}"
+        )
+        return src.subset(labelled), test_src, f"source {test}" + _also_trained(shared)
     train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, TEST_SPLIT_SEED, str(src.path))
-    return src.subset(train_rows), src.subset(test_rows), f"{test_fraction:g} of {src.path} held out, stratified"
+    shared = shared_with_training(
+        [src.fingerprints[r] for r in train_rows], [src.fingerprints[r] for r in test_rows], str(src.path)
+    )
+    train, held = src.subset(train_rows), src.subset(test_rows)
+    return train, held, f"{test_fraction:g} of {src.path} held out, stratified" + _also_trained(shared)
+
+
+def _also_trained(shared: int) -> str:
+    """The words compare.md adds to its test items' description when some are also training items."""
+    return (
+        f"; **{shared} of them also training items** (the same content), which flatters every method" if shared else ""
+    )
 
 
 @dataclass

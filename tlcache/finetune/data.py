@@ -14,8 +14,8 @@ from tlcache.backbones import Backbone
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.images import ImageFiles, default_workers, image_batches, item_seed, training_transform
-from tlcache.sources import Source, load_source
-from tlcache.splits import remap_labels, stratified_split
+from tlcache.sources import Source, classes_needed, load_source
+from tlcache.splits import remap_labels, shared_with_training, stratified_split
 
 TEXT_BUCKET = 50  # batches whose texts are sorted by length together: little padding, still shuffled
 
@@ -48,8 +48,7 @@ def make_splits(src: Source, test, test_fraction: float, config: FinetuneConfig,
     labels = np.asarray(src.label_indices if src.labels is not None else [-1] * len(src))
     labelled = np.flatnonzero(labels >= 0)
     classes = src.class_names
-    if len(classes) < 2:
-        raise UserError(f"{src.path}: fine-tuning needs labelled items of two classes or more")
+    classes_needed(src, "fine-tuning")
     where = str(src.path)
     test_source = None
     if test is not None:
@@ -62,10 +61,16 @@ def make_splits(src: Source, test, test_fraction: float, config: FinetuneConfig,
             test_labels[test_rows], test_source.class_names, classes, f"test source {test_source.path}"
         )
         train_rows, description = labelled, f"source {test_source.path}"
+        shared_with_training(
+            [src.fingerprints[r] for r in train_rows],
+            [test_source.fingerprints[r] for r in test_rows],
+            f"test source {test_source.path}",
+        )
     else:
         train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, config.seed, where)
         y_test = labels[test_rows]
         description = f"{test_fraction:g} held out, stratified, seed {config.seed}"
+        shared_with_training([src.fingerprints[r] for r in train_rows], [src.fingerprints[r] for r in test_rows], where)
     train_rows, val_rows = stratified_split(
         train_rows, labels[train_rows], config.val_fraction, config.seed + 1, where, flag="--val-fraction"
     )
