@@ -60,8 +60,8 @@ def test_a_listing_tells_stores_of_one_backbone_and_source_apart(tmp_path):
     store("4", precision="fp32", modality="text", layer="last", preprocessing={"max_length": 8})
     described = {entry.path.name[3:4]: entry.features for entry in list_stores(tmp_path)}
     assert described == {
-        "1": "96 px, bf16",
-        "2": "96 px, fp32, layer blocks.5, max pooling",
-        "3": "96 px, bf16, decoded by another tlcache",
-        "4": "fp32",
+        "1": "96 px, bf16 compute",
+        "2": "96 px, fp32 compute, layer blocks.5, max pooling",
+        "3": "96 px, bf16 compute, decoded by another tlcache",
+        "4": "fp32 compute",
     }

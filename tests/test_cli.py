@@ -274,7 +274,7 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
     table = run("ls", cache).stdout
     assert "4/5" in table and "partial" in table and "complete" in table
     precision = FeatureStore(done["path"]).meta["precision"]  # bf16 or fp32, as the machine has it
-    assert [e["features"] for e in listing if e["state"] == "complete"] == [precision]  # a text store: no size
+    assert [e["features"] for e in listing if e["state"] == "complete"] == [f"{precision} compute"]  # text: no px
 
     dry = run("gc", cache, "--dry-run")
     assert dry.exit_code == 0 and "would remove 1 stores" in dry.stdout

@@ -459,3 +459,28 @@ def test_test_items_that_are_also_training_items_are_warned_of_and_named_in_comp
         _run(texts, tiny_bert_dir, finetunes=(), shots=("all",), repeats=1)
     markdown = (texts / "cmp" / "compare.md").read_text()
     assert "Test items: source " in markdown and "**6 of them also training items** (the same content)" in markdown
+
+
+def test_a_budget_spent_before_the_frozen_cells_still_runs_them_and_leaves_out_the_fine_tunes(
+    texts, tiny_bert_dir, monkeypatch
+):
+    """A new user's `--budget 10` (seconds) was spent by embedding: the frozen cells were left out too, although
+    --budget's help says it cuts fine-tunes; the headline spoke of 2 seeds of 3. Frozen cells always run."""
+    from tlcache.compare import plan
+
+    class Spent(_Clock):  # a minute passes at every look: the budget is spent before the first cell
+        def perf_counter(self) -> float:
+            self.now += 60.0
+            return self.now
+
+    monkeypatch.setattr(plan, "time", Spent())
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
+    result = _run(texts, tiny_bert_dir, budget=1, heads=("logreg", "knn"), finetunes=("ft",), shots=(4,), repeats=2)
+    assert sorted((c["method"], c["seed"]) for c in result.cells) == [
+        ("knn", 0),
+        ("knn", 1),
+        ("logreg", 0),
+        ("logreg", 1),
+    ]
+    assert [(c["method"], c["seed"]) for c in result.summary["budget"]["left_out"]] == [("ft", 0), ("ft", 1)]
+    assert result.summary["recommendation"]["headline"].startswith("frozen only")

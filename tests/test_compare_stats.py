@@ -251,3 +251,12 @@ def test_recommend_rejects_a_repeated_cell():
     cells = _cells([(10, 70)])
     with pytest.raises(ValueError, match="two cells for method 'logreg'"):
         recommend(cells + cells[:1])
+
+
+def test_the_headline_speaks_of_the_largest_shot_count_both_kinds_ran():
+    """A budget left out the fine-tunes with all items: the headline said "frozen only ... no fine-tune to compare"
+    although the fine-tunes at 8 per class had run and been tested."""
+    frozen_only = [cell for cell in _cells([(10, 70)] * 2) if cell["kind"] == "frozen"]
+    result = recommend(frozen_only + _cells([(10, 70)] * 2, shots=8))
+    assert [row["verdict"] for row in result["by_shots"]] == ["finetune", "frozen only"]
+    assert result["headline"].startswith("fine-tune (ft): +6.0 points with 8 items per class")

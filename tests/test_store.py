@@ -26,7 +26,7 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(store.features(), rows)
     np.testing.assert_array_equal(store.features(np.array([1, 4, 7])), rows[[1, 4, 7]])
     assert store.ids() == [f"id{i}" for i in range(10)]
-    assert store.fingerprints()[3] == "fp3"
+    assert store.fingerprints()[3] == "s-fp3"  # make_store: the store name, then the row
     assert store.labels().tolist() == [0, 1, -1, 0, 1, 0, 1, 0, 1, 0]
     assert store.class_names == ["a", "b"]
     assert store.n_rows == 10 and store.dim == 5 and store.views() is None

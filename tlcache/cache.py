@@ -97,7 +97,8 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
 
 
 def describe_features(attrs) -> str:
-    """A store's options in a few words, from its attributes: the image size, the precision, a layer or pooling
+    """A store's options in a few words, from its attributes: the image size, the compute precision (and the stored
+    type where not float32), a layer or pooling
     other than the backbone's default, augmented views, and "decoded by another tlcache" for images decoded by a tlcache
     before tlcache.images.DECODING (no embed serves such a store now). Two stores of one backbone and source differ
     in these."""
@@ -116,7 +117,8 @@ def describe_features(attrs) -> str:
 
     spec, preprocessing, image = parsed("backbone_spec"), parsed("preprocessing"), attr("modality") == "image"
     words = [f"{spec['image_size']} px"] if image and spec.get("image_size") else []
-    words += [str(attr("precision"))] if attr("precision") else []
+    words += [f"{attr('precision')} compute"] if attr("precision") else []
+    words += [f"{attr('dtype')} stored"] if attr("dtype") and attr("dtype") != "float32" else []
     layer, pooling = attr("layer"), attr("pooling")
     if layer and layer not in ("penultimate", "last"):
         words.append(f"layer {layer}")

@@ -28,17 +28,18 @@ class EmbedResult:
     def summary_line(self) -> str:
         left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
         if self.cached:
-            cut = f", {self.truncated} texts cut to the model's limit" if self.truncated else ""
+            cut = f", {_texts(self.truncated)} cut to the model's limit" if self.truncated else ""
             return (
                 f"cache hit: {self.rows - len(self.skipped)} rows of {self.backbone} ({self.dim}-d) already "
                 f"embedded{left_out}{cut}, nothing computed -> {self.path}"
             )
-        rate = f" ({self.embedded / self.seconds:.0f}/s)" if self.embedded and self.seconds > 0 else ""
+        per_second = self.embedded / self.seconds if self.embedded and self.seconds > 0 else 0.0
+        rate = f" ({per_second:.0f}/s)" if per_second >= 10 else f" ({per_second:.2g}/s)" if per_second else ""
         kept = self.rows - self.embedded - self.reused - len(self.skipped)
         notes = [f"{self.reused} reused from other stores"] if self.reused else []
         notes += [f"{kept} kept from an interrupted run"] if kept else []
         if self.truncated:
-            notes.append(f"{self.truncated} texts cut to the model's limit: their ends are not embedded")
+            notes.append(f"{_texts(self.truncated)} cut to the model's limit: their ends are not embedded")
         if self.skipped:
             notes.append(f"{len(self.skipped)} unreadable, left out")
         if self.engine:
@@ -69,3 +70,7 @@ class EmbedResult:
     def skipped_lines(self) -> list[str]:
         """One line per item left out, with why (the store lists them too: `tlcache info`)."""
         return [f"skipped {item}: it {why}" for item, why in self.skipped]
+
+
+def _texts(n: int) -> str:
+    return f"{n} text{'' if n == 1 else 's'}"

@@ -102,8 +102,9 @@ def _shots(text: str) -> tuple[int | str, ...]:
 @click.option(
     "--budget",
     callback=lambda ctx, param, text: _seconds(text),
-    help="Wall time to stay within, e.g. 20m: the fine-tune cells that would end past it are left out (after a "
-    "short timing probe, the plan is printed first) [default: no limit].",
+    help="Wall time to stay within, e.g. 90s, 20m or 1.5h (a bare number is seconds): the fine-tune cells that "
+    "would end past it are left out (after a short timing probe, the plan is printed first); the frozen cells "
+    "always run [default: no limit].",
 )
 @config_options(FinetuneConfig, exclude=CELL_SETTINGS)
 @click.option("--out", "-o", help="Folder of the comparison [default: runs/compare-<source name>].")

@@ -99,7 +99,7 @@ def plan_lines(pending: list[tuple[CellKey, float]], budget: Budget) -> list[str
             skip.append((key, seconds))
     lines = [
         f"plan: {len(run)} of {len(pending)} fine-tune cells fit the budget of {budget.seconds:.0f} s "
-        f"({budget.elapsed():.0f} s spent, about {clock - budget.elapsed():.0f} s to go)"
+        f"({budget.elapsed():.0f} s spent, about {max(clock - budget.elapsed(), 0.0):.0f} s to go)"
     ]
     lines += [f"  leaves out {key.name} (about {seconds:.0f} s)" for key, seconds in skip]
     return lines

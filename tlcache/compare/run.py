@@ -117,9 +117,8 @@ def compare(
         return _finetune_cell(data, key, rows, tuner, settings, out_dir)
 
     frozen_identity = {**identity, "candidates": {c.name: c.train.key for c in data.candidates}}
-    cells, ran = run_cells(
-        out_dir, frozen, frozen_identity, run_one, say, admit=lambda key: clock.admits(key, 0.0), redo=("candidates",)
-    )
+    # Every frozen cell runs, whatever the budget: seconds each, and every verdict needs them (--budget's help).
+    cells, ran = run_cells(out_dir, frozen, frozen_identity, run_one, say, redo=("candidates",))
     admit = None
     if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
         probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)

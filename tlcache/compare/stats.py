@@ -62,9 +62,10 @@ def mcnemar_exact(a_correct: Sequence[int] | np.ndarray, b_correct: Sequence[int
 def recommend(cells: Sequence[Cell], alpha: float = 0.05) -> dict:
     """The verdict of :data:`RULE` at each shot count of the finished ``cells`` (dicts with ``method``, ``kind``,
     ``shots``, ``seed``, ``accuracy``, ``seconds``, ``correct``), with a one-sentence headline for the largest shot
-    count and a sentence on where the verdict changes (None when it does not). ``p_values``, and ``seed_points``
-    (fine-tune minus frozen, in points), are per seed both best methods ran, in seed order; ``n_seeds`` counts
-    those seeds, ``seeds_against`` those significant in favour of the side behind on the mean."""
+    count both kinds ran (else the largest) and a sentence on where the verdict changes (None when it does not).
+    ``p_values``, and ``seed_points`` (fine-tune minus frozen, in points), are per seed both best methods ran, in
+    seed order; ``n_seeds`` counts those seeds, ``seeds_against`` those significant in favour of the side behind on
+    the mean."""
     if not cells:
         raise ValueError("recommend needs at least one finished cell")
     grouped = _group(cells)
@@ -73,9 +74,16 @@ def recommend(cells: Sequence[Cell], alpha: float = 0.05) -> dict:
         "rule": RULE,
         "alpha": alpha,
         "by_shots": rows,
-        "headline": _headline(rows[-1], alpha),
+        "headline": _headline(_headline_row(rows), alpha),
         "crossing": _crossing(rows),
     }
+
+
+def _headline_row(rows: list[dict]) -> dict:
+    """The row the headline speaks of: the largest shot count where a frozen head and a fine-tune both ran (a
+    budget may have left out the fine-tunes of the largest), else the largest."""
+    compared = [row for row in rows if row["verdict"] not in ("frozen only", "finetune only")]
+    return (compared or rows)[-1]
 
 
 def _as_hits(correct: Sequence[int] | np.ndarray) -> np.ndarray:
