@@ -484,3 +484,14 @@ def test_a_budget_spent_before_the_frozen_cells_still_runs_them_and_leaves_out_t
     ]
     assert [(c["method"], c["seed"]) for c in result.summary["budget"]["left_out"]] == [("ft", 0), ("ft", 1)]
     assert result.summary["recommendation"]["headline"].startswith("frozen only")
+
+
+def test_compare_json_keeps_stdout_to_the_json_when_progress_is_shown(texts, tiny_bert_dir):
+    """Without --no-progress, each cell's line was printed on stdout before the JSON, which then did not parse."""
+    from test_cli import run
+
+    arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg"]
+    result = run("compare", *arguments, "--finetune", "none", "--shots", "all", "--repeats", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ran"] == 1
+    assert "logreg-all-seed0: accuracy" in result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,25 @@ CELL_SETTINGS = ("seed", "lp_ft")  # each cell sets these itself: its seed, and 
 
 def _names(text: str) -> tuple[str, ...]:
     return () if text.strip() == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _run(source, heads, finetunes, shots, budget, out, no_progress, config, options) -> CompareResult:
+    from tlcache.compare import compare as run_compare
+
+    name = Path(source.rstrip("/")).stem or "source"
+    return run_compare(
+        source,
+        heads=heads,
+        finetunes=finetunes,
+        shots=shots,
+        budget=budget,
+        out=out or Path("runs") / f"compare-{name}",
+        finetune_config=config,
+        precision=config.precision,  # one compute type for the frozen features and the fine-tunes
+        progress=not no_progress,
+        source_options=take(options, SOURCE_OPTIONS),
+        **options,
+    )
 
 
 def _seconds(text: str | None) -> float | None:
@@ -133,23 +154,10 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
       tlcache compare reviews.csv --test test.csv --budget 20m         # leaves out what would not fit
       tlcache compare photos/ --layers default,blocks.5:flatten --crop-ratio 1 --finetune none
     """
-    from tlcache.compare import compare as run_compare
-
-    name = Path(source.rstrip("/")).stem or "source"
     config = config_from_options(FinetuneConfig, options, exclude=CELL_SETTINGS)
-    result = run_compare(
-        source,
-        heads=heads,
-        finetunes=finetunes,
-        shots=shots,
-        budget=budget,
-        out=out or Path("runs") / f"compare-{name}",
-        finetune_config=config,
-        precision=config.precision,  # one compute type for the frozen features and the fine-tunes
-        progress=not no_progress,
-        source_options=take(options, SOURCE_OPTIONS),
-        **options,
-    )
+    # With --json, stdout holds the JSON alone: the cells' lines and the budget's plan go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = _run(source, heads, finetunes, shots, budget, out, no_progress, config, options)
     advice = result.summary["recommendation"]
     if as_json:
         click.echo(json.dumps({"out_dir": str(result.out_dir), "ran": result.ran, **result.summary}, indent=2))
