@@ -422,6 +422,13 @@ def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(
     hit = embed_source(path, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
     assert hit.cached and hit.truncated == 3  # the store's count, not none
     assert "3 texts cut to the model's limit" in hit.summary_line()
+    # predict says so too (a new user's 50k-character text was cut without a word there)
+    from tlcache.heads import fit_head
+    from tlcache.predict import predict
+
+    fit_head(result.path, "knn", test_fraction=0.25, out=tmp_path / "knn", progress=False)
+    predicted = predict(tmp_path / "knn", path, out=tmp_path / "p.csv", cache_dir=tmp_path / "cache", progress=False)
+    assert "(3 texts cut to the model's limit: their ends were not read)" in predicted.summary_line()
 
 
 def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_bert_dir, monkeypatch):

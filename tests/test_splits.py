@@ -82,3 +82,15 @@ def test_test_items_are_not_held_out_of_classes_of_one_item_each(tmp_path):
     with pytest.raises(UserError, match="single labelled item"):
         fit_head(store, "logreg", out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_given_test_set_of_training_items_is_refused_and_a_held_out_one_only_warned_of():
+    from tlcache.splits import shared_with_training
+
+    with pytest.raises(UserError, match="every one of its 2 test items is also a training item"):
+        shared_with_training(["a", "b", "c"], ["a", "b"], "test.csv")
+    with pytest.warns(UserWarning, match="data.csv: 2 of 2 test items are also training items"):
+        assert shared_with_training(["a", "b", "c"], ["a", "b"], "data.csv", given=False) == 2  # its duplicates
+    with pytest.warns(UserWarning, match="1 of 2 test items"):
+        assert shared_with_training(["a", "b"], ["b", "z"], "test.csv") == 1
+    assert shared_with_training(["a"], ["z"], "test.csv") == 0

@@ -234,7 +234,8 @@ def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction
     if test is None:
         where = str(train_store.path)
         train_rows, rows = stratified_split(labelled, labels[labelled], test_fraction, seed, where)
-        shared = shared_with_training([fingerprints[r] for r in train_rows], [fingerprints[r] for r in rows], where)
+        held_out = [fingerprints[r] for r in rows]
+        shared = shared_with_training([fingerprints[r] for r in train_rows], held_out, where, given=False)
         description = f"{test_fraction:g} held out, stratified, seed {seed}"
         return train_rows, _TestSet(train_store, rows, labels[rows], description, shared)
     test_store = test if isinstance(test, FeatureStore) else FeatureStore(test)

@@ -29,12 +29,17 @@ class PredictResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
     # Labelled items per class the head was not trained on: it cannot predict them, so the accuracy counts them wrong.
     unseen_classes: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0  # texts cut to the model's limit when they were embedded
 
     def summary_line(self) -> str:
         scored = f", accuracy {self.accuracy:.4f} against the source's labels" if self.accuracy is not None else ""
         where = "" if self.store.suffix == ".onnx" else f": `tlcache info {self.store}`"
-        left_out = f" ({len(self.skipped)} unreadable items left out{where})" if self.skipped else ""
-        return f"predicted {self.rows} rows{scored}{left_out} -> {self.out or 'stdout'}"
+        notes = [f"{len(self.skipped)} unreadable items left out{where}"] if self.skipped else []
+        if self.truncated:
+            cut = f"{self.truncated} text{'' if self.truncated == 1 else 's'}"
+            notes.append(f"{cut} cut to the model's limit: their ends were not read")
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        return f"predicted {self.rows} rows{scored}{extra} -> {self.out or 'stdout'}"
 
     def unseen_line(self) -> str | None:
         """A note on the items of classes the head was not trained on, or None when there are none."""
@@ -101,7 +106,8 @@ def predict(
     accuracy = _write_csv(out, store.ids(), predicted, probabilities, column_names, truth)
     out_path = Path(out) if out is not None else None
     unseen = _unseen_classes(truth, column_names)
-    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen)
+    truncated = int(store.meta.get("truncated_rows") or 0)
+    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen, truncated)
 
 
 def _check_backbone_matches(sidecar: Sidecar, backbone, head: Path) -> None:

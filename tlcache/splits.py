@@ -81,13 +81,16 @@ def remap_labels(y: np.ndarray, names: Sequence[str], train_names: Sequence[str]
     return np.array([index[names[i]] for i in y], dtype=np.int64)
 
 
-def shared_with_training(train_fingerprints: Sequence[str], test_fingerprints: Sequence[str], where: str) -> int:
+def shared_with_training(
+    train_fingerprints: Sequence[str], test_fingerprints: Sequence[str], where: str, given: bool = True
+) -> int:
     """How many test items are also training items (the same content: the same text, the same image file's bytes),
-    with a warning that says so; a UserError when every one is, for the accuracy would be recall of items
-    trained on (the training data given as the test data). ``where`` names the test data."""
+    with a warning that says so; a UserError when every one of a ``given`` test set is, for the accuracy would be
+    recall of items trained on (the training data passed as the test data). Test items held out of the training
+    data (``given`` False) are only warned of: its duplicates are the data's. ``where`` names the test data."""
     seen = set(train_fingerprints)
     shared = sum(fingerprint in seen for fingerprint in test_fingerprints)
-    if shared and shared == len(test_fingerprints):
+    if given and shared and shared == len(test_fingerprints):
         raise UserError(
             f"{where}: every one of its {shared} test items is also a training item (the same content); "
             "the accuracy would measure recall of what was trained on: test on other items"

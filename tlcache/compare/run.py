@@ -255,9 +255,8 @@ def _split(src: Source, test, test_fraction: float, source_options: dict) -> tup
         )
         return src.subset(labelled), test_src, f"source {test}" + _also_trained(shared)
     train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, TEST_SPLIT_SEED, str(src.path))
-    shared = shared_with_training(
-        [src.fingerprints[r] for r in train_rows], [src.fingerprints[r] for r in test_rows], str(src.path)
-    )
+    held_out = [src.fingerprints[r] for r in test_rows]
+    shared = shared_with_training([src.fingerprints[r] for r in train_rows], held_out, str(src.path), given=False)
     train, held = src.subset(train_rows), src.subset(test_rows)
     return train, held, f"{test_fraction:g} of {src.path} held out, stratified" + _also_trained(shared)
 

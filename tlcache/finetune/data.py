@@ -70,7 +70,8 @@ def make_splits(src: Source, test, test_fraction: float, config: FinetuneConfig,
         train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, config.seed, where)
         y_test = labels[test_rows]
         description = f"{test_fraction:g} held out, stratified, seed {config.seed}"
-        shared_with_training([src.fingerprints[r] for r in train_rows], [src.fingerprints[r] for r in test_rows], where)
+        held_out = [src.fingerprints[r] for r in test_rows]
+        shared_with_training([src.fingerprints[r] for r in train_rows], held_out, where, given=False)
     train_rows, val_rows = stratified_split(
         train_rows, labels[train_rows], config.val_fraction, config.seed + 1, where, flag="--val-fraction"
     )
