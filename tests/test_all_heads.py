@@ -100,3 +100,20 @@ def test_heads_are_ranked_by_validation_accuracy_never_by_the_test_items():
     runs = [_run("logreg", 0.80, 0.90), _run("svm", 0.85, 0.70), _run("knn", 0.80, 0.95), _run("mlp", 0.80, 0.99)]
     ranked = sorted(runs, key=validation_rank, reverse=True)
     assert [run.report["head"] for run in ranked] == ["svm", "logreg", "mlp", "knn"]  # ties in the order of HEADS
+
+
+def test_test_items_in_training_are_warned_of_once_by_every_head_and_a_test_of_training_items_refused(tmp_path):
+    """`--head all` fits the mlp in a forked process beside the others: the check of the test set runs once, before
+    the fork, so its warning is one line (not one from each process) and its refusal comes before any fit."""
+    train = _three_blobs(tmp_path / "s.h5")
+    rng = np.random.default_rng(1)
+    y = np.arange(30) % 3
+    shared = [f"s-fp{i}" for i in range(5)] + [f"t-fp{i}" for i in range(5, 30)]  # 5 of the training items
+    X = rng.normal(size=(30, 6)) + 3.0 * np.eye(3, 6)[y]
+    test = make_store(tmp_path / "t.h5", X, y, ["a", "b", "c"], fingerprints=shared)
+    command = [sys.executable, "-c", "from tlcache.cli import main; main()", "fit-head", str(train), "--head", "all"]
+    done = subprocess.run([*command, "--test", str(test), "--out", tmp_path / "all"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("5 of 30 test items are also training items") == 1, done.stderr
+    refused = subprocess.run([*command, "--test", str(train), "--out", tmp_path / "no"], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("error:") == 1 and not (tmp_path / "no").exists()

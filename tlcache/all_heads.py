@@ -3,14 +3,17 @@ ranked in a leaderboard."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from tlcache.forked import side_by_side
-from tlcache.heads import HEADS, fit_head, make_head
+from tlcache.heads import HEADS, _test_set, fit_head, make_head
 from tlcache.paths import check_output_folder
 from tlcache.progress import progress_bar
 from tlcache.runs import HeadRun, default_run_dir, write_figures, write_leaderboard, writing_run
 from tlcache.store import FeatureStore
+
+FIT_DEFAULTS = inspect.signature(fit_head).parameters
 
 
 def fit_all_heads(
@@ -39,6 +42,10 @@ def fit_all_heads(
     options = {"grid": kwargs.get("grid"), "class_weight": kwargs.get("class_weight")}
     for head in names:  # every head's options checked before any fit (and its modules imported before a fork)
         make_head(head, calibration=kwargs.get("calibrate"), **options)
+    # The test set checked once, before a fork: a refusal before any fit, a warning (test items that are training
+    # items) said once, not by both processes.
+    test_fraction, seed = (kwargs.get(name, FIT_DEFAULTS[name].default) for name in ("test_fraction", "seed"))
+    _test_set(train_store, train_store.labels(), kwargs.get("test"), test_fraction, seed)
     with bar:
         if "mlp" in names and len(names) > 1:
             # The forked process leaves the bar to this one: two processes writing one line garble it.

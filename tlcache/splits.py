@@ -95,11 +95,16 @@ def shared_with_training(
             f"{where}: every one of its {shared} test items is also a training item (the same content); "
             "the accuracy would measure recall of what was trained on: test on other items"
         )
-    if shared:
-        warnings.warn(
-            f"{where}: {shared} of {len(test_fingerprints)} test items are also training items (the same content), "
-            "so the test accuracy overstates how the model does on new items; remove them from the test data",
-            UserWarning,
-            stacklevel=2,
-        )
+    message = (
+        f"{where}: {shared} of {len(test_fingerprints)} test items are also training items (the same content), "
+        "so the test accuracy overstates how the model does on new items; remove them from the test data"
+    )
+    if shared and message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
     return shared
+
+
+# Warnings of test items in training said in this process (and in a process forked from it): once each, although
+# Python's own once-per-place record is cleared whenever code changes the warning filters (matplotlib's saves do).
+_WARNED: set[str] = set()
