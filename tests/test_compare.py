@@ -455,8 +455,9 @@ def test_layers_auto_takes_the_backbones_own_candidates(texts, tiny_bert_dir, re
 def test_test_items_that_are_also_training_items_are_warned_of_and_named_in_compare_md(texts, tiny_bert_dir):
     """The fixture's short texts repeat: 6 of its 20 test texts are training texts too. compare warns once and its
     report says so beside the test items (a new user's 200 of 500 raised every method, said nowhere)."""
-    with pytest.warns(UserWarning, match="--test .*test.csv: 6 of 20 test items are also training items"):
-        _run(texts, tiny_bert_dir, finetunes=(), shots=("all",), repeats=1)
+    with pytest.warns(UserWarning, match="--test .*test.csv: 6 of 20 test items are also training items") as said:
+        _run(texts, tiny_bert_dir, finetunes=("ft",), shots=("all",), repeats=1)
+    assert len([w for w in said if "also training items" in str(w.message)]) == 1  # not again by the fine-tune
     markdown = (texts / "cmp" / "compare.md").read_text()
     assert "Test items: source " in markdown and "**6 of them also training items** (the same content)" in markdown
 

@@ -332,7 +332,7 @@ class _Tuner:
 
         shutil.rmtree(out, ignore_errors=True)
 
-        options = dict(cache=self.cache, device=self.device, progress=False, **self.backbone_options)
+        options = dict(cache=self.cache, device=self.device, progress=False, check_test=False, **self.backbone_options)
         return finetune(train, self.backbone, test=test, out=out, config=config, **options)
 
 

@@ -41,10 +41,13 @@ class Splits:
         return [source.items[i] for i in self.rows[split]]
 
 
-def make_splits(src: Source, test, test_fraction: float, config: FinetuneConfig, source_options: dict | None) -> Splits:
+def make_splits(
+    src: Source, test, test_fraction: float, config: FinetuneConfig, source_options: dict | None, check_test=True
+) -> Splits:
     """Training and validation items (a stratified ``val_fraction`` of the training items, for early stopping)
     from ``src``; test items from ``test`` (a source or its path, with the training source's classes) or a
-    stratified ``test_fraction`` of ``src`` held out with the seed."""
+    stratified ``test_fraction`` of ``src`` held out with the seed. ``check_test``: count (and warn of) test items
+    that are training items, refusing a ``test`` of training items only (tlcache.splits.shared_with_training)."""
     labels = np.asarray(src.label_indices if src.labels is not None else [-1] * len(src))
     labelled = np.flatnonzero(labels >= 0)
     classes = src.class_names
@@ -61,17 +64,19 @@ def make_splits(src: Source, test, test_fraction: float, config: FinetuneConfig,
             test_labels[test_rows], test_source.class_names, classes, f"test source {test_source.path}"
         )
         train_rows, description = labelled, f"source {test_source.path}"
-        shared_with_training(
-            [src.fingerprints[r] for r in train_rows],
-            [test_source.fingerprints[r] for r in test_rows],
-            f"test source {test_source.path}",
-        )
+        if check_test:
+            shared_with_training(
+                [src.fingerprints[r] for r in train_rows],
+                [test_source.fingerprints[r] for r in test_rows],
+                f"test source {test_source.path}",
+            )
     else:
         train_rows, test_rows = stratified_split(labelled, labels[labelled], test_fraction, config.seed, where)
         y_test = labels[test_rows]
         description = f"{test_fraction:g} held out, stratified, seed {config.seed}"
-        held_out = [src.fingerprints[r] for r in test_rows]
-        shared_with_training([src.fingerprints[r] for r in train_rows], held_out, where, given=False)
+        if check_test:
+            held_out = [src.fingerprints[r] for r in test_rows]
+            shared_with_training([src.fingerprints[r] for r in train_rows], held_out, where, given=False)
     train_rows, val_rows = stratified_split(
         train_rows, labels[train_rows], config.val_fraction, config.seed + 1, where, flag="--val-fraction"
     )

@@ -53,13 +53,15 @@ def finetune(
     num_workers: int | None = None,
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
+    check_test: bool = True,
     **backbone_options,
 ) -> FinetuneRun:
     """Fine-tune ``backbone`` with a linear classifier on the labelled items of ``source``; evaluate the best
     epoch on ``test`` (a source with the same classes) or on a stratified ``test_fraction`` held out with the
     seed. Writes the model (``finetuned:<out>`` as a backbone), the training history and the report of `fit-head`
     to ``out`` (default ``runs/finetune-<backbone>-<strategy>``). ``cache`` is where LP-FT embeds the frozen
-    features (default ``$TLCACHE_HOME``).
+    features (default ``$TLCACHE_HOME``). Test items that are training items are counted and warned of, and a
+    ``test`` of training items only refused, unless ``check_test`` is False (compare checks its test items once).
 
     >>> run = finetune("reviews.csv", "minilm", config=FinetuneConfig(strategy="top-2", lp_ft=True))  # doctest: +SKIP
     """
@@ -69,7 +71,7 @@ def finetune(
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
     bb = create_backbone(backbone or DEFAULT_BACKBONES[src.modality], **backbone_options)
     _check_request(bb, src, config)
-    splits = make_splits(src, test, test_fraction, config, source_options)
+    splits = make_splits(src, test, test_fraction, config, source_options, check_test)
     if src.modality == "image":
         check_images(splits.items(src, "train") + splits.items(src, "val"))
         check_images(splits.items(src, "test"))
