@@ -91,6 +91,31 @@ def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped():
         as_rgb(sixteen)
 
 
+def test_transparent_pixels_are_decoded_as_shown_over_white():
+    """Pillow's conversion keeps the colour a transparent pixel stores (black here): a new user's icons scored
+    0.39-0.42 so, 0.61-0.71 composited over white. RGBA, greyscale with alpha, and a palette with a transparent
+    entry are decoded over white; half-transparent pixels blend; an opaque image is unchanged."""
+    from PIL import Image
+
+    pixels = np.zeros((4, 4, 4), dtype=np.uint8)
+    pixels[:2, :, :3] = (200, 40, 10)  # the top half an opaque red, the bottom half transparent black
+    pixels[:2, :, 3] = 255
+    pixels[3, 3] = (0, 0, 200, 128)  # half-transparent blue
+    decoded = np.asarray(as_rgb(Image.fromarray(pixels, "RGBA")))
+    assert np.asarray(Image.fromarray(pixels, "RGBA").convert("RGB"))[2, 0].tolist() == [0, 0, 0]  # Pillow's
+    assert decoded[0, 0].tolist() == [200, 40, 10] and decoded[2, 0].tolist() == [255, 255, 255]
+    assert decoded[3, 3].tolist() == [127, 127, 227]  # 128/255 of the blue over white
+    grey = Image.fromarray(np.stack([np.full((2, 2), 30, np.uint8), np.array([[255, 0], [0, 255]], np.uint8)], -1))
+    assert grey.mode == "LA" and np.asarray(as_rgb(grey))[:, :, 0].tolist() == [[30, 255], [255, 30]]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 9, 99, 199] + [0] * 762)
+    palette.putdata([0, 1])
+    palette.info["transparency"] = 0  # entry 0 transparent
+    assert np.asarray(as_rgb(palette)).tolist() == [[[255, 255, 255], [9, 99, 199]]]
+    opaque = Image.fromarray(pixels[:, :, :3])
+    np.testing.assert_array_equal(np.asarray(as_rgb(opaque)), pixels[:, :, :3])
+
+
 def test_values_outside_the_range_an_image_is_read_from_or_8_bit_data_in_a_wide_type_are_warned_of():
     from PIL import Image
 
