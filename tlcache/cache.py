@@ -98,10 +98,9 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
 
 def describe_features(attrs) -> str:
     """A store's options in a few words, from its attributes: the image size, the compute precision (and the stored
-    type where not float32), a layer or pooling
-    other than the backbone's default, augmented views, and "decoded by another tlcache" for images decoded by a tlcache
-    before tlcache.images.DECODING (no embed serves such a store now). Two stores of one backbone and source differ
-    in these."""
+    type where not float32), a layer or pooling other than the backbone's default, augmented views, and "decoded by
+    another tlcache" for images decoded otherwise than tlcache.images.DECODING (no embed serves such a store now).
+    Two stores of one backbone and source differ in these."""
     from tlcache.images import DECODING
 
     def attr(name: str):

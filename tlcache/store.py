@@ -30,6 +30,7 @@ from tlcache.errors import UserError, check_choice
 from tlcache.hashing import hash_json
 from tlcache.paths import default_cache_dir, slug
 from tlcache.provenance import utc_now
+from tlcache.sources import IMAGE_EXTENSIONS, TABLE_EXTENSIONS
 from tlcache.store_schema import decode_attr, encode_attr, layout_problem
 
 if TYPE_CHECKING:
@@ -297,10 +298,6 @@ def _as_index(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
-# Files a user may pass where a store goes: the data embed reads (a CSV, say), not a store.
-DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".txt", ".png", ".jpg", ".jpeg")
-
-
 class FeatureStore:
     """A complete store, opened for reading. Anything else is refused with one clear line.
 
@@ -318,7 +315,8 @@ class FeatureStore:
                 self.path = partial  # say how far the interrupted run got
             else:
                 raise UserError(f"{self.path} does not exist; pass a .h5 store written by `tlcache embed`")
-        if self.path.is_dir() or self.path.suffix.lower() in DATA_SUFFIXES:
+        # The data embed reads (a folder, a CSV, an image), passed where its store goes.
+        if self.path.is_dir() or self.path.suffix.lower() in TABLE_EXTENSIONS + IMAGE_EXTENSIONS:
             what = "a folder" if self.path.is_dir() else "a data file"
             raise UserError(
                 f"{self.path} is {what}, not a feature store; embed it first (`tlcache embed {self.path}`) and pass "
