@@ -133,6 +133,12 @@ def test_more_shots_than_the_smallest_class_is_refused_before_any_cell(texts, ti
     assert not (texts / "cmp" / CELLS_DIR).exists()
 
 
+def test_the_default_counts_above_the_smallest_class_are_left_out_with_a_warning(texts, tiny_bert_dir):
+    with pytest.warns(UserWarning, match="smallest class has 20 training items, so the default --shots 64 are left"):
+        result = _run(texts, tiny_bert_dir, shots=None, heads=("logreg",), finetunes=(), repeats=1)
+    assert sorted({cell["shots"] for cell in result.cells}, key=str) == [16, 4, "all"]
+
+
 def test_a_fine_tune_killed_after_its_run_but_before_its_cell_was_saved_runs_again(texts, tiny_bert_dir):
     options = dict(heads=(), finetunes=("ft",), shots=("all",), repeats=1)
     first = _run(texts, tiny_bert_dir, **options)

@@ -154,6 +154,19 @@ def test_recommend_level_when_one_seed_is_not_significant():
     )
 
 
+def test_the_difference_is_taken_over_the_seeds_both_ran():
+    # Seed 2's frozen heads score far below seeds 0 and 1 (another draw of items); its fine-tunes were left out
+    # (a budget). Over the seeds both ran the fine-tune is 6 points ahead, whatever seed 2's frozen cells scored.
+    cells = _cells([(10, 70)] * 2)
+    rng = np.random.default_rng(7)
+    weak = _answers(rng, N_ITEMS, 500)
+    cells += [_cell("logreg", "all", 2, weak), _cell("svm", "all", 2, _flip(rng, weak, 20, 0))]
+    (row,) = recommend(cells)["by_shots"]
+    assert row["paired_seeds"] == [0, 1] and row["seed_points"] == pytest.approx([6.0, 6.0])
+    assert row["difference_points"] == pytest.approx(6.0)  # not the unpaired means' difference (about 16 points)
+    assert 100 * (row["finetune_accuracy"] - row["frozen_accuracy"]) > 15
+
+
 def test_recommend_level_when_predictions_are_identical():
     result = recommend(_cells([(0, 0)] * 3))
     (row,) = result["by_shots"]

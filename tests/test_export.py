@@ -138,6 +138,21 @@ def test_a_failed_gate_writes_nothing_unless_forced(tmp_path, text_run, monkeypa
         assert load_exported(tmp_path / "m.onnx").metadata["forced"]
 
 
+def test_on_a_small_test_set_one_changed_prediction_is_allowed_and_two_are_not(tmp_path, text_run):
+    tested = len(read_csv(text_run / "predictions.csv"))
+    assert 1 / tested > export_module.GATES["fp32"]["accuracy_drop"]  # a small test set: one item is over the limit
+    first = json.loads(ok("export", text_run, "--out", tmp_path / "m.onnx", "--json"))["gates"]["measured"]
+    assert first["accuracy_drop_allowed"] == pytest.approx(1 / tested)
+    report_file = text_run / "report.json"
+    report = json.loads(report_file.read_text())
+    for flipped, passes in ((1, True), (2, False)):  # as if the run had scored that many items more than the export
+        report["metrics"]["accuracy"] = first["accuracy"] + flipped / tested
+        report_file.write_text(json.dumps(report))
+        result = run("export", text_run, "--out", tmp_path / f"m{flipped}.onnx")
+        assert (result.exit_code == 0) == passes, result.output
+    assert f"- {1 / tested:.4g})" in result.stderr  # the failing check names the allowance
+
+
 def test_a_run_on_half_precision_features_that_fails_its_gate_is_told_of_fp32_features(
     tmp_path, tiny_bert_dir, monkeypatch
 ):
@@ -148,7 +163,7 @@ def test_a_run_on_half_precision_features_that_fails_its_gate_is_told_of_fp32_fe
     monkeypatch.setitem(export_module.GATES, "fp32 of a half-precision store", strict)
     result = run("export", tmp_path / "run", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2 and "worst cosine to the cache" in result.stderr
-    assert "features embedded with --precision fp32 is checked to the fp32 limits" in result.stderr
+    assert "embed the data with --precision fp32, fit the head on that store and export its run" in result.stderr
 
 
 def test_exports_that_cannot_be_made_say_why_in_one_line(tmp_path, text_run):

@@ -53,6 +53,17 @@ def test_labels_of_another_dataset_map_onto_the_training_classes():
         remap_labels(np.array([0, 1]), ["a", "z"], ["a", "b"], "test.csv")
 
 
+def test_class_names_that_differ_only_in_case_or_spacing_are_named_as_such():
+    with pytest.raises(UserError) as refused:
+        remap_labels(np.array([0, 1, 2]), ["Actions", "mime_types", "z"], ["actions", "mime-types", "b"], "test/")
+    message = str(refused.value)
+    assert message.startswith("test/ has classes the training data lacks (Actions, mime_types, z); use matching data")
+    assert "('Actions' is 'actions' there, 'mime_types' is 'mime-types' there: class names must match" in message
+    with pytest.raises(UserError) as refused:  # no near name: no note
+        remap_labels(np.array([0]), ["z"], ["a", "b"], "test.csv")
+    assert "case" not in str(refused.value)
+
+
 def test_too_few_items_for_the_shots_names_the_smallest_class_and_its_count(tmp_path):
     y = np.array([0] * 12 + [1] * 4 + [2] * 7)
     names = ["common", "rare", "middling"]

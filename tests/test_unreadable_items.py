@@ -2,6 +2,8 @@
 (`--on-error skip`, the default) or named in one line after the others are stored (`--on-error fail`); rows
 already done are never lost, and fixing the bad files later embeds only them."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -124,3 +126,27 @@ def test_cli_lists_each_skipped_item_and_fail_exits_2(tmp_path, resnet18_weights
     fail = CliRunner().invoke(cli, [*args, "--on-error", "fail"])
     assert fail.exit_code == 2 and fail.exception is None or isinstance(fail.exception, SystemExit)
     assert fail.stderr.strip().count("\n") == 0 and "3 unreadable items" in fail.stderr
+    shown = json.loads(CliRunner().invoke(cli, [*args, "--json"]).stdout)
+    assert (shown["rows"], shown["stored"], len(shown["skipped"])) == (10, 7, 3)  # 8 images and 2 bad files
+
+
+def test_compare_names_the_unreadable_items_without_advising_an_option_it_lacks(tmp_path, resnet18_weights):
+    from tlcache.compare import compare
+
+    folder = write_image_folder(tmp_path / "imgs", per_class=8)
+    _damage(folder)
+    with pytest.raises(UserError) as refused:
+        compare(
+            folder,
+            heads=("logreg",),
+            finetunes=(),
+            shots=("all",),
+            repeats=1,
+            out=tmp_path / "cmp",
+            cache=tmp_path / "cache",
+            progress=False,
+            **_resnet(resnet18_weights),
+        )
+    message = str(refused.value)
+    assert "3 unreadable items" in message and "fix or remove them and run again" in message
+    assert "--on-error" not in message  # compare has no such option: every method needs every item

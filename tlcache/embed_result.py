@@ -16,7 +16,7 @@ class EmbedResult:
     key: str
     backbone: str
     dim: int
-    rows: int
+    rows: int  # the source's items, unreadable ones included
     embedded: int  # rows computed by this call: 0 on a cache hit
     reused: int  # rows copied from other stores of the same config (identical items)
     seconds: float
@@ -25,12 +25,17 @@ class EmbedResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
     engine: dict[str, Any] = field(default_factory=dict)  # on Ray: workers, shards, rows per second per worker
 
+    @property
+    def stored(self) -> int:
+        """Rows the store holds: the source's items but the unreadable ones."""
+        return self.rows - len(self.skipped)
+
     def summary_line(self) -> str:
         left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
         if self.cached:
             cut = f", {_texts(self.truncated)} cut to the model's limit" if self.truncated else ""
             return (
-                f"cache hit: {self.rows - len(self.skipped)} rows of {self.backbone} ({self.dim}-d) already "
+                f"cache hit: {self.stored} rows of {self.backbone} ({self.dim}-d) already "
                 f"embedded{left_out}{cut}, nothing computed -> {self.path}"
             )
         per_second = self.embedded / self.seconds if self.embedded and self.seconds > 0 else 0.0
@@ -57,13 +62,15 @@ class EmbedResult:
         rate = f", {rate:.0f} rows/s per worker" if rate else ""
         return f"on Ray: {e['ray_workers']} workers, {e['shards']} shards{before}{rate}"
 
-    def refused_if_skipped(self) -> EmbedResult:
-        """Itself when no item was left out; else a UserError naming them in one line (``--on-error fail``)."""
+    def refused_if_skipped(self, skip_option: bool = True) -> EmbedResult:
+        """Itself when no item was left out; else a UserError naming them in one line (``--on-error fail``), which
+        advises ``--on-error skip`` where the command has it (``skip_option``)."""
         if self.skipped:
+            skip = ", or use --on-error skip to go on without them" if skip_option else ""
             raise UserError(
                 f"{describe_unreadable(self.skipped)}; the other {self.rows - len(self.skipped)} items are "
                 f"embedded in {self.path}, which lists every bad one (`tlcache info`); fix or remove them and run "
-                "again (rows are reused), or use --on-error skip to go on without them"
+                f"again (rows are reused){skip}"
             )
         return self
 

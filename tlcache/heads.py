@@ -37,7 +37,7 @@ from tlcache.runs import (
     write_report,
     writing_run,
 )
-from tlcache.splits import remap_labels, sample_shots, shared_with_training, stratified_split
+from tlcache.splits import content_digest, remap_labels, sample_shots, shared_with_training, stratified_split
 from tlcache.store import FeatureStore
 
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
@@ -209,7 +209,7 @@ def fit_head(
     with writing_run(out_dir):
         clear_previous_run(out_dir, head=few_shot is None)
         if few_shot is None:
-            write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store))
+            write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store, train_rows))
             _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
         write_report(report, out_dir, figures=figures)
     return HeadRun(out_dir, report)
@@ -292,8 +292,10 @@ def _report(
     return {k: v for k, v in report.items() if v is not None or k == "class_weight"}
 
 
-def _sidecar(head: str, seed: int, store: FeatureStore) -> Sidecar:
+def _sidecar(head: str, seed: int, store: FeatureStore, rows: np.ndarray) -> Sidecar:
+    """head.json's entries for a head fitted on ``rows`` of ``store``."""
     meta = store.meta
+    fingerprints = store.fingerprints()
     return {
         "head": head,
         "classes": store.class_names,
@@ -304,6 +306,8 @@ def _sidecar(head: str, seed: int, store: FeatureStore) -> Sidecar:
         "backbone_spec": meta["backbone_spec"],
         **feature_identity(meta),
         "tlcache_version": meta.get("tlcache_version"),
+        # What the head was trained on, so that predict can say which of its items are training items.
+        "training_items": content_digest([fingerprints[r] for r in rows]),
     }
 
 

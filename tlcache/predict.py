@@ -17,6 +17,7 @@ from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
 from tlcache.runs import Sidecar, check_same_features, load_head, write_predictions, write_predictions_file
 from tlcache.sources import modality_of_path
+from tlcache.splits import count_in, spelling_note
 from tlcache.store import STORE_SUFFIX, FeatureStore
 
 
@@ -30,6 +31,8 @@ class PredictResult:
     # Labelled items per class the head was not trained on: it cannot predict them, so the accuracy counts them wrong.
     unseen_classes: dict[str, int] = field(default_factory=dict)
     truncated: int = 0  # texts cut to the model's limit when they were embedded
+    in_training: int = 0  # labelled items the head was trained on (the same content), counted in the accuracy
+    classes: list[str] = field(default_factory=list)  # the head's
 
     def summary_line(self) -> str:
         scored = f", accuracy {self.accuracy:.4f} against the source's labels" if self.accuracy is not None else ""
@@ -38,6 +41,11 @@ class PredictResult:
         if self.truncated:
             cut = f"{self.truncated} text{'' if self.truncated == 1 else 's'}"
             notes.append(f"{cut} cut to the model's limit: their ends were not read")
+        if self.in_training and self.accuracy is not None:
+            notes.append(
+                f"{self.in_training} of the labelled items are items the head was trained on (the same content), so "
+                "the accuracy overstates how it does on new items"
+            )
         extra = f" ({'; '.join(notes)})" if notes else ""
         return f"predicted {self.rows} rows{scored}{extra} -> {self.out or 'stdout'}"
 
@@ -47,9 +55,10 @@ class PredictResult:
             return None
         counts = ", ".join(f"{name} ({n})" for name, n in self.unseen_classes.items())
         n = sum(self.unseen_classes.values())
+        spelling = spelling_note(list(self.unseen_classes), self.classes).replace(" there", " in the head")
         return (
             f"note: {n} items are of classes the head was not trained on: {counts}; it cannot predict them, so the "
-            "accuracy counts them as errors"
+            f"accuracy counts them as errors{spelling}"
         )
 
 
@@ -107,7 +116,12 @@ def predict(
     out_path = Path(out) if out is not None else None
     unseen = _unseen_classes(truth, column_names)
     truncated = int(store.meta.get("truncated_rows") or 0)
-    return PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen, truncated)
+    result = PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen, truncated)
+    result.classes = list(classes)
+    if isinstance(trained := sidecar.get("training_items"), str):
+        fingerprints = store.fingerprints()
+        result.in_training = count_in(trained, [fingerprints[i] for i, name in enumerate(truth) if name])
+    return result
 
 
 def _check_backbone_matches(sidecar: Sidecar, backbone, head: Path) -> None:
@@ -178,4 +192,5 @@ def predict_exported(
     accuracy = _write_csv(out, ids, predicted, outputs.probabilities, exported.classes, truth)
     skipped = [(src.ids[position], why) for position, why in outputs.skipped]
     unseen = _unseen_classes(truth, exported.classes)
-    return PredictResult(Path(out) if out is not None else None, len(ids), accuracy, Path(model), skipped, unseen)
+    out_path = Path(out) if out is not None else None
+    return PredictResult(out_path, len(ids), accuracy, Path(model), skipped, unseen, classes=list(exported.classes))

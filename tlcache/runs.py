@@ -60,6 +60,7 @@ class Sidecar(TypedDict, total=False):
     precision: str
     dim: int
     tlcache_version: str
+    training_items: str  # splits.content_digest of the training items (absent from older heads)
 
 
 @dataclass
@@ -119,10 +120,13 @@ def check_same_features(expected: dict, actual: dict, what: str, subject: str = 
         if expected.get(name) != actual.get(name):
             advice = "embed with the same backbone and options"
             if name == "preprocessing" and _differ_only_in_decoding(expected[name], actual[name]):
+                from tlcache.images import DECODING
+
+                decoded = [f"{side.get('convert', 'not recorded')!r}" for side in (expected[name], actual[name])]
                 advice = (
-                    "their images were decoded by different tlcache versions (see `convert` in `tlcache info`: "
-                    "16-bit, float and EXIF-turned images are now read as shown); embed the older again and fit "
-                    "its heads again"
+                    f"their images were decoded by different tlcache versions (`convert` in `tlcache info`: "
+                    f"{decoded[0]} against {decoded[1]}; this tlcache decodes {DECODING!r}); embed the older "
+                    "again and fit its heads again"
                 )
             raise UserError(
                 f"{subject} {expected['backbone']} features ({expected['dim']}-d) but {what} holds "

@@ -3,6 +3,7 @@ draws, and labels of another dataset mapped onto the training classes."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 
@@ -76,9 +77,26 @@ def remap_labels(y: np.ndarray, names: Sequence[str], train_names: Sequence[str]
     training data lacks is refused."""
     unknown = sorted({names[i] for i in np.unique(y)} - set(train_names))
     if unknown:
-        raise UserError(f"{where} has classes the training data lacks ({', '.join(unknown[:5])}); use matching data")
+        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        note = spelling_note(unknown, train_names)
+        raise UserError(f"{where} has classes the training data lacks ({listed}); use matching data{note}")
     index = {name: i for i, name in enumerate(train_names)}
     return np.array([index[names[i]] for i in y], dtype=np.int64)
+
+
+def spelling_note(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """A note naming the ``unknown`` class names that are ``known`` ones but for case, spaces, '-' or '_' (class
+    folders "Actions" and "actions"), for a message that refuses or counts them; "" when there are none."""
+
+    def spelled(name: str) -> str:
+        return "".join(c for c in name.casefold() if c not in " -_")
+
+    by_spelling = {spelled(name): name for name in known}
+    pairs = [(name, by_spelling[spelled(name)]) for name in unknown if spelled(name) in by_spelling]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{name!r} is {match!r} there" for name, match in pairs[:5])
+    return f" ({shown}: class names must match exactly, case included; rename one side)"
 
 
 def shared_with_training(
@@ -103,6 +121,19 @@ def shared_with_training(
         _WARNED.add(message)
         warnings.warn(message, UserWarning, stacklevel=2)
     return shared
+
+
+def content_digest(fingerprints: Sequence[str]) -> str:
+    """The content of items (their fingerprints) in a form a head's sidecar can keep: 16 hex digits (8 bytes of
+    BLAKE2b) for each distinct item, sorted and joined; :func:`count_in` counts the items of another set in it."""
+    digests = {hashlib.blake2b(f.encode(), digest_size=8).hexdigest() for f in fingerprints}
+    return "".join(sorted(digests))
+
+
+def count_in(digest: str, fingerprints: Sequence[str]) -> int:
+    """How many of the items whose ``fingerprints`` are given are among those of a :func:`content_digest`."""
+    known = {digest[i : i + 16] for i in range(0, len(digest), 16)}
+    return sum(hashlib.blake2b(f.encode(), digest_size=8).hexdigest() in known for f in fingerprints)
 
 
 # Warnings of test items in training said in this process (and in a process forked from it): once each, although

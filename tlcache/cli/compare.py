@@ -106,10 +106,11 @@ def _shots(text: str) -> tuple[int | str, ...]:
 )
 @click.option(
     "--shots",
-    default=",".join(map(str, DEFAULT_SHOTS)),
-    show_default=True,
-    callback=lambda ctx, param, text: _shots(text),
-    help="Labelled items per class to train on (all: every training item).",
+    callback=lambda ctx, param, text: None if text is None else _shots(text),
+    help=(
+        f"Labelled items per class to train on (all: every training item). [default: "
+        f"{','.join(map(str, DEFAULT_SHOTS))}, less the counts above the smallest class]"
+    ),
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per cell.")
 @click.option(

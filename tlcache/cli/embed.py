@@ -163,7 +163,7 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> EmbedRe
         ray_options=ray_options(options["engine"], **take(options, RAY_OPTIONS)),
         **options,
     )
-    emit(dict(result.__dict__), as_json, result.summary_line())
+    emit({**result.__dict__, "stored": result.stored}, as_json, result.summary_line())
     for line in result.skipped_lines():
         click.echo(line, err=True)
     return result

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def compare(
     backbone: str | None = None,
     heads: tuple[str, ...] = DEFAULT_HEADS,
     finetunes: tuple[str, ...] = FINETUNES,
-    shots: tuple[int | str, ...] = DEFAULT_SHOTS,
+    shots: tuple[int | str, ...] | None = None,
     repeats: int = 3,
     layers: tuple[str, ...] | None = None,
     budget: float | None = None,
@@ -75,7 +76,8 @@ def compare(
     **backbone_options,
 ) -> CompareResult:
     """Run (or resume) the comparison's cells in ``out`` and write its report there (compare.json, compare.md,
-    learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all";
+    learning_curve.png, accuracy_time.png). ``shots`` are labelled items per class (integers) or "all"
+    (None: DEFAULT_SHOTS, less the counts above the smallest class, with a warning);
     ``repeats`` seeds (0 .. repeats - 1) each draw their own training items. ``layers`` lists candidate features
     for the frozen heads (``default``, ``LAYER`` or ``LAYER:POOL`` of the backbone; ``("auto",)``: the backbone's
     own suggestions, Backbone.candidate_layers), and a ``backbone`` of several
@@ -89,7 +91,8 @@ def compare(
     from tlcache.embed import DEFAULT_BACKBONES, embed_source
 
     clock = Budget(budget)
-    heads, finetunes, shots = _checked_request(heads, finetunes, shots, repeats, budget)
+    given_shots = shots is not None
+    heads, finetunes, shots = _checked_request(heads, finetunes, shots or DEFAULT_SHOTS, repeats, budget)
     config = finetune_config or FinetuneConfig()
     config.validate()
     out_dir = check_output_folder(out)
@@ -97,11 +100,13 @@ def compare(
     train_src, test_src, description = _split(load_source(train, **source_options), test, test_fraction, source_options)
     backbone, *others = (backbone or DEFAULT_BACKBONES[train_src.modality]).split(",")
     wanted = wanted_candidates(backbone, others if heads else [], layers if heads else None, backbone_options)
-    embed = functools.partial(
-        embed_source, out=cache, device=device, precision=precision, progress=progress, on_error="fail"
-    )  # on_error: methods compare on the same items, so every one must be read
+
+    def embed(*args, **options):  # methods compare on the same items, so every one must be read
+        done = embed_source(*args, out=cache, device=device, precision=precision, progress=progress, **options)
+        return done.refused_if_skipped(skip_option=False)
+
     data, embedded = _embedded(train_src, test_src, backbone, backbone_options, wanted, embed)
-    data.check_shots(shots)
+    shots = data.check_shots(shots, given=given_shots)
     identity = _identity(train_src, test_src, embedded[0].key, backbone, backbone_options, config)
     frozen = [CellKey(m, "frozen", shot, seed) for shot in shots for seed in range(repeats) for m in heads]
     tuned = [CellKey(m, "finetune", shot, seed) for shot in shots for seed in range(repeats) for m in finetunes]
@@ -286,16 +291,25 @@ class _Data:
         where = f"test source {self.test.path}"
         self.y_test = remap_labels(test_labels[self.test_rows], self.test_store.class_names, self.class_names, where)
 
-    def check_shots(self, shots) -> None:
-        """Refuse, before any cell runs, a shot count larger than the smallest class."""
+    def check_shots(self, shots, given: bool = True) -> tuple:
+        """The shot counts to run: before any cell runs, those larger than the smallest class are refused when
+        ``given``, else (the default counts) left out with a warning."""
         counts = np.bincount(self.labels[self.labels >= 0])
         smallest = int(counts[counts > 0].min())
         too_many = [shot for shot in shots if shot != "all" and shot > smallest]
-        if too_many:
+        if too_many and given:
             raise UserError(
                 f"{self.train.path}: the smallest class has {smallest} training items, fewer than --shots "
                 f"{','.join(map(str, too_many))}; use smaller counts or all"
             )
+        if too_many:
+            warnings.warn(
+                f"{self.train.path}: the smallest class has {smallest} training items, so the default --shots "
+                f"{','.join(map(str, too_many))} are left out; give --shots to choose the counts",
+                UserWarning,
+                stacklevel=2,
+            )
+        return tuple(shot for shot in shots if shot not in too_many)
 
     def n_train(self, shots: int | str) -> int:
         """How many training rows a cell of ``shots`` draws (whatever its seed)."""

@@ -15,9 +15,9 @@ import numpy as np
 
 RULE = (
     "At each shot count, the frozen head and the fine-tune with the highest mean accuracy over seeds are compared "
-    "on the same test items: one wins only when its mean is higher and an exact McNemar test favours it with "
-    "p < alpha on every seed both ran. Otherwise the two are level, and level means staying frozen, the cheaper "
-    "choice."
+    "on the same test items: one wins only when its mean over the seeds both ran is higher and an exact McNemar "
+    "test favours it with p < alpha on every one of them. Otherwise the two are level, and level means staying "
+    "frozen, the cheaper choice."
 )
 KINDS = ("frozen", "finetune")
 
@@ -64,8 +64,8 @@ def recommend(cells: Sequence[Cell], alpha: float = 0.05) -> dict:
     ``shots``, ``seed``, ``accuracy``, ``seconds``, ``correct``), with a one-sentence headline for the largest shot
     count both kinds ran (else the largest) and a sentence on where the verdict changes (None when it does not).
     ``p_values``, and ``seed_points`` (fine-tune minus frozen, in points), are per seed both best methods ran, in
-    seed order; ``n_seeds`` counts those seeds, ``seeds_against`` those significant in favour of the side behind on
-    the mean."""
+    seed order (``paired_seeds``); ``difference_points`` is their mean; ``n_seeds`` counts those seeds,
+    ``seeds_against`` those significant in favour of the side behind on the mean."""
     if not cells:
         raise ValueError("recommend needs at least one finished cell")
     grouped = _group(cells)
@@ -141,17 +141,26 @@ def _compare(shots: object, by_kind: Mapping[str, Mapping], alpha: float) -> dic
         row[f"{kind}_seconds"] = _mean(methods[best], "seconds") if best else None
     if best_frozen is None or best_finetune is None:
         only = "frozen only" if best_finetune is None else "finetune only"
-        nothing = {"difference_points": None, "p_values": [], "seed_points": [], "seeds_significant": 0}
+        nothing = {
+            "difference_points": None,
+            "p_values": [],
+            "seed_points": [],
+            "paired_seeds": [],
+            "seeds_significant": 0,
+        }
         return {**row, **nothing, "seeds_against": 0, "n_seeds": 0, "verdict": only}
     tests = _paired_tests(frozen[best_frozen], finetune[best_finetune])
-    difference = 100 * (row["finetune_accuracy"] - row["frozen_accuracy"])
+    # Per seed, fine-tune minus frozen on its test items: a significant seed may go against the mean.
+    seed_points = [100 * gain / n for _, gain, n in tests]
+    # Over the seeds both ran (a budget may have left out a fine-tune's seed: its frozen cell is not compared).
+    difference = float(np.mean(seed_points)) if tests else 100 * (row["finetune_accuracy"] - row["frozen_accuracy"])
     p_values = [p for p, _, _ in tests]
     return {
         **row,
         "difference_points": difference,
         "p_values": p_values,
-        # Per seed, fine-tune minus frozen on its test items: a significant seed may go against the mean.
-        "seed_points": [100 * gain / n for _, gain, n in tests],
+        "seed_points": seed_points,
+        "paired_seeds": sorted(frozen[best_frozen].keys() & finetune[best_finetune].keys()),
         "seeds_significant": sum(p < alpha for p in p_values),
         "seeds_against": sum(p < alpha and gain * difference < 0 for p, gain, _ in tests),
         "n_seeds": len(p_values),

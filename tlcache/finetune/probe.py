@@ -25,9 +25,8 @@ def warm_start(
 
     frozen = create_backbone(**bb.spec)
     train = src.subset(splits.rows["train"])
-    result = embed_source(
-        train, frozen, out=cache, precision=bb.precision, device=device, progress=False, on_error="fail"
-    )
+    result = embed_source(train, frozen, out=cache, precision=bb.precision, device=device, progress=False)
+    result.refused_if_skipped(skip_option=False)
     X = FeatureStore(result.path).features()
     pipeline = make_head("logreg", config.seed).fit(X, splits.labels["train"])
     weight, bias = fold_probe(pipeline, len(splits.classes), X.shape[1])
