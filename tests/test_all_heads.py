@@ -117,3 +117,19 @@ def test_test_items_in_training_are_warned_of_once_by_every_head_and_a_test_of_t
     assert done.stderr.count("5 of 30 test items are also training items") == 1, done.stderr
     refused = subprocess.run([*command, "--test", str(train), "--out", tmp_path / "no"], capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.count("error:") == 1 and not (tmp_path / "no").exists()
+
+
+def test_heads_within_two_standard_errors_of_the_best_are_said_to_be_unsettled():
+    from tlcache.runs import unsettled_order
+
+    def rows(n, *accuracies):
+        return [{"head": f"h{i}", "validation_accuracy": a, "validation_items": n} for i, a in enumerate(accuracies)]
+
+    # 200 items, best 0.80: standard error 2.8 points; 0.75 is within two, 0.73 is not.
+    assert unsettled_order(rows(200, 0.80, 0.75, 0.73)) == (
+        "Measured on 200 validation items (one item is 0.5 points, the best's standard error 2.8): h1 is within two "
+        "standard errors of h0, so these data do not settle their order."
+    )
+    assert unsettled_order(rows(5000, 0.80, 0.75)) is None  # 0.57 points of error: 5 points apart is settled
+    assert unsettled_order(rows(10, 1.0, 0.8)) is not None  # a perfect best: at least one item's error (10 points)
+    assert unsettled_order(rows(None, 0.8, 0.79)) is None  # heads fitted before items were counted: nothing said

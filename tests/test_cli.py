@@ -351,6 +351,11 @@ def test_head_all_prints_a_leaderboard(tmp_path, text_stores):
     assert validation == sorted(validation, reverse=True)  # ranked on validation data, never on the test items
     assert "leaderboard (ranked by validation accuracy) ->" in result.stdout
     assert "Ranked by validation accuracy" in (tmp_path / "runs" / "leaderboard.md").read_text()
+    # 40 training items, under the size where sweeps use folds: every one is a validation item.
+    assert {row["validation_items"] for row in board} == {40}
+    # On 40 items the ranking is unsettled: said on stdout and in leaderboard.md.
+    assert "Measured on 40 validation items (one item is 2.5 points" in result.stdout
+    assert "Measured on 40 validation items" in (tmp_path / "runs" / "leaderboard.md").read_text()
 
 
 def test_report_renders_again_from_json(tmp_path, text_stores):

@@ -20,7 +20,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from threadpoolctl import threadpool_limits
 
 from tlcache.calibration import DecisionCalibrator, calibration_values
-from tlcache.sweep import best_index, describe_selection, sweep_grid, validation_splits
+from tlcache.sweep import best_index, describe_selection, sweep_grid, validation_items, validation_splits
 
 DEFAULT_CS = tuple(np.logspace(-5, 0, 11).tolist())
 
@@ -175,6 +175,7 @@ class SweptLogisticRegression(ClassifierMixin, BaseEstimator):
         self.curve_ = [(C, float(v)) for C, v in zip(Cs, scores)]
         self.accuracy_curve_ = [(C, float(accuracies[C])) for C in Cs]
         self.selection_ = describe_selection(splits)
+        self.validation_items_ = validation_items(splits)
         fit = self._solve(X32, codes, self.C_, weight, solutions[self.C_][-1])
         W, self.n_iter_ = fit.weights, np.array([fit.iterations])
         if len(self.classes_) == 2:  # one weight vector, as scikit-learn's binary models have

@@ -41,6 +41,7 @@ class Sweep(TypedDict):
     curve: list[list[float]]  # [value, validation score] per grid value
     extension: dict  # direction ("up", "down" or None), steps added past the grid's end, at_edge
     validation_accuracy: float  # of the chosen value (the same validation rows for every head of a seed)
+    validation_items: int | None  # the rows it is measured on
 
 
 class GroupRow(TypedDict):
@@ -381,4 +382,5 @@ def sweep_summary(pipeline) -> Sweep | None:
         "curve": [[value, score] for value, score in model.curve_],
         "extension": dict(getattr(model, "extension_", {"direction": None, "steps": 0, "at_edge": False})),
         "validation_accuracy": float(accuracies[model.best_]),
+        "validation_items": getattr(model, "validation_items_", None),  # None from heads fitted before it was kept
     }

@@ -182,6 +182,11 @@ def describe_selection(splits: list) -> str:
     return f"{len(splits)}-fold cross-validation" if len(splits) > 1 else "a stratified validation split"
 
 
+def validation_items(splits: list) -> int:
+    """How many rows the sweep's scores are measured on: every row on folds, the held-out ones of one split."""
+    return sum(len(valid) for _, valid in splits)
+
+
 class SweptClassifier(ClassifierMixin, BaseEstimator):
     """``estimator`` with ``param`` chosen from ``grid`` on held-out data, then refitted on everything.
 
@@ -264,6 +269,7 @@ class SweptClassifier(ClassifierMixin, BaseEstimator):
         self.score_name_ = "accuracy"
         self.curve_ = [(_plain(v), float(s)) for v, s in zip(values, scores)]
         self.selection_ = describe_selection(splits)
+        self.validation_items_ = validation_items(splits)
         self.model_ = self._refit(X, codes)
         self.calibrator_ = None
         if calibrating:

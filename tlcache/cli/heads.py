@@ -91,6 +91,7 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
     """
     from tlcache.all_heads import fit_all_heads
     from tlcache.heads import fit_head as fit
+    from tlcache.runs import leaderboard_rows, unsettled_order
 
     options.update(use_views=not no_views, grid=grid)
     if head == "all":
@@ -101,6 +102,8 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
         for run in runs:
             click.echo(run.summary_line())
         click.echo(f"leaderboard (ranked by validation accuracy) -> {runs[0].out_dir.parent / 'leaderboard.md'}")
+        if note := unsettled_order(leaderboard_rows(runs)):
+            click.echo(note)
         return runs
     run = fit(store, head, out=out, progress=not no_progress, **options)
     emit({"out_dir": str(run.out_dir), **run.report}, as_json, run.summary_line())
