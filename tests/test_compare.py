@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import write_text_csv
+from tlcache.cli.options import human_size
 from tlcache.compare import compare
 from tlcache.compare import run as compare_run
 from tlcache.compare.cells import CELLS_DIR
@@ -244,6 +245,10 @@ def test_compare_command_reads_named_columns_and_holds_out_a_fraction(tmp_path, 
     assert result.exit_code == 0, result.output
     assert "ft-all-seed0: accuracy" in result.stdout and "cells run, 0 reused" in result.stdout
     assert "still improving at their last epoch (ft at all (1 of 1 seeds))" in result.stdout  # one epoch only
+    held = sum(f.stat().st_size for f in (tmp_path / "runs" / "compare-table" / "finetunes").rglob("*") if f.is_file())
+    assert (
+        held > 0 and f"the fine-tuned models take {human_size(held)} in runs/compare-table/finetunes" in result.stdout
+    )
     summary = json.loads((tmp_path / "runs" / "compare-table" / "compare.json").read_text())
     assert summary["n_test"] == 10 and summary["classes"] == ["neg", "pos"]
     tested = (tmp_path / "runs" / "compare-table" / "finetunes" / "ft-all-seed0" / "predictions.csv").read_text()

@@ -16,6 +16,7 @@ from tlcache.cli.options import (
     config_from_options,
     config_options,
     device_option,
+    human_size,
     json_option,
     no_progress_option,
     source_options,
@@ -171,4 +172,7 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
     skipped = f", {left_out} left out to stay within --budget" if left_out else ""
     done = f"{result.ran} cells run, {len(result.cells) - result.ran} reused{skipped}"
     click.echo(f"{done} -> {result.out_dir / 'compare.md'}")
+    tuned = result.out_dir / "finetunes"
+    if held := sum(path.stat().st_size for path in tuned.rglob("*") if path.is_file()):
+        click.echo(f"the fine-tuned models take {human_size(held)} in {tuned}: delete the folder when done with them")
     return result

@@ -144,3 +144,12 @@ def _field_option(f: dataclasses.Field) -> Callable:
 
 def _split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def human_size(n_bytes: float) -> str:
+    """A size in bytes as people read it: "812 B", "3.4 MiB", "2.1 GiB"."""
+    for unit in ("B", "KiB", "MiB"):
+        if n_bytes < 1024:
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} GiB"

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from tlcache.cli.options import emit, json_option
+from tlcache.cli.options import emit, human_size, json_option
 
 
 @click.command()
@@ -81,7 +81,7 @@ def ls(folder, as_json) -> None:
             e.backbone or "?",
             e.features or "?",
             f"{e.rows_done}/{e.n_rows}" if e.state in ("partial", "running") else str(e.n_rows),
-            _size(e.size_bytes),
+            human_size(e.size_bytes),
             e.state,
             e.last_used.replace("+00:00", "Z"),
             e.source or e.path.name,
@@ -115,8 +115,8 @@ def gc(folder, unused_days, dry_run, as_json) -> None:
         click.echo(json.dumps({"dry_run": dry_run, "removed": [e.as_dict() for e in removed], "freed_bytes": freed}))
         return
     for entry in removed:
-        click.echo(f"{verb} {entry.path} ({entry.state}, {_size(entry.size_bytes)})")
-    click.echo(f"{verb} {len(removed)} stores, {_size(freed)}")
+        click.echo(f"{verb} {entry.path} ({entry.state}, {human_size(entry.size_bytes)})")
+    click.echo(f"{verb} {len(removed)} stores, {human_size(freed)}")
 
 
 def _nothing_listed(folder: str | None) -> str:
@@ -128,14 +128,6 @@ def _nothing_listed(folder: str | None) -> str:
         f"no stores in {default_cache_dir()}, the default cache folder ($TLCACHE_HOME, else ~/.cache/tlcache); "
         "for stores that `tlcache embed --out FOLDER` wrote, run `tlcache ls FOLDER`"
     )
-
-
-def _size(n_bytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    return f"{n_bytes:.1f} TiB"
 
 
 def _table(rows: list[tuple]) -> None:
