@@ -102,7 +102,9 @@ def test_items_the_head_was_trained_on_are_counted_in_the_summary(tmp_path):
     # The head's own store: its held-out test items are not training items, the other 15 are.
     whole = predict(run.out_dir, tmp_path / "train.h5", out=tmp_path / "p.csv", progress=False)
     assert whole.in_training == 15
-    assert "15 of the labelled items are items the head was trained on" in whole.summary_line()
+    assert (
+        "15 of the labelled items are the head's own training items, so the accuracy overstates" in whole.summary_line()
+    )
     # Items of the same content in another store are counted; unlabelled ones are not.
     shared = [f"train-fp{i}" for i in range(10)]
     make_store(
@@ -112,4 +114,4 @@ def test_items_the_head_was_trained_on_are_counted_in_the_summary(tmp_path):
     assert partly.in_training == len(set(range(8)) - tested)
     make_store(tmp_path / "other.h5", features[:8], y[:8], ["cat", "dog"], fingerprints=[f"o{i}" for i in range(8)])
     other = predict(run.out_dir, tmp_path / "other.h5", out=tmp_path / "r.csv", progress=False)
-    assert other.in_training == 0 and "trained on" not in other.summary_line()
+    assert other.in_training == 0 and "training items" not in other.summary_line()

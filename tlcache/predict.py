@@ -43,8 +43,8 @@ class PredictResult:
             notes.append(f"{cut} cut to the model's limit: their ends were not read")
         if self.in_training and self.accuracy is not None:
             notes.append(
-                f"{self.in_training} of the labelled items are items the head was trained on (the same content), so "
-                "the accuracy overstates how it does on new items"
+                f"{self.in_training} of the labelled items are the head's own training items, so the accuracy "
+                "overstates how it does on new items"
             )
         extra = f" ({'; '.join(notes)})" if notes else ""
         return f"predicted {self.rows} rows{scored}{extra} -> {self.out or 'stdout'}"
