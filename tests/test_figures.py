@@ -38,3 +38,30 @@ def test_a_confusion_matrix_of_many_classes_is_drawn_without_a_text_per_cell(tmp
     report |= {"n_train": 1, "n_test": len(y), "test": "t", "fit_seconds": 0.0, "seed": 0, "store": "s"}
     markdown = render_markdown(report)
     assert f"{len(classes)} classes, too many for a table here" in markdown and "| **0** |" not in markdown
+
+
+def test_accuracy_against_time_names_methods_in_a_legend_and_points_by_their_count(tmp_path, monkeypatch):
+    """Five methods at four counts each: labels of method and count on every point overlapped; now the legend
+    names the methods and each point carries its count only."""
+    from matplotlib.axes import Axes
+
+    from tlcache.compare.summary import plot_accuracy_time
+
+    methods = [("logreg", "frozen"), ("svm", "frozen"), ("mlp", "frozen"), ("ft", "finetune"), ("lp-ft", "finetune")]
+    rows = [
+        {"method": m, "kind": kind, "shots": shots, "accuracy": 0.6 + 0.01 * i + 0.03 * j, "seconds": 0.1 * 10**i}
+        for i, (m, kind) in enumerate(methods)
+        for j, shots in enumerate([4, 16, 64, "all"])
+    ]
+    labels, legends = [], []
+    original_annotate, original_legend = Axes.annotate, Axes.legend
+    monkeypatch.setattr(
+        Axes, "annotate", lambda self, text, *a, **k: labels.append(text) or original_annotate(self, text, *a, **k)
+    )
+    monkeypatch.setattr(
+        Axes, "legend", lambda self, *a, **k: legends.append(original_legend(self, *a, **k)) or legends[-1]
+    )
+    plot_accuracy_time({"rows": rows, "all_per_class": 900}, tmp_path / "at.png")
+    assert sorted(labels) == sorted(["4", "16", "64", "all"] * 5)
+    assert [t.get_text() for t in legends[0].get_texts()] == [f"{m} ({kind})" for m, kind in methods]
+    assert (tmp_path / "at.png").stat().st_size > 5000

@@ -196,16 +196,24 @@ def plot_learning_curve(summary: dict, path: Path) -> None:
 
 
 def plot_accuracy_time(summary: dict, path: Path) -> None:
-    """Accuracy against wall time per run (log axis), one point per (method, shots)."""
+    """Accuracy against wall time per run (log axis): a line per method through its shot counts, in the legend,
+    each point labelled with its count only (a label of method and count per point overlapped from 5 methods)."""
     from tlcache.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in summary["rows"]:
-        marker = "o" if row["kind"] == "frozen" else "s"
-        ax.scatter(row["seconds"], row["accuracy"], marker=marker)
-        ax.annotate(f"{row['method']} @{_shots_words(row['shots'])}", (row["seconds"], row["accuracy"]), fontsize=7)
+    every = summary["all_per_class"]
+    for method in dict.fromkeys(row["method"] for row in summary["rows"]):
+        rows = sorted((r for r in summary["rows"] if r["method"] == method), key=lambda r: _x(r["shots"], every))
+        frozen = rows[0]["kind"] == "frozen"
+        seconds, accuracy = [r["seconds"] for r in rows], [r["accuracy"] for r in rows]
+        label = f"{method} ({rows[0]['kind']})"
+        ax.plot(seconds, accuracy, "-" if frozen else "--", marker="o" if frozen else "s", label=label, alpha=0.8)
+        for row in rows:
+            where = (row["seconds"], row["accuracy"])
+            ax.annotate(_shots_words(row["shots"]), where, xytext=(4, 3), textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
+    ax.legend(fontsize="small", title="method (points: items per class)", title_fontsize="small")
     ax.set_xlabel("wall time per run, s (frozen: fitting on cached features)")
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.set_title("accuracy against time")
