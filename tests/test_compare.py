@@ -68,6 +68,13 @@ def test_every_cell_row_and_plot_that_compare_promises(texts, tiny_bert_dir):
     assert all(cell["best_epoch"] == cell["epochs_run"] == 1 for cell in tuned)
     assert rows[("ft", "all")]["still_rising"] == 2 and rows[("logreg", "all")]["still_rising"] == 0
     assert "Still improving" in markdown and "ft at all (2 of 2 seeds)" in markdown
+    # At 4 per class a fine-tune chooses its epoch on 2 validation items (one per class): said; with all, 10 items.
+    assert (rows[("ft", 4)]["val_items"], rows[("ft", "all")]["val_items"], rows[("logreg", 4)]["val_items"]) == (
+        2,
+        10,
+        None,
+    )
+    assert "Few validation items: the fine-tunes chose their epoch at 4 per class on 2 validation items" in markdown
     assert "fine-tune - frozen (points)" in markdown  # which side is taken from which
 
 

@@ -23,7 +23,7 @@ from tlcache.cli.options import (
     take,
 )
 from tlcache.compare.run import DEFAULT_HEADS, DEFAULT_SHOTS, FINETUNES
-from tlcache.compare.summary import still_rising
+from tlcache.compare.summary import few_validation_items, still_rising
 from tlcache.errors import UserError
 from tlcache.finetune.config import FinetuneConfig
 
@@ -168,6 +168,8 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
     rising = still_rising(result.summary)
     if rising:
         click.echo(f"note: fine-tunes still improving at their last epoch ({rising}): more --epochs may raise them")
+    if few := few_validation_items(result.summary):
+        click.echo(f"note: {few}")
     left_out = len(result.summary["budget"]["left_out"])
     skipped = f", {left_out} left out to stay within --budget" if left_out else ""
     done = f"{result.ran} cells run, {len(result.cells) - result.ran} reused{skipped}"

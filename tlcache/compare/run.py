@@ -376,7 +376,12 @@ def _finetune_cell(data: _Data, key, rows, tuner: _Tuner, config, out_dir: Path)
     predicted = np.array([index[by_id[ids[row]]] for row in data.test_rows])
     tune = run.report["finetune"]  # the epoch its validation items chose, of those it ran
     cell = _scored(data, predicted, time.perf_counter() - started, cached=False)
-    return {**cell, "best_epoch": tune["best_epoch"], "epochs_run": tune["epochs_run"]}
+    return {
+        **cell,
+        "best_epoch": tune["best_epoch"],
+        "epochs_run": tune["epochs_run"],
+        "val_items": run.report["n_val"],
+    }
 
 
 def _scored(data: _Data, predicted: np.ndarray, seconds: float, cached: bool) -> dict:

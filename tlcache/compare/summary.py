@@ -15,6 +15,8 @@ JSON_FILE, MARKDOWN_FILE = "compare.json", "compare.md"
 FIGURES = {"learning_curve": "learning_curve.png", "accuracy_time": "accuracy_time.png"}
 BOOTSTRAP_RESAMPLES = 2000
 LEVEL = 0.95
+# Fewer validation items than this for a fine-tune's choice of epoch (one item: over 10 points) is said in compare.md.
+FEW_VALIDATION_ITEMS = 10
 
 
 def summarise(
@@ -56,6 +58,9 @@ def _row(method: str, shots, group: list[dict]) -> dict:
         "features": _counts([cell["features"] for cell in group if cell.get("features")]),
         # Fine-tunes whose validation accuracy was best at their last epoch: still rising when they stopped.
         "still_rising": sum(1 for cell in group if "best_epoch" in cell and cell["best_epoch"] == cell["epochs_run"]),
+        # The fewest validation items a fine-tune of the group chose its epoch on (None: frozen, or cells saved
+        # before it was kept).
+        "val_items": min((cell["val_items"] for cell in group if cell.get("val_items")), default=None),
     }
 
 
@@ -66,6 +71,25 @@ def still_rising(summary: dict) -> str:
         f"{row['method']} at {_shots_words(row['shots'])} ({row['still_rising']} of {len(row['seeds'])} seeds)"
         for row in summary["rows"]
         if row.get("still_rising")
+    )
+
+
+def few_validation_items(summary: dict) -> str | None:
+    """A sentence on the fine-tunes that chose their epoch on fewer than FEW_VALIDATION_ITEMS validation items
+    (4 items per class hold out one each), or None."""
+    few = {}
+    for row in summary["rows"]:
+        if row.get("val_items") and row["val_items"] < FEW_VALIDATION_ITEMS:
+            few.setdefault(row["shots"], []).append(row)
+    if not few:
+        return None
+    counts = ", ".join(
+        f"{_shots_words(shots)} per class on {min(row['val_items'] for row in rows)}" for shots, rows in few.items()
+    )
+    return (
+        f"Few validation items: the fine-tunes chose their epoch at {counts} validation items, where one item is "
+        f"{100 / max(row['val_items'] for rows in few.values() for row in rows):.0f} points or more; their epochs "
+        "are nearly guesses, and their accuracy there may be far from what more data would give."
     )
 
 
@@ -129,6 +153,8 @@ def render_markdown(summary: dict) -> str:
             f"Still improving: these fine-tunes were best on their validation items at their last epoch: {rising}. "
             "More `--epochs` may raise them; the figures here are of the fine-tunes as they ran.",
         ]
+    if few := few_validation_items(summary):
+        lines += ["", few]
     budget = summary.get("budget") or {}
     if budget.get("left_out"):
         names = ", ".join(f"{c['method']} at {_shots_words(c['shots'])}, seed {c['seed']}" for c in budget["left_out"])
