@@ -428,7 +428,8 @@ def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(
 
     fit_head(result.path, "knn", test_fraction=0.25, out=tmp_path / "knn", progress=False)
     predicted = predict(tmp_path / "knn", path, out=tmp_path / "p.csv", cache_dir=tmp_path / "cache", progress=False)
-    assert "(3 texts cut to the model's limit: their ends were not read)" in predicted.summary_line()
+    assert "(3 texts cut to the model's limit: their ends were not read; " in predicted.summary_line()
+    assert predicted.in_training == 8  # the head's own texts (and repeats of them): said too
 
 
 def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_bert_dir, monkeypatch):
