@@ -305,6 +305,22 @@ def test_ls_and_gc(tmp_path, tiny_bert_dir):
     assert json.loads(run("ls", cache, "--json").stdout) == []
 
 
+def test_ls_says_of_how_many_items_a_store_of_some_of_its_source_holds(tmp_path, tiny_bert_dir):
+    """compare's training items and LP-FT's warm starts embed parts of a source: listed alike before."""
+    from tlcache.embed import embed_source
+    from tlcache.sources import load_source
+
+    source = load_source(write_text_csv(tmp_path / "a.csv", n=24))
+    cache = tmp_path / "cache"
+    whole = embed_source(source, f"hf:{tiny_bert_dir}", out=cache, progress=False)
+    part = embed_source(source.subset(range(10)), f"hf:{tiny_bert_dir}", out=cache, progress=False)
+    listing = {e["path"]: e["part_of"] for e in json.loads(run("ls", cache, "--json").stdout)}
+    assert listing == {str(whole.path): None, str(part.path): 24}
+    lines = run("ls", cache).stdout.splitlines()
+    assert sum("a.csv (10 of its 24 items)" in line for line in lines) == 1
+    assert sum(line.rstrip().endswith("a.csv") for line in lines) == 1
+
+
 def test_ls_of_no_stores_says_which_folder_it_listed_and_how_to_list_another(tmp_path):
     home = tmp_path / "tlcache-home"  # $TLCACHE_HOME (conftest); nothing embedded into it yet
     for made in (False, True):

@@ -25,6 +25,7 @@ class StoreEntry:
     state: str  # "complete", "partial" (an interrupted embed: run it again), "running" (being written) or "unreadable"
     last_used: str  # ISO time of the last write, cache hit or fit (last_used)
     features: str | None = None  # what tells the store from others of its backbone and source (describe_features)
+    part_of: int | None = None  # a store of some of its source's items (compare's, LP-FT's): how many it has
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "path": str(self.path)}
@@ -71,11 +72,12 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
         if not path.name.endswith((STORE_SUFFIX, STORE_SUFFIX + PARTIAL_SUFFIX)) or not path.is_file():
             continue
         status = probe_store(path)
-        backbone = source = features = None
+        backbone = source = features = whole = None
         if status.readable:
             with h5py.File(path, "r") as handle:
                 backbone = str(handle.attrs.get("backbone", ""))
                 source = str(handle.attrs.get("source_path", ""))
+                whole = handle.attrs.get("source_part_of")
                 features = describe_features(handle.attrs)
         state = _state(path, status.readable, status.complete)
         stat = path.stat()
@@ -91,6 +93,7 @@ def list_stores(folder: str | Path | None = None) -> list[StoreEntry]:
                 state=state,
                 last_used=datetime.fromtimestamp(last_used(path), timezone.utc).isoformat(timespec="seconds"),
                 features=features,
+                part_of=None if whole is None else int(whole),
             )
         )
     return sorted(entries, key=lambda e: (e.last_used, e.path.name))

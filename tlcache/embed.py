@@ -310,6 +310,8 @@ def _open_writer(
         "source_options": src.options,
         "source_fingerprint": src.fingerprint,
     }
+    if src.part_of is not None:  # a subset (compare's training items, LP-FT's warm start): `ls` says of how many
+        meta["source_part_of"] = src.part_of
     writer = StoreWriter.create(
         path,
         meta,

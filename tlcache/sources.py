@@ -44,6 +44,7 @@ class Source:
     labels: list[str | None] | None = None  # None: the source has no labels at all
     groups: list[str | None] | None = None  # a group per item (region, device, ...) for per-group metrics
     options: dict = field(default_factory=dict)  # how it was read (columns), recorded in the store
+    part_of: int | None = None  # for a subset (Source.subset): how many items the whole source has
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,6 +62,7 @@ class Source:
             labels=None if self.labels is None else [self.labels[i] for i in pick],
             groups=None if self.groups is None else [self.groups[i] for i in pick],
             options=self.options,
+            part_of=self.part_of or len(self),
         )
 
     @property

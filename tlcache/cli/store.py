@@ -84,7 +84,7 @@ def ls(folder, as_json) -> None:
             human_size(e.size_bytes),
             e.state,
             e.last_used.replace("+00:00", "Z"),
-            e.source or e.path.name,
+            (e.source or e.path.name) + (f" ({e.n_rows} of its {e.part_of} items)" if e.part_of else ""),
         )
         for e in entries
     ]
