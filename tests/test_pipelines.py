@@ -80,6 +80,21 @@ def test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all(texts, tiny_bert
     assert _outputs(texts) == written
 
 
+def test_an_export_or_a_report_drawn_again_in_a_step_folder_does_not_run_the_step_again(texts, tiny_bert_dir):
+    """`tlcache export` writes its model into the run folder; the next `tlcache run` refitted the head, which
+    removed the export (a new user's 87 MiB model, without a word), and so did `tlcache report`."""
+    recipe = write_recipe(texts / "text.toml", text_steps(tiny_bert_dir))
+    assert run("run", recipe).exit_code == 0
+    probe = texts / "runs" / "text" / "probe"
+    assert run("export", probe).exit_code == 0 and (probe / "model.onnx").is_file()
+    assert run("report", probe).exit_code == 0
+    again = run("run", recipe)
+    assert again.exit_code == 0, again.output
+    assert _ran(again) == ["embed", "embed"] and (probe / "model.onnx").is_file()
+    (probe / "report.md").write_text("edited by hand\n")  # a file of the step's own, changed: the step runs again
+    assert _ran(run("run", recipe)) == ["embed", "embed", "fit-head", "predict"]
+
+
 def test_a_change_reruns_the_step_it_touches_and_the_steps_that_read_its_output(texts, tiny_bert_dir):
     recipe = texts / "text.toml"
     assert run("run", write_recipe(recipe, text_steps(tiny_bert_dir))).exit_code == 0

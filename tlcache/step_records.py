@@ -1,11 +1,13 @@
 """The record a pipeline step leaves beside its output, written and read here only, so a rerun can skip the step.
 
 A record (``<out>/.tlcache-step.json`` for a folder, ``.<name>.tlcache-step.json`` beside a file) holds the step's
-command line, the identity of each input (a store's cache key, a file's or a folder's content digest) and the size
-and modification time of every file of its output. It says "running" while the step runs and "done" once it has
-succeeded, written whole under a temporary name and renamed. A step is done when its record says "done" for the
-same command line and inputs, and its output files are the ones it wrote: a changed option, a changed input, an
-interrupted run or an output file touched since all run the step again.
+command line, the identity of each input (a store's cache key, a file's or a folder's content digest) and a digest
+of every file of its output. It says "running" while the step runs and "done" once it has succeeded, written whole
+under a temporary name and renamed. A step is done when its record says "done" for the same command line and
+inputs, and its output files are the ones it wrote: a changed option, a changed input, an interrupted run or an
+output file changed since all run the step again. Files other commands add to a run folder are not the step's
+output: the models `tlcache export` writes there (``*.onnx``, and its work folders), its lock file. `tlcache
+report` writes the same bytes again, so it changes nothing either.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tlcache.runs import write_whole
 
 RECORD_NAME = ".tlcache-step.json"
 FOLDER_OUTPUTS = ("fit-head", "finetune", "compare")  # steps whose `out` is a folder; predict's is a file
-FORMAT = 1
+FORMAT = 2  # 1: output files by size and modification time (`tlcache report` made a step run again)
 
 
 @dataclass
@@ -88,16 +90,19 @@ class StepRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_whole(self.path, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
-    def _snapshot(self) -> dict[str, list[int]]:
-        """Size and modification time of every file of the output (its record aside)."""
+    def _snapshot(self) -> dict[str, str]:
+        """A digest of every file of the output (its record and what other commands add aside), remembered in the
+        cache's fingerprint index: an unchanged file costs a stat."""
+        from tlcache.fingerprints import file_digests
+        from tlcache.paths import fingerprint_index
+
         if self.kind in FOLDER_OUTPUTS:
             files = _files(self.out) if self.out.is_dir() else []
             names = [p.relative_to(self.out).as_posix() for p in files]
         else:
             files = [self.out] if self.out.is_file() else []
             names = [self.out.name]
-        stats = [p.stat() for p in files]
-        return {name: [st.st_size, st.st_mtime_ns] for name, st in zip(names, stats)}
+        return dict(zip(names, file_digests([str(p.resolve()) for p in files], fingerprint_index())))
 
 
 def identity(path: Path) -> str:
@@ -121,4 +126,18 @@ def identity(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith((RECORD_NAME, ".partial")))
+    """The files of a step's output folder, or of a folder given as input: neither records nor half-written files,
+    nor what other commands add to a run folder (exports, their work folders, the lock file)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not _added(p.relative_to(folder)))
+
+
+def _added(relative: Path) -> bool:
+    from tlcache.export import WORK_PREFIX
+    from tlcache.runs import LOCK_FILE
+
+    name = relative.name
+    return (
+        name.endswith((RECORD_NAME, ".partial", ".onnx"))
+        or name == LOCK_FILE
+        or any(part.startswith(WORK_PREFIX) for part in relative.parts)
+    )
