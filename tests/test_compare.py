@@ -55,6 +55,8 @@ def test_every_cell_row_and_plot_that_compare_promises(texts, tiny_bert_dir):
     for row in rows.values():
         low, high = row["interval"]
         assert low <= row["accuracy"] <= high and row["seeds"] == [0, 1]
+        seeds = [c["accuracy"] for c in result.cells if (c["method"], c["shots"]) == (row["method"], row["shots"])]
+        assert row["accuracy_std"] == pytest.approx(np.std(seeds, ddof=1))  # of 2 seeds: a sample's spread
     advice = summary["recommendation"]
     assert [row["shots"] for row in advice["by_shots"]] == [4, "all"]
     assert all(row["verdict"] in ("finetune", "frozen", "level") for row in advice["by_shots"])

@@ -284,6 +284,8 @@ def test_few_shot_sampling_is_reproducible_from_its_seed(tmp_path):
     assert first["seeds"] == [7, 8, 9] and first["shots"] == 4 and len(first["accuracy"]["values"]) == 3
     assert first["accuracy"]["values"] != other["accuracy"]["values"]
     assert first["accuracy"]["mean"] == pytest.approx(np.mean(first["accuracy"]["values"]))
+    # the spread of a sample of draws (n - 1): the population's understates it
+    assert first["accuracy"]["std"] == pytest.approx(np.std(first["accuracy"]["values"], ddof=1))
     assert not list((tmp_path / "a").glob("head*"))  # an evaluation protocol: no head to keep
 
 

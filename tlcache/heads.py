@@ -23,6 +23,7 @@ from tlcache.report import (
     calibration_summary,
     classification_metrics,
     group_metrics,
+    seed_spread,
     sweep_summary,
 )
 from tlcache.runs import (
@@ -370,8 +371,8 @@ def _few_shot_summary(runs, tested: _TestSet, classes, shots, seed) -> FewShot:
         "shots": shots,
         "repeats": len(runs),
         "seeds": [seed + r for r in range(len(runs))],
-        "accuracy": {"mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "values": accuracies},
-        "macro_f1": {"mean": float(np.mean(f1s)), "std": float(np.std(f1s)), "values": f1s},
+        "accuracy": {"mean": float(np.mean(accuracies)), "std": seed_spread(accuracies), "values": accuracies},
+        "macro_f1": {"mean": float(np.mean(f1s)), "std": seed_spread(f1s), "values": f1s},
     }
 
 

@@ -368,6 +368,12 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], col
     }
 
 
+def seed_spread(values) -> float:
+    """The standard deviation of figures over seeds or draws, as a sample's (n - 1 in the denominator: with 3 seeds
+    the population's understates it by a fifth); 0 for a single figure."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def sweep_summary(pipeline) -> Sweep | None:
     """The sweep a fitted head ran (parameter, curve, best value, how it selected), or None."""
     model = pipeline.steps[-1][1]

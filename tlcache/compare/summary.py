@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcache.compare.stats import recommend
+from tlcache.report import seed_spread
 
 JSON_FILE, MARKDOWN_FILE = "compare.json", "compare.md"
 FIGURES = {"learning_curve": "learning_curve.png", "accuracy_time": "accuracy_time.png"}
@@ -49,7 +50,7 @@ def _row(method: str, shots, group: list[dict]) -> dict:
         "shots": shots,
         "seeds": [cell["seed"] for cell in group],
         "accuracy": float(np.mean(accuracies)),
-        "accuracy_std": float(np.std(accuracies)),
+        "accuracy_std": seed_spread(accuracies),
         "interval": [low, high],
         "macro_f1": float(np.mean([cell["macro_f1"] for cell in group])),
         "seconds": float(np.mean([cell["seconds"] for cell in group])),
