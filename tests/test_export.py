@@ -78,6 +78,14 @@ def test_text_export_predicts_as_tlcache_predict_and_records_its_checks(tmp_path
     texts = [row["text"] for row in read_csv(new)]
     assert model.predict(texts) == [row["label"] for row in read_csv(tmp_path / "torch.csv")]
     assert model.predict_proba(texts).shape == (30, 2) and model.features(texts).shape == (30, record["dim"])
+    # The head's own training items are counted through the export as through the head (a new user's run said so
+    # from the run folder, and nothing from its model.onnx).
+    from tlcache.predict import predict, predict_exported
+
+    trained = predict(text_run, tmp_path / "reviews.csv", out=tmp_path / "t.csv", progress=False).in_training
+    assert trained >= 48  # the 48 training texts of 60 (and held-out texts that repeat them)
+    exported = predict_exported(model_path, tmp_path / "reviews.csv", out=tmp_path / "e.csv")
+    assert exported.in_training == trained and "the head's own training items" in exported.summary_line()
 
 
 def test_image_mlp_linear_svm_svm_and_knn_exports_predict_as_tlcache_predict(tmp_path, resnet18_weights):

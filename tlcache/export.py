@@ -165,6 +165,8 @@ def _metadata(run_dir: Path, sidecar: dict, report: dict, backbone, classes: lis
         "created": utc_now(),
         "tlcache_version": tlcache_version(),
     }
+    if isinstance(sidecar.get("training_items"), str):  # predict counts the training items it is given, as the head's
+        record["training_items"] = sidecar["training_items"]
     if backbone.modality == "image":
         record["image"] = backbone.preprocessing
     else:

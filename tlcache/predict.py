@@ -193,4 +193,8 @@ def predict_exported(
     skipped = [(src.ids[position], why) for position, why in outputs.skipped]
     unseen = _unseen_classes(truth, exported.classes)
     out_path = Path(out) if out is not None else None
-    return PredictResult(out_path, len(ids), accuracy, Path(model), skipped, unseen, classes=list(exported.classes))
+    result = PredictResult(out_path, len(ids), accuracy, Path(model), skipped, unseen, classes=list(exported.classes))
+    if isinstance(trained := exported.metadata.get("training_items"), str):
+        labelled = [src.fingerprints[i] for i, name in zip(outputs.kept, truth) if name]
+        result.in_training = count_in(trained, labelled)
+    return result
