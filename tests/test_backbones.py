@@ -69,6 +69,17 @@ def test_hf_text_contract(tiny_bert_dir, pooling):
     _check_contract(backbone, ["the movie was good", "a very bad plot!", "fun"])
 
 
+def test_one_text_or_one_path_given_for_a_list_is_refused(tiny_bert_dir, tmp_path):
+    """embed("abc def") gave an array of 7 rows, one per character."""
+    texts = create_backbone(f"hf:{tiny_bert_dir}")
+    with pytest.raises(UserError, match=r"embed takes a list of items, not one str: pass \['abc def'\]"):
+        texts.embed("abc def")
+    images = create_backbone("torchvision:resnet18", weights="random", image_size=32)
+    with pytest.raises(UserError, match="takes a list of items, not one PosixPath"):
+        images.embed(tmp_path / "photo.png")
+    assert texts.embed(["abc def"]).shape == (1, 32)
+
+
 @pytest.mark.parametrize("layer", ["0", "1", "-2", "last"])
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
 def test_hf_layers_and_poolings(tiny_bert_dir, layer, pooling):

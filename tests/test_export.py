@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from conftest import write_image_folder, write_text_csv
 from tlcache import export as export_module
 from tlcache.cli import cli
+from tlcache.errors import UserError
 from tlcache.exported import load_exported
 
 pytest.importorskip("onnxruntime", reason="the [export] extra (make setup installs it)")
@@ -78,6 +79,8 @@ def test_text_export_predicts_as_tlcache_predict_and_records_its_checks(tmp_path
     texts = [row["text"] for row in read_csv(new)]
     assert model.predict(texts) == [row["label"] for row in read_csv(tmp_path / "torch.csv")]
     assert model.predict_proba(texts).shape == (30, 2) and model.features(texts).shape == (30, record["dim"])
+    with pytest.raises(UserError, match=r"takes a list of items, not one str: pass \['a fine film'\]"):
+        model.predict("a fine film")  # a prediction per letter before
     # The head's own training items are counted through the export as through the head (a new user's run said so
     # from the run folder, and nothing from its model.onnx).
     from tlcache.predict import predict, predict_exported

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterable
 
 # Errors of a disk that is full or failing: a state the user can fix (free space, fix the disk), not a bug.
@@ -32,3 +33,12 @@ def check_choice(flag: str, value: object, choices: Iterable[str], verb: str = "
     choices = tuple(choices)
     if value not in choices:
         raise UserError(f"{flag} {value} {verb}; use one of {', '.join(choices)}")
+
+
+def item_list(items: Iterable, takes: str) -> list:
+    """``items`` as a list. One text or one path (a str, bytes or path object) is refused: iterating it would make
+    each character an item (``predict("a review")`` gave a prediction per letter). ``takes`` names the taker."""
+    if isinstance(items, (str, bytes, os.PathLike)):
+        shown = repr(items if len(str(items)) <= 40 else f"{str(items)[:37]}...")
+        raise UserError(f"{takes} takes a list of items, not one {type(items).__name__}: pass [{shown}]")
+    return list(items)

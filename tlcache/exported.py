@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, item_list
 from tlcache.images import as_rgb
 
 EXPORT_FORMAT = "tlcache-export/1"
@@ -61,7 +61,7 @@ class ExportedModel:
     def run(self, items: Sequence, batch_size: int | None = None) -> Outputs:
         """Every output for ``items`` (texts, or image paths / PIL images); images that cannot be decoded are left
         out and listed in ``skipped``."""
-        items = list(items)
+        items = item_list(items, "an exported model")
         if self.modality == "text":
             bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
             if bad is not None:

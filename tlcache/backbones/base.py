@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, item_list
 from tlcache.images import DECODING, as_rgb
 
 if TYPE_CHECKING:
@@ -397,6 +397,7 @@ class ImageBackbone(Backbone):
         import torch
         from PIL import Image
 
+        items = item_list(items, f"{self.name}'s embed")
         if self.model is None:
             self.load()
         transform = self.transform()
@@ -442,8 +443,9 @@ class TextBackbone(Backbone):
     def embed(self, items: Sequence[str]) -> np.ndarray:
         import torch
 
+        items = item_list(items, f"{self.name}'s embed")
         if self.model is None:
             self.load()
         with torch.inference_mode(), self.autocast():
-            out = self.features(list(items))
+            out = self.features(items)
         return out.float().cpu().numpy()
