@@ -260,6 +260,8 @@ def test_compare_command_reads_named_columns_and_holds_out_a_fraction(tmp_path, 
     )
     summary = json.loads((tmp_path / "runs" / "compare-table" / "compare.json").read_text())
     assert summary["n_test"] == 10 and summary["classes"] == ["neg", "pos"]
+    again = run("report", "runs/compare-table")  # not a run folder: where its report is, and how to write it again
+    assert again.exit_code == 2 and "is a comparison's folder: its report is compare.md" in again.stderr
     tested = (tmp_path / "runs" / "compare-table" / "finetunes" / "ft-all-seed0" / "predictions.csv").read_text()
     assert tested.splitlines()[1].startswith("u0")  # the ids of --id-column
     stores = [FeatureStore(p) for p in (tmp_path / "tlcache-home").glob("*.h5")]

@@ -314,6 +314,10 @@ def test_finetuned_model_is_a_backbone_for_embed_fit_head_and_predict(tmp_path, 
     head_run = fit_head(train_store, "logreg", test=tuned.path, out=tmp_path / "head")
     predictions = predict(head_run.out_dir, test, out=tmp_path / "p.csv", cache_dir=tmp_path / "cache", progress=False)
     assert predictions.rows == 16
+    # The fine-tune's folder given where a head goes: the way from it to predictions, named
+    with pytest.raises(UserError) as refused:
+        predict(run.out_dir, test, out=tmp_path / "q.csv", progress=False)
+    assert f"is a fine-tune, not a head: its model is a backbone, `-b finetuned:{run.out_dir}`" in str(refused.value)
 
 
 def test_finetune_on_images_writes_a_model_that_embeds(tmp_path, resnet18_weights):

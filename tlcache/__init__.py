@@ -21,7 +21,7 @@ from tlcache.exported import load_exported
 from tlcache.finetune import FinetuneConfig, FinetuneRun, finetune
 from tlcache.heads import fit_head, make_head
 from tlcache.pipeline import PipelineResult, run_pipeline
-from tlcache.predict import PredictResult, predict
+from tlcache.predict import PredictResult, predict, predict_exported
 from tlcache.runs import HeadRun, load_head, render_report
 from tlcache.store import FeatureStore
 
@@ -63,6 +63,7 @@ __all__ = [
     "load_head",
     "make_head",
     "predict",
+    "predict_exported",
     "render_report",
     "run_pipeline",
 ]

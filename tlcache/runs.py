@@ -231,6 +231,14 @@ def load_head(path: str | Path) -> tuple[Any, Sidecar]:
             )
         if path.is_file() and path.suffix == ".h5":
             raise UserError(f"{path} is a feature store, not a head; pass the run folder `tlcache fit-head` wrote")
+        from tlcache.backbones.finetuned import CONFIG_FILE as FINETUNED
+
+        if (folder / FINETUNED).is_file():
+            raise UserError(
+                f"{folder} is a fine-tune, not a head: its model is a backbone, `-b finetuned:{folder}`; embed the "
+                f"data with it and fit a head on those features (its own test predictions are in "
+                f"{folder / PREDICTIONS_FILE})"
+            )
         heads = sorted(child.name for child in folder.iterdir() if (child / SIDECAR_FILE).is_file())
         if heads:  # the folder of a `fit-head --head all`: its leaderboard ranks them by validation accuracy
             ranked = [name for name in _leaderboard_heads(folder) if name in heads]
@@ -364,6 +372,11 @@ def read_report(run_dir: str | Path) -> RunReport:
     """The report.json of a run folder."""
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
+        if (Path(run_dir) / "compare.json").is_file():
+            raise UserError(
+                f"{run_dir} is a comparison's folder: its report is compare.md, written again by running the same "
+                "`tlcache compare` (every finished cell is reused)"
+            )
         raise UserError(f"{run_dir} holds no {REPORT_FILE}; pass a run folder written by `tlcache fit-head`")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
