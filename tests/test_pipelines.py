@@ -95,6 +95,31 @@ def test_an_export_or_a_report_drawn_again_in_a_step_folder_does_not_run_the_ste
     assert _ran(run("run", recipe)) == ["embed", "embed", "fit-head", "predict"]
 
 
+def test_a_head_step_changed_between_one_head_and_all_leaves_no_results_of_the_other_beside_its_own(
+    texts, tiny_bert_dir
+):
+    """A new user's step went from every head to svm alone: the old leaderboard and head folders stayed beside the
+    new head, the leaderboard giving another accuracy than the folder's own report."""
+    recipe = texts / "text.toml"
+    every = text_steps(tiny_bert_dir, probe={"head": "all"})
+    every[2].pop("grid")  # logreg's grid: not for every head
+    assert run("run", write_recipe(recipe, every)).exit_code == 0
+    probe = texts / "runs" / "text" / "probe"
+    assert (probe / "leaderboard.json").is_file() and (probe / "knn" / "head.json").is_file()
+    (probe / "notes.txt").write_text("mine\n")  # a file of the user's own: kept
+
+    one = run("run", write_recipe(recipe, text_steps(tiny_bert_dir)))
+    assert one.exit_code == 0, one.output
+    assert "cleared" in one.stdout and "files of runs/text/probe: made before with other options" in one.stdout
+    left = sorted(p.relative_to(probe).as_posix() for p in probe.rglob("*") if not p.name.startswith("."))
+    assert "leaderboard.json" not in left and not any("/" in name for name in left), left  # no head folders
+    assert "head.json" in left and "notes.txt" in left
+
+    back = run("run", write_recipe(recipe, every))
+    assert back.exit_code == 0, back.output
+    assert not (probe / "head.json").exists() and (probe / "leaderboard.json").is_file()
+
+
 def test_a_change_reruns_the_step_it_touches_and_the_steps_that_read_its_output(texts, tiny_bert_dir):
     recipe = texts / "text.toml"
     assert run("run", write_recipe(recipe, text_steps(tiny_bert_dir))).exit_code == 0
@@ -254,3 +279,17 @@ def test_a_reference_to_all_heads_is_the_head_best_on_validation_items_not_on_te
     best_on_test_first = [run_of("mlp", 0.90, 0.80), run_of("svm", 0.85, 0.84), run_of("logreg", 0.84, 0.84)]
     # svm and logreg tie on validation: the tie goes to HEADS's order (logreg), not to the better test score (svm)
     assert _output_of(best_on_test_first, tmp_path / "unused") == tmp_path / "logreg"
+
+
+def test_a_tampered_step_record_clears_nothing_outside_its_output(tmp_path):
+    from tlcache.step_records import RECORD_NAME, StepRecord
+
+    out = tmp_path / "runs" / "probe"
+    out.mkdir(parents=True)
+    (out / "report.json").write_text("{}")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    files = {"report.json": "x", "../../precious.txt": "x", str(outside): "x"}
+    (out / RECORD_NAME).write_text(json.dumps({"format": 2, "files": files}))
+    removed = StepRecord("fit-head", out, [], {}).clear_previous()
+    assert removed == [(out / "report.json").resolve()] and outside.read_text() == "keep me\n"

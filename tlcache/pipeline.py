@@ -329,6 +329,8 @@ def _run_step(step: Step, outputs: dict[str, Path | None], head: str, echo) -> O
         return Outcome(step, "skipped", record.output())
     if step.kind == "finetune" and record.owns_output():
         _clear(out, echo)  # made by this step with other options or inputs, and finetune refuses a finished folder
+    elif step.kind == "fit-head" and record.owns_output() and (removed := record.clear_previous()):
+        echo(f"  cleared {len(removed)} files of {out}: made before with other options or inputs")
     record.start()
     echo(f"{head} tlcache {step.kind} {_shown(argv)}")
     output = _output_of(_invoke(step, argv), out)

@@ -78,6 +78,36 @@ class StepRecord:
         """Whether a record of this step's own (done or not) lies in its output: the step wrote what is there."""
         return self.path.exists()
 
+    def clear_previous(self) -> list[Path]:
+        """Remove the files this step's last run wrote (as its record lists them; a record of any format, done or
+        not) and the folders they leave empty but for a lock file: a rerun with other options must not leave
+        them beside its own (`--head all`'s leaderboard and head folders beside one head). What other commands
+        added (exports) stays, but for those of a head this removes. Returns the files removed."""
+        try:
+            listed = json.loads(self.path.read_text(encoding="utf-8")).get("files") or {}
+        except (OSError, ValueError, AttributeError):
+            return []
+        from tlcache.runs import EXPORT_FILES, LOCK_FILE
+
+        root = self.out.resolve()
+        removed = []
+        for name in listed:
+            path = (self.out / name).resolve()
+            if root not in path.parents or not path.is_file():  # a tampered record names nothing outside the output
+                continue
+            path.unlink()
+            removed.append(path)
+            for export in EXPORT_FILES:  # an export of the head removed is stale
+                if (path.parent / export).is_file() and path.name.startswith("head"):
+                    (path.parent / export).unlink()
+        for folder in sorted({p.parent for p in removed}, key=lambda p: len(p.parts), reverse=True):
+            rest = list(folder.iterdir()) if folder.is_dir() else []
+            if folder != root and all(p.name == LOCK_FILE for p in rest):
+                for lock in rest:
+                    lock.unlink()
+                folder.rmdir()
+        return removed
+
     def start(self) -> None:
         self._write({"state": "running"})
 
