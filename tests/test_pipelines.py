@@ -210,6 +210,11 @@ BAD = [
     ({"probe": {"store": "@labels"}}, "step 3 (probe): store = '@labels' refers to no earlier step"),
     ({"ft": {"test": "tset.csv"}}, "step 4 (ft): test tset.csv does not exist (paths are relative to the current"),
     ({"labels": {"name": "probe"}}, "step 5 (probe): another step is named 'probe' already"),
+    # values a new user's recipes passed --dry-run with, failing only when their step ran
+    ({"probe": {"test-fraction": 1.5}}, "step 3 (probe): --test-fraction 1.5 must be between 0 and 1 (exclusive)"),
+    ({"train": {"backbone": "minlm"}}, "step 1 (train): unknown backbone 'minlm'; did you mean 'minilm'?"),
+    ({"labels": {"head": "@train"}}, "step 5 (labels): head = '@train' refers to step train, an embed step"),
+    ({"ft": {"backbone": "finetuned:@probe"}}, "step 4 (ft): backbone = 'finetuned:@probe' refers to step probe"),
 ]
 
 

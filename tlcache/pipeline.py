@@ -46,6 +46,12 @@ from tlcache.step_records import FOLDER_OUTPUTS, StepRecord, identity
 STEP_KINDS = ("embed", "fit-head", "finetune", "compare", "predict")
 INPUT_KEYS = ("test",)  # besides a command's arguments: options that name a file the step reads
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What a reference in these keys must name: the steps whose output the key takes (a head, a store).
+REFERENCE_KINDS = {
+    ("predict", "head"): ("fit-head",),
+    ("fit-head", "store"): ("embed",),
+    ("fit-head", "test"): ("embed",),
+}
 REFERENCE = re.compile(r"(?P<prefix>[A-Za-z]+:)?@(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)")  # "@train", "finetuned:@ft"
 NOT_INPUTS = ("out", "cache", "cache-dir")  # where a step writes, or caches: not what it reads
 RUNS_DIR = Path("runs")
@@ -196,10 +202,19 @@ def _step(path: Path, number: int, table: dict, earlier: list[Step]) -> Step:
         default = str(RUNS_DIR / path.stem / step.label)
         values["out"] = default + ".csv" if kind == "predict" else default
     for key, target in step.references().items():
-        if not any(target == s.label for s in earlier):
+        named = next((s for s in earlier if target == s.label), None)
+        if named is None:
             raise UserError(
                 f"{step.where}: {key} = {values[key]!r} refers to no earlier step; name a step before this one "
                 f'(name = "{target}") or give a path'
+            )
+        prefix = REFERENCE.fullmatch(values[key])["prefix"]
+        wanted = ("finetune",) if prefix == "finetuned:" else REFERENCE_KINDS.get((kind, key))
+        if wanted and named.kind not in wanted:
+            raise UserError(
+                f"{step.where}: {key} = {values[key]!r} refers to step {target}, "
+                f"{'an' if named.kind[0] in 'aeiou' else 'a'} {named.kind} step, whose output "
+                f"{kind} cannot take as its {key}; refer to a {' or '.join(wanted)} step"
             )
     return step
 

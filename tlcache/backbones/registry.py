@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,17 +50,28 @@ def create_backbone(name: str, **options) -> Backbone:
     Options a backbone does not take (``pooling`` on an image model, say) are refused with a clear message; ``None``
     values mean "the backbone's default".
     """
-    _load_builtin_backbones()
+    check_backbone_name(name)
     options = {k: v for k, v in options.items() if v is not None}
     if name in _FACTORIES:
         return _FACTORIES[name](name, **options)
+    prefix, _, rest = name.partition(":")
+    return _PREFIX_FACTORIES[prefix](rest, **options)
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse, without loading anything, a name that is neither a backbone nor ``prefix:<...>`` of a family."""
+    _load_builtin_backbones()
+    if name in _FACTORIES:
+        return
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _PREFIX_FACTORIES:
         if not rest:
             raise UserError(f"backbone '{name}' names no model after '{prefix}:'; see `tlcache backbones`")
-        return _PREFIX_FACTORIES[prefix](rest, **options)
+        return
     known = ", ".join(sorted(_FACTORIES) + [f"{p}:<...>" for p in sorted(_PREFIX_FACTORIES)])
-    raise UserError(f"unknown backbone '{name}'; known: {known} (see `tlcache backbones`)")
+    close = difflib.get_close_matches(name, list(_FACTORIES), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(f"unknown backbone '{name}'; {hint}known: {known} (see `tlcache backbones`)")
 
 
 def list_backbones() -> list[BackboneInfo]:

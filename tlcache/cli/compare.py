@@ -13,9 +13,11 @@ import click
 from tlcache.cli.options import (
     SOURCE_OPTIONS,
     backbone_options,
+    checked_backbones,
     config_from_options,
     config_options,
     device_option,
+    fraction,
     human_size,
     json_option,
     no_progress_option,
@@ -81,11 +83,17 @@ def _shots(text: str) -> tuple[int | str, ...]:
 @click.argument("source")
 @click.option("--test", help="A labelled source with the same classes to test on [default: hold out --test-fraction].")
 @click.option(
-    "--test-fraction", type=float, default=0.2, show_default=True, help="Held out once for testing when no --test."
+    "--test-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    callback=fraction,
+    help="Held out once for testing when no --test.",
 )
 @click.option(
     "--backbone",
     "-b",
+    callback=checked_backbones,
     help="Backbone [default: efficientnet-lite0 for images, minilm for text]; several, comma-separated: the frozen "
     "heads choose among their features per cell (as --layers), the fine-tunes train the first.",
 )

@@ -11,10 +11,12 @@ from tlcache.cli.options import (
     SOURCE_OPTIONS,
     backbone_options,
     batch_option,
+    checked_backbones,
     config_from_options,
     config_options,
     device_option,
     emit,
+    fraction,
     json_option,
     no_progress_option,
     precision_option,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 @click.option(
     "--backbone",
     "-b",
+    callback=checked_backbones,
     help="Backbone name (see `tlcache backbones`) [default: efficientnet-lite0 for images, minilm for text].",
 )
 @backbone_options
@@ -174,13 +177,19 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> EmbedRe
 @click.option(
     "--backbone",
     "-b",
+    callback=checked_backbones,
     help="Backbone to fine-tune: torchvision:<arch>, efficientnet-lite0..2, minilm, hf:<dir> "
     "[default: efficientnet-lite0 for images, minilm for text].",
 )
 @backbone_options
 @click.option("--test", help="A labelled source with the same classes to test on.")
 @click.option(
-    "--test-fraction", type=float, default=0.2, show_default=True, help="Held out for testing when no --test."
+    "--test-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    callback=fraction,
+    help="Held out for testing when no --test.",
 )
 @config_options(FinetuneConfig)
 @device_option

@@ -13,6 +13,7 @@ from tlcache.cli.options import (
     batch_option,
     device_option,
     emit,
+    fraction,
     json_option,
     no_progress_option,
     source_options,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 @click.option(
     "--test-fraction",
     type=float,
+    callback=fraction,
     default=0.2,
     show_default=True,
     help="Fraction held out for testing when no --test is given.",

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from tlcache.backbones.base import DEFAULT_CROP_RATIO, DEVICE_CHOICES, POOLING_CHOICES, PRECISIONS
+from tlcache.errors import UserError
 from tlcache.sources import DEFAULT_TEXT_COLUMN
 
 BACKBONE_OPTIONS = ("weights", "crop_ratio", "layer", "pooling", "image_size")  # create_backbone's keywords
@@ -153,3 +154,21 @@ def human_size(n_bytes: float) -> str:
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return f"{n_bytes:.1f} GiB"
+
+
+def checked_backbones(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--backbone: each comma-separated name a backbone tlcache knows, refused before any data is read (and by
+    `tlcache run --dry-run`)."""
+    if value is not None:
+        from tlcache.backbones.registry import check_backbone_name
+
+        for name in value.split(","):
+            check_backbone_name(name.strip())
+    return value
+
+
+def fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A fraction of the items, between 0 and 1 (exclusive), checked when the command line is read."""
+    if value is not None and not 0.0 < value < 1.0:
+        raise UserError(f"--{param.name.replace('_', '-')} {value:g} must be between 0 and 1 (exclusive)")
+    return value
