@@ -134,3 +134,14 @@ def test_heads_within_two_standard_errors_of_the_best_are_said_to_be_unsettled()
     assert unsettled_order(rows(5000, 0.80, 0.75)) is None  # 0.57 points of error: 5 points apart is settled
     assert unsettled_order(rows(10, 1.0, 0.8)) is not None  # a perfect best: at least one item's error (10 points)
     assert unsettled_order(rows(None, 0.8, 0.79)) is None  # heads fitted before items were counted: nothing said
+
+
+def test_every_head_with_a_class_weight_weights_those_that_take_one_and_says_so_of_the_others(tmp_path):
+    """`--head all --class-weight balanced` was refused outright (the mlp takes no class weight)."""
+    store = _three_blobs(tmp_path / "s.h5")
+    with pytest.warns(UserWarning, match="applies to logreg, linear-svm and svm; knn is fitted without it"):
+        runs = fit_all_heads(
+            store, heads=("logreg", "knn"), out=tmp_path / "all", class_weight="balanced", progress=False
+        )
+    weights = {run.report["head"]: run.report["class_weight"] for run in runs}
+    assert weights == {"logreg": "balanced", "knn": None}

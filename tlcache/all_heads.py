@@ -4,10 +4,11 @@ ranked in a leaderboard."""
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 
 from tlcache.forked import side_by_side
-from tlcache.heads import HEADS, _test_set, fit_head, make_head
+from tlcache.heads import HEADS, UNWEIGHTED_HEADS, _test_set, fit_head, make_head
 from tlcache.paths import check_output_folder
 from tlcache.progress import progress_bar
 from tlcache.runs import HeadRun, default_run_dir, write_figures, write_leaderboard, writing_run
@@ -29,18 +30,31 @@ def fit_all_heads(
     names = [head for head in heads or HEADS if head != "sgd"]
     bar = progress_bar(progress, total=len(names), unit="head", desc="fit heads")
 
+    weighted = kwargs.get("class_weight")
+    unweighted = [head for head in names if head in UNWEIGHTED_HEADS] if weighted else []
+    if unweighted:  # every head asked for: the weighting where a head takes it, said of the others
+        warnings.warn(
+            f"--class-weight {weighted} applies to logreg, linear-svm and svm; {', '.join(unweighted)} "
+            f"{'is' if len(unweighted) == 1 else 'are'} fitted without it (class_weight null in their report.json)",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def settings(head: str) -> dict:
+        return {**kwargs, "class_weight": None} if head in unweighted else kwargs
+
     def fit(group: list[str], shown: bool = True, **extra) -> list[HeadRun]:
         runs = []
         for head in group:
             if shown:
                 bar.set_postfix_str(head)
-            runs.append(fit_head(train_store, head, out=base / head, progress=False, **kwargs, **extra))
+            runs.append(fit_head(train_store, head, out=base / head, progress=False, **settings(head), **extra))
             if shown:
                 bar.update(1)
         return runs
 
-    options = {"grid": kwargs.get("grid"), "class_weight": kwargs.get("class_weight")}
     for head in names:  # every head's options checked before any fit (and its modules imported before a fork)
+        options = {"grid": kwargs.get("grid"), "class_weight": settings(head).get("class_weight")}
         make_head(head, calibration=kwargs.get("calibrate"), **options)
     # The test set checked once, before a fork: a refusal before any fit, a warning (test items that are training
     # items) said once, not by both processes.

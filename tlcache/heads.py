@@ -42,6 +42,7 @@ from tlcache.splits import content_digest, remap_labels, sample_shots, shared_wi
 from tlcache.store import FeatureStore
 
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
+UNWEIGHTED_HEADS = ("mlp", "knn", "sgd")  # heads that take no --class-weight
 STREAM_BATCH = 4096  # rows per read when a head streams through a store
 SGD_EPOCHS = 10
 MLP_EARLY_STOPPING_MIN_ROWS = 1000
@@ -101,7 +102,7 @@ def make_head(
         check_choice("--calibrate", calibration, CALIBRATIONS)
     if class_weight is not None:
         check_choice("--class-weight", class_weight, CLASS_WEIGHTS)
-    if class_weight and name in ("mlp", "knn", "sgd"):
+    if class_weight and name in UNWEIGHTED_HEADS:
         raise UserError(f"--class-weight is not supported by the {name} head; use logreg, linear-svm or svm")
     if name == "sgd":
         # Fitted out of core by fit_head, with a fixed alpha (a sweep would read the store once per value).
