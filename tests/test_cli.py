@@ -187,6 +187,11 @@ def test_predict_from_a_store_and_to_stdout(tmp_path, text_stores):
     assert result.exit_code == 0, result.output
     assert into_a_new_folder.read_text(encoding="utf-8").strip().splitlines() == lines
     assert sorted(p.name for p in into_a_new_folder.parent.iterdir()) == ["p.csv"]  # no partial file left beside it
+    shown = run("predict", tmp_path / "run", test["path"], "--out", tmp_path / "q.csv", "--json")
+    payload = json.loads(shown.stdout)  # for programs: the result alone on stdout (the short texts: 6 repeat)
+    assert payload["rows"] == 20 and payload["out"] == str(tmp_path / "q.csv") and payload["in_training"] == 6
+    assert payload["notes"][0].startswith("predicted 20 rows") and payload["accuracy"] is not None
+    assert_user_error(run("predict", tmp_path / "run", test["path"], "--out", "-", "--json"), "would both write")
 
 
 def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_bert_dir):

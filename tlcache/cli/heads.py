@@ -149,7 +149,8 @@ def report(run_dir) -> dict[str, Path]:
 @device_option
 @source_options
 @no_progress_option
-def predict(head, source, out, no_progress, **options) -> PredictResult:
+@json_option
+def predict(head, source, out, no_progress, as_json, **options) -> PredictResult:
     """Predict SOURCE with the head in the run folder HEAD, or with a model `tlcache export` wrote (HEAD.onnx).
 
     SOURCE is embedded with the head's own backbone, through the cache (or is a store of those features). A head
@@ -162,6 +163,8 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
       tlcache predict runs/minilm-<key>/logreg cache/minilm-<key2>.h5 --out -
       tlcache predict runs/minilm-<key>/logreg/model.onnx new-reviews.csv --out preds.csv
     """
+    if as_json and out == "-":
+        raise UserError("--json and --out - would both write to stdout; write the CSV to a file with --out")
     if head.endswith(".onnx"):  # a model `tlcache export` wrote: onnxruntime, no torch
         from tlcache.predict import predict_exported
 
@@ -172,7 +175,7 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
             batch_size=options["batch_size"],
             source_options=take(options, SOURCE_OPTIONS),
         )
-        _say_predicted(result, out)
+        _say_predicted(result, out, as_json)
         return result
     from tlcache.predict import predict as run_predict
 
@@ -184,13 +187,17 @@ def predict(head, source, out, no_progress, **options) -> PredictResult:
         source_options=take(options, SOURCE_OPTIONS),
         **options,
     )
-    _say_predicted(result, out)
+    _say_predicted(result, out, as_json)
     return result
 
 
-def _say_predicted(result: PredictResult, out: str) -> None:
+def _say_predicted(result: PredictResult, out: str, as_json: bool = False) -> None:
     """The summary, and a note when some items are of classes the head never saw (on stderr when the CSV goes to
-    stdout)."""
+    stdout); with ``as_json`` the result as JSON instead."""
+    if as_json:
+        notes = [note for note in (result.summary_line(), result.unseen_line()) if note]
+        emit({**result.__dict__, "notes": notes}, True, "")
+        return
     click.echo(result.summary_line(), err=out == "-")
     if note := result.unseen_line():
         click.echo(note, err=out == "-")
