@@ -115,9 +115,11 @@ def test_a_head_step_changed_between_one_head_and_all_leaves_no_results_of_the_o
     assert "leaderboard.json" not in left and not any("/" in name for name in left), left  # no head folders
     assert "head.json" in left and "notes.txt" in left
 
+    assert run("export", probe).exit_code == 0  # an export of the one head: stale once that head is removed
     back = run("run", write_recipe(recipe, every))
     assert back.exit_code == 0, back.output
     assert not (probe / "head.json").exists() and (probe / "leaderboard.json").is_file()
+    assert not (probe / "model.onnx").exists() and (probe / "notes.txt").is_file()
 
 
 def test_a_change_reruns_the_step_it_touches_and_the_steps_that_read_its_output(texts, tiny_bert_dir):
@@ -294,7 +296,7 @@ def test_a_tampered_step_record_clears_nothing_outside_its_output(tmp_path):
     (out / "report.json").write_text("{}")
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me\n")
-    files = {"report.json": "x", "../../precious.txt": "x", str(outside): "x"}
-    (out / RECORD_NAME).write_text(json.dumps({"format": 2, "files": files}))
+    wrote = ["report.json", "../../precious.txt", str(outside)]
+    (out / RECORD_NAME).write_text(json.dumps({"format": 2, "wrote": wrote}))
     removed = StepRecord("fit-head", out, [], {}).clear_previous()
     assert removed == [(out / "report.json").resolve()] and outside.read_text() == "keep me\n"

@@ -79,27 +79,29 @@ class StepRecord:
         return self.path.exists()
 
     def clear_previous(self) -> list[Path]:
-        """Remove the files this step's last run wrote (as its record lists them; a record of any format, done or
-        not) and the folders they leave empty but for a lock file: a rerun with other options must not leave
-        them beside its own (`--head all`'s leaderboard and head folders beside one head). What other commands
-        added (exports) stays, but for those of a head this removes. Returns the files removed."""
+        """Remove the files this step's last run wrote (as its record lists them; a record of an older tlcache lists
+        none) and the folders they leave empty but for a lock file: a rerun with other options must not leave them
+        beside its own (`--head all`'s leaderboard and head folders beside one head). Files of the user's own, and
+        what other commands added, stay; but the exports of a head removed go. Returns the files removed."""
         try:
-            listed = json.loads(self.path.read_text(encoding="utf-8")).get("files") or {}
+            listed = json.loads(self.path.read_text(encoding="utf-8")).get("wrote") or []
         except (OSError, ValueError, AttributeError):
             return []
-        from tlcache.runs import EXPORT_FILES, LOCK_FILE
+        from tlcache.runs import EXPORT_FILES, LOCK_FILE, SIDECAR_FILE
 
         root = self.out.resolve()
         removed = []
-        for name in listed:
+        for name in listed if isinstance(listed, list) else []:
+            if not isinstance(name, str):
+                continue
             path = (self.out / name).resolve()
             if root not in path.parents or not path.is_file():  # a tampered record names nothing outside the output
                 continue
             path.unlink()
             removed.append(path)
-            for export in EXPORT_FILES:  # an export of the head removed is stale
-                if (path.parent / export).is_file() and path.name.startswith("head"):
-                    (path.parent / export).unlink()
+            if path.name == SIDECAR_FILE:  # the exports of the head removed are stale
+                for export in EXPORT_FILES:
+                    (path.parent / export).unlink(missing_ok=True)
         for folder in sorted({p.parent for p in removed}, key=lambda p: len(p.parts), reverse=True):
             rest = list(folder.iterdir()) if folder.is_dir() else []
             if folder != root and all(p.name == LOCK_FILE for p in rest):
@@ -109,10 +111,30 @@ class StepRecord:
         return removed
 
     def start(self) -> None:
+        self._before = self._stats()
         self._write({"state": "running"})
 
     def finish(self, output: Path | None) -> None:
-        self._write({"state": "done", "output": str(output) if output else None, "files": self._snapshot()})
+        # What the step wrote: its files new or replaced since it started (not a file of the user's lying there).
+        before = getattr(self, "_before", {})
+        wrote = sorted(name for name, stat in self._stats().items() if before.get(name) != stat)
+        self._write(
+            {"state": "done", "output": str(output) if output else None, "files": self._snapshot(), "wrote": wrote}
+        )
+
+    def _stats(self) -> dict[str, tuple[int, int, int]]:
+        """(inode, size, modification time) of every file of the output: a file written whole anew changes them."""
+        names, files = self._output_files()
+        stats = [p.stat() for p in files]
+        return {name: (st.st_ino, st.st_size, st.st_mtime_ns) for name, st in zip(names, stats)}
+
+    def _output_files(self) -> tuple[list[str], list[Path]]:
+        """The files of the output (its record and what other commands add aside), and their names in it."""
+        if self.kind in FOLDER_OUTPUTS:
+            files = _files(self.out) if self.out.is_dir() else []
+            return [p.relative_to(self.out).as_posix() for p in files], files
+        files = [self.out] if self.out.is_file() else []
+        return [self.out.name] * len(files), files
 
     def _write(self, fields: dict[str, Any]) -> None:
         record = {"format": FORMAT, "kind": self.kind, "argv": self.argv, "inputs": self.inputs, **fields}
@@ -126,12 +148,7 @@ class StepRecord:
         from tlcache.fingerprints import file_digests
         from tlcache.paths import fingerprint_index
 
-        if self.kind in FOLDER_OUTPUTS:
-            files = _files(self.out) if self.out.is_dir() else []
-            names = [p.relative_to(self.out).as_posix() for p in files]
-        else:
-            files = [self.out] if self.out.is_file() else []
-            names = [self.out.name]
+        names, files = self._output_files()
         return dict(zip(names, file_digests([str(p.resolve()) for p in files], fingerprint_index())))
 
 
