@@ -56,9 +56,9 @@ def test_fitting_every_head_imports_nothing_off_the_main_thread(tmp_path):
 
 def test_every_head_refuses_an_option_one_of_them_lacks_before_any_fit(tmp_path):
     store = _three_blobs(tmp_path / "s.h5")
-    with pytest.raises(UserError, match="--class-weight is not supported by the mlp head"):
-        fit_all_heads(store, out=tmp_path / "runs", class_weight="balanced")
-    assert not (tmp_path / "runs").exists()  # logreg, linear-svm and svm would take it: none was fitted first
+    with pytest.raises(UserError, match="the knn head.s n_neighbors needs whole numbers"):  # a grid for logreg
+        fit_all_heads(store, heads=("logreg", "knn"), out=tmp_path / "runs", grid=[0.5, 2.0])
+    assert not (tmp_path / "runs").exists()  # logreg would take it: it was not fitted first
 
 
 def test_every_head_shows_a_bar_of_the_heads_done_on_a_terminal_and_nothing_elsewhere(tmp_path):

@@ -576,6 +576,7 @@ EXISTING_CLI = {
         "source": "test_cli.py::test_predict_from_a_store_and_to_stdout",
         "--out": "test_cli.py::test_predict_from_a_store_and_to_stdout",
         "--cache-dir": "test_cli.py::test_fit_head_predict_round_trip",
+        "--json": "test_cli.py::test_predict_from_a_store_and_to_stdout",
     },
     "report": {"run_dir": "test_cli.py::test_report_renders_again_from_json"},
     "info": {"store": "test_cli.py::test_info_and_backbones", "--json": "test_cli.py::test_info_and_backbones"},
