@@ -55,7 +55,7 @@ class PredictResult:
             return None
         counts = ", ".join(f"{name} ({n})" for name, n in self.unseen_classes.items())
         n = sum(self.unseen_classes.values())
-        spelling = spelling_note(list(self.unseen_classes), self.classes).replace(" there", " in the head")
+        spelling = spelling_note(list(self.unseen_classes), self.classes, where="in the head")
         return (
             f"note: {n} items are of classes the head was not trained on: {counts}; it cannot predict them, so the "
             f"accuracy counts them as errors{spelling}"

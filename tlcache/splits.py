@@ -3,13 +3,13 @@ draws, and labels of another dataset mapped onto the training classes."""
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from tlcache.errors import UserError
+from tlcache.hashing import hash_bytes
 
 
 def stratified_split(
@@ -84,9 +84,10 @@ def remap_labels(y: np.ndarray, names: Sequence[str], train_names: Sequence[str]
     return np.array([index[names[i]] for i in y], dtype=np.int64)
 
 
-def spelling_note(unknown: Sequence[str], known: Sequence[str]) -> str:
+def spelling_note(unknown: Sequence[str], known: Sequence[str], where: str = "there") -> str:
     """A note naming the ``unknown`` class names that are ``known`` ones but for case, spaces, '-' or '_' (class
-    folders "Actions" and "actions"), for a message that refuses or counts them; "" when there are none."""
+    folders "Actions" and "actions"), for a message that refuses or counts them; "" when there are none. ``where``
+    says where the known names are ("'Actions' is 'actions' there")."""
 
     def spelled(name: str) -> str:
         return "".join(c for c in name.casefold() if c not in " -_")
@@ -95,7 +96,7 @@ def spelling_note(unknown: Sequence[str], known: Sequence[str]) -> str:
     pairs = [(name, by_spelling[spelled(name)]) for name in unknown if spelled(name) in by_spelling]
     if not pairs:
         return ""
-    shown = ", ".join(f"{name!r} is {match!r} there" for name, match in pairs[:5])
+    shown = ", ".join(f"{name!r} is {match!r} {where}" for name, match in pairs[:5])
     return f" ({shown}: class names must match exactly, case included; rename one side)"
 
 
@@ -124,16 +125,20 @@ def shared_with_training(
 
 
 def content_digest(fingerprints: Sequence[str]) -> str:
-    """The content of items (their fingerprints) in a form a head's sidecar can keep: 16 hex digits (8 bytes of
-    BLAKE2b) for each distinct item, sorted and joined; :func:`count_in` counts the items of another set in it."""
-    digests = {hashlib.blake2b(f.encode(), digest_size=8).hexdigest() for f in fingerprints}
-    return "".join(sorted(digests))
+    """The content of items (their fingerprints) in a form a head's sidecar can keep: 16 hex digits (the first 8
+    bytes of tlcache's hash) for each distinct item, sorted and joined; :func:`count_in` counts the items of another
+    set in it."""
+    return "".join(sorted({_item_key(f) for f in fingerprints}))
 
 
 def count_in(digest: str, fingerprints: Sequence[str]) -> int:
     """How many of the items whose ``fingerprints`` are given are among those of a :func:`content_digest`."""
     known = {digest[i : i + 16] for i in range(0, len(digest), 16)}
-    return sum(hashlib.blake2b(f.encode(), digest_size=8).hexdigest() in known for f in fingerprints)
+    return sum(_item_key(f) in known for f in fingerprints)
+
+
+def _item_key(fingerprint: str) -> str:
+    return hash_bytes(fingerprint.encode())[:16]
 
 
 # Warnings of test items in training said in this process (and in a process forked from it): once each, although
