@@ -54,6 +54,33 @@ def test_fitting_every_head_imports_nothing_off_the_main_thread(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "off main: []"
 
 
+# The forked process that trains the mlp starts before this one imports scikit-learn (0.7-1 s of imports, the
+# larger part scipy.stats and pandas), so that its own imports, torch's among them, overlap this one's.
+BEFORE_FORK_SCRIPT = """
+import sys
+import tlcache.all_heads
+
+def side_by_side(aside, here, fork=None):
+    print("scikit-learn imported before the fork:", "sklearn" in sys.modules)
+    return aside(), here()
+
+tlcache.all_heads.side_by_side = side_by_side
+tlcache.all_heads.fit_all_heads(sys.argv[1], test=sys.argv[2], out=sys.argv[3], heads=("logreg", "mlp"))
+"""
+
+
+def test_every_head_is_checked_before_the_fork_without_importing_scikit_learn(tmp_path):
+    train, test = _three_blobs(tmp_path / "train.h5"), _three_blobs(tmp_path / "test.h5", n=30, seed=1)
+    done = subprocess.run(
+        [sys.executable, "-c", BEFORE_FORK_SCRIPT, str(train), str(test), str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "scikit-learn imported before the fork: False"
+    assert (tmp_path / "runs" / "mlp" / "report.json").exists() and (tmp_path / "runs" / "logreg").is_dir()
+
+
 def test_every_head_refuses_an_option_one_of_them_lacks_before_any_fit(tmp_path):
     store = _three_blobs(tmp_path / "s.h5")
     with pytest.raises(UserError, match="the knn head.s n_neighbors needs whole numbers"):  # a grid for logreg

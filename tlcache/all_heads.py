@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from tlcache.forked import side_by_side
-from tlcache.heads import HEADS, UNWEIGHTED_HEADS, _test_set, fit_head, make_head
+from tlcache.heads import HEADS, UNWEIGHTED_HEADS, _test_set, check_head, fit_head
 from tlcache.paths import check_output_folder
 from tlcache.progress import progress_bar
 from tlcache.runs import HeadRun, default_run_dir, write_figures, write_leaderboard, writing_run
@@ -53,9 +53,8 @@ def fit_all_heads(
                 bar.update(1)
         return runs
 
-    for head in names:  # every head's options checked before any fit (and its modules imported before a fork)
-        options = {"grid": kwargs.get("grid"), "class_weight": settings(head).get("class_weight")}
-        make_head(head, calibration=kwargs.get("calibrate"), **options)
+    for head in names:  # every head's options checked before any fit
+        check_head(head, kwargs.get("grid"), settings(head).get("class_weight"), kwargs.get("calibrate"))
     # The test set checked once, before a fork: a refusal before any fit, a warning (test items that are training
     # items) said once, not by both processes.
     test_fraction, seed = (kwargs.get(name, FIT_DEFAULTS[name].default) for name in ("test_fraction", "seed"))

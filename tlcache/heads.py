@@ -4,6 +4,7 @@ separate test data, few-shot draws, calibration, per-group metrics), and fitting
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,23 +95,12 @@ def make_head(
     from tlcache.linear_svm import LinearSVM, SweptLinearSVM
     from tlcache.mlp import MLPHead, SweptMLP
     from tlcache.scaling import DropDeadFeatures
-    from tlcache.sweep import checked_grid
 
-    if name not in HEADS:
-        raise UserError(f"unknown head '{name}'; use one of {', '.join(HEADS)}")
-    if calibration is not None:
-        check_choice("--calibrate", calibration, CALIBRATIONS)
-    if class_weight is not None:
-        check_choice("--class-weight", class_weight, CLASS_WEIGHTS)
-    if class_weight and name in UNWEIGHTED_HEADS:
-        raise UserError(f"--class-weight is not supported by the {name} head; use logreg, linear-svm or svm")
+    values = check_head(name, grid, class_weight, calibration)
     if name == "sgd":
         # Fitted out of core by fit_head, with a fixed alpha (a sweep would read the store once per value).
-        if calibration:
-            raise UserError("--calibrate is not supported by the sgd head, which streams the store")
         return make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed))
-    param, default_grid = GRIDS[name]
-    values = checked_grid(name, param, grid) if grid else list(default_grid)
+    param = GRIDS[name][0]
     if name == "logreg":
         classifier = SweptLogisticRegression(
             Cs=values, class_weight=class_weight, random_state=seed, calibration=calibration
@@ -144,6 +134,40 @@ def make_head(
         KNeighborsClassifier(metric="cosine", weights="distance"), param, values, calibration, random_state=seed
     )
     return make_pipeline(swept)
+
+
+def check_head(
+    name: str, grid: list[float] | None = None, class_weight: str | None = None, calibration: str | None = None
+) -> list | None:
+    """What :func:`make_head` refuses, refused here without building the head or importing scikit-learn (so that
+    ``fit_all_heads`` checks every head before it forks, and its forked process's imports overlap this one's).
+    Returns the values the head sweeps (None for ``sgd``, which sweeps none)."""
+    if name not in HEADS:
+        raise UserError(f"unknown head '{name}'; use one of {', '.join(HEADS)}")
+    if calibration is not None:
+        check_choice("--calibrate", calibration, CALIBRATIONS)
+    if class_weight is not None:
+        check_choice("--class-weight", class_weight, CLASS_WEIGHTS)
+    if class_weight and name in UNWEIGHTED_HEADS:
+        raise UserError(f"--class-weight is not supported by the {name} head; use logreg, linear-svm or svm")
+    if name == "sgd":
+        if calibration:
+            raise UserError("--calibrate is not supported by the sgd head, which streams the store")
+        return None
+    param, default_grid = GRIDS[name]
+    return checked_grid(name, param, grid) if grid else list(default_grid)
+
+
+def checked_grid(head: str, param: str, grid: Sequence) -> list[float]:
+    """A user's grid for ``head`` in ascending order, each value once: finite and above 0 (whole numbers for
+    ``n_neighbors``). UserError otherwise."""
+    values = sorted({float(value) for value in grid})
+    shown = ",".join(f"{value:g}" for value in values)
+    if not all(np.isfinite(value) and value > 0 for value in values):
+        raise UserError(f"--grid {shown}: the {head} head's {param} needs finite values above 0, e.g. 0.001,0.01,0.1")
+    if param == "n_neighbors" and not all(value.is_integer() for value in values):
+        raise UserError(f"--grid {shown}: the {head} head's {param} needs whole numbers of 1 or more, e.g. 1,5,15")
+    return values
 
 
 def fit_head(

@@ -23,7 +23,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlcache.calibration import DecisionCalibrator, calibration_values, decision_values
-from tlcache.errors import UserError
 
 MAX_EXTENSIONS = 3
 # Called by every sweep after each value it scores, where a caller asks (see reporting_progress).
@@ -164,18 +163,6 @@ def validation_splits(
         np.arange(len(codes)), test_size=validation_fraction, random_state=random_state, stratify=stratify
     )
     return [(train, valid)]
-
-
-def checked_grid(head: str, param: str, grid: Sequence) -> list[float]:
-    """A user's grid for ``head`` in ascending order, each value once: finite and above 0 (whole numbers for
-    ``n_neighbors``). UserError otherwise."""
-    values = sorted({float(value) for value in grid})
-    shown = ",".join(f"{value:g}" for value in values)
-    if not all(np.isfinite(value) and value > 0 for value in values):
-        raise UserError(f"--grid {shown}: the {head} head's {param} needs finite values above 0, e.g. 0.001,0.01,0.1")
-    if param == "n_neighbors" and not all(value.is_integer() for value in values):
-        raise UserError(f"--grid {shown}: the {head} head's {param} needs whole numbers of 1 or more, e.g. 1,5,15")
-    return values
 
 
 def describe_selection(splits: list) -> str:
