@@ -160,7 +160,11 @@ def _epoch(models: list[_Model], batch_size: int, fitting, held_out, generator, 
     active = [model for model in models if not model.stopped]
     losses = []
     for model in active:  # model by model, each through the whole epoch: its weights stay in the CPU's cache
-        losses.append(float(sum(model.step(X_b, y_b, compute) * len(y_b) for X_b, y_b in batches)))
+        if held_out is None:  # the training loss decides when to stop
+            losses.append(float(sum(model.step(X_b, y_b, compute, True) * len(y_b) for X_b, y_b in batches)))
+        else:  # the held-out accuracy does: the loss itself is not computed
+            for X_b, y_b in batches:
+                model.step(X_b, y_b, compute, False)
         if threads is not None:
             threads.tick()  # as many threads as the cores this process gets (tlcache.threads)
     if held_out is not None:
@@ -205,20 +209,26 @@ class _Model:
         hidden = _addmm(self.b1, X, self.W1, compute).relu()
         return _addmm(self.b2, hidden, self.W2, compute).float()
 
-    def step(self, X, y, compute):
-        """Forward and backward by hand (the products in ``compute``, the gradients in float32), then Adam."""
+    def step(self, X, y, compute, with_loss: bool):
+        """Forward and backward by hand (the products in ``compute``, the gradients in float32), then Adam; the
+        minibatch's mean loss (before the step) when ``with_loss``, else None."""
         import torch
 
         W1, W2 = self.W1.to(compute), self.W2.to(compute)
         pre = torch.addmm(self.b1.to(compute), X, W1)
         hidden = pre.relu()
         logits = torch.addmm(self.b2.to(compute), hidden, W2).float()
-        loss, d_logits = _loss_and_gradient(logits, y)
+        loss, d_logits = _loss_and_gradient(logits, y, with_loss)
         d_logits_c = d_logits.to(compute)
         # ReLU's backward: the gradient where pre > 0, else 0, in one pass (a product with the mask `pre > 0` took a
         # compare, a cast and a multiply: a tenth of the mlp's time on Rotten Tomatoes; the same numbers).
         d_pre = torch.ops.aten.threshold_backward(d_logits_c @ W2.T, pre, 0)
-        grads = [(X.T @ d_pre).float(), d_pre.float().sum(dim=0), (hidden.T @ d_logits_c).float(), d_logits.sum(dim=0)]
+        grads = [
+            (X.T @ d_pre).float(),
+            d_pre.sum(dim=0, dtype=torch.float32),
+            (hidden.T @ d_logits_c).float(),
+            d_logits.sum(dim=0),
+        ]
         self.t += 1
         # Adam in one pass over each tensor (the kernel torch.optim.Adam(fused=True) runs, without the optimiser
         # class, whose first use imports torch._dynamo: 2 s a process); the penalty as L2 weight decay.
@@ -273,18 +283,21 @@ def _addmm(bias, X, W, compute):
     return torch.addmm(bias.to(compute), X, W.to(compute))
 
 
-def _loss_and_gradient(logits, y):
-    """Mean cross-entropy (of the softmax, or of a single logistic unit) and its gradient by the logits."""
+def _loss_and_gradient(logits, y, with_loss: bool = True):
+    """Mean cross-entropy (of the softmax, or of a single logistic unit; None unless ``with_loss``) and its
+    gradient by the logits."""
     import torch.nn.functional as F
 
     B = len(y)
     if logits.shape[1] == 1:
         target = y.to(logits.dtype)[:, None]
-        loss = F.binary_cross_entropy_with_logits(logits, target)
+        loss = F.binary_cross_entropy_with_logits(logits, target) if with_loss else None
         return loss, (logits.sigmoid() - target) / B
-    log_p = logits.log_softmax(dim=1)
-    loss = -log_p.gather(1, y[:, None]).mean()
-    gradient = log_p.exp()
+    if with_loss:
+        log_p = logits.log_softmax(dim=1)
+        loss, gradient = -log_p.gather(1, y[:, None]).mean(), log_p.exp()
+    else:
+        loss, gradient = None, logits.softmax(dim=1)
     gradient[range(B), y] -= 1.0
     return loss, gradient / B
 
