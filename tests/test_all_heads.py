@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_store
-from tlcache.all_heads import fit_all_heads, validation_rank
+from tlcache.all_heads import fit_all_heads, unsettled_order, validation_rank
 from tlcache.errors import UserError
 from tlcache.heads import HEADS
 from tlcache.runs import HeadRun
@@ -148,7 +148,6 @@ def test_test_items_in_training_are_warned_of_once_by_every_head_and_a_test_of_t
 
 
 def test_heads_within_two_standard_errors_of_the_best_are_said_to_be_unsettled():
-    from tlcache.runs import unsettled_order
 
     def rows(n, *accuracies):
         return [{"head": f"h{i}", "validation_accuracy": a, "validation_items": n} for i, a in enumerate(accuracies)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,10 +119,17 @@ def predict(
     truncated = int(store.meta.get("truncated_rows") or 0)
     result = PredictResult(out_path, len(predicted), accuracy, store.path, store.skipped(), unseen, truncated)
     result.classes = list(classes)
-    if isinstance(trained := sidecar.get("training_items"), str):
-        fingerprints = store.fingerprints()
-        result.in_training = count_in(trained, [fingerprints[i] for i, name in enumerate(truth) if name])
+    result.in_training = _training_items_among(sidecar.get("training_items"), store.fingerprints(), truth)
     return result
+
+
+def _training_items_among(recorded, fingerprints: Sequence[str], truth: Sequence[str]) -> int:
+    """How many of the labelled items (a ``truth`` given; ``fingerprints``: their content fingerprints, in the same
+    order) are among a head's training items, by the digest its head.json or its export keeps (``recorded``); 0
+    for a head fitted before the digest was kept."""
+    if not isinstance(recorded, str):
+        return 0
+    return count_in(recorded, [fingerprint for fingerprint, name in zip(fingerprints, truth) if name])
 
 
 def _check_backbone_matches(sidecar: Sidecar, backbone, head: Path) -> None:
@@ -194,7 +202,6 @@ def predict_exported(
     unseen = _unseen_classes(truth, exported.classes)
     out_path = Path(out) if out is not None else None
     result = PredictResult(out_path, len(ids), accuracy, Path(model), skipped, unseen, classes=list(exported.classes))
-    if isinstance(trained := exported.metadata.get("training_items"), str):
-        labelled = [src.fingerprints[i] for i, name in zip(outputs.kept, truth) if name]
-        result.in_training = count_in(trained, labelled)
+    kept = [src.fingerprints[i] for i in outputs.kept]
+    result.in_training = _training_items_among(exported.metadata.get("training_items"), kept, truth)
     return result

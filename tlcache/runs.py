@@ -12,7 +12,6 @@ import glob
 import hashlib
 import io
 import json
-import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -372,10 +371,13 @@ def read_report(run_dir: str | Path) -> RunReport:
     """The report.json of a run folder."""
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
-        if (Path(run_dir) / "compare.json").is_file():
+        from tlcache.compare.summary import JSON_FILE as COMPARE_FILE
+        from tlcache.compare.summary import MARKDOWN_FILE as COMPARE_MARKDOWN
+
+        if (Path(run_dir) / COMPARE_FILE).is_file():
             raise UserError(
-                f"{run_dir} is a comparison's folder: its report is compare.md, written again by running the same "
-                "`tlcache compare` (every finished cell is reused)"
+                f"{run_dir} is a comparison's folder: its report is {COMPARE_MARKDOWN}, written again by running "
+                "the same `tlcache compare` (every finished cell is reused)"
             )
         raise UserError(f"{run_dir} holds no {REPORT_FILE}; pass a run folder written by `tlcache fit-head`")
     try:
@@ -409,67 +411,3 @@ def render_report(run_dir: str | Path) -> dict[str, Path]:
 
 def _figure_paths(out_dir: Path) -> dict[str, Path]:
     return {name: out_dir / file for name, file in FIGURE_FILES.items()}
-
-
-def unsettled_order(rows: list[dict]) -> str | None:
-    """A sentence naming the heads of leaderboard ``rows`` (best first) whose validation accuracy is within two
-    standard errors of the best's (the binomial error of the best on its validation items, at least one item): on
-    small data a ranking by an item or two says little. None when no head is, or the figures are missing."""
-    best = rows[0] if rows else {}
-    p, n = best.get("validation_accuracy"), best.get("validation_items")
-    if p is None or not n:
-        return None
-    error = max(math.sqrt(p * (1 - p) / n), 1 / n)
-    close = [
-        row["head"]
-        for row in rows[1:]
-        if row.get("validation_accuracy") is not None and p - row["validation_accuracy"] <= 2 * error + 1e-12
-    ]
-    if not close:
-        return None
-    return (
-        f"Measured on {n} validation items (one item is {100 / n:.2g} points, the best's standard error "
-        f"{100 * error:.2g}): {', '.join(close)} {'is' if len(close) == 1 else 'are'} within two standard errors "
-        f"of {best['head']}, so these data do not settle their order."
-    )
-
-
-def leaderboard_rows(runs: list[HeadRun]) -> list[dict]:
-    """leaderboard.json's rows: one per run, in the order given."""
-    return [
-        {
-            "head": run.report["head"],
-            "validation_accuracy": run.report.get("sweep", {}).get("validation_accuracy"),
-            "validation_items": run.report.get("sweep", {}).get("validation_items"),
-            "accuracy": run.headline,
-            "macro_f1": run.report["metrics"]["macro_f1"],
-            "fit_seconds": run.report["fit_seconds"],
-            "chosen": run.report.get("sweep", {}).get("best"),
-            "run": str(run.out_dir),
-        }
-        for run in runs
-    ]
-
-
-def write_leaderboard(base: Path, runs: list[HeadRun]) -> Path:
-    """leaderboard.json and leaderboard.md in ``base``: the runs in the order given (ranked by validation accuracy:
-    see tlcache.all_heads), one row each. Returns the Markdown file."""
-    rows = leaderboard_rows(runs)
-    write_whole(base / LEADERBOARD_FILE, (json.dumps(rows, indent=2) + "\n").encode("utf-8"))
-    lines = [
-        "Ranked by validation accuracy: on the training rows each head's sweep held out, the same rows for every head. "
-        "The test accuracy is reported, not used to rank: choosing a head by it would choose on the test items.",
-        *(["", note] if (note := unsettled_order(rows)) else []),
-        "",
-        "| head | validation accuracy | test accuracy | macro F1 | fit s | chosen | run |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for row in rows:
-        chosen = "" if row["chosen"] is None else f"{row['chosen']:g}"
-        validation = "" if row["validation_accuracy"] is None else f"{row['validation_accuracy']:.4f}"
-        lines.append(
-            f"| {row['head']} | {validation} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} | "
-            f"{row['fit_seconds']:.2f} | {chosen} | {row['run']} |"
-        )
-    write_whole(base / LEADERBOARD_MARKDOWN, ("\n".join(lines) + "\n").encode("utf-8"))
-    return base / LEADERBOARD_MARKDOWN

@@ -405,7 +405,11 @@ class FeatureStore:
         return [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("ids")]
 
     def fingerprints(self) -> list[str]:
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("fingerprints")]
+        """Each row's content fingerprint, read once per store object (a finished store never changes; fitting a
+        head asks twice: the test set's check and the training items' digest)."""
+        if getattr(self, "_fingerprints", None) is None:
+            self._fingerprints = [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("fingerprints")]
+        return list(self._fingerprints)
 
     def skipped(self) -> list[tuple[str, str]]:
         """(id, why) of each source item left out because it could not be read; empty for most stores."""

@@ -91,9 +91,8 @@ def fit_head(store, head, out, grid, no_views, no_progress, as_json, **options) 
       tlcache fit-head train.h5 --test test.h5 --shots 8 --repeats 5 # few-shot: mean and spread
       tlcache fit-head big.h5 --head sgd                            # reads the store in row batches
     """
-    from tlcache.all_heads import fit_all_heads
+    from tlcache.all_heads import fit_all_heads, leaderboard_rows, unsettled_order
     from tlcache.heads import fit_head as fit
-    from tlcache.runs import leaderboard_rows, unsettled_order
 
     options.update(use_views=not no_views, grid=grid)
     if head == "all":
