@@ -1,6 +1,7 @@
 """`compare` on a tiny BERT: every cell and its report, the same test items for every method, resuming a killed
 comparison without recomputing a finished cell, and refusing another comparison's folder."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -48,6 +49,7 @@ def test_every_cell_row_and_plot_that_compare_promises(texts, tiny_bert_dir):
     for cell in result.cells:
         assert len(cell["correct"]) == 20 and cell["accuracy"] == pytest.approx(np.mean(cell["correct"]))
         assert cell["cached"] == (cell["kind"] == "frozen")
+        assert 0.0 <= cell["validation_accuracy"] <= 1.0  # what picks the best of its kind, never the test items
     # the seed draws the training items: 4 per class differ between seeds, "all" does not
     summary = json.loads((texts / "cmp" / "compare.json").read_text())
     rows = {(row["method"], row["shots"]): row for row in summary["rows"]}
@@ -59,6 +61,7 @@ def test_every_cell_row_and_plot_that_compare_promises(texts, tiny_bert_dir):
         assert row["accuracy_std"] == pytest.approx(np.std(seeds, ddof=1))  # of 2 seeds: a sample's spread
     advice = summary["recommendation"]
     assert [row["shots"] for row in advice["by_shots"]] == [4, "all"]
+    assert all(row["chosen_on"] == "validation" for row in advice["by_shots"])
     assert all(row["verdict"] in ("finetune", "frozen", "level") for row in advice["by_shots"])
     markdown = (texts / "cmp" / "compare.md").read_text()
     assert advice["headline"] in markdown and "| lp-ft | finetune | 4 |" in markdown
@@ -157,12 +160,25 @@ def test_a_fine_tune_killed_after_its_run_but_before_its_cell_was_saved_runs_aga
     assert again.ran == 1 and again.cells[0]["correct"] == first.cells[0]["correct"]
 
 
-def test_a_folder_of_another_comparison_is_refused(texts, tiny_bert_dir):
-    options = dict(heads=("logreg",), finetunes=(), shots=("all",), repeats=1)
+def test_a_folder_of_another_comparison_is_refused_naming_what_differs(texts, tiny_bert_dir):
+    options = dict(heads=("logreg",), finetunes=("ft",), shots=("all",), repeats=1)
     _run(texts, tiny_bert_dir, **options)
+    with pytest.raises(UserError, match=r"logreg-all-seed0.json: finetune.epochs differs\); use another --out"):
+        _run(texts, tiny_bert_dir, **options, finetune_config=dataclasses.replace(FAST, epochs=FAST.epochs + 1))
     write_text_csv(texts / "train.csv", n=44)  # other training data, the same --out
     with pytest.raises(UserError, match="another --out"):
         _run(texts, tiny_bert_dir, **options)
+
+
+def test_a_frozen_cell_saved_without_its_validation_accuracy_runs_again(texts, tiny_bert_dir):
+    options = dict(heads=("logreg",), finetunes=(), shots=("all",), repeats=1)
+    _run(texts, tiny_bert_dir, **options)
+    path = texts / "cmp" / "cells" / "logreg-all-seed0.json"
+    record = json.loads(path.read_text())
+    del record["result"]["validation_accuracy"]  # as an older tlcache saved it
+    path.write_text(json.dumps(record))
+    result = _run(texts, tiny_bert_dir, **options)
+    assert result.ran == 1 and "validation_accuracy" in json.loads(path.read_text())["result"]
 
 
 @pytest.mark.parametrize(

@@ -273,3 +273,17 @@ def test_the_headline_speaks_of_the_largest_shot_count_both_kinds_ran():
     result = recommend(frozen_only + _cells([(10, 70)] * 2, shots=8))
     assert [row["verdict"] for row in result["by_shots"]] == ["finetune", "frozen only"]
     assert result["headline"].startswith("fine-tune (ft): +6.0 points with 8 items per class")
+
+
+def test_the_best_of_each_kind_is_chosen_on_validation_items_never_on_the_test_items():
+    cells = _cells([(10, 70)] * 2)
+    # The runners-up were better on their validation items, though 20 test items worse.
+    validation = {"logreg": 0.70, "svm": 0.75, "ft": 0.80, "lp-ft": 0.85}
+    row = recommend([dict(cell, validation_accuracy=validation[cell["method"]]) for cell in cells])["by_shots"][0]
+    assert (row["best_frozen"], row["best_finetune"], row["chosen_on"]) == ("svm", "lp-ft", "validation")
+    assert row["frozen_accuracy"] == pytest.approx(0.78)  # its own test mean, not the best test mean (0.80)
+    assert "highest mean validation accuracy" in RULE and "the test items choose neither" in RULE
+    # A cell saved before cells kept their validation accuracy: that kind's test mean decides, and the row says so.
+    older = [dict(cell, validation_accuracy=validation[cell["method"]]) for cell in cells if cell["kind"] == "frozen"]
+    row = recommend(older + [cell for cell in cells if cell["kind"] == "finetune"])["by_shots"][0]
+    assert (row["best_frozen"], row["best_finetune"], row["chosen_on"]) == ("svm", "ft", "test")

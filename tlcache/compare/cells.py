@@ -35,10 +35,13 @@ def cell_path(out_dir: Path, key: CellKey) -> Path:
     return out_dir / CELLS_DIR / f"{key.name}.json"
 
 
-def load_cell(out_dir: Path, key: CellKey, identity: dict, redo: tuple[str, ...] = ()) -> dict | None:
+def load_cell(
+    out_dir: Path, key: CellKey, identity: dict, redo: tuple[str, ...] = (), needs: tuple[str, ...] = ()
+) -> dict | None:
     """The finished cell's result, or None when it has not run. A cell of another comparison in the same folder is
-    refused in one line: its numbers belong to other data or settings; one that differs only in the identity's
-    ``redo`` entries (settings a rerun may change, such as the frozen heads' candidate features) runs again."""
+    refused in one line naming what differs: its numbers belong to other data or settings; one that differs only in
+    the identity's ``redo`` entries (settings a rerun may change, such as the frozen heads' candidate features), or
+    whose result lacks a field of ``needs`` (saved by an older tlcache), runs again."""
     path = cell_path(out_dir, key)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -50,9 +53,31 @@ def load_cell(out_dir: Path, key: CellKey, identity: dict, redo: tuple[str, ...]
         if redo and _without(saved.get("identity"), redo) == _without(identity, redo):
             return None
         raise UserError(
-            f"{out_dir} holds a comparison of other data or settings ({path.name}); use another --out or delete it"
+            f"{out_dir} holds a comparison of other data or settings ({path.name}: "
+            f"{_differences(saved.get('identity'), identity)}); use another --out or delete it"
         )
+    if any(name not in saved["result"] for name in needs):
+        return None
     return saved["result"]
+
+
+def _differences(saved, identity: dict) -> str:
+    """The settings in which a saved cell's identity differs from this comparison's, as words ("finetune.epochs,
+    test differ"), one level into nested settings (the fine-tune's)."""
+    if not isinstance(saved, dict):
+        return "no settings recorded"
+    names = []
+    for name in sorted(saved.keys() | identity.keys()):
+        old, new = saved.get(name), identity.get(name)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            names += [
+                f"{name}.{inner}" for inner in sorted(old.keys() | new.keys()) if old.get(inner) != new.get(inner)
+            ]
+        else:
+            names.append(name)
+    return f"{', '.join(names)} {'differs' if len(names) == 1 else 'differ'}"
 
 
 def _without(identity, names: tuple[str, ...]):
@@ -74,13 +99,14 @@ def run_cells(
     report=print,
     admit: Callable[[CellKey], bool] | None = None,
     redo: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
 ) -> tuple[list[dict], int]:
     """Every cell's result (with its key's fields), running only those not finished yet (or finished under other
-    ``redo`` settings: see load_cell), and of those only the ones ``admit`` lets through (a budget); and how many
-    ran."""
+    ``redo`` settings, or without a field of ``needs``: see load_cell), and of those only the ones ``admit`` lets
+    through (a budget); and how many ran."""
     results, ran = [], 0
     for key in keys:
-        result = load_cell(out_dir, key, identity, redo)
+        result = load_cell(out_dir, key, identity, redo, needs)
         if result is None:
             if admit is not None and not admit(key):
                 continue

@@ -35,7 +35,7 @@ from tlcache.errors import UserError, check_choice
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.heads import HEADS, make_head
 from tlcache.paths import check_output_folder
-from tlcache.report import classification_metrics
+from tlcache.report import classification_metrics, sweep_summary
 from tlcache.sources import Source, classes_needed, load_source
 from tlcache.splits import remap_labels, sample_shots, shared_with_training, stratified_split
 from tlcache.store import FeatureStore
@@ -123,7 +123,9 @@ def compare(
 
     frozen_identity = {**identity, "candidates": {c.name: c.train.key for c in data.candidates}}
     # Every frozen cell runs, whatever the budget: seconds each, and every verdict needs them (--budget's help).
-    cells, ran = run_cells(out_dir, frozen, frozen_identity, run_one, say, redo=("candidates",))
+    # A frozen cell saved without its validation accuracy (which picks the best head) runs again: seconds.
+    needs = ("validation_accuracy",)
+    cells, ran = run_cells(out_dir, frozen, frozen_identity, run_one, say, redo=("candidates",), needs=needs)
     admit = None
     if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
         probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)
@@ -359,6 +361,8 @@ def _frozen_cell(data: _Data, key: CellKey, rows: np.ndarray) -> dict:
     pipeline = make_head(key.method, key.seed, n_train=len(rows)).fit(X[rows], data.labels[rows])
     predicted = pipeline.predict(chosen.test.features()[data.test_rows])
     cell = _scored(data, predicted, time.perf_counter() - started, cached=True)
+    # The sweep's accuracy at its chosen value, on rows held out from ``rows``: what picks the best head (stats).
+    cell["validation_accuracy"] = sweep_summary(pipeline)["validation_accuracy"]
     return {**cell, "features": chosen.name, "feature_scores": scores} if len(data.candidates) > 1 else cell
 
 
@@ -381,6 +385,7 @@ def _finetune_cell(data: _Data, key, rows, tuner: _Tuner, config, out_dir: Path)
         "best_epoch": tune["best_epoch"],
         "epochs_run": tune["epochs_run"],
         "val_items": run.report["n_val"],
+        "validation_accuracy": tune["best_val_accuracy"],  # at the chosen epoch: what picks the best fine-tune
     }
 
 

@@ -14,10 +14,11 @@ from numbers import Integral
 import numpy as np
 
 RULE = (
-    "At each shot count, the frozen head and the fine-tune with the highest mean accuracy over seeds are compared "
-    "on the same test items: one wins only when its mean over the seeds both ran is higher and an exact McNemar "
-    "test favours it with p < alpha on every one of them. Otherwise the two are level, and level means staying "
-    "frozen, the cheaper choice."
+    "At each shot count, the frozen head and the fine-tune with the highest mean validation accuracy over seeds "
+    "(each cell's, on items carved from its own training items: the test items choose neither) are compared on the "
+    "same test items: one wins only when its mean over the seeds both ran is higher and an exact McNemar test "
+    "favours it with p < alpha on every one of them. Otherwise the two are level, and level means staying frozen, "
+    "the cheaper choice."
 )
 KINDS = ("frozen", "finetune")
 
@@ -124,18 +125,26 @@ def _mean(by_seed: Mapping[object, Cell], key: str) -> float:
     return float(np.mean([cell[key] for cell in by_seed.values()]))
 
 
-def _best(methods: Mapping[str, Mapping[object, Cell]]) -> str | None:
-    """The method with the highest mean accuracy; on a tie, the cheaper by mean seconds (then by name)."""
+def _best(methods: Mapping[str, Mapping[object, Cell]]) -> tuple[str | None, str | None]:
+    """The method with the highest mean validation accuracy over its seeds (on items carved from each cell's own
+    training items); on a tie, the cheaper by mean seconds (then by name). Returns it and what chose it:
+    "validation", or "test" when a cell holds no validation accuracy (a fine-tune saved before cells kept it),
+    where the mean test accuracy decides instead, as it did then."""
     if not methods:
-        return None
-    return min(methods, key=lambda m: (-_mean(methods[m], "accuracy"), _mean(methods[m], "seconds"), m))
+        return None, None
+    cells = [cell for by_seed in methods.values() for cell in by_seed.values()]
+    on = "validation" if all(cell.get("validation_accuracy") is not None for cell in cells) else "test"
+    key = "validation_accuracy" if on == "validation" else "accuracy"
+    return min(methods, key=lambda m: (-_mean(methods[m], key), _mean(methods[m], "seconds"), m)), on
 
 
 def _compare(shots: object, by_kind: Mapping[str, Mapping], alpha: float) -> dict:
     """One ``by_shots`` row: the best of each kind, their paired tests and the verdict."""
     frozen, finetune = by_kind.get("frozen", {}), by_kind.get("finetune", {})
-    best_frozen, best_finetune = _best(frozen), _best(finetune)
-    row = {"shots": shots, "best_frozen": best_frozen, "best_finetune": best_finetune}
+    (best_frozen, frozen_on), (best_finetune, finetune_on) = _best(frozen), _best(finetune)
+    # What chose the best of each kind: "test" only for cells saved before validation accuracies were kept.
+    chosen_on = "test" if "test" in (frozen_on, finetune_on) else "validation"
+    row = {"shots": shots, "best_frozen": best_frozen, "best_finetune": best_finetune, "chosen_on": chosen_on}
     for kind, methods, best in (("frozen", frozen, best_frozen), ("finetune", finetune, best_finetune)):
         row[f"{kind}_accuracy"] = _mean(methods[best], "accuracy") if best else None
         row[f"{kind}_seconds"] = _mean(methods[best], "seconds") if best else None

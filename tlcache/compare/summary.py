@@ -132,7 +132,8 @@ def render_markdown(summary: dict) -> str:
         f"**{advice['headline']}**" + (f". {advice['crossing']}." if advice["crossing"] else "."),
         "",
         f"Test items: {summary['test']} ({summary['n_test']} items, the same for every cell). Every choice (a "
-        "head's regularisation, a fine-tune's epoch) was made on validation items carved from the training items. "
+        "head's regularisation, a fine-tune's epoch, the best method of each kind) was made on validation items "
+        "carved from the training items. "
         f"Frozen heads fit on features embedded once for all their cells ({summary['embed_seconds']:.1f} s this "
         "run, through the cache); their time per run is the fit alone.",
         "",
@@ -173,6 +174,14 @@ def render_markdown(summary: dict) -> str:
             picks = ", ".join(f"{name} ({count})" for name, count in row["features"].items())
             lines.append(f"| {row['method']} | {_shots_words(row['shots'])} | {picks} |")
     lines += ["", "## The paired tests", "", f"Rule: {advice['rule']} (alpha {advice['alpha']:g})", ""]
+    on_test = [_shots_words(row["shots"]) for row in advice["by_shots"] if row.get("chosen_on") == "test"]
+    if on_test:
+        lines += [
+            f"At {', '.join(on_test)} the best of each kind was chosen on its mean test accuracy instead: fine-tune "
+            "cells saved before cells kept their validation accuracy. Run the comparison into a new --out to "
+            "choose on validation items.",
+            "",
+        ]
     return "\n".join(lines + paired_table(advice)) + "\n"
 
 
