@@ -364,3 +364,19 @@ def test_refused_combinations(tmp_path, head, options, message):
     X, y = _blobs(60, 0)
     with pytest.raises(UserError, match=message):
         fit_head(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]), head, out=tmp_path / "r", **options)
+
+
+def test_macro_f1_averages_over_the_classes_the_test_items_hold_or_the_model_predicts():
+    from sklearn.metrics import f1_score
+
+    from tlcache.report import classification_metrics
+
+    classes = ["a", "b", "c", "rare"]  # "rare": a training class no test item holds and nothing predicts
+    y_true, y_pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 2, 2, 2])
+    metrics = classification_metrics(y_true, y_pred, classes)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))  # over a, b, c
+    assert metrics["macro_f1"] > f1_score(y_true, y_pred, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    assert [row["support"] for row in metrics["per_class"]] == [2, 2, 2, 0]  # every class still listed
+    # A class predicted though no test item holds it counts, with its F1 of 0: a false alarm is a fault.
+    wrong = classification_metrics(y_true, np.array([0, 0, 1, 3, 2, 2]), classes)
+    assert wrong["macro_f1"] == pytest.approx(f1_score(y_true, [0, 0, 1, 3, 2, 2], average="macro"))

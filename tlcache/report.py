@@ -124,14 +124,17 @@ class RunReport(_ReportCore, total=False):
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> Metrics:
-    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix (rows: true)."""
+    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix (rows: true). Macro F1
+    averages over the classes the test items hold or the model predicts: a training class with neither has no F1
+    to average (counted as 0 it would lower the mean for nothing); the per-class table lists every class."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    present = sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "per_class": [
             {
                 "class": name,
