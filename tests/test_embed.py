@@ -513,3 +513,26 @@ def test_long_text_chunk_reads_every_token_in_windows_and_is_in_the_key(tmp_path
         ],
     )
     assert result.exit_code == 0 and result.stdout.startswith("cache hit")
+
+
+def test_rows_without_a_label_beside_labelled_ones_are_said_when_embedded_and_fitted(tmp_path, tiny_bert_dir):
+    from tlcache.heads import fit_head
+
+    path = tmp_path / "some.csv"  # every fifth label cell empty: 6 of 30
+    lines = [
+        f"{i},{'a good film' if i % 2 else 'a dull plot'} {i},{'' if i % 5 == 0 else ('pos', 'neg')[i % 2]}"
+        for i in range(30)
+    ]
+    path.write_text("id,text,label\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    result = embed_source(path, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert result.unlabelled == 6 and "6 without a label: fit-head leaves them out" in result.summary_line()
+    again = embed_source(path, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert again.cached and ", 6 without a label, nothing computed" in again.summary_line()
+    with pytest.warns(UserWarning, match="6 of 30 rows have no label and are left out of training and testing"):
+        run = fit_head(result.path, "logreg", out=tmp_path / "run")
+    assert run.report["n_train"] + run.report["n_test"] == 24
+    # A wholly unlabelled source (items to predict) is not remarked on.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"text": "good"}\n{"text": "bad plot"}\n', encoding="utf-8")
+    unlabelled = embed_source(plain, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert unlabelled.unlabelled == 0 and "without a label" not in unlabelled.summary_line()

@@ -133,6 +133,8 @@ def embed_source(
             truncated = int(store.meta.get("truncated_rows") or 0)
         skipped = store.skipped()
         done = EmbedResult(path, key, bb.name, dim, len(src), embedded, reused, seconds, cached, truncated, skipped)
+        unlabelled = int(np.count_nonzero(store.labels() < 0))
+        done.unlabelled = unlabelled if unlabelled < done.stored else 0  # a wholly unlabelled source: to predict
         return done.refused_if_skipped() if on_error == "fail" else done
 
     if hit := _hit(path, key):

@@ -24,6 +24,7 @@ class EmbedResult:
     truncated: int = 0  # texts longer than the model reads, cut to its limit (0 for images); on a hit, as recorded
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) of items that could not be read
     engine: dict[str, Any] = field(default_factory=dict)  # on Ray: workers, shards, rows per second per worker
+    unlabelled: int = 0  # stored rows without a label, where others have one (an empty label cell); 0 otherwise
 
     @property
     def stored(self) -> int:
@@ -32,11 +33,12 @@ class EmbedResult:
 
     def summary_line(self) -> str:
         left_out = f", {len(self.skipped)} unreadable left out" if self.skipped else ""
+        unlabelled = f", {self.unlabelled} without a label" if self.unlabelled else ""
         if self.cached:
             cut = f", {_texts(self.truncated)} cut to the model's limit" if self.truncated else ""
             return (
                 f"cache hit: {self.stored} rows of {self.backbone} ({self.dim}-d) already "
-                f"embedded{left_out}{cut}, nothing computed -> {self.path}"
+                f"embedded{left_out}{cut}{unlabelled}, nothing computed -> {self.path}"
             )
         per_second = self.embedded / self.seconds if self.embedded and self.seconds > 0 else 0.0
         rate = f" ({per_second:.0f}/s)" if per_second >= 10 else f" ({per_second:.2g}/s)" if per_second else ""
@@ -47,6 +49,8 @@ class EmbedResult:
             notes.append(f"{_texts(self.truncated)} cut to the model's limit: their ends are not embedded")
         if self.skipped:
             notes.append(f"{len(self.skipped)} unreadable, left out")
+        if self.unlabelled:
+            notes.append(f"{self.unlabelled} without a label: fit-head leaves them out")
         if self.engine:
             notes.append(self._on_ray())
         extra = f" ({'; '.join(notes)})" if notes else ""

@@ -39,7 +39,14 @@ from tlcache.runs import (
     write_report,
     writing_run,
 )
-from tlcache.splits import content_digest, remap_labels, sample_shots, shared_with_training, stratified_split
+from tlcache.splits import (
+    content_digest,
+    remap_labels,
+    sample_shots,
+    shared_with_training,
+    stratified_split,
+    warn_once,
+)
 from tlcache.store import FeatureStore
 
 HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
@@ -466,5 +473,10 @@ def _labelled_rows(store: FeatureStore, labels: np.ndarray) -> np.ndarray:
     if not len(rows):
         raise UserError(
             f"{store.path} has no labels; fit-head needs a labelled source (class folders or a label column)"
+        )
+    if len(rows) < len(labels):  # an empty label cell: left out, and said (`tlcache info` counts them too)
+        warn_once(
+            f"{store.path}: {len(labels) - len(rows)} of {len(labels)} rows have no label and are left out of "
+            "training and testing; give them a label to use them"
         )
     return rows

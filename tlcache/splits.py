@@ -118,10 +118,18 @@ def shared_with_training(
         f"{where}: {shared} of {len(test_fingerprints)} test items are also training items (the same content), "
         "so the test accuracy overstates how the model does on new items; remove them from the test data"
     )
-    if shared and message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, UserWarning, stacklevel=2)
+    if shared:
+        warn_once(message)
     return shared
+
+
+def warn_once(message: str) -> None:
+    """A UserWarning of ``message``, said once in this process (and in a process forked from it), although Python's
+    own once-per-place record is cleared whenever code changes the warning filters (matplotlib's saves do): a check
+    that every head of `fit-head --head all` repeats is said once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def content_digest(fingerprints: Sequence[str]) -> str:
@@ -141,6 +149,5 @@ def _item_key(fingerprint: str) -> str:
     return hash_bytes(fingerprint.encode())[:16]
 
 
-# Warnings of test items in training said in this process (and in a process forked from it): once each, although
-# Python's own once-per-place record is cleared whenever code changes the warning filters (matplotlib's saves do).
+# The warnings warn_once has said in this process.
 _WARNED: set[str] = set()
