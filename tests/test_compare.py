@@ -398,9 +398,11 @@ def test_compare_command_keeps_to_a_budget_and_refuses_a_bad_one(texts, tiny_ber
     monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
     arguments = ["train.csv", "--test", "test.csv", "-b", f"hf:{tiny_bert_dir}", "--heads", "logreg"]
     arguments += ["--finetune", "ft", "--shots", "4,all", "--repeats", "2", "--epochs", "1", "--val-fraction", "0.25"]
-    result = run("compare", *arguments, "--precision", "fp32", "--budget", "50s")
+    # --no-progress hides the cells' lines, not the plan: what the budget decided is said before the fine-tunes.
+    result = run("compare", *arguments, "--precision", "fp32", "--budget", "50s", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "plan: 2 of 4 fine-tune cells fit the budget of 50 s" in result.stdout
+    assert "accuracy" not in result.stdout.split("plan:")[0]  # no cell's line
     assert "5 cells run, 0 reused, 3 left out to stay within --budget" in result.stdout
     assert_user_error(run("compare", *arguments, "--budget", "soon"), "--budget soon is not a duration")
 

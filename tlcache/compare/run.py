@@ -129,7 +129,9 @@ def compare(
     admit = None
     if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
         probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)
-        admit = _admission(data, tuned, config, clock, probe, lambda key: load_cell(out_dir, key, identity), say)
+        # The plan is said whatever ``progress``: it is what the budget decided, not a bar (a user of --no-progress
+        # would otherwise learn only at the end that no fine-tune fitted).
+        admit = _admission(data, tuned, config, clock, probe, lambda key: load_cell(out_dir, key, identity), print)
     more, ran_tuned = run_cells(out_dir, tuned, identity, run_one, say, admit=admit)
     cells, ran = cells + more, ran + ran_tuned
     if not cells:
