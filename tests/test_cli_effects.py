@@ -296,7 +296,11 @@ def test_finetune_schedule_options_reach_the_optimiser_and_resume_continues(tmp_
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "_checkpoint", checkpoint_then_stop)
-    assert run(*args).exit_code == 1  # click's "Aborted!"
+    stopped = run(*args)
+    assert stopped.exit_code == 130  # a shell's code for Ctrl-C, with what to do next:
+    assert stopped.stderr.strip() == (
+        "interrupted: every finished epoch is kept: run the same command again with --resume to continue"
+    )
     monkeypatch.undo()
     checkpoint = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=False)
     assert [h["stage"] for h in checkpoint["history"]] == ["head", "full"]

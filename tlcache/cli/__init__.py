@@ -19,12 +19,24 @@ import click
 from tlcache.errors import DISK_ERRORS, PATH_ERRORS, UserError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # a shell's code for a command ended by Ctrl-C (128 + SIGINT)
+# What to do after Ctrl-C, by command: what each keeps of its work (the others' is cheap or all or nothing).
+AFTER_INTERRUPT = {
+    "embed": "the rows embedded so far are kept: run the same command again to finish",
+    "finetune": "every finished epoch is kept: run the same command again with --resume to continue",
+    "compare": "every finished cell is kept: run the same command again to continue",
+    "run": "every finished step is kept: run the same recipe again to continue",
+}
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            after = AFTER_INTERRUPT.get(ctx.invoked_subcommand or "", "nothing it wrote is half done: run it again")
+            click.echo(f"\ninterrupted: {after}", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
