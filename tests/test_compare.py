@@ -179,6 +179,7 @@ def test_a_frozen_cell_saved_without_its_validation_accuracy_runs_again(texts, t
     path.write_text(json.dumps(record))
     result = _run(texts, tiny_bert_dir, **options)
     assert result.ran == 1 and "validation_accuracy" in json.loads(path.read_text())["result"]
+    assert "| one seed |" in (texts / "cmp" / "compare.md").read_text()  # no spread of 0 for one seed
 
 
 @pytest.mark.parametrize(

@@ -143,9 +143,11 @@ def render_markdown(summary: dict) -> str:
     ]
     for row in summary["rows"]:
         low, high = row["interval"]
+        # One seed has no spread to show: a 0 would read as a measured stability.
+        spread = f"{row['accuracy_std']:.4f}" if len(row["seeds"]) > 1 else "one seed"
         lines.append(
             f"| {row['method']} | {row['kind']} | {_shots_words(row['shots'])} | {row['accuracy']:.4f} | "
-            f"{row['accuracy_std']:.4f} | {low:.4f}-{high:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.2f} | "
+            f"{spread} | {low:.4f}-{high:.4f} | {row['macro_f1']:.4f} | {row['seconds']:.2f} | "
             f"{'features' if row['cached'] else 'no'} |"
         )
     rising = still_rising(summary)
