@@ -105,3 +105,16 @@ def test_a_given_test_set_of_training_items_is_refused_and_a_held_out_one_only_w
     with pytest.warns(UserWarning, match="1 of 2 test items"):
         assert shared_with_training(["a", "b"], ["b", "z"], "test.csv") == 1
     assert shared_with_training(["a"], ["z"], "test.csv") == 0
+
+
+def test_class_names_of_one_source_that_differ_only_in_spelling_are_warned_of(recwarn):
+    from tlcache.splits import warn_of_near_names
+
+    warn_of_near_names(["libs", "utils", "Libs", " libs ", "admin_tools", "admin-tools"], "a.csv")
+    messages = [str(w.message) for w in recwarn]
+    assert messages == [
+        "a.csv: the classes 'libs' and 'Libs'; 'libs' and ' libs '; 'admin_tools' and 'admin-tools' differ only in "
+        "case, spaces, '-' or '_', and are kept as different classes; give each pair one name if it is one class"
+    ]
+    warn_of_near_names(["libs", "utils"], "b.csv")
+    assert len(recwarn) == 1  # distinct names: nothing said

@@ -88,16 +88,32 @@ def spelling_note(unknown: Sequence[str], known: Sequence[str], where: str = "th
     """A note naming the ``unknown`` class names that are ``known`` ones but for case, spaces, '-' or '_' (class
     folders "Actions" and "actions"), for a message that refuses or counts them; "" when there are none. ``where``
     says where the known names are ("'Actions' is 'actions' there")."""
-
-    def spelled(name: str) -> str:
-        return "".join(c for c in name.casefold() if c not in " -_")
-
-    by_spelling = {spelled(name): name for name in known}
-    pairs = [(name, by_spelling[spelled(name)]) for name in unknown if spelled(name) in by_spelling]
+    by_spelling = {_spelled(name): name for name in known}
+    pairs = [(name, by_spelling[_spelled(name)]) for name in unknown if _spelled(name) in by_spelling]
     if not pairs:
         return ""
     shown = ", ".join(f"{name!r} is {match!r} {where}" for name, match in pairs[:5])
     return f" ({shown}: class names must match exactly, case included; rename one side)"
+
+
+def warn_of_near_names(class_names: Sequence[str], where: str) -> None:
+    """Warn (once) of class names of one source that differ only in case, spaces, '-' or '_' ("Libs", " libs "):
+    they are different classes to every head, which is seldom what a labeller meant."""
+    first: dict[str, str] = {}
+    pairs = []
+    for name in class_names:
+        if (match := first.setdefault(_spelled(name), name)) != name:
+            pairs.append(f"{match!r} and {name!r}")
+    if pairs:
+        warn_once(
+            f"{where}: the classes {'; '.join(pairs[:5])} differ only in case, spaces, '-' or '_', and are kept as "
+            "different classes; give each pair one name if it is one class"
+        )
+
+
+def _spelled(name: str) -> str:
+    """A class name without case, spaces, '-' or '_': what two spellings of one name share."""
+    return "".join(c for c in name.casefold() if c not in " -_")
 
 
 def shared_with_training(
