@@ -222,6 +222,8 @@ def _probe_finetune(data: _Data, tuner: _Tuner, config, out_dir: Path):
             data.train.subset(rows), data.test.subset(test_rows), out_dir / "probe" / f"{len(timings)}-{size}", settings
         )
         timings.append((clock.items(CellKey("ft", "finetune", size, 0), len(rows)), time.perf_counter() - started))
+    # Timed, the probe's runs are of no further use: each keeps a copy of the backbone (263 MB for three of minilm).
+    shutil.rmtree(out_dir / "probe", ignore_errors=True)
     (small, first), (large, second) = timings[1:]
     return probe_rates(small, first, large, second)
 
