@@ -258,7 +258,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_bert_dir, monkeypa
     with pytest.raises(KeyboardInterrupt):
         finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "run", config=_fast(), progress=False)
     monkeypatch.undo()
-    with pytest.raises(UserError, match="other settings \\(config differ"):
+    with pytest.raises(UserError, match="other settings \\(--lr differs\\); resume with the same command"):
         finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "run", config=_fast(lr=1e-4), resume=True)
     with pytest.raises(UserError, match="nothing to resume"):
         finetune(source, f"hf:{tiny_bert_dir}", out=tmp_path / "other", config=_fast(), resume=True)

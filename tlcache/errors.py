@@ -42,3 +42,21 @@ def item_list(items: Iterable, takes: str) -> list:
         shown = repr(items if len(str(items)) <= 40 else f"{str(items)[:37]}...")
         raise UserError(f"{takes} takes a list of items, not one {type(items).__name__}: pass [{shown}]")
     return list(items)
+
+
+def differing_settings(saved, current: dict, name=lambda outer, inner: f"{outer}.{inner}") -> str:
+    """The settings in which a saved record's ``saved`` dict differs from ``current``, as words ("finetune.epochs,
+    test differ"), one level into nested settings (named by ``name(outer, inner)``); "no settings recorded" when
+    ``saved`` is not a dict."""
+    if not isinstance(saved, dict):
+        return "no settings recorded"
+    names = []
+    for key in sorted(saved.keys() | current.keys()):
+        old, new = saved.get(key), current.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            names += [name(key, inner) for inner in sorted(old.keys() | new.keys()) if old.get(inner) != new.get(inner)]
+        else:
+            names.append(key)
+    return f"{', '.join(names)} {'differs' if len(names) == 1 else 'differ'}"

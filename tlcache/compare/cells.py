@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, differing_settings
 from tlcache.runs import write_whole
 
 CELLS_DIR = "cells"
@@ -54,30 +54,11 @@ def load_cell(
             return None
         raise UserError(
             f"{out_dir} holds a comparison of other data or settings ({path.name}: "
-            f"{_differences(saved.get('identity'), identity)}); use another --out or delete it"
+            f"{differing_settings(saved.get('identity'), identity)}); use another --out or delete it"
         )
     if any(name not in saved["result"] for name in needs):
         return None
     return saved["result"]
-
-
-def _differences(saved, identity: dict) -> str:
-    """The settings in which a saved cell's identity differs from this comparison's, as words ("finetune.epochs,
-    test differ"), one level into nested settings (the fine-tune's)."""
-    if not isinstance(saved, dict):
-        return "no settings recorded"
-    names = []
-    for name in sorted(saved.keys() | identity.keys()):
-        old, new = saved.get(name), identity.get(name)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            names += [
-                f"{name}.{inner}" for inner in sorted(old.keys() | new.keys()) if old.get(inner) != new.get(inner)
-            ]
-        else:
-            names.append(name)
-    return f"{', '.join(names)} {'differs' if len(names) == 1 else 'differ'}"
 
 
 def _without(identity, names: tuple[str, ...]):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcache.backbones.finetuned import holds_finetuned_model
-from tlcache.errors import UserError
+from tlcache.errors import UserError, differing_settings
 from tlcache.finetune.config import FinetuneConfig
 from tlcache.finetune.data import FinetuneData
 from tlcache.finetune.model import FinetuneModel
@@ -241,9 +241,14 @@ def start_or_resume(out_dir: Path, identity: dict, resume: bool) -> dict | None:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{checkpoint} cannot be resumed safely ({reason}); start afresh with another --out") from None
     if state["identity"] != identity:
-        changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
+        # The fine-tune's settings by their options ("--epochs differs"); the data and backbone by name.
+        changed = differing_settings(
+            state["identity"],
+            identity,
+            lambda outer, inner: f"--{inner.replace('_', '-')}" if outer == "config" else f"{outer}.{inner}",
+        )
         raise UserError(
-            f"{checkpoint} was made with other settings ({', '.join(changed)} differ); resume with the same "
-            "command, or start afresh with another --out"
+            f"{checkpoint} was made with other settings ({changed}); resume with the same command, or start afresh "
+            "with another --out"
         )
     return state
