@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import write_text_csv
@@ -65,6 +66,13 @@ def test_every_cell_row_and_plot_that_compare_promises(texts, tiny_bert_dir):
     assert all(row["verdict"] in ("finetune", "frozen", "level") for row in advice["by_shots"])
     markdown = (texts / "cmp" / "compare.md").read_text()
     assert advice["headline"] in markdown and "| lp-ft | finetune | 4 |" in markdown
+    # The floor every method must clear: the training items' most frequent class (a tie: the first), on the test.
+    train_labels, test_labels = (pd.read_csv(texts / name)["label"] for name in ("train.csv", "test.csv"))
+    counts = train_labels.value_counts()
+    majority = summary["majority"]
+    assert majority["class"] == min(counts[counts == counts.max()].index)  # "neg" before "pos", as class indices
+    assert majority["accuracy"] == pytest.approx(np.mean(test_labels == majority["class"]))
+    assert f"scores {majority['accuracy']:.4f} on the test items" in markdown
     for figure in ("learning_curve.png", "accuracy_time.png"):
         assert (texts / "cmp" / figure).stat().st_size > 5000
     assert (texts / "cmp" / "finetunes" / "ft-all-seed1" / "predictions.csv").exists()

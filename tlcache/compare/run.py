@@ -137,7 +137,9 @@ def compare(
     if not cells:
         raise UserError(f"--budget {budget:g} s left no time for any cell after embedding; give more time")
     embed_seconds = sum(result.seconds for result in embedded)
-    summary = summarise(cells, data.class_names, description, backbone, data.items_per_class(), embed_seconds)
+    summary = summarise(
+        cells, data.class_names, description, backbone, data.items_per_class(), embed_seconds, _majority(data)
+    )
     summary["budget"] = {"seconds": budget, "left_out": clock.left_out}
     write_compare_report(summary, out_dir)
     return CompareResult(out_dir, cells, ran, summary)
@@ -194,6 +196,14 @@ def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, 
         return admitted
 
     return admit
+
+
+def _majority(data: _Data) -> dict:
+    """The floor of every method: always answering the most frequent class of the labelled training items (the
+    first of those as frequent), scored on the test items."""
+    labelled = data.labels[data.labels >= 0]
+    top = int(np.bincount(labelled, minlength=len(data.class_names)).argmax())
+    return {"class": data.class_names[top], "accuracy": float(np.mean(data.y_test == top))}
 
 
 def _cell_settings(config: FinetuneConfig, n_train: int, n_classes: int, **changes) -> FinetuneConfig:

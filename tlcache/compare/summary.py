@@ -21,10 +21,18 @@ FEW_VALIDATION_ITEMS = 10
 
 
 def summarise(
-    cells: list[dict], classes: list[str], test: str, backbone: str, all_per_class: float, embed_seconds: float
+    cells: list[dict],
+    classes: list[str],
+    test: str,
+    backbone: str,
+    all_per_class: float,
+    embed_seconds: float,
+    majority: dict | None = None,
 ) -> dict:
-    """The comparison in numbers: one row per (method, shots), the recommendation, what "all" stands for, and
-    what embedding the frozen heads' features cost (once, through the cache; 0 when they were cached before)."""
+    """The comparison in numbers: one row per (method, shots), the recommendation, what "all" stands for, what
+    embedding the frozen heads' features cost (once, through the cache; 0 when they were cached before), and the
+    floor every method must clear: ``majority``, the test accuracy of always answering the training items' most
+    frequent class ({"class", "accuracy"})."""
     groups: dict = {}
     for cell in cells:
         groups.setdefault((cell["method"], cell["shots"]), []).append(cell)
@@ -36,6 +44,7 @@ def summarise(
         "n_test": len(cells[0]["correct"]) if cells else 0,
         "all_per_class": all_per_class,
         "embed_seconds": embed_seconds,
+        "majority": majority,
         "rows": rows,
         "recommendation": recommend(cells),
     }
@@ -135,7 +144,13 @@ def render_markdown(summary: dict) -> str:
         "head's regularisation, a fine-tune's epoch, the best method of each kind) was made on validation items "
         "carved from the training items. "
         f"Frozen heads fit on features embedded once for all their cells ({summary['embed_seconds']:.1f} s this "
-        "run, through the cache); their time per run is the fit alone.",
+        "run, through the cache); their time per run is the fit alone."
+        + (
+            f" The floor: always answering the training items' most frequent class, {majority['class']!r}, scores "
+            f"{majority['accuracy']:.4f} on the test items."
+            if (majority := summary.get("majority"))
+            else ""
+        ),
         "",
         "| method | kind | items per class | accuracy | ± std over seeds | 95% interval (test items) | macro F1 | "
         "s per run | cached |",
