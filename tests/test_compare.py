@@ -375,7 +375,12 @@ def test_plan_lines_say_what_runs_and_what_is_left_out():
     assert [k.name for k in finetune_order(keys)] == ["ft-4-seed0", "ft-all-seed0", "ft-4-seed1", "ft-all-seed1"]
     lines = plan_lines([(key, 40.0) for key in finetune_order(keys)], Budget(100))
     assert lines[0].startswith("plan: 2 of 4 fine-tune cells fit the budget of 100 s")
-    assert lines[1:] == ["  leaves out ft-4-seed1 (about 40 s)", "  leaves out ft-all-seed1 (about 40 s)"]
+    assert lines[1:] == [
+        "  leaves out ft-4-seed1 (about 40 s)",
+        "  leaves out ft-all-seed1 (about 40 s)",
+        "  a --budget of about 160 s would fit every fine-tune cell",  # for a rerun, which reuses finished cells
+    ]
+    assert "s spent on embedding, the frozen cells and the probe" in lines[0]
     assert plan_lines([(keys[0], 40.0)], Budget(None)) == ["plan: 1 fine-tune cells, about 40 s (no --budget)"]
 
 

@@ -99,7 +99,11 @@ def plan_lines(pending: list[tuple[CellKey, float]], budget: Budget) -> list[str
             skip.append((key, seconds))
     lines = [
         f"plan: {len(run)} of {len(pending)} fine-tune cells fit the budget of {budget.seconds:.0f} s "
-        f"({budget.elapsed():.0f} s spent, about {max(clock - budget.elapsed(), 0.0):.0f} s to go)"
+        f"({budget.elapsed():.0f} s spent on embedding, the frozen cells and the probe; about "
+        f"{max(clock - budget.elapsed(), 0.0):.0f} s to go)"
     ]
     lines += [f"  leaves out {key.name} (about {seconds:.0f} s)" for key, seconds in skip]
+    if skip:  # what it would take, for a rerun (which reuses every finished cell)
+        every = budget.elapsed() + sum(seconds for _, seconds in pending)
+        lines.append(f"  a --budget of about {every:.0f} s would fit every fine-tune cell")
     return lines
