@@ -536,3 +536,15 @@ def test_rows_without_a_label_beside_labelled_ones_are_said_when_embedded_and_fi
     plain.write_text('{"text": "good"}\n{"text": "bad plot"}\n', encoding="utf-8")
     unlabelled = embed_source(plain, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
     assert unlabelled.unlabelled == 0 and "without a label" not in unlabelled.summary_line()
+
+
+def test_a_cut_short_store_in_the_cache_is_embedded_again_and_said(tmp_path, tiny_bert_dir):
+    source = write_text_csv(tmp_path / "t.csv", n=12)
+    first = embed_source(source, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    features = FeatureStore(first.path).features()
+    data = first.path.read_bytes()
+    first.path.write_bytes(data[: len(data) // 2])  # a copy cut short, a disk that filled up
+    with pytest.warns(UserWarning, match="is damaged or cut short: embedding its items again"):
+        again = embed_source(source, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert not again.cached and again.embedded == 12 and again.path == first.path
+    assert np.array_equal(FeatureStore(again.path).features(), features)

@@ -37,7 +37,7 @@ from tlcache.ray_engine import RayOptions
 from tlcache.repack import publish_interrupted
 from tlcache.reuse import donor_stores, reuse_rows
 from tlcache.sources import Source, load_source
-from tlcache.splits import warn_of_near_names
+from tlcache.splits import warn_of_near_names, warn_once
 from tlcache.store import (
     COMPRESSIONS,
     FeatureStore,
@@ -143,6 +143,8 @@ def embed_source(
         return result(0, 0, hit.dim, cached=True)
     if not overwrite and path == Path(out or ""):  # a file named by --out; in a folder, names carry the key
         _refuse_replacing(path)
+    elif path.exists():  # the cache's file of this very key, not readable as complete: cut short or damaged
+        warn_once(f"{path} is damaged or cut short: embedding its items again (it is replaced when done)")
     with _write_lock(path):
         # Another process may have finished it while we waited, or been killed while publishing it.
         if hit := _hit(path, key) or (publish_interrupted(path, key, compression) and _hit(path, key)):
