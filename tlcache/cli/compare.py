@@ -135,7 +135,8 @@ def _shots(text: str) -> tuple[int | str, ...]:
     callback=lambda ctx, param, text: _seconds(text),
     help="Wall time to stay within, e.g. 90s, 20m or 1.5h (a bare number is seconds): the fine-tune cells that "
     "would end past it are left out (after a short timing probe, the plan is printed first); the frozen cells "
-    "always run [default: no limit].",
+    "always run, and their time counts against it (the mlp's cells take longest: 20-40 s each on a few "
+    "hundred items, on two CPU cores) [default: no limit].",
 )
 @config_options(FinetuneConfig, exclude=CELL_SETTINGS)
 @click.option("--out", "-o", help="Folder of the comparison [default: runs/compare-<source name>].")
@@ -160,7 +161,7 @@ def compare(source, heads, finetunes, shots, budget, out, no_progress, as_json, 
     Examples:
       tlcache compare reviews.csv --test test.csv --shots 8,32,all --repeats 3
       tlcache compare photos/ --heads logreg,svm --finetune ft --epochs 5 --out runs/photos-compare
-      tlcache compare reviews.csv --finetune none --shots 4,16,all     # frozen heads only: seconds
+      tlcache compare reviews.csv --finetune none --shots 4,16,all     # frozen heads only, no fine-tune
       tlcache compare reviews.csv --test test.csv --budget 20m         # leaves out what would not fit
       tlcache compare photos/ --layers default,blocks.5:flatten --crop-ratio 1 --finetune none
     """
