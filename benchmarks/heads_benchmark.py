@@ -185,7 +185,8 @@ def in_process(train_path: Path, test_path: Path) -> dict:
     from sklearn.model_selection import GridSearchCV, StratifiedShuffleSplit
 
     from tlcache import FeatureStore
-    from tlcache.heads import GRIDS, make_head
+    from tlcache.head_choices import GRIDS
+    from tlcache.heads import make_head
 
     train, test = FeatureStore(train_path), FeatureStore(test_path)
     X, y, X_test, y_test = train.features(), train.labels(), test.features(), test.labels()
@@ -218,9 +219,9 @@ def in_process(train_path: Path, test_path: Path) -> dict:
 
 def user_models() -> dict:
     """What a user would write for each head: its model in a scikit-learn pipeline at scikit-learn's defaults
-    otherwise, searched by ``GridSearchCV`` over the head's grid (tlcache.heads.GRIDS), selecting on one stratified
-    split of 20% of the training rows (the sweep's own protocol; GridSearchCV's default of 5 folds would fit 5 times
-    as often), then refitted on all of them."""
+    otherwise, searched by ``GridSearchCV`` over the head's grid (tlcache.head_choices.GRIDS), selecting on one
+    stratified split of 20% of the training rows (the sweep's own protocol; GridSearchCV's default of 5 folds would
+    fit 5 times as often), then refitted on all of them."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier

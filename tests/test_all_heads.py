@@ -8,7 +8,7 @@ import pytest
 from conftest import make_store
 from tlcache.all_heads import fit_all_heads, unsettled_order, validation_rank
 from tlcache.errors import UserError
-from tlcache.heads import HEADS
+from tlcache.head_choices import HEADS
 from tlcache.runs import HeadRun
 
 

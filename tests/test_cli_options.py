@@ -12,7 +12,7 @@ from tlcache.cli.options import config_from_options
 from tlcache.embed import COMPILE_CHOICES, ON_ERROR_CHOICES
 from tlcache.export import QUANTIZE
 from tlcache.finetune.config import NORM_STATS, FinetuneConfig
-from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
+from tlcache.head_choices import CALIBRATIONS, CLASS_WEIGHTS, HEADS
 from tlcache.ray_engine import ENGINES
 from tlcache.store import COMPRESSIONS, DTYPES
 

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import make_store
 from tlcache.errors import UserError
-from tlcache.heads import HEADS, check_head_matches, fit_head, make_head
+from tlcache.head_choices import HEADS
+from tlcache.heads import check_head_matches, fit_head, make_head
 from tlcache.runs import load_head
 from tlcache.store import FeatureStore
 

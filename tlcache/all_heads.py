@@ -10,7 +10,8 @@ import warnings
 from pathlib import Path
 
 from tlcache.forked import side_by_side
-from tlcache.heads import HEADS, UNWEIGHTED_HEADS, _test_set, check_head, fit_head
+from tlcache.head_choices import HEADS, UNWEIGHTED_HEADS, check_head
+from tlcache.heads import _test_set, fit_head
 from tlcache.paths import check_output_folder
 from tlcache.progress import progress_bar
 from tlcache.runs import (

@@ -22,7 +22,7 @@ from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_
 from tlcache.backbones.base import resolve_precision
 from tlcache.cache import mark_used
 from tlcache.embed_result import EmbedResult
-from tlcache.errors import DISK_ERRORS, UserError, check_choice
+from tlcache.errors import DISK_ERRORS, UserError, check_choice, warn_once
 from tlcache.images import (
     VIEWS_SEED,
     ImageFiles,
@@ -37,7 +37,7 @@ from tlcache.ray_engine import RayOptions
 from tlcache.repack import publish_interrupted
 from tlcache.reuse import donor_stores, reuse_rows
 from tlcache.sources import Source, load_source
-from tlcache.splits import warn_of_near_names, warn_once
+from tlcache.splits import warn_of_near_names
 from tlcache.store import (
     COMPRESSIONS,
     FeatureStore,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from collections.abc import Iterable
 
 # Errors of a disk that is full or failing: a state the user can fix (free space, fix the disk), not a bug.
@@ -60,3 +61,16 @@ def differing_settings(saved, current: dict, name=lambda outer, inner: f"{outer}
         else:
             names.append(key)
     return f"{', '.join(names)} {'differs' if len(names) == 1 else 'differ'}"
+
+
+def warn_once(message: str) -> None:
+    """A UserWarning of ``message``, said once in this process (and in a process forked from it), although Python's
+    own once-per-place record is cleared whenever code changes the warning filters (matplotlib's saves do): a check
+    that every head of `fit-head --head all` repeats is said once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+# The warnings warn_once has said in this process.
+_WARNED: set[str] = set()

@@ -4,7 +4,6 @@ separate test data, few-shot draws, calibration, per-group metrics), and fitting
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from tlcache.cache import mark_used
-from tlcache.calibration import CALIBRATIONS
-from tlcache.errors import UserError, check_choice
+from tlcache.errors import UserError, warn_once
+from tlcache.head_choices import GRIDS, check_head
 from tlcache.paths import check_output_folder
 from tlcache.progress import sweep_bar
 from tlcache.provenance import utc_now
@@ -45,12 +44,9 @@ from tlcache.splits import (
     sample_shots,
     shared_with_training,
     stratified_split,
-    warn_once,
 )
 from tlcache.store import FeatureStore
 
-HEADS = ("logreg", "linear-svm", "svm", "mlp", "knn", "sgd")
-UNWEIGHTED_HEADS = ("mlp", "knn", "sgd")  # heads that take no --class-weight
 STREAM_BATCH = 4096  # rows per read when a head streams through a store
 SGD_EPOCHS = 10
 MLP_EARLY_STOPPING_MIN_ROWS = 1000
@@ -61,15 +57,6 @@ MLP_PATIENCE = 10
 # ReLU units in the mlp's hidden layer. 256 and 128 lost 1.3-1.6 points of held-out accuracy on Rotten Tomatoes and
 # 0.5-0.9 on MNIST-5k (benchmarks/results/mlp_protocol.md).
 MLP_HIDDEN = 512
-CLASS_WEIGHTS = ("balanced",)
-# The hyperparameter each head sweeps, and its default grid (log-spaced for regularisation strengths).
-GRIDS: dict[str, tuple[str, tuple]] = {
-    "logreg": ("C", tuple(np.logspace(-5, 0, 11).tolist())),
-    "linear-svm": ("C", tuple(np.logspace(-6, -1, 11).tolist())),
-    "svm": ("C", tuple(np.logspace(-1, 2, 10).tolist())),
-    "mlp": ("alpha", tuple(np.logspace(-4, 1, 10).tolist())),
-    "knn": ("n_neighbors", (1, 3, 5, 7, 11, 15, 21, 31, 51, 75)),
-}
 
 
 def make_head(
@@ -81,7 +68,7 @@ def make_head(
     calibration: str | None = None,
 ):
     """A Pipeline of standardisation (dead, near-constant columns dropped first; L2 normalisation for svm, none
-    for knn) and the named classifier, with its hyperparameter swept (see GRIDS).
+    for knn) and the named classifier, with its hyperparameter swept (see tlcache.head_choices.GRIDS).
 
     Every head gives ``predict_proba``; ``predict`` is the chosen model's own decisions. ``grid`` replaces the
     head's default grid; ``class_weight="balanced"`` reweights classes; ``calibration`` ("sigmoid" or "isotonic")
@@ -143,40 +130,6 @@ def make_head(
     return make_pipeline(swept)
 
 
-def check_head(
-    name: str, grid: list[float] | None = None, class_weight: str | None = None, calibration: str | None = None
-) -> list | None:
-    """What :func:`make_head` refuses, refused here without building the head or importing scikit-learn (so that
-    ``fit_all_heads`` checks every head before it forks, and its forked process's imports overlap this one's).
-    Returns the values the head sweeps (None for ``sgd``, which sweeps none)."""
-    if name not in HEADS:
-        raise UserError(f"unknown head '{name}'; use one of {', '.join(HEADS)}")
-    if calibration is not None:
-        check_choice("--calibrate", calibration, CALIBRATIONS)
-    if class_weight is not None:
-        check_choice("--class-weight", class_weight, CLASS_WEIGHTS)
-    if class_weight and name in UNWEIGHTED_HEADS:
-        raise UserError(f"--class-weight is not supported by the {name} head; use logreg, linear-svm or svm")
-    if name == "sgd":
-        if calibration:
-            raise UserError("--calibrate is not supported by the sgd head, which streams the store")
-        return None
-    param, default_grid = GRIDS[name]
-    return checked_grid(name, param, grid) if grid else list(default_grid)
-
-
-def checked_grid(head: str, param: str, grid: Sequence) -> list[float]:
-    """A user's grid for ``head`` in ascending order, each value once: finite and above 0 (whole numbers for
-    ``n_neighbors``). UserError otherwise."""
-    values = sorted({float(value) for value in grid})
-    shown = ",".join(f"{value:g}" for value in values)
-    if not all(np.isfinite(value) and value > 0 for value in values):
-        raise UserError(f"--grid {shown}: the {head} head's {param} needs finite values above 0, e.g. 0.001,0.01,0.1")
-    if param == "n_neighbors" and not all(value.is_integer() for value in values):
-        raise UserError(f"--grid {shown}: the {head} head's {param} needs whole numbers of 1 or more, e.g. 1,5,15")
-    return values
-
-
 def fit_head(
     store: str | Path | FeatureStore,
     head: str = "logreg",
@@ -198,7 +151,7 @@ def fit_head(
     stratified ``test_fraction`` held out with ``seed``. Writes the head (head-<digest>.npz, see tlcache.runs),
     head.json and the report (JSON, Markdown, PNG) to ``out`` (default ``runs/<store name>/<head>``).
 
-    The head's hyperparameter is swept over ``grid`` (default: the head's own, see GRIDS) on held-out training
+    The head's hyperparameter is swept over ``grid`` (default: the head's own, head_choices.GRIDS) on held-out training
     data and refitted on all of it; the curve goes into the report. ``calibrate`` ("sigmoid" or "isotonic")
     calibrates the probabilities and reports the expected calibration error before and after. ``shots`` switches
     to the few-shot protocol: ``shots`` items per class are drawn ``repeats`` times (seeds ``seed`` ..

@@ -3,12 +3,11 @@ draws, and labels of another dataset mapped onto the training classes."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, warn_once
 from tlcache.hashing import hash_bytes
 
 
@@ -139,15 +138,6 @@ def shared_with_training(
     return shared
 
 
-def warn_once(message: str) -> None:
-    """A UserWarning of ``message``, said once in this process (and in a process forked from it), although Python's
-    own once-per-place record is cleared whenever code changes the warning filters (matplotlib's saves do): a check
-    that every head of `fit-head --head all` repeats is said once."""
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
-
-
 def content_digest(fingerprints: Sequence[str]) -> str:
     """The content of items (their fingerprints) in a form a head's sidecar can keep: 16 hex digits (the first 8
     bytes of tlcache's hash) for each distinct item, sorted and joined; :func:`count_in` counts the items of another
@@ -163,7 +153,3 @@ def count_in(digest: str, fingerprints: Sequence[str]) -> int:
 
 def _item_key(fingerprint: str) -> str:
     return hash_bytes(fingerprint.encode())[:16]
-
-
-# The warnings warn_once has said in this process.
-_WARNED: set[str] = set()

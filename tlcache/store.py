@@ -309,6 +309,7 @@ class FeatureStore:
         import h5py
 
         self.path = Path(path)
+        self._fingerprints: list[str] | None = None  # read on first use (fingerprints())
         if not self.path.exists():
             partial = partial_path(self.path)
             if partial.exists():
@@ -407,7 +408,7 @@ class FeatureStore:
     def fingerprints(self) -> list[str]:
         """Each row's content fingerprint, read once per store object (a finished store never changes; fitting a
         head asks twice: the test set's check and the training items' digest)."""
-        if getattr(self, "_fingerprints", None) is None:
+        if self._fingerprints is None:
             self._fingerprints = [v.decode() if isinstance(v, bytes) else str(v) for v in self._read("fingerprints")]
         return list(self._fingerprints)
 

@@ -21,7 +21,7 @@ from tlcache.cli.options import (
 )
 from tlcache.errors import UserError
 from tlcache.export import QUANTIZE
-from tlcache.heads import CALIBRATIONS, CLASS_WEIGHTS, HEADS
+from tlcache.head_choices import CALIBRATIONS, CLASS_WEIGHTS, HEADS
 
 if TYPE_CHECKING:
     from tlcache.predict import PredictResult

@@ -33,7 +33,8 @@ from tlcache.compare.plan import (
 from tlcache.compare.summary import summarise, write_compare_report
 from tlcache.errors import UserError, check_choice
 from tlcache.finetune.config import FinetuneConfig
-from tlcache.heads import HEADS, make_head
+from tlcache.head_choices import HEADS
+from tlcache.heads import make_head
 from tlcache.paths import check_output_folder
 from tlcache.report import classification_metrics, sweep_summary
 from tlcache.sources import Source, classes_needed, load_source
@@ -122,8 +123,8 @@ def compare(
         return _finetune_cell(data, key, rows, tuner, settings, out_dir)
 
     frozen_identity = {**identity, "candidates": {c.name: c.train.key for c in data.candidates}}
-    # Every frozen cell runs, whatever the budget: seconds each, and every verdict needs them (--budget's help).
-    # A frozen cell saved without its validation accuracy (which picks the best head) runs again: seconds.
+    # Every frozen cell runs, whatever the budget (--budget's help): every verdict needs them. One saved without its
+    # validation accuracy (which picks the best head) runs again.
     needs = ("validation_accuracy",)
     cells, ran = run_cells(out_dir, frozen, frozen_identity, run_one, say, redo=("candidates",), needs=needs)
     admit = None
@@ -137,9 +138,8 @@ def compare(
     if not cells:
         raise UserError(f"--budget {budget:g} s left no time for any cell after embedding; give more time")
     embed_seconds = sum(result.seconds for result in embedded)
-    summary = summarise(
-        cells, data.class_names, description, backbone, data.items_per_class(), embed_seconds, _majority(data)
-    )
+    per_class, floor = data.items_per_class(), data.majority()
+    summary = summarise(cells, data.class_names, description, backbone, per_class, embed_seconds, floor)
     summary["budget"] = {"seconds": budget, "left_out": clock.left_out}
     write_compare_report(summary, out_dir)
     return CompareResult(out_dir, cells, ran, summary)
@@ -196,14 +196,6 @@ def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, 
         return admitted
 
     return admit
-
-
-def _majority(data: _Data) -> dict:
-    """The floor of every method: always answering the most frequent class of the labelled training items (the
-    first of those as frequent), scored on the test items."""
-    labelled = data.labels[data.labels >= 0]
-    top = int(np.bincount(labelled, minlength=len(data.class_names)).argmax())
-    return {"class": data.class_names[top], "accuracy": float(np.mean(data.y_test == top))}
 
 
 def _cell_settings(config: FinetuneConfig, n_train: int, n_classes: int, **changes) -> FinetuneConfig:
@@ -343,6 +335,13 @@ class _Data:
         """What "all" means in labelled items per class (the mean over classes), for the learning curve."""
         labelled = self.labels[self.labels >= 0]
         return float(len(labelled) / len(np.unique(labelled)))
+
+    def majority(self) -> dict:
+        """The floor of every method: always answering the most frequent class of the labelled training items (the
+        first of those as frequent), scored on the test items."""
+        labelled = self.labels[self.labels >= 0]
+        top = int(np.bincount(labelled, minlength=len(self.class_names)).argmax())
+        return {"class": self.class_names[top], "accuracy": float(np.mean(self.y_test == top))}
 
 
 @dataclass
