@@ -191,6 +191,35 @@ def test_a_frozen_cell_saved_without_its_validation_accuracy_runs_again(texts, t
 
 
 @pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda result: result.update(accuracy=0.99), r"accuracy 0.99 where its per-item results give \d\.\d{4}"),
+        (lambda result: result.update(correct=[1 - c for c in result["correct"]]), "accuracy .* where its per-item"),
+        (lambda result: result.update(correct=result["correct"][:-1]), "19 per-item results for 20 test items"),
+        (lambda result: result.update(correct=[2] * len(result["correct"])), "per-item results other than 0 and 1"),
+        (lambda result: result.update(validation_accuracy=1.5), "validation_accuracy 1.5 outside 0..1"),
+        (lambda result: result.pop("correct"), "no per-item results"),
+    ],
+)
+def test_an_edited_cell_is_refused_in_one_line_not_reported(texts, tiny_bert_dir, edit, message):
+    # A helper edited one cell's accuracy to 0.99, another's per-item results to all correct: compare.md showed a
+    # mean outside its own interval and built its headline on them.
+    options = dict(heads=("logreg",), finetunes=(), shots=("all",), repeats=1)
+    _run(texts, tiny_bert_dir, **options)
+    path = texts / "cmp" / "cells" / "logreg-all-seed0.json"
+    record = json.loads(path.read_text())
+    edit(record["result"])
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=f"logreg-all-seed0.json does not agree with itself \\({message}.*delete it"):
+        _run(texts, tiny_bert_dir, **options)
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a readable cell"):
+        _run(texts, tiny_bert_dir, **options)
+    path.unlink()  # as the message says: the cell runs again
+    assert _run(texts, tiny_bert_dir, **options).ran == 1
+
+
+@pytest.mark.parametrize(
     "overrides, message",
     [
         ({"heads": ("sgd",)}, "--heads"),

@@ -36,12 +36,19 @@ def cell_path(out_dir: Path, key: CellKey) -> Path:
 
 
 def load_cell(
-    out_dir: Path, key: CellKey, identity: dict, redo: tuple[str, ...] = (), needs: tuple[str, ...] = ()
+    out_dir: Path,
+    key: CellKey,
+    identity: dict,
+    redo: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
+    n_test: int | None = None,
 ) -> dict | None:
     """The finished cell's result, or None when it has not run. A cell of another comparison in the same folder is
     refused in one line naming what differs: its numbers belong to other data or settings; one that differs only in
     the identity's ``redo`` entries (settings a rerun may change, such as the frozen heads' candidate features), or
-    whose result lacks a field of ``needs`` (saved by an older tlcache), runs again."""
+    whose result lacks a field of ``needs`` (saved by an older tlcache), runs again. A result that disagrees with
+    itself (an accuracy that is not its per-item results' mean; other than ``n_test`` per-item results) is refused
+    too: an edited or damaged cell would otherwise put numbers in the report that no run gave."""
     path = cell_path(out_dir, key)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -49,6 +56,8 @@ def load_cell(
         return None
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is not a readable cell ({error}); delete it to run that cell again") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is not a readable cell (not a JSON object); delete it to run that cell again")
     if saved.get("identity") != identity:
         if redo and _without(saved.get("identity"), redo) == _without(identity, redo):
             return None
@@ -56,9 +65,33 @@ def load_cell(
             f"{out_dir} holds a comparison of other data or settings ({path.name}: "
             f"{differing_settings(saved.get('identity'), identity)}); use another --out or delete it"
         )
-    if any(name not in saved["result"] for name in needs):
+    result = saved.get("result")
+    problem = _inconsistency(result, n_test)
+    if problem:
+        raise UserError(f"{path} does not agree with itself ({problem}); delete it to run that cell again")
+    if any(name not in result for name in needs):
         return None
-    return saved["result"]
+    return result
+
+
+def _inconsistency(result, n_test: int | None) -> str | None:
+    """What is wrong with a saved cell's result, or None: its per-item results (``correct``: 0 or 1 per test item)
+    must be ``n_test`` many, its accuracy their mean, its other scores between 0 and 1."""
+    if not isinstance(result, dict) or not isinstance(result.get("correct"), list):
+        return "no per-item results"
+    correct = result["correct"]
+    if not all(value in (0, 1) and not isinstance(value, float) for value in correct):
+        return "per-item results other than 0 and 1"
+    if n_test is not None and len(correct) != n_test:
+        return f"{len(correct)} per-item results for {n_test} test items"
+    accuracy = result.get("accuracy")
+    if not isinstance(accuracy, (int, float)) or not correct or abs(accuracy - sum(correct) / len(correct)) > 1e-9:
+        return f"accuracy {accuracy!r} where its per-item results give {sum(correct) / max(len(correct), 1):.4f}"
+    for name in ("macro_f1", "validation_accuracy"):
+        value = result.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            return f"{name} {value!r} outside 0..1"
+    return None
 
 
 def _without(identity, names: tuple[str, ...]):
@@ -81,13 +114,14 @@ def run_cells(
     admit: Callable[[CellKey], bool] | None = None,
     redo: tuple[str, ...] = (),
     needs: tuple[str, ...] = (),
+    n_test: int | None = None,
 ) -> tuple[list[dict], int]:
     """Every cell's result (with its key's fields), running only those not finished yet (or finished under other
     ``redo`` settings, or without a field of ``needs``: see load_cell), and of those only the ones ``admit`` lets
     through (a budget); and how many ran."""
     results, ran = [], 0
     for key in keys:
-        result = load_cell(out_dir, key, identity, redo, needs)
+        result = load_cell(out_dir, key, identity, redo, needs, n_test)
         if result is None:
             if admit is not None and not admit(key):
                 continue

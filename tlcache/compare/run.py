@@ -126,14 +126,18 @@ def compare(
     # Every frozen cell runs, whatever the budget (--budget's help): every verdict needs them. One saved without its
     # validation accuracy (which picks the best head) runs again.
     needs = ("validation_accuracy",)
-    cells, ran = run_cells(out_dir, frozen, frozen_identity, run_one, say, redo=("candidates",), needs=needs)
+    n_test = len(data.y_test)
+    cells, ran = run_cells(
+        out_dir, frozen, frozen_identity, run_one, say, redo=("candidates",), needs=needs, n_test=n_test
+    )
+    saved = functools.partial(load_cell, out_dir, identity=identity, n_test=n_test)
     admit = None
-    if clock.seconds is not None and any(load_cell(out_dir, key, identity) is None for key in tuned):
+    if clock.seconds is not None and any(saved(key) is None for key in tuned):
         probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)
         # The plan is said whatever ``progress``: it is what the budget decided, not a bar (a user of --no-progress
         # would otherwise learn only at the end that no fine-tune fitted).
-        admit = _admission(data, tuned, config, clock, probe, lambda key: load_cell(out_dir, key, identity), print)
-    more, ran_tuned = run_cells(out_dir, tuned, identity, run_one, say, admit=admit)
+        admit = _admission(data, tuned, config, clock, probe, saved, print)
+    more, ran_tuned = run_cells(out_dir, tuned, identity, run_one, say, admit=admit, n_test=n_test)
     cells, ran = cells + more, ran + ran_tuned
     if not cells:
         raise UserError(f"--budget {budget:g} s left no time for any cell after embedding; give more time")
