@@ -199,6 +199,12 @@ def test_dry_run_says_what_would_run_and_runs_nothing(texts, tiny_bert_dir):
     assert "(probe): skipped if the steps it refers to give the same outputs" in planned
     changed = run("run", write_recipe(recipe, text_steps(tiny_bert_dir, ft={"epochs": 2})), "--dry-run").stdout
     assert "(ft): runs: tlcache finetune train.csv" in changed
+    # A step's output changed since: the dry run says it runs, as the run would (it said "skipped" for a truncated
+    # head file, and the run then cleared and refitted it).
+    head_file = next((texts / "runs" / "text" / "probe").glob("head-*.npz"))
+    head_file.write_bytes(head_file.read_bytes()[:100])
+    planned = run("run", write_recipe(recipe, text_steps(tiny_bert_dir)), "--dry-run").stdout
+    assert "(probe): runs: tlcache fit-head @train" in planned and "(ft): skipped" in planned
 
 
 BAD = [

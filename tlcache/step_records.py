@@ -63,11 +63,13 @@ class StepRecord:
 
     def matches_apart_from(self, unresolved: set[int]) -> bool:
         """For a dry run: whether a finished record has this command line at every position but ``unresolved``
-        (references to outputs not made yet)."""
+        (references to outputs not made yet), and its output is intact (a run would redo a step whose files
+        changed)."""
         saved = self.saved()
         if saved is None or saved.get("state") != "done" or len(saved.get("argv", ())) != len(self.argv):
             return False
-        return all(i in unresolved or a == b for i, (a, b) in enumerate(zip(saved["argv"], self.argv)))
+        same = all(i in unresolved or a == b for i, (a, b) in enumerate(zip(saved["argv"], self.argv)))
+        return same and bool(saved.get("files")) and saved["files"] == self._snapshot()
 
     def output(self) -> Path | None:
         """The output a later step refers to, as the finished record names it."""
