@@ -206,6 +206,8 @@ def test_fit_head_class_weight_balanced_helps_the_rare_class(tmp_path):
     plain = run_json("fit-head", store, "--out", tmp_path / "plain")
     balanced = run_json("fit-head", store, "--class-weight", "balanced", "--out", tmp_path / "bal")
     assert plain["class_weight"] is None and balanced["class_weight"] == "balanced"
+    report_md = [(tmp_path / name / "report.md").read_text() for name in ("plain", "bal")]
+    assert "class weights" not in report_md[0] and "| class weights | balanced (--class-weight) |" in report_md[1]
     recall = [r["metrics"]["per_class"][1]["recall"] for r in (plain, balanced)]
     assert recall[1] > recall[0] + 0.2
 

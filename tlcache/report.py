@@ -215,6 +215,7 @@ def render_markdown(report: RunReport) -> str:
         ),
         f"| fit time | {report['fit_seconds']:.2f} s{' (repeat 1)' if few else ''} |",
         f"| seed | {report['seed']} |",
+        *([f"| class weights | {report['class_weight']} (--class-weight) |"] if report.get("class_weight") else []),
         f"| store | `{report['store']}` |" if "store" in report else f"| source | `{report['source']}` |",
         "",
         f"## Per class{of_repeat}",
