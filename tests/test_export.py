@@ -89,6 +89,13 @@ def test_text_export_predicts_as_tlcache_predict_and_records_its_checks(tmp_path
     assert trained >= 48  # the 48 training texts of 60 (and held-out texts that repeat them)
     exported = predict_exported(model_path, tmp_path / "reviews.csv", out=tmp_path / "e.csv")
     assert exported.in_training == trained and "the head's own training items" in exported.summary_line()
+    # Texts past the model's limit are counted through the export as through the head (a new user saw the count
+    # from the run folder only).
+    long = tmp_path / "long.csv"
+    long.write_text("text,label\n" + "".join(f"{'a long review ' * 400}{i},pos\nshort {i},neg\n" for i in range(3)))
+    cut = predict(text_run, long, out=tmp_path / "lt.csv", progress=False)
+    exported = predict_exported(model_path, long, out=tmp_path / "le.csv")
+    assert cut.truncated == exported.truncated == 3 and "3 texts cut to the model's limit" in exported.summary_line()
 
 
 def test_image_mlp_linear_svm_svm_and_knn_exports_predict_as_tlcache_predict(tmp_path, resnet18_weights):

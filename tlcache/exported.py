@@ -45,6 +45,7 @@ class Outputs:
     labels: np.ndarray  # indices into classes
     kept: np.ndarray  # positions of the items these rows belong to
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    truncated: int = 0  # texts longer than the model reads, cut to its limit
 
 
 class ExportedModel:
@@ -105,7 +106,9 @@ class ExportedModel:
             parts.append(self.session.run(list(OUTPUTS), feeds))
         back = np.empty(len(texts), dtype=np.int64)
         back[order] = np.arange(len(texts))
-        return _joined(parts, back, np.arange(len(texts)), [])
+        outputs = _joined(parts, back, np.arange(len(texts)), [])
+        outputs.truncated = sum(1 for e in encoded if e.overflowing)  # tokens past the limit, as `embed` counts
+        return outputs
 
     def _run_images(self, images: list, batch_size: int) -> Outputs:
         preprocessing = self.metadata["image"]

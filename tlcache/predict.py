@@ -201,7 +201,9 @@ def predict_exported(
     skipped = [(src.ids[position], why) for position, why in outputs.skipped]
     unseen = _unseen_classes(truth, exported.classes)
     out_path = Path(out) if out is not None else None
-    result = PredictResult(out_path, len(ids), accuracy, Path(model), skipped, unseen, classes=list(exported.classes))
+    result = PredictResult(
+        out_path, len(ids), accuracy, Path(model), skipped, unseen, outputs.truncated, classes=list(exported.classes)
+    )
     kept = [src.fingerprints[i] for i in outputs.kept]
     result.in_training = _training_items_among(exported.metadata.get("training_items"), kept, truth)
     return result
