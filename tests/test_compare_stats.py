@@ -183,6 +183,16 @@ def test_recommend_level_quotes_the_smallest_p_as_a_lower_bound():
     assert found and min(row["p_values"]) - 0.01 < float(found[1]) <= min(row["p_values"])
 
 
+def test_one_seed_says_its_p_as_it_is():
+    """A new user's one-seed comparison read "p >= 0.52 on 1 seed": a bound where there is one value."""
+    level = recommend(_cells([(30, 27)]))
+    (row,) = level["by_shots"]
+    assert level["headline"].endswith(f"p = {row['p_values'][0]:.2g} on 1 seed") and row["p_values"][0] > 0.05
+    assert recommend(_cells([(10, 70)]))["headline"].endswith(
+        "p < 0.001 on 1 seed, 82 s per run against 0.2 s for logreg on cached features"
+    )
+
+
 def test_recommend_frozen_when_it_wins_on_every_seed():
     result = recommend(_cells([(60, 5)] * 3, frozen="svm", finetune="lp-ft"))
     (row,) = result["by_shots"]

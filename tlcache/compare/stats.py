@@ -218,16 +218,19 @@ def _p_floor(p: float) -> str:
 
 
 def _evidence(p_values: list[float], alpha: float, against: int = 0) -> str:
-    """The paired tests in words: "p < 0.05 on 3 of 3 seeds", "p >= 0.41 on 3 seeds", "p = 1 on 3 seeds";
-    ``against`` of the significant seeds favour the side behind on the mean: "p < 0.05 on 3 of 3 seeds, 1 of them
-    the other way"."""
+    """The paired tests in words: "p < 0.05 on 3 of 3 seeds", "p >= 0.41 on 3 seeds", "p = 1 on 3 seeds", one
+    seed's "p = 0.52 on 1 seed"; ``against`` of the significant seeds favour the side behind on the mean: "p < 0.05
+    on 3 of 3 seeds, 1 of them the other way"."""
     if not p_values:
         return "no seed in common"
+    if len(p_values) == 1 and p_values[0] >= alpha:  # one p, not the smallest of several: said as it is
+        return f"p = {p_values[0]:.2g} on 1 seed"
     significant = [p for p in p_values if p < alpha]
     if significant:
         bound = "0.001" if max(significant) < 0.001 < alpha else f"{alpha:g}"
         other_way = f", {against} of them the other way" if against else ""
-        return f"p < {bound} on {len(significant)} of {len(p_values)} seeds{other_way}"
+        seeds = f"{len(significant)} of {len(p_values)} seeds" if len(p_values) > 1 else "1 seed"
+        return f"p < {bound} on {seeds}{other_way}"
     smallest = min(p_values)
     return f"p {'=' if smallest >= 1 else '>='} {_p_floor(smallest)} on {_seeds(len(p_values))}"
 
