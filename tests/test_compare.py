@@ -382,7 +382,8 @@ def test_a_budget_leaves_out_the_fine_tunes_that_would_not_fit_and_a_rerun_adds_
     monkeypatch.setattr(compare_run, "_finetune_cell", timed)
     # The probe says 1 s per training item and no fixed cost: with 1 epoch and a validation fraction of 0.25, a
     # fine-tune of 8 items is estimated at 8 x (1 + 0.25 / 3) + 20 test items / 3 = 15.3 s, of all 40 at 50 s.
-    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
+    probes = []
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: probes.append(args) or (0.0, 1.0))
     options = dict(heads=("logreg",), finetunes=("ft",), shots=(4, "all"), repeats=2)
     result = _run(texts, tiny_bert_dir, budget=55, **options)
     # At the probe's rate seed 0's all-items cell (50 s) would not fit after its 4-item one (10 s); measured at
@@ -392,8 +393,9 @@ def test_a_budget_leaves_out_the_fine_tunes_that_would_not_fit_and_a_rerun_adds_
     assert left_out == [("ft", 4, 1), ("ft", "all", 1)]
     assert result.ran == 6 and [c["shots"] for c in result.cells if c["kind"] == "finetune"] == [4, "all"]
     assert "Left out to stay within the budget of 55 s: ft at 4, seed 1" in (texts / "cmp" / "compare.md").read_text()
-    # a rerun with time enough runs only the cells left out
-    assert _run(texts, tiny_bert_dir, budget=1000, **options).ran == 2
+    # a rerun with time enough runs only the cells left out, planned on the probe's kept rates (it took half a minute
+    # of every budgeted rerun)
+    assert _run(texts, tiny_bert_dir, budget=1000, **options).ran == 2 and len(probes) == 1
 
 
 def test_plan_lines_say_what_runs_and_what_is_left_out():

@@ -35,6 +35,26 @@ def cell_path(out_dir: Path, key: CellKey) -> Path:
     return out_dir / CELLS_DIR / f"{key.name}.json"
 
 
+PROBE_FILE = "probe.json"  # beside the cells: the fine-tune's timing probe, measured once per comparison
+
+
+def kept_probe(out_dir: Path, identity: dict, probe: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """The timing probe's (fixed seconds, seconds per item pass), from the folder when a run of the same comparison
+    measured them (a budgeted rerun spent half a minute on the probe every time), else measured and kept."""
+    path = out_dir / CELLS_DIR / PROBE_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        rates = saved["rates"] if isinstance(saved, dict) and saved.get("identity") == identity else None
+        if isinstance(rates, list) and len(rates) == 2 and all(isinstance(r, float) and r >= 0 for r in rates):
+            return rates[0], rates[1]
+    except (OSError, ValueError, KeyError):
+        pass  # none yet, or unreadable: measured again and rewritten
+    rates = probe()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, (json.dumps({"identity": identity, "rates": [float(r) for r in rates]}) + "\n").encode("utf-8"))
+    return rates
+
+
 def load_cell(
     out_dir: Path,
     key: CellKey,

@@ -1,13 +1,13 @@
 """Keeping a comparison within ``--budget``: an estimate of each fine-tune cell from a short timing probe, a plan
 printed before the fine-tunes start, and a check before every cell.
 
-The frozen cells run first (seconds each on cached features; every verdict needs them). Then a probe: one epoch
-of the fine-tune on PROBE_PER_CLASS training items of each class and again on three times as many, each scored on
+The frozen cells run first (seconds each on cached features; every verdict needs them). Then a probe: one epoch of
+the fine-tune on PROBE_PER_CLASS training items of each class and again on three times as many, each scored on
 PROBE_TEST_PER_CLASS test items of each class; the difference gives the seconds per training item, the rest the
-fixed costs. Fine-tune cells are planned seed by seed (every shot count of seed 0, then of seed 1, ...), so a
-short budget still gives whole learning curves, with fewer seeds. Before each cell the estimate is made again, at
-the highest rate the finished cells measured, and a cell that would end past the budget is left out and named in
-the report.
+fixed costs (kept beside the cells: a rerun of the same comparison plans on them without probing again). Fine-tune
+cells are planned seed by seed (every shot count of seed 0, then of seed 1, ...), so a short budget still gives
+whole learning curves, with fewer seeds. Before each cell the estimate is made again, at the highest rate the
+finished cells measured, and a cell that would end past the budget is left out and named in the report.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlcache.compare.cells import CellKey, load_cell, run_cells
+from tlcache.compare.cells import CellKey, kept_probe, load_cell, run_cells
 from tlcache.compare.features import Candidate, choose, wanted_candidates
 from tlcache.compare.plan import (
     PROBE_PER_CLASS,
@@ -133,7 +133,9 @@ def compare(
     saved = functools.partial(load_cell, out_dir, identity=identity, n_test=n_test)
     admit = None
     if clock.seconds is not None and any(saved(key) is None for key in tuned):
-        probe = functools.partial(_probe_finetune, data, tuner, config, out_dir)
+        probe = functools.partial(
+            kept_probe, out_dir, identity, functools.partial(_probe_finetune, data, tuner, config, out_dir)
+        )
         # The plan is said whatever ``progress``: it is what the budget decided, not a bar (a user of --no-progress
         # would otherwise learn only at the end that no fine-tune fitted).
         admit = _admission(data, tuned, config, clock, probe, saved, print)
