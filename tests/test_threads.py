@@ -30,6 +30,26 @@ def test_fewer_cores_than_threads_runs_as_many_threads_as_cores_then_tries_all_a
     assert count.retry_after == FIRST_RETRY_SECONDS
 
 
+def test_a_block_starts_on_the_threads_the_last_block_decided_and_on_all_once_the_pause_is_over(monkeypatch):
+    """A sweep's mlp trains in a block per stage and split: each one started on all threads again, and beside a
+    busy process a small sweep took twice as long as on one thread."""
+    monkeypatch.setattr(threads_module, "_DECISIONS", {})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with adaptive_threads() as threads:
+            assert torch.get_num_threads() == 2
+            assert threads.decide.measured(1.1, now=threads_module.time.perf_counter()) == 1  # beside a busy process
+        assert torch.get_num_threads() == 2  # as it was, between blocks
+        with adaptive_threads() as threads:
+            assert torch.get_num_threads() == 1  # the cores the last block got
+            threads.decide.retry_at = threads_module.time.perf_counter()  # the pause is over
+        with adaptive_threads():
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_many_threads_drop_to_the_cores_they_get_and_never_below_one():
     count = ThreadCount(8)
     assert count.measured(5.1, now=0.0) == 5

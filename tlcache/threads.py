@@ -44,9 +44,22 @@ class ThreadCount:
             self.running = max(1, min(self.running - 1, int(share + 0.25)))
         elif self.running == self.most:
             self.retry_after = FIRST_RETRY_SECONDS  # all threads had their cores: the pause starts short again
-        elif now >= self.retry_at:
+        else:
+            self.at_start(now)
+        return self.running
+
+    def at_start(self, now: float) -> int:
+        """The threads to start a block of work with: those decided last, or all of them again once their pause
+        is over."""
+        if self.running < self.most and now >= self.retry_at:
             self.running, self.retry_at = self.most, math.inf
         return self.running
+
+
+# The decisions of every block of this process, per thread count asked for: the cores it gets outlast a block
+# (a sweep's mlp runs a block per stage and split; each one starting on all threads beside a busy process cost a
+# small sweep half its time, on one thread all of it).
+_DECISIONS: dict[int, ThreadCount] = {}
 
 
 class AdaptiveThreads:
@@ -58,7 +71,11 @@ class AdaptiveThreads:
         import torch
 
         self._torch = torch
-        self.decide = ThreadCount(torch.get_num_threads())
+        most = torch.get_num_threads()
+        self.decide = _DECISIONS.setdefault(most, ThreadCount(most))
+        running = self.decide.at_start(time.perf_counter())
+        if running != most:
+            torch.set_num_threads(running)
         self.restart()
 
     def restart(self) -> None:
@@ -87,6 +104,23 @@ def adaptive_threads(enabled: bool = True) -> Iterator[AdaptiveThreads | None]:
     before = torch.get_num_threads()
     try:
         yield AdaptiveThreads()
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def one_thread(enabled: bool = True) -> Iterator[None]:
+    """torch on one thread for the block (many small steps, where threads cost more than they give), as it was
+    after it; nothing when not ``enabled``."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 
