@@ -80,6 +80,33 @@ def test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all(texts, tiny_bert
     assert _outputs(texts) == written
 
 
+def test_an_export_step_writes_the_model_a_predict_step_then_uses_and_a_rerun_skips_both(texts, tiny_bert_dir):
+    """A recipe could fit a head but not export it (a new user's suggestion)."""
+    pytest.importorskip("onnxruntime", reason="the [export] extra (make setup installs it)")
+    steps = text_steps(tiny_bert_dir)[:3] + [
+        {"name": "model", "run": "export", "run-dir": "@probe"},
+        {"name": "labels", "run": "predict", "head": "@model", "source": "test.csv"},
+        {"name": "direct", "run": "predict", "head": "@probe", "source": "test.csv", "cache-dir": "cache"},
+    ]
+    recipe = write_recipe(texts / "serve.toml", steps)
+    first = run("run", recipe)
+    assert first.exit_code == 0, first.output
+    assert _ran(first) == ["embed", "embed", "fit-head", "export", "predict", "predict"]
+    assert (texts / "runs" / "serve" / "model.onnx").is_file()  # the default out of an export step
+    assert "tlcache predict runs/serve/model.onnx test.csv" in first.stdout
+    exported, direct = ((texts / "runs" / "serve" / f"{name}.csv").read_text() for name in ("labels", "direct"))
+    assert [line.split(",")[:2] for line in exported.splitlines()] == [
+        line.split(",")[:2] for line in direct.splitlines()
+    ]
+    again = run("run", recipe)
+    assert again.exit_code == 0, again.output
+    assert _ran(again) == ["embed", "embed"] and "(model): export skipped: done before" in again.stdout
+    bad = write_recipe(texts / "bad.toml", steps[:3] + [{"run": "export", "run-dir": "@train"}])
+    assert_user_error(
+        run("run", bad), "refers to step train, an embed step, whose output export cannot take as its run-dir"
+    )
+
+
 def test_an_export_or_a_report_drawn_again_in_a_step_folder_does_not_run_the_step_again(texts, tiny_bert_dir):
     """`tlcache export` writes its model into the run folder; the next `tlcache run` refitted the head, which
     removed the export (a new user's 87 MiB model, without a word), and so did `tlcache report`."""

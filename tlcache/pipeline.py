@@ -4,7 +4,7 @@ A recipe is TOML with one ``[[step]]`` table per step::
 
     [[step]]
     name = "train"                      # optional; what later steps call this step's output: "@train"
-    run = "embed"                       # embed, fit-head, finetune, compare or predict
+    run = "embed"                       # embed, fit-head, finetune, compare, export or predict
     source = "data/train.csv"           # the command's arguments by name, its options without "--"
     backbone = "minilm"
 
@@ -17,7 +17,8 @@ A recipe is TOML with one ``[[step]]`` table per step::
 A step's keys are its command's own parameters (one definition serves the command line and the recipe): true
 passes a switch, a list becomes a comma-separated value, and every value goes through the command's own parsing.
 The whole file is checked before the first step runs. Paths are relative to the current folder. A step that writes
-a run folder or a file and names no ``out`` writes to ``runs/<recipe name>/<step name>`` (``.csv`` for predict).
+a run folder or a file and names no ``out`` writes to ``runs/<recipe name>/<step name>`` (``.csv`` for predict,
+``.onnx`` for export).
 
 Skipping: embed finds its store in the cache (its store's name is its key) and says "skipped (cached)". Every
 other step leaves a record beside its output (tlcache.step_records): what it ran and the identities of its inputs;
@@ -43,16 +44,18 @@ import click
 from tlcache.errors import UserError
 from tlcache.step_records import FOLDER_OUTPUTS, StepRecord, identity
 
-STEP_KINDS = ("embed", "fit-head", "finetune", "compare", "predict")
+STEP_KINDS = ("embed", "fit-head", "finetune", "compare", "export", "predict")
 INPUT_KEYS = ("test",)  # besides a command's arguments: options that name a file the step reads
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # What a reference in these keys must name: the steps whose output the key takes (a head, a store).
 REFERENCE_KINDS = {
-    ("predict", "head"): ("fit-head",),
+    ("predict", "head"): ("fit-head", "export"),
+    ("export", "run-dir"): ("fit-head",),
     ("fit-head", "store"): ("embed",),
     ("fit-head", "test"): ("embed",),
 }
 REFERENCE = re.compile(r"(?P<prefix>[A-Za-z]+:)?@(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)")  # "@train", "finetuned:@ft"
+FILE_SUFFIXES = {"predict": ".csv", "export": ".onnx"}  # steps whose output is a file
 NOT_INPUTS = ("out", "cache", "cache-dir")  # where a step writes, or caches: not what it reads
 RUNS_DIR = Path("runs")
 
@@ -198,9 +201,8 @@ def _step(path: Path, number: int, table: dict, earlier: list[Step]) -> Step:
         raise UserError(f"{where}: another step is named {name!r} already; give each step its own name")
     values = {key: value for key, value in table.items() if key not in ("run", "name")}
     step = Step(number, kind, name, values, f"{path}: step {number} ({name or kind})")
-    if kind in FOLDER_OUTPUTS + ("predict",) and "out" not in values:
-        default = str(RUNS_DIR / path.stem / step.label)
-        values["out"] = default + ".csv" if kind == "predict" else default
+    if kind in FOLDER_OUTPUTS + tuple(FILE_SUFFIXES) and "out" not in values:
+        values["out"] = str(RUNS_DIR / path.stem / step.label) + FILE_SUFFIXES.get(kind, "")
     for key, target in step.references().items():
         named = next((s for s in earlier if target == s.label), None)
         if named is None:

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 def run(pipeline, dry_run, steps) -> PipelineResult:
     """Run the steps of the recipe PIPELINE (a TOML file) in order, skipping the steps done already.
 
-    Each [[step]] table names its command (run = "embed", "fit-head", "finetune", "compare" or "predict") and gives
-    the command's arguments by name and its options without the dashes, exactly as on the command line; a switch
-    takes true, a list becomes a comma-separated value. "@name" is the output of the earlier step of that name: an
-    embed's store, a head's run folder (of --head all, the head with the best validation accuracy), a fine-tune's
-    or a comparison's folder, a predictions file. Paths are relative to the current folder; a step without `out`
-    writes to runs/<recipe name>/<step name>.
+    Each [[step]] table names its command (run = "embed", "fit-head", "finetune", "compare", "export" or "predict")
+    and gives the command's arguments by name and its options without the dashes, exactly as on the command line; a
+    switch takes true, a list becomes a comma-separated value. "@name" is the output of the earlier step of that
+    name: an embed's store, a head's run folder (of --head all, the head with the best validation accuracy), a
+    fine-tune's or a comparison's folder, an exported model, a predictions file. Paths are relative to the current
+    folder; a step without `out` writes to runs/<recipe name>/<step name> (.csv for predict, .onnx for export).
 
     The whole file is checked first: an unknown step, key or value, a missing input or a bad reference stops it
     in one line naming the file, the step and the key. An embed whose store is in the cache is skipped; any other
