@@ -134,6 +134,23 @@ def test_links_to_folders_are_not_followed_and_links_to_files_are_read(image_fol
     assert [source.class_names[i] for i in source.label_indices].count("circle") == 7
 
 
+def test_files_and_class_folders_left_out_are_said(image_folder):
+    """A new user's class of SVG icons vanished without a word: embed counted the other classes' rows only."""
+    (image_folder / "places").mkdir()
+    for name in ("home.svg", "folder.svg", "notes.txt"):
+        (image_folder / "places" / name).write_text("<svg/>")
+    (image_folder / "empty").mkdir()
+    (image_folder / "circle" / "README").write_text("circles")
+    (image_folder / "circle" / ".hidden.txt").write_text("not counted")
+    with pytest.warns(UserWarning) as caught:
+        source = load_source(image_folder)
+    assert source.class_names == ["circle", "square"] and len(source) == 12
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(f"{image_folder}: left out 4 files that are not images it reads (.svg 2, ")
+    assert ".txt 1" in message and "no extension 1" in message
+    assert "the class folders empty/, places/, with no image in it" in message and "convert or remove" in message
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device", "broken link"])
 def test_an_image_name_that_is_not_a_regular_file_is_refused_in_one_line(image_folder, kind):
     import os

@@ -11,11 +11,12 @@ import csv
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, warn_once
 from tlcache.fingerprints import file_digests
 from tlcache.hashing import hash_bytes, new_hasher
 from tlcache.paths import fingerprint_index as fingerprint_index_path
@@ -188,11 +189,12 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _image_files(folder: str) -> list[str]:
+def _image_files(folder: str, others: list[str]) -> list[str]:
     """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped, and so are links
     to folders (a link back into the tree would list its images again, under the wrong class, or without end).
     A link to a file is read as the file. An image name that is not a regular file (a FIFO, a device, a broken
-    link) is refused: reading one could hang or read without end.
+    link) is refused: reading one could hang or read without end. Other files (not hidden, not images by name)
+    are added to ``others``.
 
     Plain strings, not Path objects: on a 10k-file folder pathlib alone would cost more than the whole look-up.
     """
@@ -207,28 +209,52 @@ def _image_files(folder: str) -> list[str]:
                     pending.append(entry.path)
                 elif _is_image_name(entry.name) and not entry.is_dir():
                     (found if entry.is_file() else odd).append(entry.path)
+                elif not entry.is_dir():
+                    others.append(entry.path)
     if odd:
         more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
         raise UserError(f"{odd[0]}{more} is not a regular file (a FIFO, a device or a broken link); remove it")
     return sorted(found)
 
 
+def _warn_of_left_out(root: Path, others: list[str], empty: list[str]) -> None:
+    """Say which files and class folders an image folder's reading leaves out: a class of SVG files disappeared
+    from a new user's data without a word ("embedded 0 of 153 rows" of the others, and no class of that name)."""
+    parts = []
+    if others:
+        kinds = Counter(os.path.splitext(name)[1].lower() or "no extension" for name in others)
+        shown = ", ".join(f"{kind} {count}" for kind, count in kinds.most_common(5))
+        some = f"{len(others)} files that are not images" if len(others) > 1 else "1 file that is not an image"
+        parts.append(f"{some} it reads ({shown}; e.g. {others[0]})")
+    if empty:
+        listed = ", ".join(f"{name}/" for name in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        parts.append(f"the class folder{'s' if len(empty) > 1 else ''} {listed}, with no image in it")
+    if parts:
+        warn_once(
+            f"{root}: left out {' and '.join(parts)}; it reads {', '.join(IMAGE_EXTENSIONS)}: convert or remove "
+            "the others"
+        )
+
+
 def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
     root_name = os.path.abspath(root)
     entries = sorted(os.scandir(root_name), key=lambda e: e.name)
     top_images = [e.path for e in entries if e.is_file() and _is_image_name(e.name)]
-    class_files = {}
+    class_files, others, empty = {}, [], []
     for entry in entries:
         if entry.is_dir() and not entry.name.startswith("."):
-            files = _image_files(entry.path)
+            files = _image_files(entry.path, others)
             if files:
                 class_files[entry.name] = files
+            else:
+                empty.append(entry.name)
     if top_images and class_files:
         raise UserError(
             f"{root} has both images at the top and class sub-folders ({next(iter(class_files))}/, ...); "
             "move the top-level images into a class folder, or point at a folder of one kind"
         )
     if class_files:
+        _warn_of_left_out(root, others, empty)
         files = [f for class_name in class_files for f in class_files[class_name]]
         labels = [printable(class_name) for class_name in class_files for _ in class_files[class_name]]
         kind = "image-folder"
