@@ -186,6 +186,18 @@ def test_fit_head_test_fraction_seed_and_grid(tmp_path):
     assert json.loads((tmp_path / "r" / "head.json").read_text())["seed"] == 3
 
 
+def test_few_shot_counts_the_test_items_among_its_draws_not_the_whole_store(tmp_path):
+    """A new user's 8-shot report said 48 test items were training items: the whole store's count, where the 72
+    items drawn could hold at most 30 of them."""
+    X, y = _blobs(300, 0, shift=1.5)
+    fingerprints = [f"item-{i % 150}" for i in range(300)]  # every content twice
+    store = make_store(tmp_path / "s.h5", X, y, ["a", "b", "c"], fingerprints=fingerprints)
+    whole = run_json("fit-head", store, "--out", tmp_path / "all")["test_in_training"]
+    few = run_json("fit-head", store, "--shots", 5, "--repeats", 2, "--out", tmp_path / "few")
+    draws = 5 * 2 * 3  # items per class, repeats, classes
+    assert whole > draws and 0 < few["test_in_training"] <= draws
+
+
 def test_fit_head_few_shot_shots_repeats_and_seed(tmp_path):
     X, y = _blobs(300, 0, shift=1.5)
     store = make_store(tmp_path / "s.h5", X, y, ["a", "b", "c"])

@@ -166,7 +166,8 @@ def fit_head(
     train_store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     out_dir = check_output_folder(out) if out is not None else default_run_dir(train_store.path, head)
     labels = train_store.labels()
-    train_rows, tested = _test_set(train_store, labels, test, test_fraction, seed)
+    # Few-shot runs train on their draws: the test items among them are counted (and said) once drawn.
+    train_rows, tested = _test_set(train_store, labels, test, test_fraction, seed, warn=shots is None)
     for used in {train_store.path, tested.store.path}:  # a fit is a use, as a cache hit is (tlcache gc)
         mark_used(used)
     if len(np.unique(labels[train_rows])) < 2:
@@ -179,13 +180,15 @@ def fit_head(
     if shots is not None and head == "sgd":
         raise UserError("--shots does not apply to the sgd head; use an in-memory head such as logreg")
     if shots is not None:
-        runs = []
+        runs, drawn = [], set()
         for repeat in range(repeats):
             rows = sample_shots(
                 train_rows, labels, shots, seed + repeat, str(train_store.path), train_store.class_names
             )
+            drawn.update(rows.tolist())
             runs.append(_fit_once(head, train_store, rows, labels, n_views, seed + repeat, calibrate, options))
         fitted = runs[0]
+        tested.in_training = _in_draws(train_store, sorted(drawn), tested)
         few_shot = _few_shot_summary(runs, tested, train_store.class_names, shots, seed)
     else:
         with sweep_bar(head, progress):
@@ -212,16 +215,29 @@ class _TestSet:
     in_training: int = 0  # test items whose content is also a training item's (splits.shared_with_training)
 
 
-def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction: float, seed: int):
+def _in_draws(train_store: FeatureStore, drawn: list[int], tested: _TestSet) -> int:
+    """Test items whose content is among the training items some few-shot draw took (a new user's 8-shot report
+    counted those of the whole store: 48, where the draws held at most 30), with the warning."""
+    fingerprints, test_fingerprints = train_store.fingerprints(), tested.store.fingerprints()
+    return shared_with_training(
+        [fingerprints[r] for r in drawn],
+        [test_fingerprints[r] for r in tested.rows],
+        f"test items ({tested.description}) against the few-shot draws",
+        given=False,
+    )
+
+
+def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction: float, seed: int, warn: bool = True):
     """(training rows, test set): every labelled row and a test store of the same features, or a stratified
-    ``test_fraction`` of the labelled rows held out with ``seed``."""
+    ``test_fraction`` of the labelled rows held out with ``seed``. ``warn``: of test items that are training
+    items."""
     labelled = _labelled_rows(train_store, labels)
     fingerprints = train_store.fingerprints()
     if test is None:
         where = str(train_store.path)
         train_rows, rows = stratified_split(labelled, labels[labelled], test_fraction, seed, where)
         held_out = [fingerprints[r] for r in rows]
-        shared = shared_with_training([fingerprints[r] for r in train_rows], held_out, where, given=False)
+        shared = shared_with_training([fingerprints[r] for r in train_rows], held_out, where, False, warn)
         description = f"{test_fraction:g} held out, stratified, seed {seed}"
         return train_rows, _TestSet(train_store, rows, labels[rows], description, shared)
     test_store = test if isinstance(test, FeatureStore) else FeatureStore(test)
@@ -231,7 +247,7 @@ def _test_set(train_store: FeatureStore, labels: np.ndarray, test, test_fraction
     rows = _labelled_rows(test_store, test_labels)
     y = remap_labels(test_labels[rows], test_store.class_names, train_store.class_names, str(test_store.path))
     tested = test_store.fingerprints()
-    shared = shared_with_training([fingerprints[r] for r in labelled], [tested[r] for r in rows], where)
+    shared = shared_with_training([fingerprints[r] for r in labelled], [tested[r] for r in rows], where, warn=warn)
     return labelled, _TestSet(test_store, rows, y, f"store {test_store.path}", shared)
 
 

@@ -116,12 +116,17 @@ def _spelled(name: str) -> str:
 
 
 def shared_with_training(
-    train_fingerprints: Sequence[str], test_fingerprints: Sequence[str], where: str, given: bool = True
+    train_fingerprints: Sequence[str],
+    test_fingerprints: Sequence[str],
+    where: str,
+    given: bool = True,
+    warn: bool = True,
 ) -> int:
     """How many test items are also training items (the same content: the same text, the same image file's bytes),
     with a warning that says so; a UserError when every one of a ``given`` test set is, for the accuracy would be
     recall of items trained on (the training data passed as the test data). Test items held out of the training
-    data (``given`` False) are only warned of: its duplicates are the data's. ``where`` names the test data."""
+    data (``given`` False) are only warned of: its duplicates are the data's. ``where`` names the test data;
+    ``warn`` False counts without the warning."""
     seen = set(train_fingerprints)
     shared = sum(fingerprint in seen for fingerprint in test_fingerprints)
     if given and shared and shared == len(test_fingerprints):
@@ -133,7 +138,7 @@ def shared_with_training(
         f"{where}: {shared} of {len(test_fingerprints)} test items are also training items (the same content), "
         "so the test accuracy overstates how the model does on new items; remove them from the test data"
     )
-    if shared:
+    if shared and warn:
         warn_once(message)
     return shared
 
