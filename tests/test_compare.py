@@ -560,8 +560,10 @@ def test_a_budget_spent_before_the_frozen_cells_still_runs_them_and_leaves_out_t
             return self.now
 
     monkeypatch.setattr(plan, "time", Spent())
-    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: (0.0, 1.0))
+    probes = []
+    monkeypatch.setattr(compare_run, "_probe_finetune", lambda *args: probes.append(args) or (0.0, 1.0))
     result = _run(texts, tiny_bert_dir, budget=1, heads=("logreg", "knn"), finetunes=("ft",), shots=(4,), repeats=2)
+    assert not probes  # the budget spent already: the probe's half minute would only run further past it
     assert sorted((c["method"], c["seed"]) for c in result.cells) == [
         ("knn", 0),
         ("knn", 1),

@@ -133,10 +133,11 @@ def _shots(text: str) -> tuple[int | str, ...]:
 @click.option(
     "--budget",
     callback=lambda ctx, param, text: _seconds(text),
-    help="Wall time to stay within, e.g. 90s, 20m or 1.5h (a bare number is seconds): the fine-tune cells that "
-    "would end past it are left out (after a short timing probe, the plan is printed first); the frozen cells "
-    "always run, and their time counts against it (the mlp's cells take longest: 20-40 s each on a few "
-    "hundred items, on two CPU cores) [default: no limit].",
+    help="Wall time to stay within, e.g. 90s, 20m or 1.5h (a bare number is seconds): the frozen cells run first, "
+    "whatever the budget, and their time counts against it (the mlp's cells take longest: up to tens of seconds "
+    "each on a few hundred items, on two CPU cores); then a short timing probe, a plan of the fine-tune cells "
+    "that fit, printed before they start, and those that would end past the budget are left out [default: no "
+    "limit].",
 )
 @config_options(FinetuneConfig, exclude=CELL_SETTINGS)
 @click.option("--out", "-o", help="Folder of the comparison [default: runs/compare-<source name>].")

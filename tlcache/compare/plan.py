@@ -41,6 +41,11 @@ class Budget:
         self.left_out.append({**asdict(key), "estimate_seconds": round(estimate, 1)})
         return False
 
+    def spent(self, key: CellKey) -> bool:
+        """Leave out a cell, the budget spent before it could be estimated (no estimate recorded)."""
+        self.left_out.append({**asdict(key), "estimate_seconds": None})
+        return False
+
 
 class FinetuneClock:
     """Seconds of a fine-tune cell: fixed costs (loading the backbone, writing the model) plus training items times

@@ -185,7 +185,15 @@ def _identity(train_src: Source, test_src: Source, features_key: str, backbone: 
 
 def _admission(data: _Data, tuned: list[CellKey], config, clock: Budget, probe, finished, say):
     """The fine-tunes' plan within the budget (said before they start) and the check before each of their cells:
-    its estimate (at the probe's rate, then at the finished cells') must end within the budget."""
+    its estimate (at the probe's rate, then at the finished cells') must end within the budget. A budget spent
+    already runs no probe (a new user's ran its half minute past a budget the frozen cells had used up)."""
+    if clock.elapsed() >= clock.seconds:
+        waiting = [key for key in tuned if not finished(key)]
+        say(
+            f"plan: 0 of {len(waiting)} fine-tune cells fit the budget of {clock.seconds:.0f} s ({clock.elapsed():.0f} "
+            "s spent on embedding and the frozen cells); a rerun with a larger --budget reuses every finished cell"
+        )
+        return clock.spent
     estimate = FinetuneClock(*probe(), config, len(data.test_rows))
     pending = [(key, estimate.seconds(key, data.n_train(key.shots))) for key in tuned if not finished(key)]
     for line in plan_lines(pending, clock):
