@@ -238,6 +238,7 @@ def test_listed_dims_are_true():
     "name, options, message",
     [
         ("nope", {}, "unknown backbone 'nope'"),
+        ("resnet18", {}, "unknown backbone 'resnet18'; did you mean 'torchvision:resnet18'?"),
         ("torchvision:resnet9000", {"weights": "random"}, "torchvision has no classification model"),
         ("torchvision:resnet18", {"weights": "missing.pt"}, "no such file"),
         ("torchvision:resnet18", {"weights": "random", "pooling": "max"}, "--pool applies with --layer"),

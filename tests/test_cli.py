@@ -388,6 +388,7 @@ def test_report_renders_again_from_json(tmp_path, text_stores):
     assert result.exit_code == 0 and (tmp_path / "run" / "report.md").exists()
     assert (tmp_path / "run" / "sweep.png").exists() and (tmp_path / "run" / "confusion.png").exists()
     assert_user_error(run("report", tmp_path), "holds no report.json")
+    assert_user_error(run("report", tmp_path / "nope"), "nope does not exist; pass a run folder")
 
 
 def test_group_column_gives_per_group_metrics(tmp_path, tiny_bert_dir):

@@ -447,9 +447,14 @@ def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_
 
 
 def test_damaged_weights_and_absurd_image_sizes_are_refused_in_one_line(tmp_path, image_folder, resnet18_weights):
-    for name, data in (("bad.pth", b"PK\x03\x04 not a zip"), ("bad.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{")):
+    damaged = (
+        ("bad.pth", b"PK\x03\x04 not a zip"),
+        ("bad.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{"),
+        ("passwd", b"root:x:0:0:root:/root:/bin/bash\n"),  # said "(list index out of range)"
+    )
+    for name, data in damaged:
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(UserError, match=f"cannot read weights from .*{name}"):
+        with pytest.raises(UserError, match=f"cannot read weights from .*{name}: not a torch state_dict") as caught:
             embed_source(
                 image_folder,
                 "torchvision:resnet18",
@@ -458,6 +463,7 @@ def test_damaged_weights_and_absurd_image_sizes_are_refused_in_one_line(tmp_path
                 out=tmp_path / "cache",
                 progress=False,
             )
+        assert "index out of range" not in str(caught.value)
     with pytest.raises(UserError, match="--image-size 100000 is out of range"):
         embed_source(image_folder, **_resnet(resnet18_weights, image_size=100000), out=tmp_path / "c", progress=False)
 

@@ -245,7 +245,8 @@ def load_head(path: str | Path) -> tuple[Any, Sidecar]:
             raise UserError(
                 f"{folder} holds a head in each of its folders ({', '.join(ranked or heads)}); pass one, e.g. {example}"
             )
-        raise UserError(f"{folder} holds no head with its {SIDECAR_FILE}; pass a folder written by `tlcache fit-head`")
+        what = f"holds no head with its {SIDECAR_FILE}" if folder.exists() else "does not exist"
+        raise UserError(f"{folder} {what}; pass a folder written by `tlcache fit-head`")
     sidecar = _read_sidecar(sidecar_file)
     name = sidecar.get("head_file")
     if name is None and (folder / LEGACY_HEAD_FILE).exists():
@@ -379,7 +380,8 @@ def read_report(run_dir: str | Path) -> RunReport:
                 f"{run_dir} is a comparison's folder: its report is {COMPARE_MARKDOWN}, written again by running "
                 "the same `tlcache compare` (every finished cell is reused)"
             )
-        raise UserError(f"{run_dir} holds no {REPORT_FILE}; pass a run folder written by `tlcache fit-head`")
+        what = "holds no " + REPORT_FILE if Path(run_dir).exists() else "does not exist"
+        raise UserError(f"{run_dir} {what}; pass a run folder written by `tlcache fit-head`")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:

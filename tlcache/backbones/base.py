@@ -77,9 +77,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file raises almost anything, from pickle, zip or safetensors
+        # The library's own words only where they say what the file is; "list index out of range" (from torch.load
+        # of a text file) says nothing to a user.
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        said = f" ({reason})" if isinstance(exc, (OSError, ValueError)) or "safetensors" in type(exc).__module__ else ""
         raise UserError(
-            f"cannot read weights from {path} ({reason}); pass a .pth/.pt or .safetensors state_dict"
+            f"cannot read weights from {path}: not a torch state_dict{said}; pass a .pth/.pt or .safetensors file"
         ) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):

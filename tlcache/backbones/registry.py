@@ -71,6 +71,8 @@ def check_backbone_name(name: str) -> None:
     known = ", ".join(sorted(_FACTORIES) + [f"{p}:<...>" for p in sorted(_PREFIX_FACTORIES)])
     close = difflib.get_close_matches(name, list(_FACTORIES), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
+    if not sep and _is_torchvision_model(name):
+        hint = f"did you mean 'torchvision:{name}'? "
     raise UserError(f"unknown backbone '{name}'; {hint}known: {known} (see `tlcache backbones`)")
 
 
@@ -95,3 +97,14 @@ def reject_options(backbone_name: str, options: dict) -> None:
 def _load_builtin_backbones() -> None:
     # Imported for their registration side effect; kept lazy so `import tlcache` stays light.
     from tlcache.backbones import efficientnet_lite, finetuned, torchvision_models, transformers_text  # noqa: F401
+
+
+def _is_torchvision_model(name: str) -> bool:
+    """Whether torchvision has a classification model of this name (asked only when a name is refused)."""
+    try:
+        import torchvision.models as models
+        from torchvision.models import list_models
+
+        return name in list_models(module=models)
+    except Exception:  # torchvision not installed, or an older one without list_models
+        return False
