@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 
@@ -149,6 +150,19 @@ def test_files_and_class_folders_left_out_are_said(image_folder):
     assert message.startswith(f"{image_folder}: left out 4 files that are not images it reads (.svg 2, ")
     assert ".txt 1" in message and "no extension 1" in message
     assert "the class folders empty/, places/, with no image in it" in message and "convert or remove" in message
+
+
+def test_a_table_of_image_paths_is_warned_of(image_folder, tmp_path):
+    """A new user's CSV of image paths was embedded as text, and the class in each path gave accuracy 1.0."""
+    table = tmp_path / "images.csv"
+    names = sorted(p.relative_to(tmp_path) for p in image_folder.rglob("*.png"))
+    table.write_text("path,label\n" + "".join(f"{name},{name.parent.name}\n" for name in names))
+    with pytest.warns(UserWarning, match="'path' column holds image file names .* embedded as text"):
+        load_source(table, text_column="path")
+    plain = write_text_csv(tmp_path / "reviews.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_source(plain)  # texts that are not file names: nothing said
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "broken link"])

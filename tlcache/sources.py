@@ -339,6 +339,20 @@ def _cell_text(value) -> str | None:
     return text if text.strip() else None
 
 
+def _warn_of_image_paths(path: Path, texts: list[str], text_column: str) -> None:
+    """Warn when a table's texts are the paths of image files: they would be embedded as text, and a head could
+    read the class from a folder's name in them (a new user's "accuracy 1.0000")."""
+    sample = texts[:20]
+    paths = [text for text in sample if _is_image_name(os.path.basename(text.strip()))]
+    found = any(os.path.isfile(name) or os.path.isfile(os.path.join(path.parent, name)) for name in paths)
+    if len(paths) * 2 > len(sample) and found:
+        warn_once(
+            f"{path}: the '{text_column}' column holds image file names (e.g. {paths[0]!r}), embedded as text: a "
+            "text model reads the names, not the images; to embed the images, put them in one folder per class "
+            "and pass the folder"
+        )
+
+
 def _label_text(value) -> str | None:
     """A label cell's class name, or None for a missing label: empty, null, or a spreadsheet's marks of one."""
     text = _cell_text(value)
@@ -396,6 +410,7 @@ def _table_source(
             f"{path}: {len(empty)} row{'s' if len(empty) > 1 else ''} with an empty '{text_column}' (row "
             f"{where}); fill {'them' if len(empty) > 1 else 'it'} in or drop {'them' if len(empty) > 1 else 'it'}"
         )
+    _warn_of_image_paths(path, texts, text_column)
     labels = [_label_text(row.get(label_column)) for row in rows] if label_column else None
     groups = [_cell_text(row.get(group_column)) or "(none)" for row in rows] if group_column else None
     return Source(
