@@ -167,6 +167,30 @@ def test_sgd_head_streams_and_matches_in_memory_accuracy(tmp_path, monkeypatch):
     assert pipeline.steps[0][1].n_samples_seen_ == streamed.report["n_train"]
 
 
+def test_sgd_probabilities_name_the_predicted_class_even_far_from_the_boundary():
+    """A new user's sgd head gave 41 of 244 test rows 1/K for every class (every logistic unit underflowed), and
+    the most probable class was the predicted one on 83% of rows."""
+    from sklearn.linear_model import SGDClassifier
+
+    from tlcache.linear import OvrLogisticSGD
+
+    X, y = _blobs(300, 0, shift=2.0)
+    ours = OvrLogisticSGD(loss="log_loss", random_state=0).fit(X, y)
+    theirs = SGDClassifier(loss="log_loss", random_state=0).fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-12)  # the same model
+    for model in (ours, theirs):
+        model.coef_ *= 1e4  # decision values of thousands, as a few hundred rows of 1280 features gave
+    far = X * 10
+    uniform = (theirs.predict_proba(far) == 1 / 3).all(axis=1)  # scikit-learn's answer: no class preferred
+    probabilities = ours.predict_proba(far)
+    assert uniform.any() and np.allclose(probabilities.sum(axis=1), 1)
+    agree = probabilities.argmax(axis=1) == ours.predict(far)
+    assert agree[uniform].all() and probabilities[uniform].max(axis=1).min() > 0.99
+    # Two units both saturated at 1 are a tie the model itself cannot break (0.5 each); every other row agrees.
+    top, second = np.sort(probabilities, axis=1)[:, -1], np.sort(probabilities, axis=1)[:, -2]
+    assert agree[top > second].all()
+
+
 def test_sgd_head_never_reads_the_whole_store(tmp_path, monkeypatch):
     X, y = _blobs(200, 0)
     store = FeatureStore(_store(tmp_path / "s.h5", X, y, ["a", "b", "c"]))

@@ -140,7 +140,9 @@ class HeadModule(torch.nn.Module):
                 positive = torch.sigmoid(scores)
                 return torch.cat([1 - positive, positive], dim=1)
             return torch.softmax(scores, dim=1)
-        if self.probability == "ovr-logistic":  # SGD's log loss: a logistic unit per class, normalised
+        if self.probability == "ovr-logistic" and not binary:  # SGD's log loss: a logistic unit per class,
+            return torch.softmax(-torch.nn.functional.softplus(-scores), dim=1)  # normalised (in log space)
+        if self.probability == "ovr-logistic":
             columns = torch.sigmoid(scores)
         elif self.probability == "platt":
             columns = torch.sigmoid(-(self.platt[:, 0] * scores + self.platt[:, 1]))

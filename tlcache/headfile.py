@@ -28,7 +28,10 @@ FORMAT = "tlcache-head/1"
 _STRUCTURE = "__structure__"
 # State that fitting needs and predicting does not, left out of the file: SGD's loss is a compiled object that
 # could only be rebuilt by calling it.
-_FIT_ONLY = {"sklearn.linear_model._stochastic_gradient.SGDClassifier": ("_loss_function_",)}
+_FIT_ONLY = {
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier": ("_loss_function_",),
+    "tlcache.linear.OvrLogisticSGD": ("_loss_function_",),
+}
 
 
 def _allowed() -> dict[str, type]:
@@ -43,7 +46,7 @@ def _allowed() -> dict[str, type]:
     from tlcache.calibration import DecisionCalibrator
     from tlcache.kernel_svm import SweptKernelSVC
     from tlcache.knn import SweptKNN
-    from tlcache.linear import SweptLogisticRegression
+    from tlcache.linear import OvrLogisticSGD, SweptLogisticRegression
     from tlcache.linear_svm import LinearSVM, SweptLinearSVM
     from tlcache.mlp import MLPHead, SweptMLP
     from tlcache.scaling import DropDeadFeatures
@@ -54,6 +57,7 @@ def _allowed() -> dict[str, type]:
         StandardScaler,
         Normalizer,
         SGDClassifier,
+        OvrLogisticSGD,
         SVC,
         KNeighborsClassifier,
         IsotonicRegression,

@@ -77,7 +77,6 @@ def make_head(
     ``n_train`` (the training rows, when known) lets ``mlp`` stop early only when its 10% validation split is big
     enough to be trusted: on a few dozen items, one lucky epoch would end training.
     """
-    from sklearn.linear_model import SGDClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
@@ -85,7 +84,7 @@ def make_head(
 
     from tlcache.kernel_svm import SweptKernelSVC
     from tlcache.knn import SweptKNN
-    from tlcache.linear import SweptLogisticRegression
+    from tlcache.linear import OvrLogisticSGD, SweptLogisticRegression
     from tlcache.linear_svm import LinearSVM, SweptLinearSVM
     from tlcache.mlp import MLPHead, SweptMLP
     from tlcache.scaling import DropDeadFeatures
@@ -93,7 +92,7 @@ def make_head(
     values = check_head(name, grid, class_weight, calibration)
     if name == "sgd":
         # Fitted out of core by fit_head, with a fixed alpha (a sweep would read the store once per value).
-        return make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed))
+        return make_pipeline(StandardScaler(), OvrLogisticSGD(loss="log_loss", alpha=1e-4, random_state=seed))
     param = GRIDS[name][0]
     if name == "logreg":
         classifier = SweptLogisticRegression(
