@@ -118,3 +118,19 @@ def test_class_names_of_one_source_that_differ_only_in_spelling_are_warned_of(re
     ]
     warn_of_near_names(["libs", "utils"], "b.csv")
     assert len(recwarn) == 1  # distinct names: nothing said
+
+
+def test_items_of_one_content_under_two_labels_are_warned_of(tmp_path, recwarn):
+    """A new user's icon theme held 15 images twice, under two classes: nothing said."""
+    from tlcache.splits import warn_of_conflicting_labels
+
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\na fine film,pos\nan awful film,neg\na fine film,neg\nan awful film,neg\nok,pos\n")
+    warn_of_conflicting_labels(load_source(table), "t.csv")
+    assert [str(w.message) for w in recwarn] == [
+        "t.csv: 1 item has the content of an item of another class (e.g. '2', 'neg', is '0', 'pos'); no head can "
+        "tell them apart: correct their labels or keep one of each"
+    ]
+    plain = write_text_csv(tmp_path / "plain.csv")  # repeats of one label are the data's own: nothing said
+    warn_of_conflicting_labels(load_source(plain), "plain.csv")
+    assert len(recwarn) == 1

@@ -37,7 +37,7 @@ from tlcache.ray_engine import RayOptions
 from tlcache.repack import publish_interrupted
 from tlcache.reuse import donor_stores, reuse_rows
 from tlcache.sources import Source, load_source
-from tlcache.splits import warn_of_near_names
+from tlcache.splits import warn_of_conflicting_labels, warn_of_near_names
 from tlcache.store import (
     COMPRESSIONS,
     FeatureStore,
@@ -117,6 +117,7 @@ def embed_source(
     check_choice("--engine", engine, ray_engine.ENGINES)
     src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
     warn_of_near_names(src.class_names, str(src.path))
+    warn_of_conflicting_labels(src, str(src.path))
     ray_options = ray_options or RayOptions()
     if engine == "ray":  # the workers' device; the compute type resolved here, as it is in the key
         torch_device, precision = ray_engine.device_and_precision(device, precision, ray_options)

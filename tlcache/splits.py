@@ -110,6 +110,28 @@ def warn_of_near_names(class_names: Sequence[str], where: str) -> None:
         )
 
 
+def warn_of_conflicting_labels(src, where: str) -> None:
+    """Warn (once) of items whose content (text, image bytes) is also another item's under another label: no head
+    can tell them apart, and a validation split scores them against each other (a new user's icon theme held 15)."""
+    if src.labels is None:
+        return
+    first: dict[str, int] = {}
+    pairs = []
+    for n, (fingerprint, label) in enumerate(zip(src.fingerprints, src.labels)):
+        if label is None:
+            continue
+        other = first.setdefault(fingerprint, n)
+        if other != n and src.labels[other] != label:
+            pairs.append((other, n))
+    if pairs:
+        a, b = pairs[0]
+        warn_once(
+            f"{where}: {len(pairs)} item{'s have' if len(pairs) > 1 else ' has'} the content of an item of another "
+            f"class (e.g. {src.ids[b]!r}, {src.labels[b]!r}, is {src.ids[a]!r}, {src.labels[a]!r}); no head can "
+            "tell them apart: correct their labels or keep one of each"
+        )
+
+
 def _spelled(name: str) -> str:
     """A class name without case, spaces, '-' or '_': what two spellings of one name share."""
     return "".join(c for c in name.casefold() if c not in " -_")
