@@ -198,7 +198,10 @@ def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_be
     train, _ = text_stores
     assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
     cls_store = embed_json(tmp_path / "test.csv", "-b", f"hf:{tiny_bert_dir}", "--pool", "cls")
-    assert_user_error(run("predict", tmp_path / "run", cls_store["path"]), "differ in pooling")
+    assert_user_error(
+        run("predict", tmp_path / "run", cls_store["path"]),
+        "differ in pooling; mean against cls: embed with the same --pool",
+    )
 
 
 def test_predict_refuses_other_dim(tmp_path, text_stores, resnet18_weights):
@@ -428,7 +431,10 @@ def test_predict_embeds_with_the_heads_precision(tmp_path, tiny_bert_dir):
     result = run("predict", tmp_path / "run", write_text_csv(tmp_path / "new.csv", n=6, seed=3), "--no-progress")
     assert result.exit_code == 0, result.output
     fp32 = embed_json(tmp_path / "new.csv", "-b", f"hf:{tiny_bert_dir}", "--precision", "fp32")
-    assert_user_error(run("predict", tmp_path / "run", fp32["path"]), "differ in precision")
+    assert_user_error(
+        run("predict", tmp_path / "run", fp32["path"]),
+        "differ in precision; bf16 against fp32: embed with the same --precision (--precision bf16)",
+    )
 
 
 def test_finetune_trains_saves_and_the_result_embeds(tmp_path, tiny_bert_dir):

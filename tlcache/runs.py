@@ -119,7 +119,13 @@ def check_same_features(expected: dict, actual: dict, what: str, subject: str = 
     for name in FEATURE_IDENTITY:
         if expected.get(name) != actual.get(name):
             advice = "embed with the same backbone and options"
-            if name == "preprocessing" and _differ_only_in_decoding(expected[name], actual[name]):
+            if name in ("precision", "layer", "pooling"):  # the option that sets it, and the value each side has
+                option = {"precision": "--precision", "layer": "--layer", "pooling": "--pool"}[name]
+                advice = (
+                    f"{expected.get(name)} against {actual.get(name)}: embed with the same {option} "
+                    f"({option} {expected.get(name)})"
+                )
+            elif name == "preprocessing" and _differ_only_in_decoding(expected[name], actual[name]):
                 from tlcache.images import DECODING
 
                 decoded = [f"{side.get('convert', 'not recorded')!r}" for side in (expected[name], actual[name])]
