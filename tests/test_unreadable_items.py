@@ -55,6 +55,12 @@ def test_bad_items_are_left_out_listed_and_the_others_are_exact(tmp_path, resnet
         np.testing.assert_allclose(row, expected[item], rtol=1e-4, atol=1e-5)  # a bad neighbour changes nothing
     labels = dict(zip(reference.ids(), reference.labels()))
     assert [labels[i] for i in store.ids()] == list(store.labels())
+    if workers == 0:  # a head fitted on the store says what its data lost (a new user's report said nothing)
+        from tlcache.heads import fit_head
+
+        run = fit_head(result.path, "logreg", test_fraction=0.3, out=tmp_path / "run", progress=False)
+        assert run.report["unreadable"] == 3
+        assert "| unreadable items left out | 3 (when embedded" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_fail_names_every_bad_item_in_one_run_keeps_the_rest_and_a_fix_embeds_only_the_fixed(

@@ -280,6 +280,7 @@ def _report(
         "views_per_item": n_views,
         "n_test": int(len(tested.labels)),
         "test_in_training": tested.in_training,
+        "unreadable": _unreadable(train_store, tested.store) or None,
         "classes": classes,
         "class_weight": class_weight,
         "fit_seconds": round(fitted["seconds"], 4),
@@ -291,6 +292,12 @@ def _report(
         "created": utc_now(),
     }
     return {k: v for k, v in report.items() if v is not None or k == "class_weight"}
+
+
+def _unreadable(train_store: FeatureStore, test_store: FeatureStore) -> int:
+    """Items of the stores' sources left out when they were embedded (a report said nothing of a new user's 4)."""
+    stores = {train_store.path: train_store, test_store.path: test_store}
+    return sum(len(store.skipped()) for store in stores.values())
 
 
 def _sidecar(head: str, seed: int, store: FeatureStore, rows: np.ndarray) -> Sidecar:

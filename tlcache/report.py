@@ -115,6 +115,7 @@ class RunReport(_ReportCore, total=False):
     n_val: int  # finetune: items held out for early stopping
     views_per_item: int
     test_in_training: int  # test items whose content is also a training item's
+    unreadable: int  # source items left out when the stores were embedded (unreadable images), when any
     class_weight: str | None
     sweep: Sweep
     calibration: Calibration
@@ -211,6 +212,14 @@ def render_markdown(report: RunReport) -> str:
                 "overstates how the model does on new items) |"
             ]
             if report.get("test_in_training")
+            else []
+        ),
+        *(
+            [
+                f"| unreadable items left out | {report['unreadable']} (when embedded: `tlcache info` on the store "
+                "lists them) |"
+            ]
+            if report.get("unreadable")
             else []
         ),
         f"| fit time | {report['fit_seconds']:.2f} s{' (repeat 1)' if few else ''} |",
