@@ -194,6 +194,22 @@ def test_predict_from_a_store_and_to_stdout(tmp_path, text_stores):
     assert_user_error(run("predict", tmp_path / "run", test["path"], "--out", "-", "--json"), "would both write")
 
 
+def test_predict_refuses_an_out_that_is_its_source_or_a_file_of_the_run(tmp_path, text_stores, tiny_bert_dir):
+    """A new user's `predict RUN in.csv --out in.csv` replaced the texts with predictions, and `--out
+    RUN/predictions.csv` the run's own test predictions (which paired tests read)."""
+    train, _ = text_stores
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    source = write_text_csv(tmp_path / "in.csv", n=5, seed=4)
+    before = source.read_bytes(), (tmp_path / "run" / "predictions.csv").read_bytes()
+    assert_user_error(run("predict", tmp_path / "run", source, "--out", source), "in.csv is the input")
+    assert_user_error(
+        run("predict", tmp_path / "run", source, "--out", tmp_path / "run" / "predictions.csv"),
+        "is a file of the run folder",
+    )
+    assert (source.read_bytes(), (tmp_path / "run" / "predictions.csv").read_bytes()) == before
+    assert run("predict", tmp_path / "run", source, "--out", tmp_path / "run" / "new.csv").exit_code == 0
+
+
 def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_bert_dir):
     train, _ = text_stores
     assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0

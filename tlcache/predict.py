@@ -16,7 +16,14 @@ from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
-from tlcache.runs import Sidecar, check_same_features, load_head, write_predictions, write_predictions_file
+from tlcache.runs import (
+    Sidecar,
+    check_not_an_input,
+    check_same_features,
+    load_head,
+    write_predictions,
+    write_predictions_file,
+)
 from tlcache.sources import modality_of_path
 from tlcache.splits import count_in, spelling_note
 from tlcache.store import STORE_SUFFIX, FeatureStore
@@ -83,6 +90,7 @@ def predict(
     """
     if out is not None:
         check_output_file(out)
+        check_not_an_input(out, [head, source])
     pipeline, sidecar = load_head(head)
     source = Path(source)
     if source.suffix == STORE_SUFFIX and source.is_file():
@@ -189,6 +197,7 @@ def predict_exported(
 
     if out is not None:
         check_output_file(out)
+        check_not_an_input(out, [model, Path(model).parent, source])
     exported = load_exported(model)
     check_source_modality(Path(source), exported.modality, f"{model} takes {exported.modality}s")
     columns = {name: value for name, value in (source_options or {}).items() if value is not None}

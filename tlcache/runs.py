@@ -38,6 +38,33 @@ EXPORT_FILES = ("model.onnx", "model-int8.onnx")  # `tlcache export`'s default n
 LOCK_FILE = ".tlcache.lock"
 LEADERBOARD_FILE = "leaderboard.json"
 LEADERBOARD_MARKDOWN = "leaderboard.md"
+# The files of a run folder that only its own command writes: another command's --out there would replace them.
+RUN_FILES = (
+    SIDECAR_FILE,
+    REPORT_FILE,
+    MARKDOWN_FILE,
+    PREDICTIONS_FILE,
+    *FIGURE_FILES.values(),
+    *EXPORT_FILES,
+    LEADERBOARD_FILE,
+    LEADERBOARD_MARKDOWN,
+)
+
+
+def check_not_an_input(out: str | Path, inputs: list[str | Path]) -> None:
+    """Refuse an ``--out`` that is one of the command's ``inputs`` (files, or run folders whose own files it must not
+    replace): `predict --out` once replaced the source it was predicting, and a run's test predictions."""
+    target = Path(out).resolve()
+    for given in inputs:
+        path = Path(given).resolve()
+        if target == path:
+            raise UserError(f"--out {out} is the input {given} itself; name another file")
+        owned = target.name in RUN_FILES or HEAD_FILE_PATTERN.fullmatch(target.name)
+        a_run = path.is_dir() and any((path / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE))
+        if a_run and target.parent == path and owned:
+            raise UserError(f"--out {out} is a file of the run folder {given} ({target.name}); name another file")
+
+
 # What must agree between the features a head was fitted on and the features it is given.
 FEATURE_IDENTITY = ("backbone_key", "weights_digest", "preprocessing", "layer", "pooling", "precision", "dim")
 
