@@ -307,6 +307,12 @@ RUN_TAMPERINGS = {
     "sidecar classes a string": ("head.json", lambda d: {**d, "classes": "ab"}),
     "sidecar without the head file": ("head.json", lambda d: {k: v for k, v in d.items() if k != "head_file"}),
     "sidecar naming another file": ("head.json", lambda d: {**d, "head_file": "../../etc/passwd"}),
+    # A new user's edits that each command took as they were: labels swapped in every prediction, a report whose
+    # accuracy is not its own confusion matrix's.
+    "sidecar classes swapped": ("head.json", lambda d: {**d, "classes": d["classes"][::-1]}),
+    "sidecar class renamed": ("head.json", lambda d: {**d, "classes": [d["classes"][0], "root-exploit"]}),
+    "report accuracy edited": ("report.json", lambda d: {**d, "metrics": {**d["metrics"], "accuracy": 0.99}}),
+    "report of more test items": ("report.json", lambda d: {**d, "n_test": d["n_test"] + 30}),
 }
 
 

@@ -203,6 +203,9 @@ def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> Path:
     whole head of its own: the old pair or the new one, never one of each. Returns the head file."""
     from tlcache import headfile
 
+    # The class names go into the head file too, under its digest: head.json's list, edited (two names swapped),
+    # relabelled every prediction without a word.
+    pipeline.class_names_ = list(sidecar["classes"])
     data = headfile.to_bytes(pipeline)
     digest = hashlib.sha256(data).hexdigest()
     head_file = out_dir / f"head-{digest[:16]}.npz"
@@ -351,6 +354,19 @@ def _check_head_fits(pipeline, sidecar: Sidecar, head_file: Path) -> None:
             f"{head_file} does not fit its sidecar ({len(sidecar['classes'])} classes, {sidecar['dim']}-d features); "
             f"fit the head again"
         )
+    own = getattr(pipeline, "class_names_", None)  # None in heads of an older tlcache
+    if own is not None and own != sidecar["classes"]:
+        raise UserError(
+            f"the classes of {SIDECAR_FILE} beside {head_file.name} are not the head's own (edited?): "
+            f"{_first_difference(own, sidecar['classes'])}; fit the head again"
+        )
+
+
+def _first_difference(own: list, listed: list) -> str:
+    if len(own) != len(listed):
+        return f"{len(listed)} listed for {len(own)}"
+    i = next(i for i, (a, b) in enumerate(zip(own, listed)) if a != b)
+    return f"class {i} is {own[i]!r}, listed as {listed[i]!r}"
 
 
 def write_report(report: RunReport, out_dir: Path, figures: bool = True) -> dict[str, Path]:
@@ -421,7 +437,28 @@ def read_report(run_dir: str | Path) -> RunReport:
         raise UserError(f"{path} is not valid JSON ({exc}); fit the head again") from None
     if not (isinstance(report, dict) and isinstance(report.get("metrics"), dict) and "classes" in report):
         raise UserError(f"{path} is not a run report (no metrics or classes); fit the head again")
+    if problem := _report_inconsistency(report):
+        raise UserError(f"{path} does not agree with itself ({problem}): edited or damaged; fit the head again")
     return report
+
+
+def _report_inconsistency(report: dict) -> str | None:
+    """Where a report's figures contradict each other, in words: its confusion matrix must count its test items
+    and give its accuracy (an edited accuracy of 0.99 was drawn beside a matrix of 0.79). A malformed matrix is
+    left to the places that read it."""
+    metrics = report["metrics"]
+    matrix = metrics.get("confusion_matrix")
+    counts = isinstance(matrix, list) and all(isinstance(row, list) for row in matrix)
+    if not counts or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for row in matrix for v in row):
+        return None
+    total = sum(map(sum, matrix))
+    right = sum(row[i] for i, row in enumerate(matrix) if i < len(row))
+    n_test, accuracy = report.get("n_test"), metrics.get("accuracy")
+    if isinstance(n_test, int) and total != n_test:
+        return f"its confusion matrix counts {total} test items, its n_test {n_test}"
+    if isinstance(accuracy, (int, float)) and total and abs(accuracy - right / total) > 1e-6:
+        return f"accuracy {accuracy!r} where its confusion matrix gives {right / total:.4f}"
+    return None
 
 
 def render_report(run_dir: str | Path) -> dict[str, Path]:
