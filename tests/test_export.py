@@ -127,6 +127,16 @@ def test_exported_image_preprocessing_is_the_backbones_transform(size):
     np.testing.assert_allclose(ours, backbone.transform()(image).numpy(), atol=1e-6)
 
 
+def test_refitting_the_same_head_keeps_its_export_and_another_head_removes_it(tmp_path, text_run):
+    """A new user's rerun of the same fit-head removed an 88 MiB export (22 s to make) of the very same head."""
+    ok("export", text_run)
+    store = json.loads((text_run / "head.json").read_text())["store"]
+    ok("fit-head", store, "--head", "logreg", "--out", text_run)  # the same command again: the same head
+    assert (text_run / "model.onnx").is_file()
+    ok("fit-head", store, "--head", "logreg", "--grid", "0.5", "--out", text_run)  # another head: its export is stale
+    assert not (text_run / "model.onnx").exists()
+
+
 def test_an_export_removes_the_work_folders_of_killed_exports_and_keeps_running_ones(tmp_path, text_run):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     killed = tmp_path / f"{export_module.WORK_PREFIX}{int(gone.stdout)}-x1y2"  # its process has ended

@@ -186,14 +186,13 @@ def writing_run(out_dir: Path) -> Iterator[None]:
 
 
 def clear_previous_run(out_dir: Path, head: bool) -> None:
-    """Remove what a run in ``out_dir`` before this one left that this one does not write over: its exports (of
-    the head this run replaces) and, for a run that saves no head (``head`` False: few-shot), its head, sidecar and
-    predictions."""
-    stale = [out_dir / name for name in EXPORT_FILES]
-    if not head:
-        stale += [out_dir / SIDECAR_FILE, out_dir / PREDICTIONS_FILE, out_dir / LEGACY_HEAD_FILE]
-        stale += out_dir.glob("head-*.npz")
-    for path in stale:
+    """Remove what a run in ``out_dir`` before this one left that this one does not write over, for a run that saves
+    no head (``head`` False: few-shot): its head, sidecar, predictions and exports. (A run that saves a head leaves
+    the exports to :func:`write_head`, which keeps them when the head is the same.)"""
+    if head:
+        return
+    stale = [out_dir / name for name in (*EXPORT_FILES, SIDECAR_FILE, PREDICTIONS_FILE, LEGACY_HEAD_FILE)]
+    for path in [*stale, *out_dir.glob("head-*.npz")]:
         path.unlink(missing_ok=True)
 
 
@@ -210,13 +209,23 @@ def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     head_file = out_dir / f"head-{digest[:16]}.npz"
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_whole(head_file, data)
     named = {**sidecar, "head_file": head_file.name, "head_sha256": digest}
+    if _saved_sidecar(out_dir) != named:  # another head: its exports are stale (the same one's stay: 22 s, 88 MiB)
+        for name in EXPORT_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    write_whole(head_file, data)
     write_whole(out_dir / SIDECAR_FILE, (json.dumps(named, indent=2) + "\n").encode("utf-8"))
     for old in [*out_dir.glob("head-*.npz"), out_dir / LEGACY_HEAD_FILE]:
         if old != head_file:
             old.unlink(missing_ok=True)
     return head_file
+
+
+def _saved_sidecar(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / SIDECAR_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def write_whole(path: Path, data: bytes) -> None:
