@@ -379,6 +379,7 @@ def test_class_weight_balanced_helps_the_rare_class(tmp_path):
         ("mlp", {"class_weight": "balanced"}, "not supported by the mlp head"),
         ("sgd", {"calibrate": "sigmoid"}, "not supported by the sgd head"),
         ("sgd", {"shots": 2}, "--shots does not apply to the sgd head"),
+        ("sgd", {"grid": [0.001, 0.1]}, "--grid does not apply to the sgd head, which sweeps nothing"),
         ("logreg", {"grid": [0.1, float("nan")]}, "logreg head's C needs finite values above 0"),
         ("svm", {"grid": [float("inf")]}, "svm head's C needs finite values above 0"),
         ("mlp", {"grid": [-1.0, 1.0]}, "mlp head's alpha needs finite values above 0"),

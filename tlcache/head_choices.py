@@ -40,6 +40,8 @@ def check_head(
     if name == "sgd":
         if calibration:
             raise UserError("--calibrate is not supported by the sgd head, which streams the store")
+        if grid:  # it sweeps nothing: a grid given was dropped without a word
+            raise UserError("--grid does not apply to the sgd head, which sweeps nothing (alpha 1e-4); drop --grid")
         return None
     param, default_grid = GRIDS[name]
     return checked_grid(name, param, grid) if grid else list(default_grid)
