@@ -410,6 +410,7 @@ def test_plan_lines_say_what_runs_and_what_is_left_out():
         "  leaves out ft-4-seed1 (about 40 s)",
         "  leaves out ft-all-seed1 (about 40 s)",
         "  a --budget of about 160 s would fit every fine-tune cell",  # for a rerun, which reuses finished cells
+        "  (each cell is estimated again as the cells before it end: one left out here may still run)",
     ]
     assert "s spent on embedding, the frozen cells and the probe" in lines[0]
     assert plan_lines([(keys[0], 40.0)], Budget(None)) == ["plan: 1 fine-tune cells, about 40 s (no --budget)"]

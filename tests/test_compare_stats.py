@@ -297,3 +297,15 @@ def test_the_best_of_each_kind_is_chosen_on_validation_items_never_on_the_test_i
     older = [dict(cell, validation_accuracy=validation[cell["method"]]) for cell in cells if cell["kind"] == "frozen"]
     row = recommend(older + [cell for cell in cells if cell["kind"] == "finetune"])["by_shots"][0]
     assert (row["best_frozen"], row["best_finetune"], row["chosen_on"]) == ("svm", "ft", "test")
+
+
+def test_a_method_no_better_than_the_majority_floor_is_named():
+    """A new user's fine-tune at 16 per class scored 0.1768 against a floor of 0.1982, and compare.md said nothing."""
+    from tlcache.compare.summary import below_the_floor
+
+    rows = [{"method": "ft", "shots": 16, "accuracy": 0.1768}, {"method": "svm", "shots": 16, "accuracy": 0.81}]
+    summary = {"majority": {"class": "user-command", "accuracy": 0.1982}, "rows": rows}
+    assert below_the_floor(summary).startswith(
+        "No better than the floor (0.1982, always 'user-command'): ft at 16 per class (0.1768)."
+    )
+    assert below_the_floor({**summary, "rows": rows[1:]}) is None and below_the_floor({"rows": rows}) is None

@@ -166,7 +166,7 @@ def test_a_change_reruns_the_step_it_touches_and_the_steps_that_read_its_output(
     changed = run("run", write_recipe(recipe, steps))
     assert changed.exit_code == 0, changed.output
     assert _ran(changed) == ["embed", "embed", "fit-head", "finetune", "predict"]
-    assert "clearing runs/text/ft: made before with other options or inputs" in changed.stdout
+    assert "clearing runs/text/ft: made before with other options or inputs, or changed since" in changed.stdout
     report = json.loads((texts / "runs" / "text" / "ft" / "report.json").read_text())
     assert report["finetune"]["config"]["epochs"] == 2  # the new fine-tune, not the old one's folder
 

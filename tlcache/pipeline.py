@@ -347,7 +347,7 @@ def _run_step(step: Step, outputs: dict[str, Path | None], head: str, echo) -> O
     if step.kind == "finetune" and record.owns_output():
         _clear(out, echo)  # made by this step with other options or inputs, and finetune refuses a finished folder
     elif step.kind == "fit-head" and record.owns_output() and (removed := record.clear_previous()):
-        echo(f"  cleared {len(removed)} files of {out}: made before with other options or inputs")
+        echo(f"  cleared {len(removed)} files of {out}: made before with other options or inputs, or changed since")
     record.start()
     echo(f"{head} tlcache {step.kind} {_shown(argv)}")
     output = _output_of(_invoke(step, argv), out)
@@ -428,7 +428,7 @@ def _shown(argv: list[str]) -> str:
 def _clear(out: Path, echo) -> None:
     here = Path.cwd().resolve()
     if out.is_dir() and out.resolve() not in (here, *here.parents):
-        echo(f"  clearing {out}: made before with other options or inputs")
+        echo(f"  clearing {out}: made before with other options or inputs, or changed since")
         shutil.rmtree(out)
 
 

@@ -111,4 +111,6 @@ def plan_lines(pending: list[tuple[CellKey, float]], budget: Budget) -> list[str
     if skip:  # what it would take, for a rerun (which reuses every finished cell)
         every = budget.elapsed() + sum(seconds for _, seconds in pending)
         lines.append(f"  a --budget of about {every:.0f} s would fit every fine-tune cell")
+        # A new user saw a cell this plan left out run after all, with nothing said.
+        lines.append("  (each cell is estimated again as the cells before it end: one left out here may still run)")
     return lines
