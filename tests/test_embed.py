@@ -554,3 +554,12 @@ def test_a_cut_short_store_in_the_cache_is_embedded_again_and_said(tmp_path, tin
         again = embed_source(source, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
     assert not again.cached and again.embedded == 12 and again.path == first.path
     assert np.array_equal(FeatureStore(again.path).features(), features)
+    # Labels edited in the cached store: not the store of this source, though its name says so (a new user's 50
+    # edited labels were served as a cache hit).
+    import h5py
+
+    labels = FeatureStore(again.path).labels()
+    with h5py.File(again.path, "r+") as handle:
+        handle["labels"][:3] = 1 - handle["labels"][:3]
+    mended = embed_source(source, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)  # (said above)
+    assert not mended.cached and np.array_equal(FeatureStore(mended.path).labels(), labels)

@@ -242,6 +242,10 @@ def _tamper(path: Path, how: str) -> None:
             handle["labels"].attrs["class_names"] = '["a", "a"]'
         elif how == "complete with a row never written":
             handle["done"][5] = False
+        elif how == "labels edited":  # a new user's 50 edited labels were served as a cache hit, and trained on
+            handle["labels"][:4] = 1 - handle["labels"][:4]
+        elif how == "class names swapped":
+            handle["labels"].attrs["class_names"] = '["b", "a"]'
 
 
 TAMPERINGS = [
@@ -264,6 +268,8 @@ TAMPERINGS = [
     "no backbone_spec",
     "a class name twice",
     "complete with a row never written",
+    "labels edited",
+    "class names swapped",
 ]
 
 

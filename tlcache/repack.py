@@ -4,6 +4,7 @@ complete mark and the move leaves the partial file, which the next run of the sa
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tlcache.store import check_room, partial_path, probe_store
+from tlcache.store_schema import labels_digest
 
 if TYPE_CHECKING:
     import h5py
@@ -66,6 +68,10 @@ def _rewrite(path: Path, compression: str, keep: np.ndarray | None) -> Path:
                     out.attrs[attr] = value
             else:
                 src.copy(dataset, dst, name=name)
+        if "labels_digest" in dst.attrs:  # of the rows kept
+            dst.attrs["labels_digest"] = labels_digest(
+                dst["labels"][()], json.loads(dst["labels"].attrs["class_names"])
+            )
     path.unlink()
     return target
 

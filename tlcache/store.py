@@ -31,7 +31,7 @@ from tlcache.hashing import hash_json
 from tlcache.paths import default_cache_dir, slug
 from tlcache.provenance import utc_now
 from tlcache.sources import IMAGE_EXTENSIONS, TABLE_EXTENSIONS
-from tlcache.store_schema import decode_attr, encode_attr, layout_problem
+from tlcache.store_schema import decode_attr, encode_attr, labels_digest, layout_problem
 
 if TYPE_CHECKING:
     import h5py
@@ -111,6 +111,10 @@ def probe_store(path: Path) -> StoreStatus:
             if "tlcache_schema" not in attrs:
                 return StoreStatus(exists=True)
             complete = bool(attrs["complete"])
+            if complete and "labels_digest" in attrs:  # labels edited since: not the store of this key
+                class_names = json.loads(handle["labels"].attrs["class_names"])
+                if str(attrs["labels_digest"]) != labels_digest(handle["labels"][()], class_names):
+                    return StoreStatus(exists=True)
             return StoreStatus(
                 exists=True,
                 readable=True,
@@ -188,6 +192,7 @@ class StoreWriter:
         attrs = handle.attrs
         for name, value in meta.items():
             attrs[name] = encode_attr(name, value)
+        attrs["labels_digest"] = labels_digest(np.asarray(labels), class_names)
         attrs["tlcache_schema"] = SCHEMA_VERSION
         attrs["n_rows"] = n
         attrs["dim"] = dim

@@ -45,7 +45,18 @@ def layout_problem(handle: h5py.File, meta: dict[str, Any], class_names: Any) ->
     labels = handle["labels"][()]
     if labels.dtype.kind not in "iu" or (n and (labels.min() < -1 or labels.max() >= len(class_names))):
         return f"labels outside -1..{len(class_names) - 1}"
+    if "labels_digest" in meta and meta["labels_digest"] != labels_digest(labels, class_names):
+        return "its labels or class names are not those it was written with (edited?)"
     return None
+
+
+def labels_digest(labels: np.ndarray, class_names: list[str]) -> str:
+    """A digest of a store's labels and class names, kept in its attributes when it is written: a new user's 50
+    labels edited in a cached store were served as a cache hit, and trained on."""
+    import hashlib
+
+    data = np.asarray(labels, dtype="<i8").tobytes() + json.dumps(list(class_names)).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def encode_attr(name: str, value: Any) -> Any:
