@@ -171,3 +171,22 @@ def test_every_head_with_a_class_weight_weights_those_that_take_one_and_says_so_
         )
     weights = {run.report["head"]: run.report["class_weight"] for run in runs}
     assert weights == {"logreg": "balanced", "knn": None}
+
+
+def test_one_head_fitted_again_in_an_all_heads_folder_ranks_the_leaderboard_again(tmp_path):
+    """A new user refitted svm alone (--grid 0.25) into the folder of `--head all`: leaderboard.md still showed
+    the old svm's figures."""
+    import json
+
+    from tlcache.heads import fit_head
+
+    store = _three_blobs(tmp_path / "s.h5")
+    fit_all_heads(store, heads=("logreg", "knn"), out=tmp_path / "all", progress=False)
+    again = fit_head(store, "knn", grid=[75], out=tmp_path / "all" / "knn")  # a worse k, on its own
+    rows = {row["head"]: row for row in json.loads((tmp_path / "all" / "leaderboard.json").read_text())}
+    assert rows["knn"]["chosen"] == 75 and rows["knn"]["accuracy"] == again.accuracy
+    assert set(rows) == {"logreg", "knn"}
+    assert (
+        f"| knn | {again.report['sweep']['validation_accuracy']:.4f} |"
+        in (tmp_path / "all" / "leaderboard.md").read_text()
+    )

@@ -200,6 +200,9 @@ def fit_head(
             write_head(out_dir, fitted["pipeline"], _sidecar(head, seed, train_store, train_rows))
             _write_test_predictions(out_dir, train_store.class_names, tested, *scored)
         write_report(report, out_dir, figures=figures)
+    from tlcache.all_heads import refresh_leaderboard  # (all_heads imports this module)
+
+    refresh_leaderboard(out_dir)  # a head of a `--head all` folder, fitted again on its own
     return HeadRun(out_dir, report)
 
 
