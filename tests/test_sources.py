@@ -71,8 +71,8 @@ def test_id_column_is_used_when_present_and_must_be_unique(tmp_path):
     path = tmp_path / "ids.csv"
     path.write_text("id,text\nr7,a\nr9,b\n", encoding="utf-8")
     assert load_source(path).ids == ["r7", "r9"]
-    path.write_text("id,text\nr7,a\nr7,b\n", encoding="utf-8")
-    with pytest.raises(UserError, match="repeated ids"):
+    path.write_text("id,text\nr7,a\nr8,c\nr7,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"repeated ids \('r7' in rows 2 and 4\)"):  # which, where (it named none)
         load_source(path)
 
 
@@ -222,3 +222,14 @@ def test_empty_texts_are_refused_by_row_as_missing_ones_are(tmp_path):
     lines.write_text('{"text": "fine", "label": "pos"}\n{"text": " ", "label": "neg"}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"1 row with an empty 'text' \(row 2\); fill it in or drop it"):
         load_source(lines)
+
+
+def test_a_file_of_another_delimiter_is_told_what_it_seems_to_be(tmp_path):
+    """A new user's semicolon-separated CSV got "2 fields where the header has 1" and nothing more."""
+    path = tmp_path / "semi.csv"
+    path.write_text("text;label\nfine, really;pos\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"line 2: 2 fields where the header has 1 \(.*separated by ';'\?"):
+        load_source(path)
+    path.write_text("text;label\nfine;pos\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"has no column 'text' \(columns: text;label\) \(.*separated by ';'"):
+        load_source(path)

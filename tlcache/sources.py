@@ -297,7 +297,8 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
                     n_fields = len(reader.fieldnames or []) + len(row.get(None, [])) - list(row.values()).count(None)
                     raise UserError(
                         f"{path}, line {reader.line_num}: {n_fields} fields where the header has "
-                        f"{len(reader.fieldnames or [])}; check that line's delimiters and quoting"
+                        f"{len(reader.fieldnames or [])}{_delimiter_hint(reader.fieldnames)}; check that line's "
+                        "delimiters and quoting"
                     )
                 rows.append(row)
             columns = list(reader.fieldnames or [])
@@ -308,6 +309,20 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
     finally:
         csv.field_size_limit(limit)
     return rows, columns
+
+
+def _delimiter_hint(columns) -> str:
+    """Words for a header read as one column that holds another delimiter (a new user's semicolon-separated CSV was
+    told of field counts only), else nothing."""
+    if not columns or len(columns) != 1:
+        return ""
+    other = next((mark for mark in (";", "\t", "|", ",") if mark in columns[0]), None)
+    if other is None:
+        return ""
+    return (
+        f" (its header reads as one column, {columns[0][:40]!r}: is the file separated by {other!r}? a .csv is read "
+        "with ',' and a .tsv with tabs)"
+    )
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
@@ -373,7 +388,10 @@ def _table_source(
         raise UserError(f"{path} has no data rows; add rows with a '{text_column}' column")
     shown = ", ".join(columns) or "none"
     if text_column not in columns:
-        raise UserError(f"{path} has no column '{text_column}' (columns: {shown}); pass --text-column NAME")
+        raise UserError(
+            f"{path} has no column '{text_column}' (columns: {shown}){_delimiter_hint(columns)}; pass "
+            "--text-column NAME"
+        )
     for option, name in (
         ("--label-column", label_column),
         ("--id-column", id_column),
@@ -401,7 +419,12 @@ def _table_source(
         else:
             ids.append(str(n))
     if len(set(ids)) != len(ids):
-        raise UserError(f"{path}: column '{id_column}' has repeated ids; ids must be unique (or use --id-column)")
+        first: dict[str, int] = {}
+        n, repeated = next((n, i) for n, i in enumerate(ids) if first.setdefault(i, n) != n)
+        raise UserError(
+            f"{path}: column '{id_column}' has repeated ids ({repeated!r} in rows {first[repeated] + row_offset} and "
+            f"{n + row_offset}); ids must be unique: name another --id-column, or none"
+        )
     # An empty text embeds to the same vector whatever its item (it was trained on and predicted, silently).
     empty = [n + row_offset for n, text in enumerate(texts) if not text.strip()]
     if empty:
