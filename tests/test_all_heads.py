@@ -9,7 +9,7 @@ from conftest import make_store
 from tlcache.all_heads import fit_all_heads, unsettled_order, validation_rank
 from tlcache.errors import UserError
 from tlcache.head_choices import HEADS
-from tlcache.runs import HeadRun
+from tlcache.runs import HeadRun, read_report
 
 
 def _three_blobs(path, n=90, seed=0):
@@ -190,3 +190,6 @@ def test_one_head_fitted_again_in_an_all_heads_folder_ranks_the_leaderboard_agai
         f"| knn | {again.report['sweep']['validation_accuracy']:.4f} |"
         in (tmp_path / "all" / "leaderboard.md").read_text()
     )
+    # `tlcache report` of the folder itself said "pass a run folder written by fit-head", which it is.
+    with pytest.raises(UserError, match=r"is the folder of `fit-head --head all`: each head's report is in its own"):
+        read_report(tmp_path / "all")

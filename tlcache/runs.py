@@ -438,6 +438,13 @@ def read_report(run_dir: str | Path) -> RunReport:
                 f"{run_dir} is a comparison's folder: its report is {COMPARE_MARKDOWN}, written again by running "
                 "the same `tlcache compare` (every finished cell is reused)"
             )
+        heads = sorted(child.parent.name for child in Path(run_dir).glob(f"*/{REPORT_FILE}") if child.is_file())
+        if (Path(run_dir) / LEADERBOARD_FILE).is_file() and heads:
+            raise UserError(
+                f"{run_dir} is the folder of `fit-head --head all`: each head's report is in its own folder "
+                f"({', '.join(heads)}), e.g. `tlcache report {Path(run_dir) / heads[0]}`; the heads' ranking is "
+                f"{LEADERBOARD_MARKDOWN}"
+            )
         what = "holds no " + REPORT_FILE if Path(run_dir).exists() else "does not exist"
         raise UserError(f"{run_dir} {what}; pass a run folder written by `tlcache fit-head`")
     try:
