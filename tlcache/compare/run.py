@@ -249,9 +249,9 @@ def _checked_request(heads, finetunes, shots, repeats: int, budget: float | None
     request that cannot run is one line."""
     heads, finetunes, shots = (tuple(dict.fromkeys(names)) for names in (heads, finetunes, shots))
     for head in heads:
-        check_choice("--heads", head, [h for h in HEADS if h != "sgd"])
+        check_choice("--heads", head, [h for h in HEADS if h != "sgd"], "is not a head here (none: no frozen head)")
     for method in finetunes:
-        check_choice("--finetune", method, FINETUNES)
+        check_choice("--finetune", method, FINETUNES, "is not a fine-tune here (none: no fine-tune)")
     if not heads and not finetunes:
         raise UserError("compare needs a method: give --heads, --finetune or both")
     for shot in shots:
