@@ -430,6 +430,14 @@ def test_texts_cut_to_the_models_limit_are_counted_in_the_summary_and_the_store(
     predicted = predict(tmp_path / "knn", path, out=tmp_path / "p.csv", cache_dir=tmp_path / "cache", progress=False)
     assert "(3 texts cut to the model's limit: their ends were not read; " in predicted.summary_line()
     assert predicted.in_training == 8  # the head's own texts (and repeats of them): said too
+    # The same texts in another file (other columns and labels): every row reused from the store above, and still
+    # counted (a new user's store of reused rows said none were cut).
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    table.assign(label=["x"] * 8, note=range(8)).to_csv(tmp_path / "again.csv", index=False)
+    reused = embed_source(tmp_path / "again.csv", f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert reused.reused == 8 and reused.embedded == 0 and reused.truncated == 3
 
 
 def test_places_that_cannot_hold_a_store_are_refused_in_one_line(tmp_path, tiny_bert_dir, monkeypatch):

@@ -199,7 +199,8 @@ def _embed_rows(
     forward = _image_forward(bb, compile_mode, len(pending), size, progress) if len(pending) else None
     how: dict[str, Any] = {"batch_size": size, "compiled": forward is not None}
     read = None  # tokens the model reads of each text, for batching by length
-    if src.modality == "text" and bb.max_length and len(pending):  # every row's text: the store's count
+    # Every row's text, reused rows' too: the store's count (a store of reused rows only said none were cut).
+    if src.modality == "text" and bb.max_length:
         full = np.asarray(bb.token_lengths(src.items, truncate=False))
         long = int((full > bb.max_length).sum())
         chunked = getattr(bb, "long_text", "truncate") == "chunk"  # read whole, window by window

@@ -133,6 +133,11 @@ class TransformersText(TextBackbone):
         )
 
     def token_lengths(self, texts, truncate: bool = True):
+        if self.tokenizer is None:  # not loaded with the model: every row was reused, and its texts still counted
+            from transformers import AutoTokenizer
+
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         with quiet_transformers(warnings=False):  # a text past the limit makes the tokenizer warn when not cut
             encoded = self.tokenizer(list(texts), truncation=truncate, max_length=self.max_length if truncate else None)
         return [len(ids) for ids in encoded["input_ids"]]
