@@ -81,6 +81,8 @@ def test_text_export_predicts_as_tlcache_predict_and_records_its_checks(tmp_path
     assert model.predict_proba(texts).shape == (30, 2) and model.features(texts).shape == (30, record["dim"])
     with pytest.raises(UserError, match=r"takes a list of items, not one str: pass \['a fine film'\]"):
         model.predict("a fine film")  # a prediction per letter before
+    with pytest.raises(UserError, match="item 1 is an empty text"):
+        model.predict(["a fine film", "  "])  # refused, as the command line refuses a source's empty text
     # The head's own training items are counted through the export as through the head (a new user's run said so
     # from the run folder, and nothing from its model.onnx).
     from tlcache.predict import predict, predict_exported

@@ -67,6 +67,9 @@ class ExportedModel:
             bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
             if bad is not None:
                 raise UserError(f"item {bad} is a {type(items[bad]).__name__}; this exported model takes texts")
+            empty = next((i for i, item in enumerate(items) if not item.strip()), None)
+            if empty is not None:  # as a source's empty text is refused: every one embeds to the same vector
+                raise UserError(f"item {empty} is an empty text; fill it in or leave it out")
             return self._run_texts(items, batch_size or TEXT_BATCH)
         return self._run_images(items, batch_size or IMAGE_BATCH)
 
