@@ -58,10 +58,16 @@ def test_a_listing_tells_stores_of_one_backbone_and_source_apart(tmp_path):
     store("2", precision="fp32", layer="blocks.5", pooling="max", **image)
     store("3", precision="bf16", backbone_spec={"name": "bb", "image_size": 96}, preprocessing={"convert": "RGB"})
     store("4", precision="fp32", modality="text", layer="last", preprocessing={"max_length": 8})
+    # A new user's stores of one file, long texts cut and read in chunks, or through another label column, read alike.
+    text = {"precision": "bf16", "modality": "text", "layer": "last"}
+    store("5", **text, preprocessing={"max_length": 8, "long_text": "chunk"})
+    store("6", **text, preprocessing={}, source_options={"text_column": "text", "label_column": "section"})
     described = {entry.path.name[3:4]: entry.features for entry in list_stores(tmp_path)}
     assert described == {
         "1": "96 px, bf16 compute",
         "2": "96 px, fp32 compute, layer blocks.5, max pooling",
         "3": "96 px, bf16 compute, decoded by another tlcache",
         "4": "fp32 compute",
+        "5": "bf16 compute, long texts in chunks",
+        "6": "bf16 compute, columns: label 'section'",
     }

@@ -129,6 +129,16 @@ def describe_features(attrs) -> str:
     views = attr("views")
     if views and int(views) > 0:
         words.append(f"{int(views)} views")
+    if preprocessing.get("long_text") == "chunk":  # long texts read window by window, not cut
+        words.append("long texts in chunks")
+    columns = parsed("source_options")  # a table read through other columns than the defaults
+    defaults = {"text_column": "text", "label_column": "label"}
+    named = [
+        f"{key.removesuffix('_column')} {value!r}"
+        for key, value in sorted(columns.items())
+        if value and value != defaults.get(key)
+    ]
+    words += [f"columns: {', '.join(named)}"] if named else []
     if image and preprocessing and preprocessing.get("convert") != DECODING:
         words.append("decoded by another tlcache")
     return ", ".join(words)
