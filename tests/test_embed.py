@@ -496,6 +496,11 @@ def test_long_text_chunk_reads_every_token_in_windows_and_is_in_the_key(tmp_path
     meta = FeatureStore(chunked.path).meta
     assert meta["chunked_rows"] == 3 and meta["truncated_rows"] == 0 and meta["preprocessing"]["long_text"] == "chunk"
     assert FeatureStore(chunked.path).meta["backbone_spec"]["long_text"] == "chunk"  # predict embeds the same way
+    # A store of the other kind is refused by the option that tells them apart (it said "differ in preprocessing").
+    from tlcache.runs import check_same_features
+
+    with pytest.raises(UserError, match="long texts chunk against truncate: embed with the same --long-text"):
+        check_same_features(FeatureStore(chunked.path).meta, FeatureStore(cut.path).meta, "x")
     short, long = FeatureStore(chunked.path).features(), FeatureStore(cut.path).features()
     np.testing.assert_allclose(short[1::2], long[1::2], atol=1e-5)  # a text that fits is one window: the same
     assert np.abs(short[0::2] - long[0::2]).max() > 1e-3  # a long one is read to its end

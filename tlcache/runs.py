@@ -146,7 +146,11 @@ def check_same_features(expected: dict, actual: dict, what: str, subject: str = 
     for name in FEATURE_IDENTITY:
         if expected.get(name) != actual.get(name):
             advice = "embed with the same backbone and options"
-            if name in ("precision", "layer", "pooling"):  # the option that sets it, and the value each side has
+            sides = [expected.get(name), actual.get(name)]
+            long_text = [side.get("long_text", "truncate") if isinstance(side, dict) else None for side in sides]
+            if name == "preprocessing" and long_text[0] != long_text[1]:  # the option a new user was not told of
+                advice = f"long texts {long_text[0]} against {long_text[1]}: embed with the same --long-text"
+            elif name in ("precision", "layer", "pooling"):  # the option that sets it, and the value each side has
                 option = {"precision": "--precision", "layer": "--layer", "pooling": "--pool"}[name]
                 advice = (
                     f"{expected.get(name)} against {actual.get(name)}: embed with the same {option} "

@@ -394,7 +394,8 @@ class FeatureStore:
         """``features``, once checked: a NaN or an infinity would train and predict garbage without a word."""
         if not np.isfinite(features).all():
             bad = int((~np.isfinite(features)).any(axis=tuple(range(1, features.ndim))).sum())
-            raise UserError(f"{self.path} holds NaN or infinite features ({bad} rows read); delete it and embed again")
+            rows = f"{bad} row{'s' if bad != 1 else ''}"
+            raise UserError(f"{self.path} holds NaN or infinite features (in {rows} read); delete it and embed again")
         return features
 
     def views(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray | None:
