@@ -728,6 +728,7 @@ ADDED = {
         "--out": EXPORT + "test_image_mlp_linear_svm_svm_and_knn_exports_predict_as_tlcache_predict",
         "--force": EXPORT + "test_a_failed_gate_writes_nothing_unless_forced",
         "--quantize": EXPORT + "test_int8_exports_of_a_text_and_an_image_model_pass_their_gates",
+        "--no-progress": EXPORT + "test_the_export_shows_a_bar_of_its_check_on_a_terminal_unless_no_progress",
     },
     "run": {
         "pipeline": "test_pipelines.py::test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all",

@@ -27,6 +27,7 @@ import numpy as np
 from tlcache.errors import UserError
 from tlcache.exported import EXPORT_FORMAT, OUTPUTS, load_exported, write_metadata
 from tlcache.paths import check_output_file, folder_for_output, process_running
+from tlcache.progress import progress_bar
 
 QUANTIZE = ("none", "int8")
 OPSET = 17
@@ -59,9 +60,11 @@ def export_run(
     *,
     quantize: str = "none",
     force: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Export the head in ``run_dir`` with its backbone to ``out`` (default ``RUN_DIR/model[-int8].onnx``); the
-    artifact's metadata, with the gates' figures. UserError when a gate fails (and ``force`` is not given)."""
+    artifact's metadata, with the gates' figures. UserError when a gate fails (and ``force`` is not given).
+    ``progress``: a bar of the test items checked, on a terminal."""
     import torch
 
     from tlcache.backbones import create_backbone
@@ -115,7 +118,7 @@ def export_run(
         if quantize == "int8":
             graph = _quantize(graph, Path(tmp) / "int8.onnx", backbone, sidecar)
         write_metadata(graph, metadata)
-        gates = check_parity(graph, run_dir, report, quantize, tested)
+        gates = check_parity(graph, run_dir, report, quantize, tested, progress)
         metadata |= {"gates": gates, "forced": bool(force and not gates["passed"])}
         if not gates["passed"] and not force:
             raise UserError(
@@ -330,7 +333,9 @@ def tested_items(run_dir: Path) -> list[dict[str, str]]:
     return tested
 
 
-def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, tested: list[dict]) -> dict[str, Any]:
+def check_parity(
+    graph: Path, run_dir: Path, report: dict, quantize: str, tested: list[dict], progress: bool = False
+) -> dict[str, Any]:
     """The exported graph on the run's test items (``tested``: its predictions.csv, see :func:`tested_items`)
     against the run: the gates' figures and verdict."""
     from tlcache.report import calibration_summary
@@ -352,7 +357,9 @@ def check_parity(graph: Path, run_dir: Path, report: dict, quantize: str, tested
         rows.append(row)
         items.append(item[0])
     model = load_exported(graph)
-    outputs = model.run(items)
+    # Each test item read again from its source and run through the graph: on images, the export's longest part.
+    with progress_bar(progress, total=len(items), unit="item", desc="check the export", leave=False) as bar:
+        outputs = model.run(items, on_batch=bar.update)
     if outputs.skipped:
         raise UserError(f"test item {tested[outputs.skipped[0][0]]['id']} {outputs.skipped[0][1]}")
     cached = store.features()[np.asarray(rows)].astype(np.float64)

@@ -59,9 +59,9 @@ class ExportedModel:
         self._inputs = [node.name for node in self.session.get_inputs()]
         self._tokenizer = _tokenizer(self.metadata["text"]) if self.modality == "text" else None
 
-    def run(self, items: Sequence, batch_size: int | None = None) -> Outputs:
+    def run(self, items: Sequence, batch_size: int | None = None, on_batch=None) -> Outputs:
         """Every output for ``items`` (texts, or image paths / PIL images); images that cannot be decoded are left
-        out and listed in ``skipped``."""
+        out and listed in ``skipped``. ``on_batch``, when given, is called with each batch's number of items."""
         items = item_list(items, "an exported model")
         if self.modality == "text":
             bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
@@ -70,8 +70,8 @@ class ExportedModel:
             empty = next((i for i, item in enumerate(items) if not item.strip()), None)
             if empty is not None:  # as a source's empty text is refused: every one embeds to the same vector
                 raise UserError(f"item {empty} is an empty text; fill it in or leave it out")
-            return self._run_texts(items, batch_size or TEXT_BATCH)
-        return self._run_images(items, batch_size or IMAGE_BATCH)
+            return self._run_texts(items, batch_size or TEXT_BATCH, on_batch or _nothing)
+        return self._run_images(items, batch_size or IMAGE_BATCH, on_batch or _nothing)
 
     def predict(self, items: Sequence) -> list[str]:
         """The head's own decision for each item, as a class name (an unreadable image raises)."""
@@ -93,7 +93,7 @@ class ExportedModel:
             raise UserError(f"item {position} {why}")
         return out
 
-    def _run_texts(self, texts: list[str], batch_size: int) -> Outputs:
+    def _run_texts(self, texts: list[str], batch_size: int, on_batch) -> Outputs:
         encoded = self._tokenizer.encode_batch(texts)  # truncated to the model's limit, not padded yet
         order = np.argsort([len(e.ids) for e in encoded], kind="stable")
         parts = []
@@ -107,13 +107,14 @@ class ExportedModel:
             }
             feeds = {name: np.asarray(arrays[name], dtype=np.int64) for name in self._inputs}
             parts.append(self.session.run(list(OUTPUTS), feeds))
+            on_batch(len(batch))
         back = np.empty(len(texts), dtype=np.int64)
         back[order] = np.arange(len(texts))
         outputs = _joined(parts, back, np.arange(len(texts)), [])
         outputs.truncated = sum(1 for e in encoded if e.overflowing)  # tokens past the limit, as `embed` counts
         return outputs
 
-    def _run_images(self, images: list, batch_size: int) -> Outputs:
+    def _run_images(self, images: list, batch_size: int, on_batch) -> Outputs:
         preprocessing = self.metadata["image"]
         parts, kept, skipped = [], [], []
         for start in range(0, len(images), batch_size):
@@ -127,7 +128,12 @@ class ExportedModel:
                     kept.append(position)
             if pixels:
                 parts.append(self.session.run(list(OUTPUTS), {self._inputs[0]: np.stack(pixels)}))
+            on_batch(min(start + batch_size, len(images)) - start)
         return _joined(parts, None, np.asarray(kept, dtype=np.int64), skipped)
+
+
+def _nothing(_) -> None:
+    pass
 
 
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:

@@ -214,8 +214,9 @@ def _say_predicted(result: PredictResult, out: str, as_json: bool = False) -> No
 )
 @click.option("--out", "-o", help="The ONNX file to write [default: RUN_DIR/model.onnx or model-int8.onnx].")
 @click.option("--force", is_flag=True, help="Write the file even when it fails its parity checks (it says so).")
+@no_progress_option
 @json_option
-def export(run_dir, quantize, out, force, as_json) -> dict:
+def export(run_dir, quantize, out, force, no_progress, as_json) -> dict:
     """Export the head in RUN_DIR with its backbone as one ONNX file, checked against the cache first.
 
     The graph takes a batch of images (pixels) or texts (token ids) and gives the features, the head's scores,
@@ -233,7 +234,7 @@ def export(run_dir, quantize, out, force, as_json) -> dict:
     """
     from tlcache.export import export_run
 
-    record = export_run(run_dir, out, quantize=quantize, force=force)
+    record = export_run(run_dir, out, quantize=quantize, force=force, progress=not no_progress)
     measured = record["gates"]["measured"]
     verdict = "passed" if record["gates"]["passed"] else "FAILED (written with --force)"
     line = (
