@@ -403,3 +403,22 @@ def sweep_summary(pipeline) -> Sweep | None:
         "validation_accuracy": float(accuracies[model.best_]),
         "validation_items": getattr(model, "validation_items_", None),  # None from heads fitted before it was kept
     }
+
+
+def report_inconsistency(report: dict) -> str | None:
+    """Where a report's figures contradict each other, in words: its confusion matrix must count its test items
+    and give its accuracy (an edited accuracy of 0.99 was drawn beside a matrix of 0.79). A malformed matrix is
+    left to the places that read it."""
+    metrics = report["metrics"]
+    matrix = metrics.get("confusion_matrix")
+    counts = isinstance(matrix, list) and all(isinstance(row, list) for row in matrix)
+    if not counts or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for row in matrix for v in row):
+        return None
+    total = sum(map(sum, matrix))
+    right = sum(row[i] for i, row in enumerate(matrix) if i < len(row))
+    n_test, accuracy = report.get("n_test"), metrics.get("accuracy")
+    if isinstance(n_test, int) and total != n_test:
+        return f"its confusion matrix counts {total} test items, its n_test {n_test}"
+    if isinstance(accuracy, (int, float)) and total and abs(accuracy - right / total) > 1e-6:
+        return f"accuracy {accuracy!r} where its confusion matrix gives {right / total:.4f}"
+    return None

@@ -25,7 +25,7 @@ import numpy as np
 from tlcache.errors import UserError
 from tlcache.figures import render_figures
 from tlcache.paths import process_running, slug
-from tlcache.report import RunReport, render_markdown
+from tlcache.report import RunReport, render_markdown, report_inconsistency
 
 HEAD_FILE_PATTERN = re.compile(r"head-[0-9a-f]{16}\.npz")
 LEGACY_HEAD_FILE = "head.joblib"  # a pickle, written by older versions of tlcache: never loaded
@@ -457,28 +457,9 @@ def read_report(run_dir: str | Path) -> RunReport:
         raise UserError(f"{path} is not valid JSON ({exc}); fit the head again") from None
     if not (isinstance(report, dict) and isinstance(report.get("metrics"), dict) and "classes" in report):
         raise UserError(f"{path} is not a run report (no metrics or classes); fit the head again")
-    if problem := _report_inconsistency(report):
+    if problem := report_inconsistency(report):
         raise UserError(f"{path} does not agree with itself ({problem}): edited or damaged; fit the head again")
     return report
-
-
-def _report_inconsistency(report: dict) -> str | None:
-    """Where a report's figures contradict each other, in words: its confusion matrix must count its test items
-    and give its accuracy (an edited accuracy of 0.99 was drawn beside a matrix of 0.79). A malformed matrix is
-    left to the places that read it."""
-    metrics = report["metrics"]
-    matrix = metrics.get("confusion_matrix")
-    counts = isinstance(matrix, list) and all(isinstance(row, list) for row in matrix)
-    if not counts or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for row in matrix for v in row):
-        return None
-    total = sum(map(sum, matrix))
-    right = sum(row[i] for i, row in enumerate(matrix) if i < len(row))
-    n_test, accuracy = report.get("n_test"), metrics.get("accuracy")
-    if isinstance(n_test, int) and total != n_test:
-        return f"its confusion matrix counts {total} test items, its n_test {n_test}"
-    if isinstance(accuracy, (int, float)) and total and abs(accuracy - right / total) > 1e-6:
-        return f"accuracy {accuracy!r} where its confusion matrix gives {right / total:.4f}"
-    return None
 
 
 def render_report(run_dir: str | Path) -> dict[str, Path]:

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 CHECK_SECONDS = 0.05  # the least wall time over which the process's share of the cores is measured
 SHORT = 0.75  # a share below this fraction of the threads running means fewer cores than threads
@@ -93,9 +94,8 @@ class AdaptiveThreads:
 
 
 @contextmanager
-def adaptive_threads(enabled: bool = True) -> Iterator[AdaptiveThreads | None]:
-    """An :class:`AdaptiveThreads` for the block (None when not ``enabled``: on a GPU, say); torch's thread count is
-    as it was after it."""
+def _restored(enabled: bool) -> Iterator[Any]:
+    """torch (None when not ``enabled``) for a block that sets its thread count; the count as it was after it."""
     if not enabled:
         yield None
         return
@@ -103,26 +103,27 @@ def adaptive_threads(enabled: bool = True) -> Iterator[AdaptiveThreads | None]:
 
     before = torch.get_num_threads()
     try:
-        yield AdaptiveThreads()
+        yield torch
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def adaptive_threads(enabled: bool = True) -> Iterator[AdaptiveThreads | None]:
+    """An :class:`AdaptiveThreads` for the block (None when not ``enabled``: on a GPU, say); torch's thread count is
+    as it was after it."""
+    with _restored(enabled) as torch:
+        yield AdaptiveThreads() if torch is not None else None
 
 
 @contextmanager
 def one_thread(enabled: bool = True) -> Iterator[None]:
     """torch on one thread for the block (many small steps, where threads cost more than they give), as it was
     after it; nothing when not ``enabled``."""
-    if not enabled:
+    with _restored(enabled) as torch:
+        if torch is not None:
+            torch.set_num_threads(1)
         yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager
