@@ -576,3 +576,17 @@ def test_a_cut_short_store_in_the_cache_is_embedded_again_and_said(tmp_path, tin
         handle["labels"][:3] = 1 - handle["labels"][:3]
     mended = embed_source(source, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)  # (said above)
     assert not mended.cached and np.array_equal(FeatureStore(mended.path).labels(), labels)
+
+
+def test_the_rate_said_is_of_the_rows_not_the_models_loading(tmp_path, tiny_bert_dir, text_csv):
+    """The rate is the rows' own: on a small set the model's loading took most of the call, and the rate said was
+    taken over both."""
+    from tlcache.embed_result import EmbedResult
+
+    result = embed_source(text_csv, f"hf:{tiny_bert_dir}", out=tmp_path / "cache", progress=False)
+    assert 0 < result.load_seconds < result.seconds
+    assert FeatureStore(result.path).meta["load_seconds"] == pytest.approx(result.load_seconds, abs=1e-3)
+    said = EmbedResult(tmp_path / "s.h5", "k", "minilm", 384, 100, 100, 0, seconds=3.0, cached=False, load_seconds=2.0)
+    assert "in 3.0 s (100/s after 2.0 s loading the model)" in said.summary_line()
+    said.load_seconds = 0.0  # nothing loaded (the Ray engine's workers load their own): the rate of the whole call
+    assert "in 3.0 s (33/s) ->" in said.summary_line()

@@ -186,6 +186,17 @@ def test_a_row_with_more_or_fewer_fields_than_the_header_is_refused_with_its_lin
         load_source(path)
 
 
+def test_an_unclosed_quote_is_named_where_it_opened(tmp_path):
+    """A new user's unclosed quote was reported as a count of fields on a later line: the quote takes the lines
+    after it into one field. A quoted field over two lines, closed, is read as one text."""
+    path = tmp_path / "open.csv"
+    path.write_text('text,label\n"two\nlines",neg\n"an open quote,pos\nnext,neg\nlast,pos\n')
+    with pytest.raises(UserError, match=r"open.csv, line 4: a quoted field opened there runs to line 6"):
+        load_source(path)
+    path.write_text('text,label\n"two\nlines",neg\n"closed",pos\n')
+    assert load_source(path).items == ["two\nlines", "closed"]
+
+
 def test_a_long_text_is_read_whole(tmp_path):
     path = tmp_path / "long.csv"
     text = "word " * 1_000_000  # 5 MB in one cell

@@ -172,6 +172,7 @@ def embed_source(
         ray_engine.remove_shards(shards)
     done = result(computed, reused, bb.dim, cached=False, truncated=run.get("truncated_rows") or 0)
     done.engine = {k: run[k] for k in ray_engine.SUMMARY if k in run}
+    done.load_seconds = float(run.get("load_seconds") or 0.0)
     return done
 
 
@@ -193,11 +194,13 @@ def _embed_rows(
         bad = unreadable_headers([src.items[i] for i in pending])
         writer.skip(pending[list(bad)], list(bad.values()))
         pending = writer.pending()
+    loading = time.perf_counter()
     if len(pending):
         bb.load(str(device))
         size = min(size, len(pending))  # a compiled model is built for one batch size: no bigger than needed
     forward = _image_forward(bb, compile_mode, len(pending), size, progress) if len(pending) else None
     how: dict[str, Any] = {"batch_size": size, "compiled": forward is not None}
+    how["load_seconds"] = round(time.perf_counter() - loading, 3)
     read = None  # tokens the model reads of each text, for batching by length
     # Every row's text, reused rows' too: the store's count (a store of reused rows only said none were cut).
     if src.modality == "text" and bb.max_length:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -217,7 +217,9 @@ def _quantize(graph: Path, target: Path, backbone, sidecar: dict) -> Path:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process the model, logged on the root logger
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # the calibrator prints its progress
+        # The calibrator prints its workings ("Collecting tensor data and making histogram ...", a line per setting),
+        # which a new user took for warnings, --no-progress or not: kept from the terminal.
+        with contextlib.redirect_stdout(io.StringIO()):
             _run_quantiser(graph, target, backbone, sidecar, _float_nodes(graph, backbone.modality))
     except Exception as exc:  # noqa: BLE001 (onnxruntime's quantiser fails in its own ways on a graph it cannot take)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

@@ -292,16 +292,13 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
             rows = []
+            columns = list(reader.fieldnames or [])  # reading the header: the line count starts after it
+            first_line = reader.line_num + 1  # where the next row starts (its fields may span lines, quoted)
             for row in reader:
                 if None in row or None in row.values():
-                    n_fields = len(reader.fieldnames or []) + len(row.get(None, [])) - list(row.values()).count(None)
-                    raise UserError(
-                        f"{path}, line {reader.line_num}: {n_fields} fields where the header has "
-                        f"{len(reader.fieldnames or [])}{_delimiter_hint(reader.fieldnames)}; check that line's "
-                        "delimiters and quoting"
-                    )
+                    raise UserError(_bad_row(path, reader, row, first_line))
                 rows.append(row)
-            columns = list(reader.fieldnames or [])
+                first_line = reader.line_num + 1
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except csv.Error as exc:
@@ -309,6 +306,24 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
     finally:
         csv.field_size_limit(limit)
     return rows, columns
+
+
+def _bad_row(path: Path, reader: csv.DictReader, row: dict, first_line: int) -> str:
+    """The line for a row whose field count is not the header's: a quote left open (the row ran from
+    ``first_line`` over later lines, taking them into one field) is named where it opened; otherwise the count, at
+    the row's line."""
+    columns = reader.fieldnames or []
+    n_fields = len(columns) + len(row.get(None, [])) - list(row.values()).count(None)
+    values = [value for value in row.values() if isinstance(value, str)]
+    if reader.line_num > first_line and n_fields < len(columns) and any("\n" in value for value in values):
+        return (
+            f"{path}, line {first_line}: a quoted field opened there runs to line {reader.line_num}, taking the "
+            'lines between into one field; close its quote (or double a quote inside a quoted field: "")'
+        )
+    return (
+        f"{path}, line {reader.line_num}: {n_fields} fields where the header has {len(columns)}"
+        f"{_delimiter_hint(columns)}; check that line's delimiters and quoting"
+    )
 
 
 def _delimiter_hint(columns) -> str:
