@@ -40,7 +40,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _results import made_by, provenance, save_results
+from _results import made_by, provenance, save_results, user_python
 
 ROOT = Path(__file__).resolve().parents[1]
 # The code before issue 15's heads (calibrated wrapping, per-value kernels, scikit-learn's MLP), for before/after.
@@ -148,12 +148,9 @@ def checkout(commit: str, into: Path) -> Path:
 
 
 def side_environment(code: Path, work: Path) -> dict[str, str]:
-    """The environment of a side's processes: its tlcache package first on the path, and Python's compiled modules
-    kept (in a folder of the side's own), as on a user's machine, where each module is compiled on its first import
-    only; a machine that sets PYTHONDONTWRITEBYTECODE (this project's do) compiled every module in every process."""
-    environment = {**os.environ, "PYTHONPATH": str(code), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
-    environment.pop("PYTHONDONTWRITEBYTECODE", None)
-    return environment
+    """The environment of a side's processes: its tlcache package first on the path, its compiled modules kept in
+    a folder of its own (see _results.user_python)."""
+    return user_python(work / "pycache", PYTHONPATH=str(code))
 
 
 def head_all(codes: dict[str, Path], train_path: Path, test_path: Path, work: Path) -> dict[str, dict]:
