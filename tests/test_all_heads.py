@@ -193,3 +193,50 @@ def test_one_head_fitted_again_in_an_all_heads_folder_ranks_the_leaderboard_agai
     # `tlcache report` of the folder itself said "pass a run folder written by fit-head", which it is.
     with pytest.raises(UserError, match=r"is the folder of `fit-head --head all`: each head's report is in its own"):
         read_report(tmp_path / "all")
+
+
+def test_a_head_fitted_on_other_rows_is_not_ranked_beside_the_others(tmp_path):
+    """A refit with another seed (other validation and test rows) is not ranked with heads of the old seed: the
+    leaderboard is removed, with a warning naming the heads."""
+    from tlcache.heads import fit_head
+
+    store = _three_blobs(tmp_path / "s.h5")
+    fit_all_heads(store, heads=("logreg", "knn"), out=tmp_path / "all", progress=False)
+    with pytest.warns(UserWarning, match=r"was fitted on other rows than logreg beside it .* is removed"):
+        fit_head(store, "knn", seed=3, out=tmp_path / "all" / "knn")
+    assert not (tmp_path / "all" / "leaderboard.json").exists() and not (tmp_path / "all" / "leaderboard.md").exists()
+
+
+def test_an_interrupted_run_of_every_head_leaves_no_leaderboard_of_two_runs(tmp_path, monkeypatch):
+    """A new user's `--head all` rerun, stopped with Ctrl-C after two heads, left a leaderboard ranking those two
+    (seed 0) above three of the run before (seed 5, class weights): the old leaderboard goes before any head is
+    fitted, and none is written until every head is."""
+    import tlcache.all_heads as all_heads
+
+    store = _three_blobs(tmp_path / "s.h5")
+    fit_all_heads(store, heads=("logreg", "svm", "knn"), out=tmp_path / "all", seed=5, progress=False)
+    assert (tmp_path / "all" / "leaderboard.md").exists()
+    fit_one = all_heads.fit_head
+
+    def stopped_at_knn(store, head, **options):
+        if head == "knn":
+            raise KeyboardInterrupt
+        return fit_one(store, head, **options)
+
+    monkeypatch.setattr(all_heads, "fit_head", stopped_at_knn)
+    with pytest.raises(KeyboardInterrupt):
+        fit_all_heads(store, heads=("logreg", "svm", "knn"), out=tmp_path / "all", progress=False)
+    assert read_report(tmp_path / "all" / "logreg")["seed"] == 0 and read_report(tmp_path / "all" / "knn")["seed"] == 5
+    assert not (tmp_path / "all" / "leaderboard.json").exists() and not (tmp_path / "all" / "leaderboard.md").exists()
+
+
+def test_one_head_is_not_fitted_into_the_folder_of_every_head(tmp_path):
+    """A new user's `fit-head --head knn --out ALL` put a head of another store beside the five heads' folders and
+    their leaderboard, and `predict ALL` then answered with it."""
+    from tlcache.heads import fit_head
+
+    store = _three_blobs(tmp_path / "s.h5")
+    fit_all_heads(store, heads=("logreg", "knn"), out=tmp_path / "all", progress=False)
+    with pytest.raises(UserError, match=r"is the folder of `fit-head --head all`; fit knn into its own folder there"):
+        fit_head(store, "knn", out=tmp_path / "all")
+    assert not (tmp_path / "all" / "head.json").exists()

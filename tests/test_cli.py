@@ -210,6 +210,31 @@ def test_predict_refuses_an_out_that_is_its_source_or_a_file_of_the_run(tmp_path
     assert run("predict", tmp_path / "run", source, "--out", tmp_path / "run" / "new.csv").exit_code == 0
 
 
+def test_predict_replaces_only_predictions_it_wrote(tmp_path, text_stores, tiny_bert_dir):
+    """A new user's typo in `predict --out` replaced a feature store, another head's report.json, an exported model
+    and the training file, each with five rows of predictions: an existing file is replaced only when it is a
+    predictions CSV (a rerun's) or empty."""
+    train, test = text_stores
+    for folder in ("run", "other"):
+        assert run("fit-head", train["path"], "--out", tmp_path / folder).exit_code == 0
+    source = write_text_csv(tmp_path / "in.csv", n=5, seed=4)
+    kept = {
+        Path(test["path"]): "is not a predictions file (a binary or non-UTF-8 file, not the header 'id,label,prob_",
+        tmp_path / "reviews.csv": "exists and is not a predictions file (its first line 'text,label'",
+        tmp_path / "other" / "report.json": "is a file of the run folder",
+        tmp_path / "other" / "predictions.csv": "is a file of the run folder",  # which paired tests read
+    }
+    write_text_csv(tmp_path / "reviews.csv", n=5, seed=5)
+    before = {path: path.read_bytes() for path in kept}
+    for path, message in kept.items():
+        assert_user_error(run("predict", tmp_path / "run", source, "--out", path), message)
+    assert {path: path.read_bytes() for path in kept} == before
+    (tmp_path / "empty.csv").write_bytes(b"")
+    for out in ("p.csv", "p.csv", "empty.csv"):  # a rerun replaces its own predictions; an empty file may go
+        assert run("predict", tmp_path / "run", source, "--out", tmp_path / out).exit_code == 0
+        assert (tmp_path / out).read_text(encoding="utf-8").startswith("id,label,prob_neg,prob_pos")
+
+
 def test_predict_refuses_a_head_of_other_features(tmp_path, text_stores, tiny_bert_dir):
     train, _ = text_stores
     assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
@@ -503,3 +528,34 @@ def test_test_items_that_are_training_items_are_counted_and_all_of_them_refused(
 def _texts(path: Path) -> list[str]:
     with open(path, newline="", encoding="utf-8") as handle:
         return [row["text"] for row in csv.DictReader(handle)]
+
+
+def test_a_table_without_a_label_column_is_said_to_be_embedded_without_labels(tmp_path, tiny_bert_dir):
+    """A new user's `package,text,section` file was embedded unlabelled without a word, and fit-head then said only
+    "has no labels": embed names the columns that could be the label, and fit-head names --label-column."""
+    table = tmp_path / "packages.csv"
+    rows = [f"pkg{i},{('a good tool', 'a dull library')[i % 2]} {i},{('utils', 'libs')[i % 2]}" for i in range(12)]
+    table.write_text("package,text,section\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    done = run("embed", table, "-b", f"hf:{tiny_bert_dir}", "--out", tmp_path / "cache", "--no-progress")
+    assert done.exit_code == 0, done.output
+    assert "has no column 'label', so its items are stored without labels" in done.stderr
+    assert "--label-column naming one of: package, section" in done.stderr
+    store = next((tmp_path / "cache").glob("*.h5"))
+    assert_user_error(run("fit-head", store, "--out", tmp_path / "run"), "a table embedded with --label-column")
+    labelled = run("embed", table, "-b", f"hf:{tiny_bert_dir}", "--label-column", "section", "--no-progress")
+    assert labelled.exit_code == 0 and "note:" not in labelled.stderr
+    plain = tmp_path / "plain.csv"  # nothing but texts: items to predict, nothing to say
+    plain.write_text("text\nfine\nbad plot\n", encoding="utf-8")
+    quiet = run("embed", plain, "-b", f"hf:{tiny_bert_dir}", "--no-progress")
+    assert quiet.exit_code == 0 and "note:" not in quiet.stderr
+
+
+def test_a_run_given_where_a_store_goes_is_named_as_a_run(tmp_path, text_stores):
+    """`fit-head RUN` was told to embed the run folder as images, and `info RUN/head.json` to delete the head."""
+    train, _ = text_stores
+    assert run("fit-head", train["path"], "--out", tmp_path / "run").exit_code == 0
+    assert_user_error(run("fit-head", tmp_path / "run"), "is a folder of `fit-head` (a run), not a feature store")
+    assert_user_error(
+        run("info", tmp_path / "run" / "head.json"), "is a file of a `fit-head` run (head.json), not a feature store"
+    )
+    assert (tmp_path / "run" / "head.json").is_file()

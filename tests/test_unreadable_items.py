@@ -134,6 +134,17 @@ def test_cli_lists_each_skipped_item_and_fail_exits_2(tmp_path, resnet18_weights
     assert fail.stderr.strip().count("\n") == 0 and "3 unreadable items" in fail.stderr
     shown = json.loads(CliRunner().invoke(cli, [*args, "--json"]).stdout)
     assert (shown["rows"], shown["stored"], len(shown["skipped"])) == (10, 7, 3)  # 8 images and 2 bad files
+    # predict says each one as embed does (a new user's CSV lacked a row, and the summary only counted it).
+    clean = json.loads(
+        CliRunner().invoke(cli, [*args[:1], str(write_image_folder(tmp_path / "clean")), *args[2:], "--json"]).stdout
+    )
+    assert CliRunner().invoke(cli, ["fit-head", clean["path"], "--out", str(tmp_path / "run")]).exit_code == 0
+    predicted = CliRunner().invoke(
+        cli, ["predict", str(tmp_path / "run"), str(folder), "--out", str(tmp_path / "p.csv")]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    listed = [line.split(": ")[0] for line in predicted.stderr.splitlines() if line.startswith("skipped")]
+    assert sorted(listed) == sorted(f"skipped {item}" for item in bad)
 
 
 def test_compare_names_the_unreadable_items_without_advising_an_option_it_lacks(tmp_path, resnet18_weights):

@@ -72,6 +72,9 @@ def fit_all_heads(
     # items) said once, not by both processes.
     test_fraction, seed = (kwargs.get(name, FIT_DEFAULTS[name].default) for name in ("test_fraction", "seed"))
     _test_set(train_store, train_store.labels(), kwargs.get("test"), test_fraction, seed)
+    # A leaderboard of the heads there before goes first: stopped halfway, the folder holds heads of two runs, which
+    # a new user's interrupted rerun ranked together (and each head fitted below would rank itself into it).
+    remove_leaderboard(base)
     with bar:
         if "mlp" in names and len(names) > 1:
             # The forked process leaves the bar to this one: two processes writing one line garble it.
@@ -137,10 +140,17 @@ def leaderboard_rows(runs: list[HeadRun]) -> list[dict]:
     ]
 
 
+# What a report says of the rows its head saw: heads ranked together must agree on them (their sweeps then held out
+# the same rows, and their test items are the same).
+SAME_ROWS = ("store", "test", "seed", "n_train", "n_test", "views_per_item")
+
+
 def refresh_leaderboard(run_dir: Path) -> None:
     """Rank the heads of a `--head all` folder again after ``run_dir``, one of them, was fitted anew on its own: its
     leaderboard showed the old head's figures (a new user's svm at C=4.6 and 0.8293, after refitting it at C=0.25
-    to 0.7957). Each head as its report.json now says; one that cannot be read is left out."""
+    to 0.7957). Each head as its report.json now says; one that cannot be read is left out. When the new head saw
+    other rows than the others (another seed, store or test set), none is ranked: the leaderboard is removed, said in
+    a warning."""
     base = run_dir.parent
     try:
         rows = json.loads((base / LEADERBOARD_FILE).read_text(encoding="utf-8"))
@@ -157,8 +167,25 @@ def refresh_leaderboard(run_dir: Path) -> None:
             runs.append(HeadRun(base / name, read_report(base / name)))
         except UserError:
             continue
+    seen = {run.out_dir.name: tuple(run.report.get(key) for key in SAME_ROWS) for run in runs}
+    others = [name for name, rows_seen in seen.items() if rows_seen != seen.get(run_dir.name)]
+    if others:
+        remove_leaderboard(base)
+        warnings.warn(
+            f"{run_dir} was fitted on other rows than {', '.join(others)} beside it (its seed, store or test set "
+            f"differ), so {base / LEADERBOARD_MARKDOWN} no longer ranks them alike and is removed; fit-head --head all "
+            "fits and ranks them together",
+            UserWarning,
+            stacklevel=2,
+        )
+        return
     runs.sort(key=validation_rank, reverse=True)
     write_leaderboard(base, runs)
+
+
+def remove_leaderboard(base: Path) -> None:
+    for name in (LEADERBOARD_FILE, LEADERBOARD_MARKDOWN):
+        (base / name).unlink(missing_ok=True)
 
 
 def write_leaderboard(base: Path, runs: list[HeadRun]) -> Path:

@@ -19,6 +19,7 @@ from tlcache.paths import check_output_file
 from tlcache.runs import (
     Sidecar,
     check_not_an_input,
+    check_replaceable_predictions,
     check_same_features,
     load_head,
     write_predictions,
@@ -91,6 +92,7 @@ def predict(
     if out is not None:
         check_output_file(out)
         check_not_an_input(out, [head, source])
+        check_replaceable_predictions(out)
     pipeline, sidecar = load_head(head)
     source = Path(source)
     if source.suffix == STORE_SUFFIX and source.is_file():
@@ -198,6 +200,7 @@ def predict_exported(
     if out is not None:
         check_output_file(out)
         check_not_an_input(out, [model, Path(model).parent, source])
+        check_replaceable_predictions(out)
     exported = load_exported(model)
     check_source_modality(Path(source), exported.modality, f"{model} takes {exported.modality}s")
     columns = {name: value for name, value in (source_options or {}).items() if value is not None}

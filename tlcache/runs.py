@@ -414,6 +414,36 @@ def write_predictions(
         writer.writerow([row_id, label, *(f"{p:.6f}" for p in probs), *([truth[index]] if truth is not None else [])])
 
 
+def check_replaceable_predictions(out: str | Path) -> None:
+    """Refuse an ``--out`` file that exists and is not a CSV of :func:`write_predictions` (its header): `predict --out`
+    replaced whatever it was given, and a new user's typo replaced a feature store, a report, an exported model and
+    the training file with five rows of predictions. Predictions written before are replaced, as a rerun's are; so
+    is an empty file."""
+    path = Path(out)
+    if not path.is_file():
+        return
+    if path.name in RUN_FILES and any((path.parent / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE)):
+        raise UserError(f"--out {out} is a file of the run folder {path.parent} ({path.name}); name another file")
+    with open(path, "rb") as handle:
+        start = handle.read(4096)
+    first = start.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        names = next(csv.reader([first.decode("utf-8")]), []) if b"\0" not in start else None
+    except UnicodeDecodeError:
+        names = None
+    if not start or (names and names[:2] == ["id", "label"] and all(_predicted(name) for name in names[2:])):
+        return
+    what = "a binary or non-UTF-8 file" if names is None else f"its first line {first[:60].decode()!r}"
+    raise UserError(
+        f"--out {out} exists and is not a predictions file ({what}, not the header 'id,label,prob_...'); name "
+        "another file, or remove that one first if it may go"
+    )
+
+
+def _predicted(column: str) -> bool:
+    return column.startswith("prob_") or column == "true_label"
+
+
 def save_predictions(out_dir: Path, ids, predicted, probabilities, classes: Sequence[str], truth) -> Path:
     """predictions.csv in a run folder: every test item's prediction beside its true class (see
     :func:`write_predictions`), so that users can run their own paired tests."""

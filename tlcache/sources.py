@@ -128,6 +128,24 @@ def load_source(
     )
 
 
+def table_columns(path: str | Path) -> list[str]:
+    """The columns a table source names on its first line (a CSV/TSV header, or the keys of a JSONL file's first
+    object); none for anything else, or a first line that cannot be read."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_EXTENSIONS or not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            first = handle.readline()
+        if suffix in (".csv", ".tsv"):
+            return next(csv.reader([first], delimiter="\t" if suffix == ".tsv" else ","), [])
+        row = json.loads(first)
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return []
+    return list(row) if isinstance(row, dict) else []
+
+
 def modality_of_path(path: str | Path) -> str | None:
     """The modality :func:`load_source` reads ``path`` as (a folder: images; a table: texts), without reading it;
     None when it reads it as neither (a missing path, another kind of file)."""

@@ -303,6 +303,19 @@ def _as_index(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
+def _of_a_run(path: Path) -> str | None:
+    """What ``path`` is when it is a folder `fit-head` wrote, or one of its files; else None."""
+    from tlcache.runs import HEAD_FILE_PATTERN, LEADERBOARD_FILE, REPORT_FILE, RUN_FILES, SIDECAR_FILE
+
+    def a_run(folder: Path) -> bool:
+        return any((folder / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE, LEADERBOARD_FILE))
+
+    if path.is_dir():
+        return "a folder of `fit-head` (a run)" if a_run(path) else None
+    named = path.name in RUN_FILES or HEAD_FILE_PATTERN.fullmatch(path.name)
+    return f"a file of a `fit-head` run ({path.name})" if named and a_run(path.parent) else None
+
+
 class FeatureStore:
     """A complete store, opened for reading. Anything else is refused with one clear line.
 
@@ -321,6 +334,11 @@ class FeatureStore:
                 self.path = partial  # say how far the interrupted run got
             else:
                 raise UserError(f"{self.path} does not exist; pass a .h5 store written by `tlcache embed`")
+        if run := _of_a_run(self.path):  # `fit-head RUN` and `info RUN/head.json` were told to embed it, or delete it
+            raise UserError(
+                f"{self.path} is {run}, not a feature store; pass the .h5 store (a run's report.json names the one its "
+                "head was fitted on)"
+            )
         # The data embed reads (a folder, a CSV, an image), passed where its store goes.
         if self.path.is_dir() or self.path.suffix.lower() in TABLE_EXTENSIONS + IMAGE_EXTENSIONS:
             what = "a folder" if self.path.is_dir() else "a data file"

@@ -169,7 +169,27 @@ def embed(source, backbone, workers, no_progress, as_json, **options) -> EmbedRe
     emit({**result.__dict__, "stored": result.stored}, as_json, result.summary_line())
     for line in result.skipped_lines():
         click.echo(line, err=True)
+    if note := _no_label_column(source, result, options):
+        click.echo(note, err=True)
     return result
+
+
+def _no_label_column(source, result, options: dict) -> str | None:
+    """A note for a table embedded without labels because it has no 'label' column while it has others: a new user's
+    `package,text,section` file was embedded unlabelled (43 s), and fit-head then refused it."""
+    from tlcache.sources import DEFAULT_LABEL_COLUMN, table_columns
+    from tlcache.store import FeatureStore
+
+    if options.get("label_column") is not None or FeatureStore(result.path).class_names:
+        return None
+    read = {options.get(name) or default for name, default in (("text_column", "text"), ("id_column", "id"))}
+    others = [column for column in table_columns(source) if column not in read | {options.get("group_column")}]
+    if not others:
+        return None
+    return (
+        f"note: {source} has no column '{DEFAULT_LABEL_COLUMN}', so its items are stored without labels (for "
+        f"predict); to fit heads on them, embed it again with --label-column naming one of: {', '.join(others)}"
+    )
 
 
 @click.command()

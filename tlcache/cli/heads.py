@@ -198,6 +198,8 @@ def _say_predicted(result: PredictResult, out: str, as_json: bool = False) -> No
         emit({**result.__dict__, "notes": notes}, True, "")
         return
     click.echo(result.summary_line(), err=out == "-")
+    for item, why in result.skipped:  # as embed says them: the CSV has no row for these
+        click.echo(f"skipped {item}: it {why}", err=True)
     if note := result.unseen_line():
         click.echo(note, err=out == "-")
 
