@@ -232,6 +232,13 @@ def test_dry_run_says_what_would_run_and_runs_nothing(texts, tiny_bert_dir):
     head_file.write_bytes(head_file.read_bytes()[:100])
     planned = run("run", write_recipe(recipe, text_steps(tiny_bert_dir)), "--dry-run").stdout
     assert "(probe): runs: tlcache fit-head @train" in planned and "(ft): skipped" in planned
+    assert "(labels): skipped if the steps it refers to give the same outputs" in planned
+    # A file the step reads itself changed, beside a reference: it runs (a new user's changed new.csv was "skipped
+    # if the steps it refers to give the same outputs").
+    with open(texts / "test.csv", "a", encoding="utf-8") as handle:
+        handle.write("one more review,pos\n")
+    planned = run("run", recipe, "--dry-run").stdout
+    assert "(labels): runs: tlcache predict @probe test.csv" in planned
 
 
 BAD = [

@@ -365,7 +365,7 @@ def _plan_step(step: Step, head: str, echo) -> Outcome:
         echo(f"{head} {verb}: {command}")
         return Outcome(step, "would run", None)
     unresolved = {i for i, part in enumerate(argv) if REFERENCE.fullmatch(part)}
-    record = StepRecord(step.kind, Path(str(step.values["out"])), argv, {} if unresolved else _inputs(step, argv))
+    record = StepRecord(step.kind, Path(str(step.values["out"])), argv, _inputs(step, argv))  # references: none
     if not unresolved and record.done():
         echo(f"{head} skipped: done before with the same options and inputs -> {record.out}")
         return Outcome(step, "skipped", record.output())

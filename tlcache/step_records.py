@@ -63,12 +63,15 @@ class StepRecord:
 
     def matches_apart_from(self, unresolved: set[int]) -> bool:
         """For a dry run: whether a finished record has this command line at every position but ``unresolved``
-        (references to outputs not made yet), and its output is intact (a run would redo a step whose files
-        changed)."""
+        (references to outputs not made yet), the same identity for each input known already (``inputs``: a
+        new user's changed new.csv was not seen behind a reference), and its output intact (a run would redo a step
+        whose files changed)."""
         saved = self.saved()
         if saved is None or saved.get("state") != "done" or len(saved.get("argv", ())) != len(self.argv):
             return False
         same = all(i in unresolved or a == b for i, (a, b) in enumerate(zip(saved["argv"], self.argv)))
+        inputs = saved.get("inputs") or {}
+        same = same and all(inputs.get(key) == value for key, value in self.inputs.items())
         return same and bool(saved.get("files")) and saved["files"] == self._snapshot()
 
     def output(self) -> Path | None:
