@@ -433,7 +433,7 @@ def check_replaceable_predictions(out: str | Path) -> None:
         names = None
     if not start or (names and names[:2] == ["id", "label"] and all(_predicted(name) for name in names[2:])):
         return
-    what = "a binary or non-UTF-8 file" if names is None else f"its first line {first[:60].decode()!r}"
+    what = "a binary or non-UTF-8 file" if names is None else f"its first line {first.decode()[:60]!r}"
     raise UserError(
         f"--out {out} exists and is not a predictions file ({what}, not the header 'id,label,prob_...'); name "
         "another file, or remove that one first if it may go"
