@@ -142,14 +142,27 @@ def test_the_export_shows_a_bar_of_its_check_on_a_terminal_unless_no_progress(tm
     assert hidden.exit_code == 0 and "check the export" not in hidden.stderr
 
 
+def _bert(store: str) -> list[str]:
+    """The backbone options of the tiny text model a store of this file's runs was embedded with."""
+    from tlcache.store import FeatureStore
+
+    return ["-b", FeatureStore(store).meta["backbone"], "--precision", "fp32", "--out", str(Path(store).parent)]
+
+
 def test_refitting_the_same_head_keeps_its_export_and_another_head_removes_it(tmp_path, text_run):
     """A new user's rerun of the same fit-head removed an 88 MiB export (22 s to make) of the very same head."""
     ok("export", text_run)
     store = json.loads((text_run / "head.json").read_text())["store"]
     ok("fit-head", store, "--head", "logreg", "--out", text_run)  # the same command again: the same head
     assert (text_run / "model.onnx").is_file()
-    ok("fit-head", store, "--head", "logreg", "--grid", "0.5", "--out", text_run)  # another head: its export is stale
+    with pytest.warns(UserWarning, match="model.onnx exported the head replaced, and are removed"):
+        ok("fit-head", store, "--head", "logreg", "--grid", "0.5", "--out", text_run)  # another head: export stale
     assert not (text_run / "model.onnx").exists()
+    # A head of another store in the same folder: said, with the exports it takes (a new user's went without a line).
+    ok("export", text_run)
+    other = json.loads(ok("embed", write_text_csv(tmp_path / "other.csv", n=30, seed=3), *_bert(store), "--json"))
+    with pytest.warns(UserWarning, match=re.escape(f"held a head of another store ({store}): replaced; model.onnx")):
+        ok("fit-head", other["path"], "--head", "logreg", "--out", text_run)
 
 
 def test_an_export_removes_the_work_folders_of_killed_exports_and_keeps_running_ones(tmp_path, text_run):

@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, warn_once
 from tlcache.figures import render_figures
 from tlcache.paths import process_running, slug
 from tlcache.report import RunReport, render_markdown, report_inconsistency
@@ -214,15 +214,28 @@ def write_head(out_dir: Path, pipeline, sidecar: Sidecar) -> Path:
     head_file = out_dir / f"head-{digest[:16]}.npz"
     out_dir.mkdir(parents=True, exist_ok=True)
     named = {**sidecar, "head_file": head_file.name, "head_sha256": digest}
-    if _saved_sidecar(out_dir) != named:  # another head: its exports are stale (the same one's stay: 22 s, 88 MiB)
-        for name in EXPORT_FILES:
+    saved = _saved_sidecar(out_dir)
+    if saved != named:  # another head: its exports are stale (the same one's stay: 22 s, 88 MiB)
+        removed = [name for name in EXPORT_FILES if (out_dir / name).exists()]
+        for name in removed:
             (out_dir / name).unlink(missing_ok=True)
+        _say_replaced(out_dir, saved, named, removed)
     write_whole(head_file, data)
     write_whole(out_dir / SIDECAR_FILE, (json.dumps(named, indent=2) + "\n").encode("utf-8"))
     for old in [*out_dir.glob("head-*.npz"), out_dir / LEGACY_HEAD_FILE]:
         if old != head_file:
             old.unlink(missing_ok=True)
     return head_file
+
+
+def _say_replaced(out_dir: Path, saved: dict | None, named: dict, removed: list[str]) -> None:
+    """A warning when a head replaces one of another store, or its exported models go: a new user's run folder,
+    reused for another store's head, lost its model.onnx and its head without a line."""
+    exports = f"; {', '.join(removed)}, exported from it, removed" if removed else ""
+    if isinstance(saved, dict) and saved.get("store_key") not in (None, named.get("store_key")):
+        warn_once(f"{out_dir} held a head of another store ({saved.get('store', 'unknown')}): replaced{exports}")
+    elif removed:
+        warn_once(f"{out_dir}: {', '.join(removed)} exported the head replaced, and are removed; export the new one")
 
 
 def _saved_sidecar(out_dir: Path) -> dict | None:
