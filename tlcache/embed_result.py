@@ -87,7 +87,12 @@ class EmbedResult:
 
     def skipped_lines(self) -> list[str]:
         """One line per item left out, with why (the store lists them too: `tlcache info`)."""
-        return [f"skipped {item}: it {why}" for item, why in self.skipped]
+        return skipped_lines(self.skipped)
+
+
+def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
+    """A line for each (id, why) of items left out, as embed and predict say them."""
+    return [f"skipped {item}: it {why}" for item, why in skipped]
 
 
 def _texts(n: int) -> str:

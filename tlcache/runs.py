@@ -51,6 +51,16 @@ RUN_FILES = (
 )
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run of `fit-head` (its head.json or report.json)."""
+    return folder.is_dir() and any((folder / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE))
+
+
+def is_run_file_name(name: str) -> bool:
+    """Whether a file of this name in a run folder is one of the files only the run's own command writes."""
+    return name in RUN_FILES or bool(HEAD_FILE_PATTERN.fullmatch(name))
+
+
 def check_not_an_input(out: str | Path, inputs: list[str | Path]) -> None:
     """Refuse an ``--out`` that is one of the command's ``inputs`` (files, or run folders whose own files it must not
     replace): `predict --out` once replaced the source it was predicting, and a run's test predictions."""
@@ -59,9 +69,7 @@ def check_not_an_input(out: str | Path, inputs: list[str | Path]) -> None:
         path = Path(given).resolve()
         if target == path:
             raise UserError(f"--out {out} is the input {given} itself; name another file")
-        owned = target.name in RUN_FILES or HEAD_FILE_PATTERN.fullmatch(target.name)
-        a_run = path.is_dir() and any((path / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE))
-        if a_run and target.parent == path and owned:
+        if target.parent == path and is_run_file_name(target.name) and is_run_folder(path):
             raise UserError(f"--out {out} is a file of the run folder {given} ({target.name}); name another file")
 
 
@@ -435,7 +443,7 @@ def check_replaceable_predictions(out: str | Path) -> None:
     path = Path(out)
     if not path.is_file():
         return
-    if path.name in RUN_FILES and any((path.parent / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE)):
+    if is_run_file_name(path.name) and is_run_folder(path.parent):
         raise UserError(f"--out {out} is a file of the run folder {path.parent} ({path.name}); name another file")
     with open(path, "rb") as handle:
         start = handle.read(4096)

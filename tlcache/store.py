@@ -305,15 +305,14 @@ def _as_index(rows: np.ndarray) -> slice | np.ndarray:
 
 def _of_a_run(path: Path) -> str | None:
     """What ``path`` is when it is a folder `fit-head` wrote, or one of its files; else None."""
-    from tlcache.runs import HEAD_FILE_PATTERN, LEADERBOARD_FILE, REPORT_FILE, RUN_FILES, SIDECAR_FILE
+    from tlcache.runs import LEADERBOARD_FILE, is_run_file_name, is_run_folder
 
     def a_run(folder: Path) -> bool:
-        return any((folder / name).is_file() for name in (SIDECAR_FILE, REPORT_FILE, LEADERBOARD_FILE))
+        return is_run_folder(folder) or (folder / LEADERBOARD_FILE).is_file()
 
     if path.is_dir():
         return "a folder of `fit-head` (a run)" if a_run(path) else None
-    named = path.name in RUN_FILES or HEAD_FILE_PATTERN.fullmatch(path.name)
-    return f"a file of a `fit-head` run ({path.name})" if named and a_run(path.parent) else None
+    return f"a file of a `fit-head` run ({path.name})" if is_run_file_name(path.name) and a_run(path.parent) else None
 
 
 class FeatureStore:

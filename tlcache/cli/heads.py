@@ -193,13 +193,15 @@ def predict(head, source, out, no_progress, as_json, **options) -> PredictResult
 def _say_predicted(result: PredictResult, out: str, as_json: bool = False) -> None:
     """The summary, and a note when some items are of classes the head never saw (on stderr when the CSV goes to
     stdout); with ``as_json`` the result as JSON instead."""
+    from tlcache.embed_result import skipped_lines
+
     if as_json:
         notes = [note for note in (result.summary_line(), result.unseen_line()) if note]
         emit({**result.__dict__, "notes": notes}, True, "")
         return
     click.echo(result.summary_line(), err=out == "-")
-    for item, why in result.skipped:  # as embed says them: the CSV has no row for these
-        click.echo(f"skipped {item}: it {why}", err=True)
+    for line in skipped_lines(result.skipped):  # as embed says them: the CSV has no row for these
+        click.echo(line, err=True)
     if note := result.unseen_line():
         click.echo(note, err=out == "-")
 
