@@ -14,6 +14,7 @@ from tlcache.cache import mark_used
 from tlcache.errors import UserError, warn_once
 from tlcache.head_choices import GRIDS, check_head
 from tlcache.paths import check_output_folder
+from tlcache.predictions import save_predictions
 from tlcache.progress import sweep_bar
 from tlcache.provenance import utc_now
 from tlcache.report import (
@@ -34,7 +35,6 @@ from tlcache.runs import (
     clear_previous_run,
     default_run_dir,
     feature_identity,
-    save_predictions,
     write_head,
     write_report,
     writing_run,

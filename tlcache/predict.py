@@ -16,15 +16,8 @@ from tlcache.embed import embed_source
 from tlcache.errors import UserError
 from tlcache.heads import check_head_matches, predict_rows
 from tlcache.paths import check_output_file
-from tlcache.runs import (
-    Sidecar,
-    check_not_an_input,
-    check_replaceable_predictions,
-    check_same_features,
-    load_head,
-    write_predictions,
-    write_predictions_file,
-)
+from tlcache.predictions import check_replaceable_predictions, write_predictions, write_predictions_file
+from tlcache.runs import Sidecar, check_not_an_input, check_same_features, load_head
 from tlcache.sources import modality_of_path
 from tlcache.splits import count_in, spelling_note
 from tlcache.store import STORE_SUFFIX, FeatureStore

@@ -21,9 +21,10 @@ from tlcache.finetune.model import FinetuneModel
 from tlcache.finetune.probe import warm_start
 from tlcache.finetune.trainer import CHECKPOINT_FILE, Trainer, start_or_resume
 from tlcache.images import check_images
+from tlcache.predictions import save_predictions
 from tlcache.provenance import utc_now
 from tlcache.report import GroupMetrics, RunReport, classification_metrics, group_metrics
-from tlcache.runs import HeadRun, default_finetune_dir, save_predictions, write_report
+from tlcache.runs import HeadRun, default_finetune_dir, write_report
 from tlcache.sources import Source, load_source
 
 
