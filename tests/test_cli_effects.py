@@ -144,6 +144,23 @@ def test_no_progress_hides_the_bar_that_a_terminal_shows(tmp_path, tiny_bert_dir
     assert hidden.exit_code == 0 and hidden.stderr == ""
 
 
+def test_run_no_progress_hides_the_steps_bars_and_is_no_option_of_theirs(tmp_path, tiny_bert_dir, tty_stderr):
+    from test_pipelines import write_recipe
+
+    write_text_csv(tmp_path / "train.csv", n=24)
+    steps = [
+        {"name": "train", "run": "embed", "source": "train.csv", "backbone": f"hf:{tiny_bert_dir}", "out": "cache"},
+        {"name": "probe", "run": "fit-head", "store": "@train", "grid": [0.1, 1]},
+    ]
+    hidden = run("run", write_recipe(tmp_path / "quiet.toml", steps), "--no-progress")
+    assert hidden.exit_code == 0, hidden.output
+    assert hidden.stderr == "" and "0 skipped" in hidden.stdout
+    shown = run("run", write_recipe(tmp_path / "shown.toml", steps))  # the store is cached: the head's bar shows
+    assert shown.exit_code == 0 and "logreg sweep" in shown.stderr and "2/2" in shown.stderr
+    again = run("run", tmp_path / "quiet.toml")  # the flag is no option of the steps: they are done
+    assert again.exit_code == 0 and "probe): fit-head skipped: done before" in again.stdout
+
+
 def test_embed_overwrite_replaces_another_store_that_out_names(tmp_path, tiny_bert_dir):
     out = tmp_path / "mine.h5"
     first = ["embed", write_text_csv(tmp_path / "a.csv", n=8), "-b", f"hf:{tiny_bert_dir}", "--out", out]
@@ -734,6 +751,7 @@ ADDED = {
         "pipeline": "test_pipelines.py::test_a_pipeline_runs_every_step_then_a_rerun_skips_them_all",
         "--dry-run": "test_pipelines.py::test_dry_run_says_what_would_run_and_runs_nothing",
         "--step": "test_pipelines.py::test_step_runs_the_named_steps_and_the_steps_they_refer_to_only",
+        "--no-progress": "test_cli_effects.py::test_run_no_progress_hides_the_steps_bars_and_is_no_option_of_theirs",
     },
 }
 OPTION_TESTS = {name: {**EXISTING_CLI.get(name, {}), **ADDED.get(name, {})} for name in cli.commands}

@@ -126,12 +126,13 @@ def load_pipeline(path: str | Path, check_inputs: bool = True) -> list[Step]:
 
 
 def run_pipeline(
-    path: str | Path, dry_run: bool = False, echo=click.echo, only: tuple[str, ...] = ()
+    path: str | Path, dry_run: bool = False, echo=click.echo, only: tuple[str, ...] = (), progress: bool = True
 ) -> PipelineResult:
     """Run the recipe at ``path`` step by step (see the module's documentation), skipping what is done already.
     ``dry_run``: check it and say what would run, run nothing. ``only``: the names of the steps to run, with the
-    earlier steps they refer to (all of them when empty). A step's UserError stops the run, in one line that names
-    the file and the step."""
+    earlier steps they refer to (all of them when empty). ``progress`` False hides every step's progress bars (as
+    its ``--no-progress``, which is not one of the step's options: its record is the same). A step's UserError
+    stops the run, in one line that names the file and the step."""
     started = time.perf_counter()
     recipe = load_pipeline(path)
     steps = selected(path, recipe, only)
@@ -139,7 +140,7 @@ def run_pipeline(
     outputs: dict[str, Path | None] = {}
     for step in steps:
         head = f"step {step.number}/{len(recipe)} ({step.label}):"
-        outcome = _plan_step(step, head, echo) if dry_run else _run_step(step, outputs, head, echo)
+        outcome = _plan_step(step, head, echo) if dry_run else _run_step(step, outputs, head, echo, progress)
         outputs[step.label] = outcome.output
         result.outcomes.append(outcome)
     result.seconds = time.perf_counter() - started
@@ -327,18 +328,18 @@ def _sentence(error: click.ClickException) -> str:
     return " ".join(error.format_message().split()).rstrip(".")
 
 
-def _run_step(step: Step, outputs: dict[str, Path | None], head: str, echo) -> Outcome:
+def _run_step(step: Step, outputs: dict[str, Path | None], head: str, echo, progress: bool = True) -> Outcome:
     argv = _argv(step, outputs)
     if step.kind == "embed":
         echo(f"{head} tlcache embed {_shown(argv)}")
-        result = _invoke(step, argv)
+        result = _invoke(step, argv, progress)
         if result.cached:
             echo("  skipped (cached)")
         return Outcome(step, "cached" if result.cached else "ran", Path(result.path))
     out = Path(str(step.values["out"]))
     if step.kind == "predict" and str(out) == "-":  # to stdout: nothing to keep a record beside
         echo(f"{head} tlcache predict {_shown(argv)}")
-        _invoke(step, argv)
+        _invoke(step, argv, progress)
         return Outcome(step, "ran", None)
     record = StepRecord(step.kind, out, argv, _inputs(step, argv))
     if record.done():
@@ -350,7 +351,7 @@ def _run_step(step: Step, outputs: dict[str, Path | None], head: str, echo) -> O
         echo(f"  cleared {len(removed)} files of {out}: made before with other options or inputs, or changed since")
     record.start()
     echo(f"{head} tlcache {step.kind} {_shown(argv)}")
-    output = _output_of(_invoke(step, argv), out)
+    output = _output_of(_invoke(step, argv, progress), out)
     record.finish(output)
     return Outcome(step, "ran", output)
 
@@ -376,9 +377,10 @@ def _plan_step(step: Step, head: str, echo) -> Outcome:
     return Outcome(step, "would run", None)
 
 
-def _invoke(step: Step, argv: list[str]) -> Any:
-    """Run the step's command as the command line would, its output indented under the step's line."""
-    context = _parse(step, argv)
+def _invoke(step: Step, argv: list[str], progress: bool = True) -> Any:
+    """Run the step's command as the command line would, its output indented under the step's line; without its
+    progress bars unless ``progress``."""
+    context = _parse(step, argv if progress else ["--no-progress", *argv])
     try:
         with context, contextlib.redirect_stdout(_Indented(sys.stdout)):
             return context.command.invoke(context)

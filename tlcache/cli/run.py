@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tlcache.cli.options import no_progress_option
+
 if TYPE_CHECKING:
     from tlcache.pipeline import PipelineResult
 
@@ -20,7 +22,8 @@ if TYPE_CHECKING:
     metavar="NAME",
     help='Run only the step of this name (repeatable), with the earlier steps it refers to ("@name").',
 )
-def run(pipeline, dry_run, steps) -> PipelineResult:
+@no_progress_option
+def run(pipeline, dry_run, steps, no_progress) -> PipelineResult:
     """Run the steps of the recipe PIPELINE (a TOML file) in order, skipping the steps done already.
 
     Each [[step]] table names its command (run = "embed", "fit-head", "finetune", "compare", "export" or "predict")
@@ -53,9 +56,10 @@ def run(pipeline, dry_run, steps) -> PipelineResult:
       tlcache run pipelines/rotten-tomatoes.toml
       tlcache run pipelines/fashion-mnist.toml --dry-run
       tlcache run pipelines/rotten-tomatoes.toml --step compare
+      tlcache run pipelines/rotten-tomatoes.toml --no-progress   # no progress bars, e.g. in a log
     """
     from tlcache.pipeline import run_pipeline
 
-    result = run_pipeline(pipeline, dry_run=dry_run, only=steps)
+    result = run_pipeline(pipeline, dry_run=dry_run, only=steps, progress=not no_progress)
     click.echo(result.summary_line())
     return result
