@@ -167,3 +167,14 @@ def test_compare_names_the_unreadable_items_without_advising_an_option_it_lacks(
     message = str(refused.value)
     assert "3 unreadable items" in message and "fix or remove them and run again" in message
     assert "--on-error" not in message  # compare has no such option: every method needs every item
+
+
+def test_images_past_pillows_bomb_limit_are_named_in_one_warning_and_embedded(tmp_path, resnet18_weights, monkeypatch):
+    from PIL import Image
+
+    folder = write_image_folder(tmp_path / "imgs", per_class=3)  # 40 x 40 = 1600 pixels each
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # past it (a warning), not twice past it (an error)
+    options = {"out": tmp_path / "cache", "progress": False, **_resnet(resnet18_weights)}
+    with pytest.warns(UserWarning, match=r"^6 images are larger than Pillow's limit of 1000 pixels.*imgs.*and 3 more"):
+        result = embed_source(folder, **options)
+    assert result.embedded == 6 and not result.skipped

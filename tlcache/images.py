@@ -91,16 +91,31 @@ def as_rgb(image):
 
 def unreadable_headers(paths: Sequence[str | Path]) -> dict[int, str]:
     """{position: why} for every file of ``paths`` whose header cannot be read: all of them in one pass, before
-    the long run. A file whose header passes can still fail to decode later (a truncated JPEG)."""
+    the long run. A file whose header passes can still fail to decode later (a truncated JPEG). Images larger than
+    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) are read all the same, and named in one warning; twice
+    the limit, Pillow refuses them, and they are unreadable here too."""
     from PIL import Image
 
-    bad = {}
+    bad, huge = {}, []
     for position, path in enumerate(paths):
         try:
-            with Image.open(path):
-                pass
+            with warnings.catch_warnings():  # Pillow's warning of an image past its limit names no file
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path):
+                    pass
+        except Image.DecompressionBombWarning:
+            huge.append(str(path))
         except Exception as exc:  # PIL raises many types for damaged files
             bad[position] = f"is not a readable image ({exc})"
+    if huge:
+        named = ", ".join(huge[:3]) + (f" and {len(huge) - 3} more" if len(huge) > 3 else "")
+        warnings.warn(
+            f"{len(huge)} {'image is' if len(huge) == 1 else 'images are'} larger than Pillow's limit of "
+            f"{Image.MAX_IMAGE_PIXELS} pixels, which guards against decompression bombs: {named}; decoded all the same "
+            "(slowly, with much memory): shrink them, or remove them if you do not trust where they came from",
+            UserWarning,
+            stacklevel=2,
+        )
     return bad
 
 
