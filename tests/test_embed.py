@@ -43,6 +43,49 @@ def test_same_embed_twice_is_a_cache_hit_without_loading_the_model(text_csv, tin
     assert FeatureStore(first.path).meta["finished"] == written
 
 
+# A cache hit computes the store's key and reads the store: no model, and no torch where no GPU can be visible.
+CACHE_HIT_SCRIPT = """
+import sys
+import tlcache
+result = tlcache.embed_source(sys.argv[1], sys.argv[2], out=sys.argv[3], progress=False)
+print(result.cached, "torch" in sys.modules)
+"""
+
+
+def test_a_cache_hit_imports_no_torch_where_no_gpu_can_be_visible(tmp_path, tiny_bert_dir):
+    """Importing torch took a cache hit 1.2-3.5 s, and kept a recipe's `fit-head --head all` after its embed steps
+    from training the mlp in a forked process (tlcache.forked: only before torch is imported). Text models and the
+    packaged image models need no torch for their key; torchvision's do (torchvision imports it to list its models)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tlcache.backbones.base import GPU_DEVICE_FILES
+
+    source, backbone, cache = write_text_csv(tmp_path / "r.csv", n=8), f"hf:{tiny_bert_dir}", tmp_path / "cache"
+    embed_source(source, backbone, out=cache, progress=False)
+    command = [sys.executable, "-c", CACHE_HIT_SCRIPT, str(source), backbone, str(cache)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gpu_possible = any(Path(path).exists() for path in GPU_DEVICE_FILES)
+    assert done.stdout.split() == ["True", str(gpu_possible)]
+
+
+def test_the_device_type_of_a_cache_key_is_the_devices_own(monkeypatch):
+    import torch
+
+    import tlcache.backbones.base as base
+
+    assert base.resolve_device_type("auto") == base.resolve_device("auto").type
+    assert base.resolve_device_type("cpu") == "cpu"
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
+        base.resolve_device_type("tpu")
+    monkeypatch.setattr(base, "GPU_DEVICE_FILES", (__file__,))  # a driver's file "there": torch is asked
+    asked = []
+    monkeypatch.setattr(base, "resolve_device", lambda device: asked.append(device) or torch.device("cpu"))
+    assert base.resolve_device_type("auto") == "cpu" and asked == ["auto"]
+
+
 def test_explicit_h5_out_is_replaced_only_with_overwrite(tmp_path, tiny_bert_dir):
     """Two sources given the same --out: the second is refused (the first store stays) unless --overwrite."""
     out = tmp_path / "mine.h5"

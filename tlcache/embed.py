@@ -19,7 +19,7 @@ import numpy as np
 
 from tlcache import ray_engine
 from tlcache.backbones import Backbone, ImageBackbone, create_backbone, resolve_device
-from tlcache.backbones.base import resolve_precision
+from tlcache.backbones.base import resolve_device_type, resolve_precision
 from tlcache.cache import mark_used
 from tlcache.embed_result import EmbedResult
 from tlcache.errors import DISK_ERRORS, UserError, check_choice, warn_once
@@ -119,11 +119,11 @@ def embed_source(
     warn_of_near_names(src.class_names, str(src.path))
     warn_of_conflicting_labels(src, str(src.path))
     ray_options = ray_options or RayOptions()
+    torch_device = None  # resolved when rows are to be embedded: a cache hit needs only its type, in the key
     if engine == "ray":  # the workers' device; the compute type resolved here, as it is in the key
         torch_device, precision = ray_engine.device_and_precision(device, precision, ray_options)
-    else:
-        torch_device = resolve_device(device)
-    bb = _resolve_backbone(backbone, src, backbone_options).at_precision(resolve_precision(precision, torch_device))
+    device_type = torch_device.type if torch_device is not None else resolve_device_type(device)
+    bb = _resolve_backbone(backbone, src, backbone_options).at_precision(resolve_precision(precision, device_type))
     views_config = _views_config(bb, views)
     config = config_key(bb.key_config(), dtype, views_config)
     key = cache_key(src.fingerprint, config)
@@ -150,6 +150,8 @@ def embed_source(
         # Another process may have finished it while we waited, or been killed while publishing it.
         if hit := _hit(path, key) or (publish_interrupted(path, key, compression) and _hit(path, key)):
             return result(0, 0, hit.dim, cached=True)
+        if torch_device is None:
+            torch_device = resolve_device(device)
         writer, donors = _open_writer(path, key, config, src, bb, dtype, views_config, reuse)
         shards = ray_engine.shard_folder(path, key)
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 import copy
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# The device files of a GPU driver on Linux: NVIDIA's, ROCm's (torch.cuda reports its GPUs too) and WSL2's. Without
+# any of them no GPU can be visible, and "auto" is the CPU without asking torch (see resolve_device_type).
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 POOLINGS = ("mean", "max", "cls")  # for token sequences
@@ -148,6 +153,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_device_type(device: str = "auto") -> str:
+    """``resolve_device(device).type`` ("cpu" or "cuda"), without importing torch where no GPU can be visible (on
+    Linux without a GPU driver's device file, :data:`GPU_DEVICE_FILES`): the key of a cached store needs no more,
+    and importing torch took a cache hit 1.2-3.5 s (and kept `--head all` in the same process from forking)."""
+    no_gpu = sys.platform.startswith("linux") and not any(os.path.exists(path) for path in GPU_DEVICE_FILES)
+    if device == "cpu" or (device == "auto" and no_gpu):
+        return "cpu"
+    return resolve_device(device).type
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
     try:
@@ -158,15 +173,16 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it (else fp16) and on CPUs with bf16 instructions, else fp32."""
-    import torch
-
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto``: bf16 on GPUs that support it (else fp16) and on CPUs with bf16 instructions, else fp32. ``device``:
+    a torch.device or its type ("cpu", "cuda")."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision} is not supported; use one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
+    if (device if isinstance(device, str) else device.type) == "cuda":
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
 
