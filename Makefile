@@ -85,6 +85,7 @@ bench-heads: setup fashion-mnist
 
 bench-head-protocols: setup fashion-mnist
 	$(PY) benchmarks/mlp_protocol.py
+	$(PY) benchmarks/mlp_stopping.py
 	$(PY) benchmarks/sweep_stride.py
 
 bench-embed: setup fashion-mnist
