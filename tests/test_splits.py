@@ -11,6 +11,7 @@ from tlcache.heads import _test_set, fit_head
 from tlcache.sources import load_source
 from tlcache.splits import remap_labels, stratified_split
 from tlcache.store import FeatureStore
+from tlcache.sweep import validation_splits
 
 
 def test_a_split_keeps_the_class_shares_and_is_fixed_by_its_seed():
@@ -22,10 +23,23 @@ def test_a_split_keeps_the_class_shares_and_is_fixed_by_its_seed():
     assert stratified_split(np.arange(40), y, 0.25, seed=4, where="data")[1].tolist() != held.tolist()
 
 
-def test_a_class_of_one_item_gives_a_plain_split_for_heads_and_fine_tuning_alike(tmp_path):
+def test_a_class_of_one_item_is_trained_on_and_the_others_stay_stratified(tmp_path):
+    # A new user's class of one image turned the split of seven classes of ten into a plain random one: five test
+    # items of one class, none of another, in a report that said "stratified".
     y = np.array([0] * 10 + [1] * 10 + [2])
-    kept, held = stratified_split(np.arange(21), y, 0.2, seed=0, where="data")
-    assert len(held) == 5 and len(kept) == 16  # not refused: the single item lands on one side
+    for seed in range(5):
+        kept, held = stratified_split(np.arange(21), y, 0.2, seed=seed, where="data")
+        assert np.bincount(y[held], minlength=3).tolist() == [2, 2, 0] and 20 in kept and len(kept) == 17
+    assert stratified_split(np.arange(21), y, 0.2, seed=1, where="data")[1].tolist() != held.tolist()
+    # The sweep's folds and its validation split alike: the single item in every training part.
+    for splits in (validation_splits(y, 0.2, 5, 1000, 0), validation_splits(y, 0.2, 5, 10, 0)):
+        assert len(splits) == (5 if len(splits) > 1 else 1)
+        for train, valid in splits:
+            assert 20 in train and 20 not in valid and sorted([*train, *valid]) == list(range(21))
+            counts = np.bincount(y[valid], minlength=3)
+            assert counts[0] == counts[1] and counts[2] == 0
+    one_shot = np.arange(6)  # every class a single item: a plain split, not refused
+    assert len(validation_splits(one_shot, 0.5, 5, 1000, 0)[0][1]) == 3
     with pytest.raises(UserError, match="must be between 0 and 1"):
         stratified_split(np.arange(21), y, 1.5, seed=0, where="data")
     with pytest.raises(UserError, match="has only 3 labelled items"):

@@ -14,11 +14,9 @@ from tlcache.hashing import hash_bytes
 def stratified_split(
     rows: np.ndarray, y: np.ndarray, fraction: float, seed: int, where: str, flag: str = "--test-fraction"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held out) rows, each sorted: ``fraction`` of ``rows`` held out with ``seed``, stratified by ``y``
-    (a plain random split when a class has a single item, which cannot be on both sides; refused for test items when
-    most classes have one). ``where`` and ``flag`` name the data and the option in messages."""
-    from sklearn.model_selection import train_test_split
-
+    """(kept, held out) rows, each sorted: ``fraction`` of ``rows`` held out with ``seed``, stratified by ``y`` (see
+    :func:`split_beside_single_items`; refused for test items when most classes have a single item). ``where`` and
+    ``flag`` name the data and the option in messages."""
     if not 0.0 < fraction < 1.0:
         raise UserError(f"{flag} {fraction} must be between 0 and 1 (exclusive)")
     if len(y) < 4:
@@ -32,12 +30,27 @@ def stratified_split(
             f"{where}: {single} of its {present} classes have a single labelled item, which cannot be both trained "
             f"and tested on; check that the label column holds the classes (--label-column), or give a --test set"
         )
-    stratify = y if counts[counts > 0].min() >= 2 else None
     try:
-        kept, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+        kept, held = split_beside_single_items(rows, y, fraction, seed)
     except ValueError as exc:
         raise UserError(f"{where}: cannot hold out {flag} {fraction:g} of {len(y)} labelled items ({exc})") from None
     return np.sort(kept), np.sort(held)
+
+
+def split_beside_single_items(rows: np.ndarray, y: np.ndarray, fraction: float, seed: int | None):
+    """scikit-learn's ``train_test_split`` of ``rows``, ``fraction`` held out, stratified by the class codes ``y``;
+    the rows of a class with a single item, which cannot be on both sides, are kept on the training side and the
+    others stratified, rather than no class stratified (a new user's class of one image made a plain random split
+    of seven classes of ten: five test items of one, none of another, in a report that said "stratified"). A plain
+    random split where every class has one item (a one-shot draw)."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    single = counts[y] == 1
+    if single.all() or not single.any():
+        return train_test_split(rows, test_size=fraction, random_state=seed, stratify=None if single.all() else y)
+    kept, held = train_test_split(rows[~single], test_size=fraction, random_state=seed, stratify=y[~single])
+    return np.concatenate([kept, rows[single]]), held
 
 
 def sample_shots(

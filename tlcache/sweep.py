@@ -18,11 +18,12 @@ from typing import TypedDict
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tlcache.calibration import DecisionCalibrator, calibration_values, decision_values
+from tlcache.splits import split_beside_single_items
 
 MAX_EXTENSIONS = 3
 # Called by every sweep after each value it scores, where a caller asks (see reporting_progress).
@@ -152,16 +153,19 @@ def _beyond(values: list, upward: bool, param: str, upper):
 def validation_splits(
     codes: np.ndarray, validation_fraction: float, cv: int, cv_below: int, random_state: int | None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k stratified folds below ``cv_below`` samples (when every class has two), else one stratified split."""
+    """k stratified folds below ``cv_below`` samples, else one stratified split. A class with a single item, which
+    cannot be on both sides, is trained on in every split and the others stratified (see split_beside_single_items):
+    k is at most the items of the smallest class of two or more."""
     counts = np.bincount(codes)
-    counts = counts[counts > 0]
-    if len(codes) < cv_below and counts.min() >= 2:
-        folds = min(cv, int(counts.min()))
-        return list(StratifiedKFold(folds, shuffle=True, random_state=random_state).split(codes, codes))
-    stratify = codes if counts.min() >= 2 else None
-    train, valid = train_test_split(
-        np.arange(len(codes)), test_size=validation_fraction, random_state=random_state, stratify=stratify
-    )
+    single = counts[codes] == 1
+    several = counts[counts >= 2]
+    if len(codes) < cv_below and len(several):
+        folds = StratifiedKFold(min(cv, int(several.min())), shuffle=True, random_state=random_state)
+        if not single.any():
+            return list(folds.split(codes, codes))
+        pool, alone = np.flatnonzero(~single), np.flatnonzero(single)
+        return [(np.sort(np.concatenate([pool[t], alone])), pool[v]) for t, v in folds.split(pool, codes[pool])]
+    train, valid = split_beside_single_items(np.arange(len(codes)), codes, validation_fraction, random_state)
     return [(train, valid)]
 
 
