@@ -244,3 +244,23 @@ def test_a_file_of_another_delimiter_is_told_what_it_seems_to_be(tmp_path):
     path.write_text("text;label\nfine;pos\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"has no column 'text' \(columns: text;label\) \(.*separated by ';'"):
         load_source(path)
+
+
+def test_a_folder_of_splits_read_as_classes_is_warned_of(tmp_path):
+    """A new user's data/ of train/, test/ and new/ was read as three classes of those names (accuracy 0.46)."""
+    data = tmp_path / "data"
+    write_image_folder(data / "train", per_class=2)
+    write_image_folder(data / "test", per_class=2, seed=1)
+    write_image_folder(data / "new", per_class=1, classes=("x",))
+    with pytest.warns(UserWarning) as caught:
+        source = load_source(data)
+    assert source.class_names == ["new", "test", "train"]
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(f"{data}: its class folders hold sub-folders of the same names (circle, square: ")
+    assert "test/circle/ and train/circle/" in message and f"({data / 'test'}, ...) on its own" in message
+    # Sub-folders of other names in each class (kinds of a class) are a class's own: no warning.
+    write_image_folder(tmp_path / "kinds" / "circle", per_class=1, classes=("big", "small"))
+    write_image_folder(tmp_path / "kinds" / "square", per_class=1, classes=("plain",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_source(tmp_path / "kinds").class_names == ["circle", "square"]

@@ -254,6 +254,25 @@ def _warn_of_left_out(root: Path, others: list[str], empty: list[str]) -> None:
         )
 
 
+def _warn_of_classes_of_classes(root: Path, root_name: str, class_files: dict[str, list[str]]) -> None:
+    """A warning when class folders hold sub-folders of the same names (train/circle/ and test/circle/): the folder
+    is likely one of splits, each a folder of classes. A new user's data/ of train/, test/, few/ and new/ was read as
+    four classes of those names (accuracy 0.46) without a word."""
+    inner: dict[str, set[str]] = {}
+    for class_name, files in class_files.items():
+        start = len(os.path.join(root_name, class_name)) + 1
+        inner[class_name] = {name[start:].split(os.sep)[0] for name in files if os.sep in name[start:]}
+    shared = sorted({name for names in inner.values() for name in names if sum(name in n for n in inner.values()) > 1})
+    if shared:
+        holding = [class_name for class_name, names in inner.items() if shared[0] in names]
+        warn_once(
+            f"{root}: its class folders hold sub-folders of the same names ({', '.join(shared[:4])}"
+            f"{', ...' if len(shared) > 4 else ''}: {holding[0]}/{shared[0]}/ and {holding[1]}/{shared[0]}/), read as "
+            f"part of the classes {', '.join(class_files)}; if it is a folder of splits, embed each split's folder "
+            f"({os.path.join(str(root), holding[0])}, ...) on its own"
+        )
+
+
 def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
     root_name = os.path.abspath(root)
     entries = sorted(os.scandir(root_name), key=lambda e: e.name)
@@ -273,6 +292,7 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
         )
     if class_files:
         _warn_of_left_out(root, others, empty)
+        _warn_of_classes_of_classes(root, root_name, class_files)
         files = [f for class_name in class_files for f in class_files[class_name]]
         labels = [printable(class_name) for class_name in class_files for _ in class_files[class_name]]
         kind = "image-folder"
