@@ -228,6 +228,12 @@ def test_an_interrupted_run_of_every_head_leaves_no_leaderboard_of_two_runs(tmp_
         fit_all_heads(store, heads=("logreg", "svm", "knn"), out=tmp_path / "all", progress=False)
     assert read_report(tmp_path / "all" / "logreg")["seed"] == 0 and read_report(tmp_path / "all" / "knn")["seed"] == 5
     assert not (tmp_path / "all" / "leaderboard.json").exists() and not (tmp_path / "all" / "leaderboard.md").exists()
+    # The command line says so (a new user read "nothing it wrote is half done" and found heads of two runs).
+    from test_cli import run
+
+    monkeypatch.setattr(all_heads, "side_by_side", lambda aside, here: (aside(), here()))
+    stopped = run("fit-head", store, "--head", "all", "--out", tmp_path / "all", "--seed", 1, "--no-progress")
+    assert stopped.exit_code == 130 and "its heads may be of two runs till then" in stopped.stderr
 
 
 def test_one_head_is_not_fitted_into_the_folder_of_every_head(tmp_path):

@@ -26,6 +26,8 @@ AFTER_INTERRUPT = {
     "finetune": "every finished epoch is kept: run the same command again with --resume to continue",
     "compare": "every finished cell is kept: run the same command again to continue",
     "run": "every finished step is kept: run the same recipe again to continue",
+    "fit-head": "nothing it wrote is half done: run it again (a --head all folder has no leaderboard until a run of "
+    "it ends: its heads may be of two runs till then)",
 }
 
 
