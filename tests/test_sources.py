@@ -264,3 +264,28 @@ def test_a_folder_of_splits_read_as_classes_is_warned_of(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_source(tmp_path / "kinds").class_names == ["circle", "square"]
+
+
+@pytest.mark.parametrize("column", ["id", "label", "group"])
+def test_a_nul_character_in_an_id_label_or_group_is_refused_by_row(tmp_path, column):
+    """A new user's id with a NUL byte ended `embed` and `predict` in h5py's traceback, leaving a partial store in
+    the cache; in a text it is the text's own."""
+    import csv
+
+    rows = [{"id": f"r{n}", "text": f"item {n}\0 fine", "label": "ab"[n % 2], "group": "g"} for n in range(4)]
+    rows[2][column] = "x\0y"
+    for suffix in (".csv", ".jsonl"):
+        path = tmp_path / f"t{suffix}"
+        if suffix == ".csv":
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        line = 4 if suffix == ".csv" else 3
+        with pytest.raises(UserError, match=rf"t{suffix}, row {line}: the '{column}' value holds a NUL character"):
+            load_source(path, group_column="group")
+    rows[2][column] = "fine"
+    (tmp_path / "ok.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert load_source(tmp_path / "ok.jsonl", group_column="group").items[0] == "item 0\0 fine"

@@ -489,6 +489,14 @@ def _table_source(
     _warn_of_image_paths(path, texts, text_column)
     labels = [_label_text(row.get(label_column)) for row in rows] if label_column else None
     groups = [_cell_text(row.get(group_column)) or "(none)" for row in rows] if group_column else None
+    for column, names in ((id_column, ids), (label_column, labels), (group_column, groups)):
+        # A NUL in a name ended a new user's embed in h5py's traceback, leaving a partial store behind.
+        at = next((n for n, name in enumerate(names or ()) if name and "\0" in name), None) if column else None
+        if at is not None:
+            raise UserError(
+                f"{path}, row {at + row_offset}: the '{column}' value holds a NUL character, which no id, label or "
+                "group can; remove it"
+            )
     return Source(
         path=path,
         kind=kind,
