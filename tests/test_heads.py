@@ -416,3 +416,22 @@ def test_classes_without_a_test_item_are_named(tmp_path):
     store = make_store(tmp_path / "s.h5", X, y, ["pie", "bar"])
     with pytest.warns(UserWarning, match=r"1 of 2 classes have no test items \(bar\): the test figures say nothing"):
         fit_head(store, "logreg", out=tmp_path / "run")
+
+
+def test_a_folder_of_files_no_run_made_or_of_stores_is_refused_and_a_damaged_run_folder_is_mended(tmp_path):
+    """A new user's predictions.csv and report.json (their own notes) were replaced by `fit-head --out`, and `--out`
+    of the cache folder wrote a run among the feature stores."""
+    X, y = _blobs(60, seed=0)
+    store = _store(tmp_path / "s.h5", X, y, ["a", "b", "c"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "predictions.csv").write_text("my notes\n")
+    (mine / "report.json").write_text('{"mine": 1}')
+    with pytest.raises(UserError, match=r"--out .*mine holds predictions.csv, report.json, which a run would replace"):
+        fit_head(store, "logreg", out=mine)
+    assert (mine / "predictions.csv").read_text() == "my notes\n" and not (mine / "head.json").exists()
+    with pytest.raises(UserError, match=r"holds feature stores \(.h5 files\): not a run folder"):
+        fit_head(store, "logreg", out=tmp_path)
+    run = fit_head(store, "logreg", out=tmp_path / "run")
+    (run.out_dir / "report.json").write_text('{"metr')  # a damaged run: fitting again mends it, as errors advise
+    assert fit_head(store, "logreg", out=tmp_path / "run").accuracy == run.accuracy

@@ -31,6 +31,7 @@ from tlcache.runs import (
     LEADERBOARD_FILE,
     HeadRun,
     Sidecar,
+    check_run_output,
     check_same_features,
     clear_previous_run,
     default_run_dir,
@@ -170,6 +171,7 @@ def fit_head(
             f"--out {out_dir} is the folder of `fit-head --head all`; fit {head} into its own folder there "
             f"({out_dir / head}) or into another folder"
         )
+    check_run_output(out_dir)
     labels = train_store.labels()
     # Few-shot runs train on their draws: the test items among them are counted (and said) once drawn.
     train_rows, tested = _test_set(train_store, labels, test, test_fraction, seed, warn=shots is None)

@@ -60,6 +60,34 @@ def is_run_file_name(name: str) -> bool:
     return name in RUN_FILES or bool(HEAD_FILE_PATTERN.fullmatch(name))
 
 
+def check_run_output(out_dir: Path) -> None:
+    """Refuse an existing folder that holds feature stores, or files of the names a run writes (report.json,
+    predictions.csv, ...) that no run made: a new user's own predictions.csv and report.json were replaced by
+    `fit-head --out`, and `--out` of the cache folder wrote a run among the stores. A run's folder, even a damaged
+    one (which fitting again mends), is written over as before."""
+    if not out_dir.is_dir():
+        return
+    names = sorted(os.listdir(out_dir))
+    if any(name.endswith(".h5") for name in names):
+        raise UserError(f"--out {out_dir} holds feature stores (.h5 files): not a run folder; name another folder")
+    theirs = [name for name in names if is_run_file_name(name)]
+    if theirs and not _made_by_a_run(out_dir):
+        raise UserError(
+            f"--out {out_dir} holds {', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}, which a run would "
+            "replace, but no run of tlcache made them; name a new or empty folder, or move those files"
+        )
+
+
+def _made_by_a_run(folder: Path) -> bool:
+    """Whether a folder was made by a run, damaged or not: its head.json or a head file, or a report with metrics."""
+    if (folder / SIDECAR_FILE).is_file() or any(HEAD_FILE_PATTERN.fullmatch(p.name) for p in folder.glob("head-*")):
+        return True
+    try:
+        return "metrics" in json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def check_not_an_input(out: str | Path, inputs: list[str | Path]) -> None:
     """Refuse an ``--out`` that is one of the command's ``inputs`` (files, or run folders whose own files it must not
     replace): `predict --out` once replaced the source it was predicting, and a run's test predictions."""
