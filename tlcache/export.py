@@ -33,7 +33,9 @@ QUANTIZE = ("none", "int8")
 OPSET = 17
 # Parity with the run: features against the cached ones, accuracy and ECE on its test split against its report.
 # An fp32 export of an fp32 store differs from it by float rounding; of a bf16 or fp16 store by that rounding of the
-# store (MNIST-5k / efficientnet-lite0 in bf16: mean cosine 0.9989, worst 0.994); int8 by quantisation.
+# store (MNIST-5k / efficientnet-lite0 in bf16: mean cosine 0.9989, worst 0.994), which depends on the data (a new
+# user's shapes on noise: 0.9951, worst 0.935): past its limits, the export is held to the fp32 limits against the
+# backbone's own fp32 features instead (see check_parity); int8 by quantisation.
 GATES = {
     "fp32": {"mean_cosine": 0.9999, "min_cosine": 0.999, "accuracy_drop": 0.002, "ece_rise": 0.005},
     "fp32 of a half-precision store": {
@@ -118,7 +120,7 @@ def export_run(
         if quantize == "int8":
             graph = _quantize(graph, Path(tmp) / "int8.onnx", backbone, sidecar)
         write_metadata(graph, metadata)
-        gates = check_parity(graph, run_dir, report, quantize, tested, progress)
+        gates = check_parity(graph, run_dir, report, quantize, tested, progress, reference=_embedder(backbone))
         metadata |= {"gates": gates, "forced": bool(force and not gates["passed"])}
         if not gates["passed"] and not force:
             raise UserError(
@@ -182,6 +184,18 @@ def _metadata(run_dir: Path, sidecar: dict, report: dict, backbone, classes: lis
             "pad_id": tokenizer.pad_token_id or 0,
         }
     return record
+
+
+def _cosine_failures(measured: dict, limits: dict, suffix: str, against: str) -> list[str]:
+    """The failed cosine checks of ``measured`` (its figures ending in ``suffix``) against ``limits``."""
+    failed = []
+    mean, least = measured[f"mean_cosine{suffix}"], measured[f"min_cosine{suffix}"]
+    if mean < limits["mean_cosine"]:
+        failed.append(f"mean cosine to {against} {mean:.5f} < {limits['mean_cosine']}")
+    if least < limits["min_cosine"]:
+        worst = f"{least:.5f} < {limits['min_cosine']}, item {measured[f'worst_item{suffix}']}"
+        failed.append(f"worst cosine to {against} {worst}")
+    return failed
 
 
 def _report_ece(report: dict) -> float | None:
@@ -335,11 +349,35 @@ def tested_items(run_dir: Path) -> list[dict[str, str]]:
     return tested
 
 
+def _embedder(backbone, batch: int = 32):
+    """The features of a list of items, by ``backbone`` (fp32, loaded) in batches."""
+
+    def embed(items: list) -> np.ndarray:
+        return np.vstack([backbone.embed(items[start : start + batch]) for start in range(0, len(items), batch)])
+
+    return embed
+
+
+def _cosines(one: np.ndarray, other: np.ndarray) -> np.ndarray:
+    one, other = one.astype(np.float64), other.astype(np.float64)
+    norms = np.linalg.norm(one, axis=1) * np.linalg.norm(other, axis=1)
+    return np.sum(one * other, axis=1) / np.where(norms > 0, norms, 1.0)
+
+
 def check_parity(
-    graph: Path, run_dir: Path, report: dict, quantize: str, tested: list[dict], progress: bool = False
+    graph: Path,
+    run_dir: Path,
+    report: dict,
+    quantize: str,
+    tested: list[dict],
+    progress: bool = False,
+    reference=None,
 ) -> dict[str, Any]:
     """The exported graph on the run's test items (``tested``: its predictions.csv, see :func:`tested_items`)
-    against the run: the gates' figures and verdict."""
+    against the run: the gates' figures and verdict. An fp32 export of a half-precision store whose features the
+    store's rounding moved past that gate's cosine limits is held to the fp32 limits against ``reference(items)``,
+    the backbone's own fp32 features, instead (its accuracy and ECE against the run's as before): how far the
+    rounding moves features depends on the data, the export's faithfulness does not."""
     from tlcache.report import calibration_summary
 
     test_store = report["test"][len("store ") :] if report["test"].startswith("store ") else report["store"]
@@ -364,10 +402,7 @@ def check_parity(
         outputs = model.run(items, on_batch=bar.update)
     if outputs.skipped:
         raise UserError(f"test item {tested[outputs.skipped[0][0]]['id']} {outputs.skipped[0][1]}")
-    cached = store.features()[np.asarray(rows)].astype(np.float64)
-    exported = outputs.features.astype(np.float64)
-    norms = np.linalg.norm(cached, axis=1) * np.linalg.norm(exported, axis=1)
-    cosine = np.sum(cached * exported, axis=1) / np.where(norms > 0, norms, 1.0)
+    cosine = _cosines(store.features()[np.asarray(rows)], outputs.features)
     truth = [model.classes.index(e["true_label"]) if e["true_label"] in model.classes else -1 for e in tested]
     predicted = [model.classes[i] for i in outputs.labels]
     measured = {
@@ -388,12 +423,17 @@ def check_parity(
     else:
         gate = "fp32 of a half-precision store"
     limits = GATES[gate]
-    failed = []
-    if measured["mean_cosine"] < limits["mean_cosine"]:
-        failed.append(f"mean cosine to the cache {measured['mean_cosine']:.5f} < {limits['mean_cosine']}")
-    if measured["min_cosine"] < limits["min_cosine"]:
-        worst = f"{measured['min_cosine']:.5f} < {limits['min_cosine']}, item {measured['worst_item']}"
-        failed.append(f"worst cosine to the cache {worst}")
+    failed = _cosine_failures(measured, limits, "", "the cache")
+    if failed and gate == "fp32 of a half-precision store" and reference is not None:
+        to_fp32 = _cosines(reference(items), outputs.features)
+        measured |= {
+            "mean_cosine_to_fp32": float(to_fp32.mean()),
+            "min_cosine_to_fp32": float(to_fp32.min()),
+            "worst_item_to_fp32": str(tested[int(to_fp32.argmin())]["id"]),
+        }
+        failed = _cosine_failures(measured, GATES["fp32"], "_to_fp32", "the backbone's fp32 features")
+        if failed:  # both said: the store's rounding, and the export's own difference
+            failed = _cosine_failures(measured, limits, "", "the cache") + failed
     # On a small test set one item is more than the limit (1.08 points of 93): one item's flip is allowed then.
     measured["accuracy_drop_allowed"] = max(limits["accuracy_drop"], 1 / len(items))
     if measured["accuracy"] < measured["run_accuracy"] - measured["accuracy_drop_allowed"] - 1e-12:
@@ -403,4 +443,6 @@ def check_parity(
         )
     if measured["run_ece"] is not None and measured["ece"] > measured["run_ece"] + limits["ece_rise"]:
         failed.append(f"ECE {measured['ece']:.4f} > the run's {measured['run_ece']:.4f} + {limits['ece_rise']}")
+    if "mean_cosine_to_fp32" in measured:  # the limits its cosines to the backbone's fp32 features were held to
+        limits = {**limits, **{f"{name}_to_fp32": GATES["fp32"][name] for name in ("mean_cosine", "min_cosine")}}
     return {"gate": gate, "thresholds": limits, "measured": measured, "passed": not failed, "failed": failed}
