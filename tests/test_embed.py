@@ -519,6 +519,29 @@ def test_damaged_weights_and_absurd_image_sizes_are_refused_in_one_line(tmp_path
         embed_source(image_folder, **_resnet(resnet18_weights, image_size=100000), out=tmp_path / "c", progress=False)
 
 
+def test_a_long_text_is_tokenised_only_as_far_as_the_model_reads_it(tiny_bert_dir, monkeypatch):
+    """A new user's 5 MB text was tokenised whole to keep 256 tokens: 2.9 GB and 23 s. A prefix of whole words that
+    holds the limit's tokens gives the same tokens and features."""
+    import tlcache.backbones.transformers_text as transformers_text
+    from tlcache.backbones import create_backbone
+
+    backbone = create_backbone(f"hf:{tiny_bert_dir}")
+    backbone.load("cpu")
+    words = np.random.default_rng(0).choice(["good", "bad", "film,", "a", "dull.", "plot", "great!", "fun\n"], 200_000)
+    long = " ".join(words)  # about a megabyte
+    read = backbone._read([long, "good fun"])
+    assert len(read[0]) < 10_000 and read[1] == "good fun"
+    whole = backbone.tokenizer([long], truncation=True, max_length=backbone.max_length)["input_ids"]
+    assert backbone.tokenize([long])["input_ids"].tolist() == whole
+    assert backbone.token_lengths([long], truncate=False)[0] > backbone.max_length  # still counted as cut
+    assert backbone._read(["x" * 100_000]) == ["x" * 100_000]  # no space to cut at: read whole
+    cut = backbone.embed([long])
+    monkeypatch.setattr(transformers_text, "text_prefix", lambda text, count, limit: text)
+    np.testing.assert_array_equal(cut, backbone.embed([long]))
+    chunked = create_backbone(f"hf:{tiny_bert_dir}", long_text="chunk")
+    assert chunked._read([long]) == [long]  # read window by window: every token
+
+
 def test_long_text_chunk_reads_every_token_in_windows_and_is_in_the_key(tmp_path, tiny_bert_dir):
     import csv
 

@@ -238,6 +238,37 @@ def test_a_run_on_half_precision_features_past_its_gate_is_held_to_the_fp32_feat
     assert "embed the data with --precision fp32, fit the head on that store and export its run" in result.stderr
 
 
+def test_an_exported_text_model_tokenises_a_long_text_only_as_far_as_it_reads_it(tmp_path, text_run, monkeypatch):
+    """One hostile 5 MB request took an exported model 1.5 GB: the prefix of whole words that holds its limit's
+    tokens gives the same features."""
+    ok("export", text_run, "--out", tmp_path / "m.onnx")
+    model = load_exported(tmp_path / "m.onnx")
+    import tlcache.exported as exported_module
+
+    long = " ".join(["a good film, great fun"] * 40_000)
+    counted: list[int] = []
+    monkeypatch.setattr(model, "_tokenizer", _Counting(model._tokenizer, counted))
+    cut = model.features([long])
+    assert max(counted) < 10_000  # never the whole text
+    monkeypatch.setattr(exported_module, "text_prefix", lambda text, count, limit: text)
+    np.testing.assert_array_equal(cut, model.features([long]))
+
+
+class _Counting:
+    """A tokenizer that records the length of every text it is given."""
+
+    def __init__(self, tokenizer, lengths: list):
+        self.tokenizer, self.lengths = tokenizer, lengths
+
+    def encode(self, text, **options):
+        self.lengths.append(len(text))
+        return self.tokenizer.encode(text, **options)
+
+    def encode_batch(self, texts):
+        self.lengths.extend(len(text) for text in texts)
+        return self.tokenizer.encode_batch(texts)
+
+
 def test_exports_that_cannot_be_made_say_why_in_one_line(tmp_path, text_run):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

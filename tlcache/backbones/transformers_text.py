@@ -10,6 +10,7 @@ from pathlib import Path
 from tlcache.backbones.base import LONG_TEXT, POOLINGS, TextBackbone, pool
 from tlcache.backbones.registry import BackboneInfo, register_backbone, register_lister, reject_options
 from tlcache.errors import UserError, check_choice
+from tlcache.exported import text_prefix
 from tlcache.hashing import hash_files
 
 # Files whose contents change the numbers: config, weights, tokenizer. READMEs and the like do not.
@@ -129,8 +130,21 @@ class TransformersText(TextBackbone):
 
     def tokenize(self, texts):
         return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            self._read(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
+
+    def _read(self, texts) -> list[str]:
+        """The texts as far as the model reads them when it cuts them at its limit: long ones cut to a prefix that
+        holds the limit's tokens (tlcache.exported.text_prefix: the same tokens, without tokenising the rest);
+        whole when it reads them window by window (``long_text="chunk"``)."""
+        if self.long_text == "chunk":
+            return list(texts)
+
+        def count(prefix: str) -> int:  # cut at the limit: enough to know, and no warning of a long text
+            cut = self.tokenizer(prefix, add_special_tokens=False, truncation=True, max_length=self.max_length)
+            return len(cut["input_ids"])
+
+        return [text_prefix(text, count, self.max_length) for text in texts]
 
     def token_lengths(self, texts, truncate: bool = True):
         if self.tokenizer is None:  # not loaded with the model: every row was reused, and its texts still counted
@@ -139,7 +153,9 @@ class TransformersText(TextBackbone):
             with quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         with quiet_transformers(warnings=False):  # a text past the limit makes the tokenizer warn when not cut
-            encoded = self.tokenizer(list(texts), truncation=truncate, max_length=self.max_length if truncate else None)
+            encoded = self.tokenizer(
+                self._read(texts), truncation=truncate, max_length=self.max_length if truncate else None
+            )
         return [len(ids) for ids in encoded["input_ids"]]
 
     def blocks(self, model):
