@@ -59,6 +59,29 @@ def test_the_cores_are_split_between_the_two_processes_not_oversubscribed():
                 assert child[kind] + parent[kind] <= cores
 
 
+def _share_then_all(folder) -> tuple:
+    """In the child: the threads freed while this side still works (none), then once it is done."""
+    from tlcache.threads import _freed_threads
+
+    while_working = _freed_threads()
+    (folder / "started").write_text("")
+    deadline = time.monotonic() + 60
+    while _freed_threads() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return while_working, _freed_threads()
+
+
+def _after_the_child_started(folder) -> None:
+    deadline = time.monotonic() + 60
+    while not (folder / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_child_takes_every_core_once_this_side_is_done(tmp_path):
+    child, _ = side_by_side(lambda: _share_then_all(tmp_path), lambda: _after_the_child_started(tmp_path), fork=True)
+    assert child == (None, usable_cores())
+
+
 def test_an_error_aside_is_raised_here_as_it_was():
     def refuse():
         raise UserError("x.h5 has no labels; embed a labelled source")

@@ -6,8 +6,9 @@ A fork is taken only where it is safe and pays: on Linux (macOS's system librari
 no fork), before this process has imported torch (its OpenMP thread pool does not survive a fork: a child would
 hang at its first parallel product), with two cores or more. The cores are split, never oversubscribed: the child
 gets half of them (its BLAS, and torch's threads when it imports torch) and this process's BLAS the rest until the
-child is done. Anywhere else the two calls run here, one after the other, with the same results (the mlp's products
-give the same numbers on one thread as on several).
+child is done; when this process's call ends first, the child's torch takes every core from its next step on
+(tlcache.threads.more_threads_when). Anywhere else the two calls run here, one after the other, with the same
+results (the mlp's products give the same numbers on one thread as on several).
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def side_by_side(aside: Callable[[], A], here: Callable[[], B], fork: bool | Non
         return aside(), here()
     cores = usable_cores()
     theirs = max(1, cores // 2)
-    child = _Child(aside, threads=theirs)
+    child = _Child(aside, threads=theirs, later=cores)
     try:
         with threadpool_limits(max(1, cores - theirs)):
             mine = here()
+        child.freed.set()  # this side is done: its cores are the child's
     except BaseException:
         child.wait()
         raise
@@ -67,10 +69,12 @@ def side_by_side(aside: Callable[[], A], here: Callable[[], B], fork: bool | Non
 class _Child:
     """``call()`` running in a forked process that sends back its result or its error through a pipe."""
 
-    def __init__(self, call: Callable, threads: int):
+    def __init__(self, call: Callable, threads: int, later: int | None = None):
         context = multiprocessing.get_context("fork")
         self._receiving, sending = context.Pipe(duplex=False)
-        self._process = context.Process(target=_run, args=(call, sending, threads, os.getpid()), daemon=True)
+        self.freed = context.Event()  # set when the child may run ``later`` threads (torch's)
+        arguments = (call, sending, threads, os.getpid(), (self.freed, later or threads))
+        self._process = context.Process(target=_run, args=arguments, daemon=True)
         with warnings.catch_warnings():
             # Python 3.12+ warns of any fork in a process with threads; here they are BLAS's idle pool threads,
             # which the libraries re-create in a child (pthread_atfork), and no torch pool (see forking_pays).
@@ -102,11 +106,15 @@ class _Child:
         return value
 
 
-def _run(call: Callable, sending, threads: int, parent: int) -> None:
-    """In the child: its share of the cores, then ``call()``; sends (True, result) or (False, error)."""
+def _run(call: Callable, sending, threads: int, parent: int, freed: tuple) -> None:
+    """In the child: its share of the cores (``freed``: an event, and the threads torch may run once it is set),
+    then ``call()``; sends (True, result) or (False, error)."""
+    from tlcache.threads import more_threads_when
+
     _die_with(parent)
     for variable in THREAD_VARIABLES:  # read by torch when it is imported, and by OpenMP and BLAS pools started later
         os.environ[variable] = str(threads)
+    more_threads_when(*freed)
     try:
         with threadpool_limits(threads):
             outcome = (True, call())
