@@ -586,7 +586,9 @@ def test_compare_json_keeps_stdout_to_the_json_when_progress_is_shown(texts, tin
     assert "logreg-all-seed0: accuracy" in result.stderr
 
 
-def test_the_budgets_probe_leaves_no_fine_tuned_copies_behind(texts, tiny_bert_dir):
+def test_the_budgets_probe_is_said_and_leaves_no_fine_tuned_copies_behind(texts, tiny_bert_dir, capsys):
     result = _run(texts, tiny_bert_dir, heads=("logreg",), finetunes=("ft",), shots=("all",), repeats=1, budget=3600)
     assert [cell["method"] for cell in result.cells] == ["logreg", "ft"]  # the probe ran, and planned the cell in
     assert not (texts / "cmp" / "probe").exists()  # its three timed fine-tunes, each a copy of the backbone: gone
+    # Said before it runs (a new user's ran 3 minutes without a line)
+    assert capsys.readouterr().out.count("timing a fine-tune to plan the budget: one epoch each on 8, 8 and 24") == 1

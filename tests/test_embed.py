@@ -656,3 +656,15 @@ def test_the_rate_said_is_of_the_rows_not_the_models_loading(tmp_path, tiny_bert
     assert "in 3.0 s (100/s after 2.0 s loading the model)" in said.summary_line()
     said.load_seconds = 0.0  # nothing loaded (the Ray engine's workers load their own): the rate of the whole call
     assert "in 3.0 s (33/s) ->" in said.summary_line()
+
+
+def test_a_sources_options_may_be_given_as_keywords_and_a_misspelt_one_is_named(tmp_path, tiny_bert_dir):
+    """A new user's `embed_source(..., label_column="language")` was told the backbone takes no --label-column, and
+    a misspelt source option was a TypeError."""
+    path = tmp_path / "code.csv"
+    path.write_text("text,language\nint x;,c\nprint(1),python\nx = 1,python\nvoid f();,c\n", encoding="utf-8")
+    options = {"out": tmp_path / "cache", "progress": False}
+    result = embed_source(path, f"hf:{tiny_bert_dir}", label_column="language", **options)
+    assert FeatureStore(result.path).class_names == ["c", "python"]
+    with pytest.raises(UserError, match=r"^source_options labelcolumn: not options of a source; they are text_col"):
+        embed_source(path, f"hf:{tiny_bert_dir}", source_options={"labelcolumn": "language"}, **options)

@@ -50,3 +50,12 @@ def test_a_fitted_head_keeps_no_neighbours():
     X, y = _blobs(400, seed=2, noise=1.0)
     fitted = SweptKNN(_knn(), "n_neighbors", (1, 5)).fit(X, y)
     assert not hasattr(fitted, "_neighbours")
+
+
+def test_no_k_above_what_a_split_trains_on_is_swept():
+    """A new user's curve on 70 items listed k 51 and 75 beside folds of 56 training items: the same model as k 56."""
+    X, y = _blobs(70, seed=3, noise=1.0)
+    fitted = SweptKNN(_knn(), "n_neighbors", (1, 5, 31, 51, 75), random_state=0).fit(X, y)
+    swept = [k for k, _ in fitted.curve_]
+    assert swept[:3] == [1, 5, 31] and max(swept) <= 56 and 75 not in swept  # 5 folds of 70: 56 to train on
+    assert SweptKNN(_knn(), "n_neighbors", (75, 100)).fit(X, y).curve_[0][0] == 75  # none fits: the smallest

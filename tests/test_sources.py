@@ -104,10 +104,22 @@ def test_editing_one_text_row_changes_the_fingerprint(tmp_path):
     [
         (lambda d: d / "missing", "does not exist"),
         (lambda d: (d / "empty").mkdir() or d / "empty", "no images found"),
+        (  # a new user's folder of texts, one sub-folder per class
+            lambda d: (
+                (d / "texts" / "py").mkdir(parents=True)
+                or (d / "texts" / "py" / "a.txt").write_text("x")
+                and d / "texts"
+            ),
+            "one sub-folder of images per class; texts (1 .txt files there) go in a CSV or JSONL file",
+        ),
         (lambda d: (d / "x.parquet").write_bytes(b"PAR1") and d / "x.parquet", "cannot read a '.parquet' file"),
         (lambda d: (d / "n.csv").write_text("title,label\na,b\n") and d / "n.csv", "no column 'text'"),
         (lambda d: (d / "h.csv").write_text("text\n") and d / "h.csv", "no data rows"),
         (lambda d: (d / "b.jsonl").write_text('{"text": "a"}\n{oops\n') and d / "b.jsonl", "line 2: not valid JSON"),
+        (
+            lambda d: (d / "o.jsonl").write_text('{"text": "a"}\n{"text": {"body": "b"}}\n') and d / "o.jsonl",
+            "row 2: the 'text' value is a JSON object, not a text",
+        ),
     ],
 )
 def test_bad_sources_raise_one_clear_line(tmp_path, make, message):

@@ -148,3 +148,8 @@ def test_items_of_one_content_under_two_labels_are_warned_of(tmp_path, recwarn):
     plain = write_text_csv(tmp_path / "plain.csv")  # repeats of one label are the data's own: nothing said
     warn_of_conflicting_labels(load_source(plain), "plain.csv")
     assert len(recwarn) == 1
+    # Long names are cut (a new user's swapped columns made 2000-character texts the class names: 4500 characters)
+    long = "x" * 2000
+    (tmp_path / "swapped.csv").write_text(f"label,text\n{long}a,python\n{long}b,python\n", encoding="utf-8")
+    warn_of_conflicting_labels(load_source(tmp_path / "swapped.csv"), "swapped.csv")
+    assert len(str(recwarn[1].message)) < 300 and "'xxxxxxxxx" in str(recwarn[1].message)

@@ -7,6 +7,7 @@ then embeds the rest in batches.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -97,10 +98,11 @@ def embed_source(
     bf16, fp16, or auto: bf16 where the hardware has it); it is in the cache key. ``compile_mode`` runs image
     models through ``torch.compile`` (``auto``: when at least ``COMPILE_AUTO_MIN_ITEMS`` images are to be
     embedded, at present never; it falls back to eager where compiling fails); the features agree to float
-    rounding, so it is not in the key. ``source_options`` go to :func:`load_source` (column names); other keyword
-    arguments go to :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``).
-    An ``out`` file that holds anything but this store (another source's, other options', or not a store) is
-    refused unless ``overwrite``; its rows are reused where they fit. An item that cannot be read (a damaged
+    rounding, so it is not in the key. ``source_options`` go to :func:`load_source` (column names), as do its
+    keyword arguments given here (``label_column="language"``); other keyword arguments go to
+    :func:`create_backbone` (``weights``, ``pooling``, ``layer``, ``image_size``, ``crop_ratio``). An ``out``
+    file that holds anything but this store (another source's, other options', or not a store) is refused unless
+    ``overwrite``; its rows are reused where they fit. An item that cannot be read (a damaged
     image) is left out of the store, which lists it with why (``FeatureStore.skipped()``); ``on_error="fail"``
     then raises a UserError naming them all, after the store of the others is written (its rows are reused once
     the bad items are fixed or removed). A cache hit on such a store does the same. ``reuse=False`` copies no
@@ -115,7 +117,8 @@ def embed_source(
     check_choice("--compile", compile_mode, COMPILE_CHOICES)
     check_choice("--on-error", on_error, ON_ERROR_CHOICES)
     check_choice("--engine", engine, ray_engine.ENGINES)
-    src = source if isinstance(source, Source) else load_source(source, **(source_options or {}))
+    read_with = _source_options(source_options, backbone_options)  # before the backbone's options are read
+    src = source if isinstance(source, Source) else load_source(source, **read_with)
     warn_of_near_names(src.class_names, str(src.path))
     warn_of_conflicting_labels(src, str(src.path))
     ray_options = ray_options or RayOptions()
@@ -176,6 +179,18 @@ def embed_source(
     done.engine = {k: run[k] for k in ray_engine.SUMMARY if k in run}
     done.load_seconds = float(run.get("load_seconds") or 0.0)
     return done
+
+
+def _source_options(given: dict[str, Any] | None, backbone_options: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with the source's options among ``backbone_options`` moved into it (a new user's
+    ``embed_source(..., label_column="language")`` was told the backbone takes no --label-column); a name that is
+    not one of :func:`load_source`'s is a UserError listing them (it was a TypeError)."""
+    names = [name for name in inspect.signature(load_source).parameters if name != "path"]
+    options = {**(given or {}), **{name: backbone_options.pop(name) for name in names if name in backbone_options}}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise UserError(f"source_options {', '.join(unknown)}: not options of a source; they are {', '.join(names)}")
+    return options
 
 
 def _embed_rows(

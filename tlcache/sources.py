@@ -299,9 +299,15 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
     elif top_images:
         files, labels, kind = top_images, None, "flat-images"
     else:
+        texts = [name for name in others + [e.path for e in entries if e.is_file()] if name.lower().endswith(".txt")]
+        hint = (  # a new user's folder of .txt files, one sub-folder per class, read as a folder of no images
+            f"; texts ({len(texts)} .txt files there) go in a CSV or JSONL file, a 'text' and a 'label' column"
+            if texts
+            else ""
+        )
         raise UserError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); point at a folder "
-            "of images, or at a folder with one sub-folder of images per class"
+            f"of images, or at a folder with one sub-folder of images per class{hint}"
         )
     try:
         fingerprints = file_digests(files, fingerprint_index)
@@ -463,6 +469,11 @@ def _table_source(
         text = row.get(text_column)
         if text is None:
             raise UserError(f"{path}, row {n + row_offset}: no '{text_column}' value; fill it or drop the row")
+        if isinstance(text, (dict, list)):  # a new user's {"body": ...} was embedded as its printout, silently
+            kind = "a JSON object" if isinstance(text, dict) else "a JSON list"
+            raise UserError(
+                f"{path}, row {n + row_offset}: the '{text_column}' value is {kind}, not a text; give the text itself"
+            )
         texts.append(text if isinstance(text, str) else str(text))
         if id_column:
             item_id = _cell_text(row.get(id_column))

@@ -140,9 +140,15 @@ def warn_of_conflicting_labels(src, where: str) -> None:
         a, b = pairs[0]
         warn_once(
             f"{where}: {len(pairs)} item{'s have' if len(pairs) > 1 else ' has'} the content of an item of another "
-            f"class (e.g. {src.ids[b]!r}, {src.labels[b]!r}, is {src.ids[a]!r}, {src.labels[a]!r}); no head can "
-            "tell them apart: correct their labels or keep one of each"
+            f"class (e.g. {_shown(src.ids[b])}, {_shown(src.labels[b])}, is {_shown(src.ids[a])}, "
+            f"{_shown(src.labels[a])}); no head can tell them apart: correct their labels or keep one of each"
         )
+
+
+def _shown(name: str, most: int = 40) -> str:
+    """A name quoted for a message, cut to ``most`` characters (a new user's swapped columns made 2000-character
+    texts the class names, and this warning 4500 characters long)."""
+    return repr(name if len(name) <= most else name[: most - 1] + "…")
 
 
 def _spelled(name: str) -> str:

@@ -224,6 +224,12 @@ def _probe_finetune(data: _Data, tuner: _Tuner, config, out_dir: Path):
     labelled = np.flatnonzero(data.labels >= 0)
     smallest = int(np.bincount(data.labels[labelled]).min())
     per_class = min(PROBE_TEST_PER_CLASS, int(np.bincount(data.y_test).min()))
+    # Said whatever ``progress``, as the plan is: a new user's probe ran 3 minutes without a line.
+    print(
+        f"timing a fine-tune to plan the budget: one epoch each on {PROBE_PER_CLASS}, {PROBE_PER_CLASS} and "
+        f"{3 * PROBE_PER_CLASS} items of every class (kept for reruns)",
+        flush=True,
+    )
     test_rows = np.concatenate([data.test_rows[data.y_test == c][:per_class] for c in np.unique(data.y_test)])
     timings = []
     # The first run warms the caches (weights read from disk, libraries set up), as for every later cell: dropped.
