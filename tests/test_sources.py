@@ -110,7 +110,7 @@ def test_editing_one_text_row_changes_the_fingerprint(tmp_path):
                 or (d / "texts" / "py" / "a.txt").write_text("x")
                 and d / "texts"
             ),
-            "one sub-folder of images per class; texts (1 .txt files there) go in a CSV or JSONL file",
+            "one sub-folder of images per class; texts (1 .txt file there) go in a CSV or JSONL file",
         ),
         (lambda d: (d / "x.parquet").write_bytes(b"PAR1") and d / "x.parquet", "cannot read a '.parquet' file"),
         (lambda d: (d / "n.csv").write_text("title,label\na,b\n") and d / "n.csv", "no column 'text'"),

@@ -301,7 +301,8 @@ def _load_image_folder(root: Path, fingerprint_index: Path | None) -> Source:
     else:
         texts = [name for name in others + [e.path for e in entries if e.is_file()] if name.lower().endswith(".txt")]
         hint = (  # a new user's folder of .txt files, one sub-folder per class, read as a folder of no images
-            f"; texts ({len(texts)} .txt files there) go in a CSV or JSONL file, a 'text' and a 'label' column"
+            f"; texts ({len(texts)} .txt file{'s' if len(texts) > 1 else ''} there) go in a CSV or JSONL file, a "
+            "'text' and a 'label' column"
             if texts
             else ""
         )
