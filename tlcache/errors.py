@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # Errors of a disk that is full or failing: a state the user can fix (free space, fix the disk), not a bug.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
@@ -27,6 +27,11 @@ class UserError(ValueError):
 
     A ``ValueError``, so library users can catch it as the usual type for a bad argument.
     """
+
+
+def first_few(names: Sequence[str], shown: int) -> str:
+    """The first ``shown`` of ``names``, comma-separated, and how many more there are: "a, b and 3 more"."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def check_choice(flag: str, value: object, choices: Iterable[str], verb: str = "is not supported") -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcache.errors import UserError
+from tlcache.errors import UserError, first_few
 from tlcache.hashing import hash_bytes
 
 # Training augmentations of `tlcache finetune --augment` (see training_transform).
@@ -108,7 +108,7 @@ def unreadable_headers(paths: Sequence[str | Path]) -> dict[int, str]:
         except Exception as exc:  # PIL raises many types for damaged files
             bad[position] = f"is not a readable image ({exc})"
     if huge:
-        named = ", ".join(huge[:3]) + (f" and {len(huge) - 3} more" if len(huge) > 3 else "")
+        named = first_few(huge, 3)
         warnings.warn(
             f"{len(huge)} {'image is' if len(huge) == 1 else 'images are'} larger than Pillow's limit of "
             f"{Image.MAX_IMAGE_PIXELS} pixels, which guards against decompression bombs: {named}; decoded all the same "

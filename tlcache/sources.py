@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlcache.errors import UserError, warn_once
+from tlcache.errors import UserError, first_few, warn_once
 from tlcache.fingerprints import file_digests
 from tlcache.hashing import hash_bytes, new_hasher
 from tlcache.paths import fingerprint_index as fingerprint_index_path
@@ -245,7 +245,7 @@ def _warn_of_left_out(root: Path, others: list[str], empty: list[str]) -> None:
         some = f"{len(others)} files that are not images" if len(others) > 1 else "1 file that is not an image"
         parts.append(f"{some} it reads ({shown}; e.g. {others[0]})")
     if empty:
-        listed = ", ".join(f"{name}/" for name in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        listed = first_few([f"{name}/" for name in empty], 5)
         parts.append(f"the class folder{'s' if len(empty) > 1 else ''} {listed}, with no image in it")
     if parts:
         warn_once(
@@ -493,7 +493,7 @@ def _table_source(
     # An empty text embeds to the same vector whatever its item (it was trained on and predicted, silently).
     empty = [n + row_offset for n, text in enumerate(texts) if not text.strip()]
     if empty:
-        where = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        where = first_few([str(row) for row in empty], 5)
         raise UserError(
             f"{path}: {len(empty)} row{'s' if len(empty) > 1 else ''} with an empty '{text_column}' (row "
             f"{where}); fill {'them' if len(empty) > 1 else 'it'} in or drop {'them' if len(empty) > 1 else 'it'}"

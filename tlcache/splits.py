@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tlcache.errors import UserError, warn_once
+from tlcache.errors import UserError, first_few, warn_once
 from tlcache.hashing import hash_bytes
 
 
@@ -89,7 +89,7 @@ def remap_labels(y: np.ndarray, names: Sequence[str], train_names: Sequence[str]
     training data lacks is refused."""
     unknown = sorted({names[i] for i in np.unique(y)} - set(train_names))
     if unknown:
-        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        listed = first_few(unknown, 5)
         note = spelling_note(unknown, train_names)
         raise UserError(f"{where} has classes the training data lacks ({listed}); use matching data{note}")
     index = {name: i for i, name in enumerate(train_names)}
