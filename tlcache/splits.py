@@ -45,10 +45,9 @@ def split_beside_single_items(rows: np.ndarray, y: np.ndarray, fraction: float, 
     random split where every class has one item (a one-shot draw)."""
     from sklearn.model_selection import train_test_split
 
-    counts = np.bincount(y)
-    single = counts[y] == 1
-    if single.all() or not single.any():
-        return train_test_split(rows, test_size=fraction, random_state=seed, stratify=None if single.all() else y)
+    single = np.bincount(y)[y] == 1
+    if single.all():
+        return train_test_split(rows, test_size=fraction, random_state=seed)
     kept, held = train_test_split(rows[~single], test_size=fraction, random_state=seed, stratify=y[~single])
     return np.concatenate([kept, rows[single]]), held
 

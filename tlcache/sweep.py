@@ -164,8 +164,6 @@ def validation_splits(
     several = counts[counts >= 2]
     if len(codes) < cv_below and len(several):
         folds = StratifiedKFold(min(cv, int(several.min())), shuffle=True, random_state=random_state)
-        if not single.any():
-            return list(folds.split(codes, codes))
         pool, alone = np.flatnonzero(~single), np.flatnonzero(single)
         return [(np.sort(np.concatenate([pool[t], alone])), pool[v]) for t, v in folds.split(pool, codes[pool])]
     train, valid = split_beside_single_items(np.arange(len(codes)), codes, validation_fraction, random_state)
