@@ -186,6 +186,26 @@ def _metadata(run_dir: Path, sidecar: dict, report: dict, backbone, classes: lis
     return record
 
 
+def _cosine_checks(measured: dict, gate: str, to_fp32, tested: list[dict]) -> tuple[list[str], dict]:
+    """The failed cosine checks of ``measured`` and the limits they were held to: those of ``gate`` against the
+    cache; for an fp32 export of a half-precision store past them, the fp32 limits against the backbone's own fp32
+    features (``to_fp32()``: each item's cosine to them, added to ``measured``), both said when those fail too."""
+    limits = GATES[gate]
+    to_cache = _cosine_failures(measured, limits, "", "the cache")
+    if not to_cache or gate != "fp32 of a half-precision store" or to_fp32 is None:
+        return to_cache, limits
+    cosine = to_fp32()
+    measured |= {
+        "mean_cosine_to_fp32": float(cosine.mean()),
+        "min_cosine_to_fp32": float(cosine.min()),
+        "worst_item_to_fp32": str(tested[int(cosine.argmin())]["id"]),
+    }
+    fp32 = GATES["fp32"]
+    limits = {**limits, **{f"{name}_to_fp32": fp32[name] for name in ("mean_cosine", "min_cosine")}}
+    failed = _cosine_failures(measured, fp32, "_to_fp32", "the backbone's fp32 features")
+    return (to_cache + failed if failed else []), limits  # both said: the store's rounding and the export's own
+
+
 def _cosine_failures(measured: dict, limits: dict, suffix: str, against: str) -> list[str]:
     """The failed cosine checks of ``measured`` (its figures ending in ``suffix``) against ``limits``."""
     failed = []
@@ -422,18 +442,8 @@ def check_parity(
         gate = "fp32"
     else:
         gate = "fp32 of a half-precision store"
-    limits = GATES[gate]
-    failed = _cosine_failures(measured, limits, "", "the cache")
-    if failed and gate == "fp32 of a half-precision store" and reference is not None:
-        to_fp32 = _cosines(reference(items), outputs.features)
-        measured |= {
-            "mean_cosine_to_fp32": float(to_fp32.mean()),
-            "min_cosine_to_fp32": float(to_fp32.min()),
-            "worst_item_to_fp32": str(tested[int(to_fp32.argmin())]["id"]),
-        }
-        failed = _cosine_failures(measured, GATES["fp32"], "_to_fp32", "the backbone's fp32 features")
-        if failed:  # both said: the store's rounding, and the export's own difference
-            failed = _cosine_failures(measured, limits, "", "the cache") + failed
+    to_fp32 = (lambda: _cosines(reference(items), outputs.features)) if reference is not None else None
+    failed, limits = _cosine_checks(measured, gate, to_fp32, tested)
     # On a small test set one item is more than the limit (1.08 points of 93): one item's flip is allowed then.
     measured["accuracy_drop_allowed"] = max(limits["accuracy_drop"], 1 / len(items))
     if measured["accuracy"] < measured["run_accuracy"] - measured["accuracy_drop_allowed"] - 1e-12:
@@ -443,6 +453,4 @@ def check_parity(
         )
     if measured["run_ece"] is not None and measured["ece"] > measured["run_ece"] + limits["ece_rise"]:
         failed.append(f"ECE {measured['ece']:.4f} > the run's {measured['run_ece']:.4f} + {limits['ece_rise']}")
-    if "mean_cosine_to_fp32" in measured:  # the limits its cosines to the backbone's fp32 features were held to
-        limits = {**limits, **{f"{name}_to_fp32": GATES["fp32"][name] for name in ("mean_cosine", "min_cosine")}}
     return {"gate": gate, "thresholds": limits, "measured": measured, "passed": not failed, "failed": failed}
