@@ -4,6 +4,7 @@ import torch
 from sklearn.datasets import make_classification
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from tlcache.heads import make_head
 from tlcache.mlp import MLPHead, SweptMLP, fit_many
@@ -91,6 +92,24 @@ def test_mlp_head_sweeps_coarse_to_fine_and_ships_the_refit():
     assert set(grid[::2]) | {grid[-1]} <= set(scored)
     assert not hasattr(swept, "_prepared")
     np.testing.assert_array_equal(pipeline.predict(X), swept.classes_[swept.model_.predict(pipeline[:-1].transform(X))])
+
+
+def test_the_sweeps_numpy_products_run_on_one_blas_thread(monkeypatch):
+    # OpenBLAS's threads spin a while after each product: beside them torch's next epochs ran at half speed.
+    X, y = _task(400, 3, 6)
+    blas_threads = []
+    predict = MLPHead.predict
+
+    def recording(self, X):
+        blas_threads.extend(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+        return predict(self, X)
+
+    monkeypatch.setattr(MLPHead, "predict", recording)
+    with threadpool_limits(2, user_api="blas"):
+        make_head("mlp", seed=0, n_train=len(y)).fit(X, y)
+        after = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    assert blas_threads and set(blas_threads) == {1}  # every split's predictions
+    assert after == {2}  # as it was, once the sweep is done
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the GPU path is checked where one is")
