@@ -60,13 +60,16 @@ def fit_multinomial(
     def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
         W = flat.reshape(d + 1, free)
         logits = (X32 @ W[:-1].astype(np.float32)).astype(np.float64) + W[-1]
-        if free == 1:
-            logits = np.hstack([np.zeros_like(logits), logits])
-        log_p = log_softmax(logits, axis=1)
-        loss = -(weight * (onehot * log_p).sum(axis=1)).sum() + 0.5 * penalty * (W[:-1] ** 2).sum()
-        residual = (np.exp(log_p) - onehot) * weight[:, None]
-        if free == 1:
-            residual = residual[:, 1:]
+        if free == 1:  # one logistic unit: log sigmoid of +-z (a two-column softmax took half the time of a fit)
+            z, second = logits[:, 0], onehot[:, 1]
+            log_second, log_first = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
+            rows = second * log_second + (1.0 - second) * log_first
+            residual = ((np.exp(log_second) - second) * weight)[:, None]
+        else:
+            log_p = log_softmax(logits, axis=1)
+            rows = (onehot * log_p).sum(axis=1)
+            residual = (np.exp(log_p) - onehot) * weight[:, None]
+        loss = -(weight * rows).sum() + 0.5 * penalty * (W[:-1] ** 2).sum()
         grad = np.empty_like(W)
         grad[:-1] = (X32.T @ residual.astype(np.float32)).astype(np.float64) + penalty * W[:-1]
         grad[-1] = residual.sum(axis=0)
