@@ -82,6 +82,7 @@ bench-store: setup fashion-mnist
 
 bench-heads: setup fashion-mnist
 	$(PY) benchmarks/heads_benchmark.py
+	$(PY) benchmarks/mlp_seeds.py
 
 bench-head-protocols: setup fashion-mnist
 	$(PY) benchmarks/mlp_protocol.py
