@@ -60,7 +60,7 @@ def fit_multinomial(
     def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
         W = flat.reshape(d + 1, free)
         logits = (X32 @ W[:-1].astype(np.float32)).astype(np.float64) + W[-1]
-        if free == 1:  # one logistic unit: log sigmoid of +-z (a two-column softmax took half the time of a fit)
+        if free == 1:  # one logistic unit: log sigmoid of +-z (a two-column softmax took half of this function's time)
             z, second = logits[:, 0], onehot[:, 1]
             log_second, log_first = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
             rows = second * log_second + (1.0 - second) * log_first
