@@ -8,6 +8,8 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -100,3 +102,11 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def run_timed(main: Callable[[], int]) -> None:
+    """A benchmark script's entry point: run ``main``, print its wall time on stderr and exit with its code."""
+    started = time.perf_counter()
+    code = main()
+    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sys.exit(code)

@@ -19,11 +19,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from _results import made_by, provenance, save_results
+from _results import made_by, provenance, run_timed, save_results
 from heads_benchmark import FM_BASE, checkout
 from mlp_threads import REPEATS, measure
 
@@ -108,7 +107,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
-    sys.exit(code)
+    run_timed(main)

@@ -22,11 +22,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from _results import made_by, provenance, save_results
+from _results import made_by, provenance, run_timed, save_results
 from heads_benchmark import BEFORE, checkout, held_out_stores
 
 OUTER_SEEDS = (100, 101, 102)
@@ -118,7 +117,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
-    sys.exit(code)
+    run_timed(main)

@@ -15,13 +15,12 @@ Writes benchmarks/results/sweep_stride.md and sweep_stride.json.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _results import made_by, provenance, save_results
+from _results import made_by, provenance, run_timed, save_results
 from heads_benchmark import held_out_stores
 
 OUTER_SEEDS = tuple(range(100, 110))
@@ -88,7 +87,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
-    sys.exit(code)
+    run_timed(main)
